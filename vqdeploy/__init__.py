@@ -1,0 +1,24 @@
+"""vqdeploy: taming-transformers (VQGAN + transformer) from a Lightning checkpoint to
+ONNX / TensorRT inference.
+
+Importing the package is cheap: onnx, onnxruntime and TensorRT are imported only by the
+subcommands that need them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["load_model", "__version__"]
+
+if TYPE_CHECKING:
+    from vqdeploy.loading.load import load_model
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_model":
+        from vqdeploy.loading.load import load_model
+
+        return load_model
+    raise AttributeError(f"module 'vqdeploy' has no attribute {name!r}")

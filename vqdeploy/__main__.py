@@ -1,0 +1,3 @@
+from vqdeploy.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""The ``vqdeploy`` command line: thin wrappers over the library API.
+
+Every command turns a ``VQDeployError`` (bad input or environment) into one ``error:`` line on
+stderr and a non-zero exit; an unexpected exception is reported the same way, with the
+traceback only when ``VQDEPLOY_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from vqdeploy.errors import VQDeployError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VQDeployError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as e:  # a bug in vqdeploy: still one line unless debugging
+            if os.environ.get("VQDEPLOY_DEBUG"):
+                raise
+            click.echo(f"error: internal error: {type(e).__name__}: {e} (set VQDEPLOY_DEBUG=1 for the traceback)", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vqdeploy")
+def main() -> None:
+    """Deploy taming-transformers models: export to ONNX, build TensorRT engines, sample."""
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path(path_type=str))
+@click.option("--config", type=click.Path(path_type=str), help="Model config YAML (default: <run>/configs/*-project.yaml).")
+def inspect(ckpt: str, config: str | None) -> None:
+    """Load a checkpoint and print what it is (kind, conditioning, token grid) as JSON."""
+    from vqdeploy.describe import describe
+    from vqdeploy.loading.load import load_model
+
+    model = load_model(ckpt, config)
+    click.echo(json.dumps(describe(model), indent=2))

@@ -1,0 +1,1 @@
+"""Turning a taming run (Lightning ``.ckpt`` + ``*-project.yaml``) into a vqdeploy model."""

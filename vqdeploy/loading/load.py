@@ -1,0 +1,105 @@
+"""``load_model``: a taming checkpoint (+ config) -> a vqdeploy model in eval mode.
+
+The module tree is built on the ``meta`` device (no memory) and the checkpoint tensors, which
+are memory-mapped, are assigned into it: the weights exist once, never as two copies.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vqdeploy.errors import CheckpointError, ConfigError
+from vqdeploy.loading.checkpoint import read_state_dict
+from vqdeploy.loading.config import find_run_configs, read_config
+from vqdeploy.loading.targets import BuildContext, build_module
+
+# training-only weights (discriminator, LPIPS) that taming checkpoints carry
+_IGNORED = re.compile(r"(^|\.)loss\.")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a loaded model came from (recorded in export manifests)."""
+
+    checkpoint: str
+    config: list[str] | None
+    target: str
+    config_data: dict[str, Any]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means ``<run>/checkpoints/last.ckpt``."""
+    p = Path(path)
+    if p.is_dir() and (p / "checkpoints" / "last.ckpt").is_file():
+        return p / "checkpoints" / "last.ckpt"
+    return p
+
+
+def _resolve_config(ckpt: Path, config: str | Path | Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str] | None]:
+    if config is not None:
+        if isinstance(config, Mapping):
+            return read_config(config), None
+        return read_config(Path(config)), [str(Path(config).resolve())]
+    found = find_run_configs(ckpt)
+    if not found:
+        raise ConfigError(
+            f"no config for {ckpt}: expected <run>/configs/*-project.yaml beside <run>/checkpoints/, "
+            "or pass one explicitly (--config)"
+        )
+    return read_config(found), [str(p) for p in found]
+
+
+def _assign(model: nn.Module, state_dict: Mapping[str, torch.Tensor], where: str) -> None:
+    expected = model.state_dict(keep_vars=True)
+    provided = {k: v for k, v in state_dict.items() if not _IGNORED.search(k)}
+    missing = [k for k in expected if k not in provided]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"{where}: checkpoint does not match the config: missing weight '{missing[0]}'{more}")
+    unexpected = [k for k in provided if k not in expected]
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"{where}: checkpoint does not match the config: unexpected weight '{unexpected[0]}'{more}")
+    for k, ref in expected.items():
+        got = provided[k]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{where}: checkpoint does not match the config: '{k}' has shape {tuple(got.shape)}, "
+                f"config expects {tuple(ref.shape)}"
+            )
+        if got.dtype.is_floating_point != ref.dtype.is_floating_point:
+            raise CheckpointError(f"{where}: '{k}' has dtype {got.dtype}, expected {ref.dtype}")
+    model.load_state_dict({k: provided[k] for k in expected}, strict=True, assign=True)
+
+
+def load_model(
+    path: str | Path,
+    config: str | Path | Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Load a taming model (Net2NetTransformer, VQModel, GumbelVQ, ...) in eval mode.
+
+    ``path`` is a Lightning ``last.ckpt`` (config found in ``<run>/configs/*-project.yaml``), a
+    run directory, a plain state_dict file or a ``.safetensors`` file; ``config`` overrides the
+    lookup. The model carries ``model.source`` (a ``ModelSource``).
+    """
+    ckpt = resolve_checkpoint(path)
+    if not ckpt.exists():
+        raise CheckpointError(f"checkpoint not found: {ckpt}")
+    node, config_paths = _resolve_config(ckpt, config)
+    state_dict = read_state_dict(ckpt)
+    with torch.device("meta"):
+        model = build_module(node, BuildContext(state_dict))
+    _assign(model, state_dict, str(ckpt))
+    model.eval().requires_grad_(False)
+    if torch.device(device).type != "cpu":
+        model.to(device)
+    model.source = ModelSource(str(ckpt.resolve()), config_paths, str(node["target"]), node)  # type: ignore[assignment]
+    return model

@@ -1,0 +1,119 @@
+"""Upstream ``target:`` strings -> vqdeploy builders.
+
+Each builder gets the node's ``params`` and a ``BuildContext`` (the checkpoint's state_dict and
+the key prefix of the module being built), so that data upstream reads from side files (the
+``remap`` used-codes table) can come from the checkpoint itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vqdeploy.errors import ConfigError
+from vqdeploy.models import conditioning, mingpt, net2net, permuter, vqgan
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    state_dict: Mapping[str, torch.Tensor]
+    prefix: str = ""
+
+    def child(self, name: str) -> BuildContext:
+        return BuildContext(self.state_dict, f"{self.prefix}{name}.")
+
+
+Builder = Callable[[dict[str, Any], BuildContext], nn.Module]
+
+# upstream keys of a VQModel's params that only matter for training
+_VQ_TRAINING_ONLY = ("lossconfig", "ckpt_path", "ignore_keys", "monitor", "temperature_scheduler_config")
+
+
+def _used_codes(params: dict[str, Any], ctx: BuildContext) -> torch.Tensor | None:
+    remap = params.pop("remap", None)
+    if remap is None:
+        return None
+    key = f"{ctx.prefix}quantize.used"
+    if key in ctx.state_dict:  # upstream registers ``used`` as a buffer: the checkpoint has it
+        return ctx.state_dict[key].clone()
+    path = Path(remap)
+    if not path.is_file():
+        raise ConfigError(f"remap table {remap} not found and the checkpoint has no {key}")
+    return torch.from_numpy(np.load(path, allow_pickle=False))
+
+
+def _vq(cls: type[vqgan.VQModel]) -> Builder:
+    def build(params: dict[str, Any], ctx: BuildContext) -> nn.Module:
+        params = dict(params)
+        for k in _VQ_TRAINING_ONLY:
+            params.pop(k, None)
+        used = _used_codes(params, ctx)
+        return cls(remap=used, **params)
+
+    return build
+
+
+def _permuter(cls: type[permuter.AbstractPermuter]) -> Builder:
+    return lambda params, ctx: cls(**params)
+
+
+def _net2net(params: dict[str, Any], ctx: BuildContext) -> nn.Module:
+    params = dict(params)
+    for k in ("ckpt_path", "ignore_keys"):
+        params.pop(k, None)
+    first = build_module(_required(params, "first_stage_config", "Net2NetTransformer"), ctx.child("first_stage_model"))
+    cond_cfg = _required(params, "cond_stage_config", "Net2NetTransformer")
+    unconditional = bool(params.get("unconditional", False))
+    cond: nn.Module
+    if cond_cfg == "__is_first_stage__":
+        cond = first
+    elif cond_cfg == "__is_unconditional__" or unconditional:
+        cond = conditioning.SOSProvider(int(params.get("sos_token", 0)))
+    else:
+        cond = build_module(cond_cfg, ctx.child("cond_stage_model"))
+    perm_cfg = params.pop("permuter_config", None) or {"target": "taming.modules.transformer.permuter.Identity"}
+    perm = build_module(perm_cfg, ctx.child("permuter"))
+    gpt = build_module(_required(params, "transformer_config", "Net2NetTransformer"), ctx.child("transformer"))
+    return net2net.Net2NetTransformer(gpt, first, cond, perm, **params)  # type: ignore[arg-type]
+
+
+def _required(params: dict[str, Any], key: str, owner: str) -> Any:
+    if key not in params:
+        raise ConfigError(f"config of {owner} misses '{key}'")
+    return params.pop(key)
+
+
+_P = "taming.modules.transformer.permuter."
+TARGETS: dict[str, Builder] = {
+    "taming.models.cond_transformer.Net2NetTransformer": _net2net,
+    "taming.models.vqgan.VQModel": _vq(vqgan.VQModel),
+    "taming.models.vqgan.VQNoDiscModel": _vq(vqgan.VQModel),
+    "taming.models.vqgan.VQSegmentationModel": _vq(vqgan.VQSegmentationModel),
+    "taming.models.vqgan.GumbelVQ": _vq(vqgan.GumbelVQ),
+    "taming.modules.transformer.mingpt.GPT": lambda p, c: mingpt.GPT(**p),
+    "taming.modules.util.SOSProvider": lambda p, c: conditioning.SOSProvider(**p),
+    "taming.modules.util.Labelator": lambda p, c: conditioning.Labelator(**p),
+    "taming.modules.misc.coord.CoordStage": lambda p, c: conditioning.CoordStage(**p),
+    **{_P + name: _permuter(getattr(permuter, name)) for name in (
+        "Identity", "Subsample", "ZCurve", "SpiralOut", "SpiralIn", "Random", "AlternateParsing")},
+}
+
+
+def build_module(node: Any, ctx: BuildContext) -> nn.Module:
+    if not isinstance(node, Mapping) or "target" not in node:
+        raise ConfigError(f"invalid config node at '{ctx.prefix or 'model'}': expected {{target, params}}")
+    target = str(node["target"])
+    builder = TARGETS.get(target)
+    if builder is None:
+        raise ConfigError(f"unknown target '{target}' (supported: {', '.join(sorted(TARGETS))})")
+    params = dict(node.get("params") or {})
+    try:
+        return builder(params, ctx)
+    except TypeError as e:
+        raise ConfigError(f"invalid params for {target}: {e}") from None

@@ -1,0 +1,1 @@
+"""Our implementations of the taming-transformers modules (key-for-key, op-for-op)."""

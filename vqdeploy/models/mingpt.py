@@ -1,0 +1,170 @@
+"""taming's minGPT (``taming/modules/transformer/mingpt.py``) with a KV-cache forward.
+
+``forward`` is op-for-op upstream's full-sequence forward. ``forward_cached`` runs a prefill (no
+past) or incremental steps (with past); its logits match full recomputation to float rounding.
+Presents are the full per-layer keys/values, ``(B, n_head, past+T, head_dim)`` each.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vqdeploy.models.precision import LayerNorm32, upcast
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, block_size: int, n_unmasked: int = 0) -> None:
+        super().__init__()
+        assert n_embd % n_head == 0
+        self.key = nn.Linear(n_embd, n_embd)
+        self.query = nn.Linear(n_embd, n_embd)
+        self.value = nn.Linear(n_embd, n_embd)
+        self.attn_drop = nn.Dropout(0.0)
+        self.resid_drop = nn.Dropout(0.0)
+        self.proj = nn.Linear(n_embd, n_embd)
+        mask = torch.tril(torch.ones(block_size, block_size))
+        if n_unmasked:
+            mask[:n_unmasked, :n_unmasked] = 1
+        self.register_buffer("mask", mask.view(1, 1, block_size, block_size))
+        self.n_head = n_head
+
+    def _heads(self, t: torch.Tensor, b: int, n: int, c: int) -> torch.Tensor:
+        return t.view(b, n, self.n_head, c // self.n_head).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.size()
+        k = self._heads(self.key(x), b, t, c)
+        q = self._heads(self.query(x), b, t, c)
+        v = self._heads(self.value(x), b, t, c)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(self.mask[:, :, :t, :t] == 0, float("-inf"))
+        att = self.attn_drop(F.softmax(att, dim=-1))
+        y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
+        return self.resid_drop(self.proj(y))
+
+    def forward_cached(self, x: torch.Tensor, past: KV | None) -> tuple[torch.Tensor, KV]:
+        b, t, c = x.size()
+        k = self._heads(self.key(x), b, t, c)
+        q = self._heads(self.query(x), b, t, c)
+        v = self._heads(self.value(x), b, t, c)
+        if past is not None:
+            k = torch.cat((past[0], k), dim=-2)
+            v = torch.cat((past[1], v), dim=-2)
+        # scores and softmax in fp32 (identity for fp32 models)
+        att = (upcast(q) @ upcast(k).transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        if past is None:
+            att = att.masked_fill(self.mask[:, :, :t, :t] == 0, float("-inf"))
+        # with a past the new tokens are the last ones: a step (t == 1) sees everything before it.
+        att = F.softmax(att, dim=-1)
+        y = (att.to(v.dtype) @ v).transpose(1, 2).contiguous().view(b, t, c)
+        return self.proj(y), (k, v)
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, block_size: int, n_unmasked: int = 0) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm32(n_embd)
+        self.ln2 = LayerNorm32(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head, block_size, n_unmasked)
+        self.mlp = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd),
+            nn.GELU(),
+            nn.Linear(4 * n_embd, n_embd),
+            nn.Dropout(0.0),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+    def forward_cached(self, x: torch.Tensor, past: KV | None) -> tuple[torch.Tensor, KV]:
+        attn, present = self.attn.forward_cached(self.ln1(x), past)
+        x = x + attn
+        return x + self.mlp(self.ln2(x)), present
+
+
+class GPT(nn.Module):
+    """The full GPT language model with a context of ``block_size`` tokens."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int = 12,
+        n_head: int = 8,
+        n_embd: int = 256,
+        embd_pdrop: float = 0.0,
+        resid_pdrop: float = 0.0,
+        attn_pdrop: float = 0.0,
+        n_unmasked: int = 0,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.block_size = block_size
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.n_embd = n_embd
+        self.n_unmasked = n_unmasked
+        self.tok_emb = nn.Embedding(vocab_size, n_embd)
+        self.pos_emb = nn.Parameter(torch.zeros(1, block_size, n_embd))
+        self.drop = nn.Dropout(embd_pdrop)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head, block_size, n_unmasked) for _ in range(n_layer)])
+        self.ln_f = LayerNorm32(n_embd)
+        self.head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # upstream's init, so that training the demo model starts where taming's would
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def get_block_size(self) -> int:
+        return self.block_size
+
+    def forward(
+        self, idx: torch.Tensor, embeddings: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        token_embeddings = self.tok_emb(idx)
+        if embeddings is not None:
+            token_embeddings = torch.cat((embeddings, token_embeddings), dim=1)
+        t = token_embeddings.shape[1]
+        if t > self.block_size:
+            raise ValueError(f"cannot forward {t} tokens, block size is {self.block_size}")
+        x = self.drop(token_embeddings + self.pos_emb[:, :t, :])
+        x = self.ln_f(self.blocks(x))
+        logits = self.head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+    def forward_cached(
+        self, idx: torch.Tensor, past: Sequence[KV] | None = None
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """Prefill (``past=None``) or continue after ``past``; returns logits for every new token."""
+        start = 0 if past is None else past[0][0].shape[2]
+        t = idx.shape[1]
+        x = self.tok_emb(idx) + self.pos_emb[:, start : start + t, :]
+        presents: list[KV] = []
+        for i, block in enumerate(self.blocks):
+            x, present = block.forward_cached(x, None if past is None else past[i])
+            presents.append(present)
+        logits = self.head(self.ln_f(x))
+        return logits, presents
