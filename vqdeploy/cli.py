@@ -52,3 +52,8 @@ def inspect(ckpt: str, config: str | None) -> None:
 
     model = load_model(ckpt, config)
     click.echo(json.dumps(describe(model), indent=2))
+
+
+from vqdeploy.export.command import export  # noqa: E402
+
+main.add_command(export)

@@ -18,6 +18,7 @@ def find_run_configs(checkpoint: Path) -> list[Path]:
 
 def read_config(source: str | Path | Mapping[str, Any] | list[Path]) -> dict[str, Any]:
     """The ``model`` node (``{target, params}``) of a taming config, as plain containers."""
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -33,6 +34,8 @@ def read_config(source: str | Path | Mapping[str, Any] | list[Path]) -> dict[str
         data = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid config: {str(e).splitlines()[0]}") from None
+    except yaml.YAMLError as e:  # the parser's message spans lines: fold it into one
+        raise ConfigError(f"invalid config: not valid YAML: {' '.join(str(e).split())[:300]}") from None
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read config: {e}") from None
     if not isinstance(data, dict):

@@ -59,6 +59,9 @@ def _resolve_config(ckpt: Path, config: str | Path | Mapping[str, Any] | None) -
 def _assign(model: nn.Module, state_dict: Mapping[str, torch.Tensor], where: str) -> None:
     expected = model.state_dict(keep_vars=True)
     provided = {k: v for k, v in state_dict.items() if not _IGNORED.search(k)}
+    # a tensor the builder already filled from side data (the remap ``used`` table read from
+    # used.npy when the checkpoint predates the remap, as upstream's strict=False load allows)
+    provided.update({k: v for k, v in expected.items() if k not in provided and not v.is_meta})
     missing = [k for k in expected if k not in provided]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -93,6 +96,8 @@ def load_model(
     ckpt = resolve_checkpoint(path)
     if not ckpt.exists():
         raise CheckpointError(f"checkpoint not found: {ckpt}")
+    if ckpt.is_dir():
+        raise CheckpointError(f"not a checkpoint file or run directory (no checkpoints/last.ckpt): {ckpt}")
     node, config_paths = _resolve_config(ckpt, config)
     state_dict = read_state_dict(ckpt)
     with torch.device("meta"):

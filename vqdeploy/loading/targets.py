@@ -112,7 +112,10 @@ def build_module(node: Any, ctx: BuildContext) -> nn.Module:
     builder = TARGETS.get(target)
     if builder is None:
         raise ConfigError(f"unknown target '{target}' (supported: {', '.join(sorted(TARGETS))})")
-    params = dict(node.get("params") or {})
+    params = node.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"invalid config node at '{ctx.prefix or 'model'}': params of {target} must be a mapping")
+    params = dict(params)
     try:
         return builder(params, ctx)
     except TypeError as e:

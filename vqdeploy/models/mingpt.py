@@ -50,6 +50,7 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y))
 
     def forward_cached(self, x: torch.Tensor, past: KV | None) -> tuple[torch.Tensor, KV]:
+        """Attend ``t`` new tokens at positions ``p..p+t-1`` to the ``p`` cached ones and themselves."""
         b, t, c = x.size()
         k = self._heads(self.key(x), b, t, c)
         q = self._heads(self.query(x), b, t, c)
@@ -57,11 +58,11 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k = torch.cat((past[0], k), dim=-2)
             v = torch.cat((past[1], v), dim=-2)
-        # scores and softmax in fp32 (identity for fp32 models)
+        p = k.size(-2) - t
+        # scores and softmax in fp32 (identity for fp32 models); the mask rows of the new
+        # positions also cover upstream's n_unmasked block when it lies in the prefill
         att = (upcast(q) @ upcast(k).transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        if past is None:
-            att = att.masked_fill(self.mask[:, :, :t, :t] == 0, float("-inf"))
-        # with a past the new tokens are the last ones: a step (t == 1) sees everything before it.
+        att = att.masked_fill(self.mask[:, :, p : p + t, : p + t] == 0, float("-inf"))
         att = F.softmax(att, dim=-1)
         y = (att.to(v.dtype) @ v).transpose(1, 2).contiguous().view(b, t, c)
         return self.proj(y), (k, v)

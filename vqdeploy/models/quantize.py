@@ -92,7 +92,14 @@ class VectorQuantizer(RemapMixin, nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, None, Info]:
         ind = self.indices(z)
-        zq = self.get_codebook_entry(ind.reshape(-1), (z.shape[0], z.shape[2], z.shape[3], z.shape[1]))
+        shape = (z.shape[0], z.shape[2], z.shape[3], z.shape[1])
+        if self.remap:
+            # upstream quantizes to the nearest code of the full codebook and remaps only the token
+            # ids: a code outside ``used`` keeps its own vector (not the unknown token's)
+            nearest = nearest_code(z, self.embedding.weight.to(z.dtype))
+            zq = self.embedding(nearest.reshape(-1)).view(shape).permute(0, 3, 1, 2).contiguous()
+        else:
+            zq = self.get_codebook_entry(ind.reshape(-1), shape)
         # upstream's straight-through output z + (z_q - z) is not bit-equal to z_q: keep it
         zq = z + (zq - z)
         if not self.sane_index_shape:

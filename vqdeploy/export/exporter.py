@@ -1,0 +1,149 @@
+"""``export``: load a checkpoint, write every graph, check parity, write the manifest, and move
+the finished directory into place (never a half-written artifacts directory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vqdeploy.describe import describe
+from vqdeploy.errors import ArtifactError, ParityError
+from vqdeploy.export import manifest as mf
+from vqdeploy.export.onnx_export import DEFAULT_OPSET, export_graph
+from vqdeploy.export.specs import graph_specs
+
+Log = Callable[[str], None]
+
+
+def _check_destination(out: Path, fingerprint: str) -> None:
+    if not out.exists():
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.exists():
+            parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(parent, os.W_OK):
+            raise ArtifactError(f"cannot write to {parent}")
+        return
+    if not out.is_dir():
+        raise ArtifactError(f"--out {out} exists and is not a directory")
+    if not os.access(out.parent, os.W_OK):
+        raise ArtifactError(f"cannot write to {out.parent}")
+    manifest = out / mf.MANIFEST
+    if manifest.is_file():
+        try:
+            other = json.loads(manifest.read_text()).get("model_fingerprint")
+        except ValueError:
+            other = None
+        if other != fingerprint:
+            raise ArtifactError(f"{out} holds the artifacts of another model; choose another --out or remove it")
+    elif any(out.iterdir()):
+        raise ArtifactError(f"{out} is not empty and is not a vqdeploy artifacts directory; choose another --out")
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Swap the finished directory into place; engines built from unchanged graphs are kept."""
+    if out.exists():
+        engines = out / "engines"
+        if engines.is_dir():
+            shutil.move(str(engines), str(tmp / "engines"))
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def export(
+    ckpt: str | Path,
+    out: str | Path = "artifacts",
+    config: str | Path | None = None,
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    max_batch: int = 8,
+    parity: bool = True,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Export ``ckpt`` to ``out``; returns the manifest. Raises ParityError beyond tolerance
+    (after writing the report, without installing the artifacts)."""
+    from vqdeploy.loading.load import load_model
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    log(f"loading {ckpt}")
+    model = load_model(ckpt, config)
+    info = describe(model)
+    fingerprint = mf.model_fingerprint(model)
+    _check_destination(out, fingerprint)
+    specs = graph_specs(model, precision, max_batch)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent if str(out.parent) else "."))
+    try:
+        graphs: dict[str, Any] = {}
+        for n, spec in enumerate(specs, 1):
+            t = time.perf_counter()
+            log(f"[{n}/{len(specs)}] exporting {spec.file} ...")
+            export_graph(spec, tmp / spec.file, opset)
+            entry = spec.to_manifest()
+            entry["sha256"] = mf.sha256_file(tmp / spec.file)
+            data = tmp / f"{spec.file}.data"
+            if data.exists():
+                entry["external_data"] = {"file": data.name, "sha256": mf.sha256_file(data)}
+            entry["bytes"] = (tmp / spec.file).stat().st_size + (data.stat().st_size if data.exists() else 0)
+            graphs[spec.name] = entry
+            log(f"      {spec.file}: {entry['bytes'] / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s")
+        del specs
+        src = model.source  # type: ignore[attr-defined]
+        manifest: dict[str, Any] = {
+            "format": mf.FORMAT,
+            "format_version": mf.FORMAT_VERSION,
+            "model": info,
+            "model_fingerprint": fingerprint,
+            "source": {"checkpoint": src.checkpoint, "config": src.config},
+            "precision": precision,
+            "opset": opset,
+            "custom_domains": {"vqdeploy": 1},
+            "max_batch": max_batch,
+            "graphs": graphs,
+            "kv_cache": mf.KV_CACHE_DOC,
+            "sampling": mf.SAMPLING_DOC,
+            "versions": mf.versions(),
+        }
+        if parity:
+            manifest["parity"] = _export_parity(model, tmp, manifest, precision, log)
+        else:
+            manifest["parity"] = {"backend": "onnxruntime-cpu", "skipped": True}
+            log("parity check skipped (--no-parity)")
+        manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
+        mf.write_manifest(tmp, manifest)
+        if parity and not manifest["parity"]["passed"]:
+            report = out.parent / f"{out.name}.parity-failed.json"
+            report.write_text(json.dumps(manifest["parity"], indent=2) + "\n")
+            raise ParityError(f"exported graphs do not match PyTorch within tolerance (report: {report})")
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"wrote {out}/ in {manifest['export_seconds']:.1f} s")
+    return manifest
+
+
+def _export_parity(model: Any, directory: Path, manifest: dict[str, Any], precision: str, log: Log) -> dict[str, Any]:
+    from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from vqdeploy.runtime.backends.torch_backend import TorchBackend
+    from vqdeploy.runtime.parity import check_backend
+
+    log("parity: onnxruntime (CPU) vs PyTorch ...")
+    t = time.perf_counter()
+    reports = check_backend(TorchBackend(model, manifest), OnnxRuntimeBackend(directory, manifest),
+                            manifest["model"], precision)
+    for r in reports:
+        log("  " + r.line())
+    return {"backend": "onnxruntime-cpu", "reference": "torch-cpu-fp32", "seed": 0,
+            "passed": all(r.passed for r in reports), "seconds": round(time.perf_counter() - t, 1),
+            "stages": [r.to_dict() for r in reports]}

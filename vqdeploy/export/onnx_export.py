@@ -1,0 +1,62 @@
+"""Exporting one ``GraphSpec`` to an ONNX file with torch's dynamo exporter."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from vqdeploy.errors import ConfigError
+from vqdeploy.export.nearest_code_onnx import attach_function, translate
+from vqdeploy.export.specs import GraphSpec
+from vqdeploy.models.nearest_code import nearest_code
+
+from vqdeploy.export import DEFAULT_OPSET
+_EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
+
+
+@contextlib.contextmanager
+def _quiet() -> object:
+    """The exporter prints its stages and warns about harmless things; keep our progress readable."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """Write ``spec`` to ``path`` (plus ``<path>.data`` for graphs over ~1.8 GB) and check it."""
+    if not 18 <= opset <= 23:
+        raise ConfigError(f"--opset {opset} is not supported (18..23)")
+    args = spec.sample_inputs()
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            spec.module,
+            args,
+            dynamo=True,
+            custom_translation_table={nearest_code._opoverload: translate},
+            dynamic_shapes=spec.torch_dynamic_shapes(),
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+    attach_function(program.model)
+    program.model.graph.name = spec.name
+    weight_bytes = sum(p.numel() * p.element_size() for p in spec.module.parameters())
+    external = weight_bytes > _EXTERNAL_DATA_BYTES
+    program.save(str(path), external_data=external)
+    onnx.checker.check_model(str(path), full_check=False)

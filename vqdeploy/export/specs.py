@@ -1,0 +1,210 @@
+"""One spec per exported graph: names, dtypes, dynamic dims, sample inputs and the TensorRT
+optimization profiles. The same spec drives the export, the parity check, the manifest and the
+engine build, so they cannot disagree about a tensor name or a shape range.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vqdeploy.describe import describe
+from vqdeploy.errors import ConfigError
+from vqdeploy.export.graphs import DecoderGraph, EncoderGraph, TransformerGraph
+from vqdeploy.models.net2net import Net2NetTransformer
+from vqdeploy.models.vqgan import VQModel
+from vqdeploy.tensor_spec import Dim, TensorSpec
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+
+
+@dataclass
+class GraphSpec:
+    name: str
+    module: nn.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    dims: dict[str, Dim]
+    # TensorRT optimization profiles: per profile, (min, opt, max) of every dim
+    profiles: dict[str, dict[str, tuple[int, int, int]]] = field(default_factory=dict)
+    sample_dims: dict[str, int] = field(default_factory=dict)
+    id_ranges: dict[str, int] = field(default_factory=dict)  # exclusive upper bound of int64 inputs
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.onnx"
+
+    def sample_inputs(self, dims: dict[str, int] | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Random inputs of the right dtypes (token ids within range) for the given dim values."""
+        dims = {**self.sample_dims, **(dims or {})}
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for t in self.inputs:
+            shape = t.concrete(dims)
+            if t.dtype == "int64":
+                high = self.id_ranges.get(t.name, 2)
+                out.append(torch.randint(0, high, shape, generator=g))
+            else:
+                out.append(torch.rand(shape, generator=g).mul(2).sub(1).to(DTYPES[t.dtype]))
+        return tuple(out)
+
+    def torch_dynamic_shapes(self) -> dict[str, Any]:
+        """``dynamic_shapes`` for torch.export, keyed like the wrapper's forward arguments."""
+        tdims = {n: torch.export.Dim(n, min=d.min, max=d.max) for n, d in self.dims.items()}
+
+        def axes(t: TensorSpec) -> dict[int, Any]:
+            ax: dict[int, Any] = {}
+            for i, d in enumerate(t.shape):
+                if isinstance(d, str):
+                    name, _, k = d.partition("*")
+                    ax[i] = tdims[name] * int(k) if k else tdims[name]
+            return ax
+
+        # the wrappers' forward is (first, *past): name the first argument, group the rest
+        first = next(iter(inspect.signature(self.module.forward).parameters))
+        shapes: dict[str, Any] = {first: axes(self.inputs[0])}
+        if len(self.inputs) > 1:
+            shapes["past"] = tuple(axes(t) for t in self.inputs[1:])
+        return shapes
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "inputs": [asdict(t) for t in self.inputs],
+            "outputs": [asdict(t) for t in self.outputs],
+            "dims": {n: asdict(d) for n, d in self.dims.items()},
+            "profiles": {p: {n: list(r) for n, r in dims.items()} for p, dims in self.profiles.items()},
+        }
+
+
+def _batch(max_batch: int, opt: int) -> Dim:
+    return Dim(1, min(opt, max_batch), max_batch)
+
+
+def _image_profile(dims: dict[str, Dim]) -> dict[str, dict[str, tuple[int, int, int]]]:
+    return {"default": {n: (d.min, d.opt, d.max) for n, d in dims.items()}}
+
+
+def _grid_dims(grid: list[int]) -> tuple[Dim, Dim]:
+    """Latent grid range: from 1 cell up to twice the trained grid (sliding-window sampling)."""
+    return Dim(1, grid[0], 2 * grid[0]), Dim(1, grid[1], 2 * grid[1])
+
+
+def _precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    if dtype == torch.float32:
+        return model
+    m = copy.deepcopy(model).to(dtype)
+    for vq in m.modules():
+        if isinstance(vq, VQModel):
+            vq.quantize.float()  # distances / argmin / Gumbel logits stay fp32
+    return m
+
+
+def encoder_spec(name: str, vq: VQModel, dtype: torch.dtype, max_batch: int, batch_opt: int,
+                 preprocessing: dict[str, Any] | None = None, resize_to: int = -1) -> GraphSpec:
+    f = vq.downsample_factor
+    res = int(vq.ddconfig["resolution"]) if resize_to < 0 else resize_to
+    grid = [res // f, res // f]
+    onehot = preprocessing is not None and preprocessing["kind"] == "onehot"
+    if resize_to > -1:
+        # the graph resizes any input to the cond size: input size is free, output grid is fixed
+        in_dims = {"batch": _batch(max_batch, batch_opt), "height": Dim(1, res, 4 * res), "width": Dim(1, res, 4 * res)}
+        hw: tuple[int | str, ...] = ("height", "width")
+        out_hw: tuple[int | str, ...] = (grid[0], grid[1])
+    else:
+        gh, gw = _grid_dims(grid)
+        in_dims = {"batch": _batch(max_batch, batch_opt), "latent_h": Dim(gh.min, gh.opt, gh.max, f),
+                   "latent_w": Dim(gw.min, gw.opt, gw.max, f)}
+        hw = (f"latent_h*{f}", f"latent_w*{f}")
+        out_hw = ("latent_h", "latent_w")
+    if onehot:
+        inp = TensorSpec("labels", "int64", ("batch", *hw))
+    else:
+        inp = TensorSpec("image", "float32", ("batch", vq.in_channels, *hw))
+    spec = GraphSpec(
+        name=name,
+        module=EncoderGraph(vq, dtype, preprocessing["num_classes"] if onehot else None, resize_to).eval(),
+        inputs=[inp],
+        outputs=[TensorSpec("indices", "int64", ("batch", *out_hw))],
+        dims=in_dims,
+        sample_dims={"batch": 2, "latent_h": grid[0], "latent_w": grid[1], "height": res, "width": res},
+    )
+    spec.profiles = _image_profile(spec.dims)
+    spec.id_ranges = {"labels": vq.in_channels}
+    return spec
+
+
+def decoder_spec(vq: VQModel, dtype: torch.dtype, max_batch: int) -> GraphSpec:
+    f = vq.downsample_factor
+    res = int(vq.ddconfig["resolution"])
+    gh, gw = _grid_dims([res // f, res // f])
+    dims = {"batch": _batch(max_batch, 4), "latent_h": gh, "latent_w": gw}
+    spec = GraphSpec(
+        name="decoder",
+        module=DecoderGraph(vq, dtype).eval(),
+        inputs=[TensorSpec("indices", "int64", ("batch", "latent_h", "latent_w"))],
+        outputs=[TensorSpec("image", "float32", ("batch", vq.out_channels, f"latent_h*{f}", f"latent_w*{f}"))],
+        dims=dims,
+        sample_dims={"batch": 2, "latent_h": gh.opt, "latent_w": gw.opt},
+    )
+    spec.profiles = _image_profile(dims)
+    spec.id_ranges = {"indices": vq.vocab_size}
+    return spec
+
+
+def transformer_spec(model: Net2NetTransformer, dtype: torch.dtype, max_batch: int, cond_tokens: int) -> GraphSpec:
+    gpt = model.transformer
+    kv = "float16" if dtype == torch.float16 else "float32"
+    shape = ("batch", gpt.n_head, "past", gpt.head_dim)
+    inputs = [TensorSpec("tokens", "int64", ("batch", "tokens"))]
+    outputs = [TensorSpec("logits", "float32", ("batch", "tokens", gpt.vocab_size))]
+    for i in range(gpt.n_layer):
+        for part in ("key", "value"):
+            inputs.append(TensorSpec(f"past.{i}.{part}", kv, shape))
+            outputs.append(TensorSpec(f"present.{i}.{part}", kv, ("batch", gpt.n_head, "past+tokens", gpt.head_dim)))
+    block = gpt.block_size
+    dims = {"batch": _batch(max_batch, 4), "tokens": Dim(1, cond_tokens, block), "past": Dim(0, block // 2, block - 1)}
+    b = (1, min(4, max_batch), max_batch)
+    spec = GraphSpec(
+        name="transformer",
+        module=TransformerGraph(gpt).eval(),
+        inputs=inputs,
+        outputs=outputs,
+        dims=dims,
+        # two profiles in one engine: the weights are shared, kernels are tuned per phase
+        profiles={
+            "prefill": {"batch": b, "tokens": (1, min(cond_tokens, block), block), "past": (0, 0, 0)},
+            "step": {"batch": b, "tokens": (1, 1, 1), "past": (1, block // 2, block - 1)},
+        },
+        sample_dims={"batch": 2, "tokens": 3, "past": 5},
+    )
+    spec.id_ranges = {"tokens": gpt.vocab_size}
+    return spec
+
+
+def graph_specs(model: nn.Module, precision: str = "fp32", max_batch: int = 8) -> list[GraphSpec]:
+    """Every graph the model needs, in pipeline order."""
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"unsupported precision '{precision}' (fp32 or fp16)")
+    if max_batch < 1:
+        raise ConfigError("--max-batch must be at least 1")
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    info = describe(model)
+    m = _precision_copy(model, dtype)
+    if isinstance(m, VQModel):
+        return [encoder_spec("encoder", m, dtype, max_batch, 1), decoder_spec(m, dtype, max_batch)]
+    assert isinstance(m, Net2NetTransformer)
+    specs = [encoder_spec("encoder", m.first_stage_model, dtype, max_batch, 1)]
+    cond = info["conditioning"]
+    if cond["kind"] == "image":
+        assert isinstance(m.cond_stage_model, VQModel)
+        specs.append(encoder_spec("cond_encoder", m.cond_stage_model, dtype, max_batch, 1,
+                                  cond["preprocessing"], m.downsample_cond_size))
+    specs.append(transformer_spec(m, dtype, max_batch, cond["tokens"]))
+    specs.append(decoder_spec(m.first_stage_model, dtype, max_batch))
+    return specs

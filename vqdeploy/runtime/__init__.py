@@ -1,0 +1,1 @@
+"""Inference: backends (torch, onnxruntime, tensorrt), KV-cached generation, the pipeline."""

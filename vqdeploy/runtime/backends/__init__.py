@@ -1,0 +1,1 @@
+"""Backends: one small runner per runtime behind the same interface (see ``base``)."""

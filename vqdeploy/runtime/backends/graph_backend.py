@@ -1,0 +1,141 @@
+"""What the graph runtimes (onnxruntime on CPU/CUDA, TensorRT) share: preallocated buffers bound
+by pointer, output shapes from the manifest, and the KV-cached transformer.
+
+A subclass only provides ``_executor(graph, profile)``: an object whose ``run(inputs, outputs)``
+binds contiguous torch tensors (host or device) by address and enqueues the graph. The KV
+cache lives in two preallocated buffer sets per layer (past / present, swapped after every
+call), so a step neither allocates nor copies the cache outside the graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from vqdeploy.errors import ArtifactError, InputError
+from vqdeploy.tensor_spec import TensorSpec, bind_dims
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+
+
+class Executor(Protocol):
+    def run(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None: ...
+
+
+class GraphBackend:
+    name = "graph"
+
+    def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str) -> None:
+        self.artifacts = Path(artifacts)
+        self.manifest = manifest
+        self.device = device
+        self.torch_device = torch.device(device)
+        self._runner: KVTransformer | None = None
+
+    # --- to implement -------------------------------------------------------------------
+    def _executor(self, graph: str, profile: str | None = None) -> Executor:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize(self.torch_device)
+
+    # --- shared ---------------------------------------------------------------------------
+    def graph(self, name: str) -> dict[str, Any]:
+        try:
+            return self.manifest["graphs"][name]
+        except KeyError:
+            raise ArtifactError(f"{self.artifacts}: the artifacts have no '{name}' graph") from None
+
+    def specs(self, name: str, kind: str) -> list[TensorSpec]:
+        return [TensorSpec.from_dict(t) for t in self.graph(name)[kind]]
+
+    def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        inputs = self.specs(name, "inputs")
+        missing = [t.name for t in inputs if t.name not in arrays]
+        if missing:
+            raise InputError(f"{name}: missing input {missing[0]}")
+        dims = bind_dims(inputs, [arrays[t.name].shape for t in inputs], name)
+        ins = {t.name: torch.as_tensor(np.ascontiguousarray(arrays[t.name], dtype=np.dtype(t.dtype))).to(self.torch_device)
+               for t in inputs}
+        outs = {t.name: torch.empty(t.concrete(dims), dtype=TORCH_DTYPES[t.dtype], device=self.torch_device)
+                for t in self.specs(name, "outputs")}
+        self._executor(name).run(ins, outs)
+        return outs
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        return self.run_graph("encoder", {"image": image})["indices"].cpu().numpy()
+
+    def encode_cond(self, cond: np.ndarray) -> np.ndarray:
+        graph = "cond_encoder" if "cond_encoder" in self.manifest["graphs"] else "encoder"
+        name = self.graph(graph)["inputs"][0]["name"]
+        return self.run_graph(graph, {name: cond})["indices"].cpu().numpy()
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        return self.run_graph("decoder", {"indices": indices})["image"].cpu().numpy()
+
+    def transformer(self) -> KVTransformer:
+        if self._runner is None:
+            self._runner = KVTransformer(self)
+        return self._runner
+
+
+class KVTransformer:
+    """The transformer graph with a device-resident, preallocated KV cache."""
+
+    def __init__(self, backend: GraphBackend) -> None:
+        self.backend = backend
+        info = backend.manifest["model"]["transformer"]
+        self.n_layer, self.n_head = int(info["n_layer"]), int(info["n_head"])
+        self.head_dim, self.block = int(info["head_dim"]), int(info["block_size"])
+        self.vocab = int(info["vocab_size"])
+        past = next(t for t in backend.graph("transformer")["inputs"] if t["name"] == "past.0.key")
+        self.kv_dtype = TORCH_DTYPES[past["dtype"]]
+        self.names = [(f"past.{i}.{p}", f"present.{i}.{p}") for i in range(self.n_layer) for p in ("key", "value")]
+        self.capacity = 0
+        self.batch = 0
+        self.length = 0
+
+    def _allocate(self, batch: int) -> None:
+        dev = self.backend.torch_device
+        n = batch * self.n_head * self.block * self.head_dim
+        self.buffers = [[torch.empty(n, dtype=self.kv_dtype, device=dev) for _ in self.names] for _ in range(2)]
+        self.logits = torch.empty(batch * self.block * self.vocab, dtype=torch.float32, device=dev)
+        self.tokens = torch.empty(batch * self.block, dtype=torch.int64, device=dev)
+        self.capacity = batch
+
+    def reset(self, batch: int) -> None:
+        max_batch = int(self.backend.graph("transformer")["dims"]["batch"]["max"])
+        if batch > max_batch:
+            raise InputError(f"batch {batch} exceeds the exported maximum {max_batch} (re-export with --max-batch)")
+        if batch > self.capacity:
+            self._allocate(batch)
+        self.batch, self.length = batch, 0
+        self.current = 0  # which buffer set holds the past
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        b, t = tokens.shape
+        if b != self.batch:
+            raise InputError(f"transformer: batch {b} does not match the cache's batch {self.batch}")
+        p = self.length
+        if p + t > self.block:
+            raise InputError(f"transformer: {p + t} tokens exceed the block size {self.block}")
+        kv_past = (b, self.n_head, p, self.head_dim)
+        kv_present = (b, self.n_head, p + t, self.head_dim)
+        tok = self.tokens[: b * t].view(b, t)
+        tok.copy_(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)))
+        src, dst = self.buffers[self.current], self.buffers[1 - self.current]
+        ins = {"tokens": tok}
+        outs = {"logits": self.logits[: b * t * self.vocab].view(b, t, self.vocab)}
+        size_past, size_present = int(np.prod(kv_past)), int(np.prod(kv_present))
+        for (past_name, present_name), s, d in zip(self.names, src, dst):
+            ins[past_name] = s[:size_past].view(kv_past)
+            outs[present_name] = d[:size_present].view(kv_present)
+        profile = "prefill" if p == 0 else "step"
+        self.backend._executor("transformer", profile).run(ins, outs)
+        self.current = 1 - self.current
+        self.length = p + t
+        return outs["logits"].to("cpu", copy=True).numpy()  # the buffer is reused next call

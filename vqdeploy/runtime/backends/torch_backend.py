@@ -1,0 +1,88 @@
+"""PyTorch eager backend: the model the artifacts were exported from, run through the same
+stage wrappers as the export (so preprocessing is identical), with the KV-cached forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vqdeploy.errors import ArtifactError, InputError
+from vqdeploy.export.graphs import DecoderGraph, EncoderGraph
+from vqdeploy.models.mingpt import GPT
+from vqdeploy.models.net2net import Net2NetTransformer
+from vqdeploy.models.vqgan import VQModel
+
+
+class TorchTransformer:
+    def __init__(self, gpt: GPT, device: torch.device) -> None:
+        self.gpt = gpt
+        self.device = device
+        self.past: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.length = 0
+        self.batch = 0
+
+    def reset(self, batch: int) -> None:
+        self.past, self.length, self.batch = None, 0, batch
+
+    @torch.no_grad()
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        if tokens.shape[0] != self.batch:
+            raise InputError(f"transformer: batch {tokens.shape[0]} does not match the cache's batch {self.batch}")
+        if self.length + tokens.shape[1] > self.gpt.block_size:
+            raise InputError(f"transformer: {self.length + tokens.shape[1]} tokens exceed the block size")
+        idx = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(self.device)
+        logits, self.past = self.gpt.forward_cached(idx, self.past)
+        self.length += tokens.shape[1]
+        return logits.float().cpu().numpy()
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: nn.Module, manifest: dict[str, Any], device: str = "cpu") -> None:
+        self.device = device
+        self.torch_device = torch.device(device)
+        self.model = model.to(self.torch_device)
+        first = model.first_stage_model if isinstance(model, Net2NetTransformer) else model
+        if not isinstance(first, VQModel):
+            raise ArtifactError("the torch backend needs a VQModel or Net2NetTransformer checkpoint")
+        self._encoder = EncoderGraph(first, torch.float32)
+        self._decoder = DecoderGraph(first, torch.float32)
+        self._cond: EncoderGraph | None = None
+        cond = manifest["model"].get("conditioning", {})
+        if cond.get("kind") == "first_stage":
+            self._cond = self._encoder
+        elif cond.get("kind") == "image":
+            assert isinstance(model, Net2NetTransformer) and isinstance(model.cond_stage_model, VQModel)
+            pre = cond["preprocessing"]
+            self._cond = EncoderGraph(model.cond_stage_model, torch.float32,
+                                      pre["num_classes"] if pre["kind"] == "onehot" else None,
+                                      int(cond.get("downsample_cond_size", -1)))
+        self._runner = TorchTransformer(model.transformer, self.torch_device) if isinstance(model, Net2NetTransformer) else None
+
+    def synchronize(self) -> None:
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize(self.torch_device)
+
+    @torch.no_grad()
+    def _run(self, module: nn.Module, x: np.ndarray) -> np.ndarray:
+        return module(torch.from_numpy(np.ascontiguousarray(x)).to(self.torch_device)).cpu().numpy()
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        return self._run(self._encoder, image.astype(np.float32))
+
+    def encode_cond(self, cond: np.ndarray) -> np.ndarray:
+        if self._cond is None:
+            raise InputError("this model has no image condition")
+        return self._run(self._cond, cond)
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        return self._run(self._decoder, indices.astype(np.int64))
+
+    def transformer(self) -> TorchTransformer:
+        if self._runner is None:
+            raise InputError("this model has no transformer")
+        return self._runner

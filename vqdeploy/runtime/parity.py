@@ -1,0 +1,185 @@
+"""Stage-by-stage comparison of a backend against the PyTorch reference.
+
+Used at export time (ONNX Runtime CPU vs torch, stored in the manifest) and by ``vqdeploy
+parity`` (every available backend). Every check has a tolerance, stated with its reason in
+``TOLERANCES``; a check outside it fails the run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqdeploy.models.nearest_code import nearest_code_distances
+from vqdeploy.models.net2net import Net2NetTransformer
+from vqdeploy.models.quantize import GumbelQuantize
+from vqdeploy.models.vqgan import VQModel
+from vqdeploy.runtime.backends.base import Backend
+from vqdeploy.runtime.backends.torch_backend import TorchBackend
+from vqdeploy.runtime.conditions import condition_grid
+from vqdeploy.runtime.generator import generate
+from vqdeploy.runtime.parity_inputs import parity_inputs
+from vqdeploy.runtime.sampling import SamplingParams
+
+# Tolerances and why (measured numbers in the README's parity section):
+# - code_margin_rel: a token may differ from torch's only where the two nearest codes are a
+#   near-tie: d(candidate) - d(reference) <= rel * max_k |d_k| at that position. fp32 rounding of a
+#   C-long dot product in another summation order is ~sqrt(C) * 6e-8 relative; fp16 graphs
+#   compute the latent itself in half precision (~1e-3 relative).
+# - max_disagreement: at most this fraction of tokens may differ (each still a near-tie).
+# - decoder_psnr_db: images in [-1,1] (peak-to-peak 2).
+# - logits_abs: max |logit difference| over every position, relative to max(1, max |logit|).
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"code_margin_rel": 1e-5, "max_disagreement": 0.01, "decoder_psnr_db": 60.0, "logits_rel": 1e-4},
+    "fp16": {"code_margin_rel": 2e-2, "max_disagreement": 0.05, "decoder_psnr_db": 35.0, "logits_rel": 2e-2},
+}
+
+
+@dataclass
+class StageReport:
+    stage: str
+    passed: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    tolerance: str = ""
+
+    def line(self) -> str:
+        vals = ", ".join(f"{k}={_fmt(v)}" for k, v in self.metrics.items())
+        return f"{'ok  ' if self.passed else 'FAIL'} {self.stage:<26} {vals}  [{self.tolerance}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _code_distances(vq: VQModel, image: np.ndarray, cond_module: torch.nn.Module | None = None) -> tuple[torch.Tensor, bool]:
+    """(B,h,w,K) "distance" to every token (lower is nearer): squared L2, or -logit for Gumbel."""
+    x = torch.from_numpy(image)
+    with torch.no_grad():
+        if cond_module is not None:  # apply the cond preprocessing (one-hot, resize) of the graph
+            if cond_module.onehot_classes is not None:
+                x = (x[:, None] == cond_module.classes).to(torch.float32)
+            if cond_module.resize_to > -1:
+                x = torch.nn.functional.interpolate(x, size=(cond_module.resize_to,) * 2)
+        h = vq.quant_conv(vq.encoder(x.to(next(vq.parameters()).device)))
+        if isinstance(vq.quantize, GumbelQuantize):
+            return -vq.quantize.logits(h).permute(0, 2, 3, 1).cpu(), True
+        return nearest_code_distances(h, vq.quantize.codebook()).cpu(), False
+
+
+def check_codes(stage: str, ref: np.ndarray, cand: np.ndarray, dist: torch.Tensor, gumbel: bool,
+                tol: dict[str, float]) -> StageReport:
+    differ = ref != cand
+    n = int(differ.sum())
+    frac = n / ref.size
+    metrics: dict[str, Any] = {"agreement": 1.0 - frac, "differing": n}
+    worst = 0.0
+    if n:
+        d = dist.numpy().astype(np.float64)
+        vocab = d.shape[-1]
+        r, c = ref[differ], np.minimum(cand[differ], vocab - 1)
+        rows = d[differ]
+        margin = rows[np.arange(n), c] - rows[np.arange(n), r]
+        scale = np.abs(rows).max(axis=-1)  # the largest distance (|logit|) of that position
+        rel = np.where(cand[differ] < vocab, margin / np.maximum(scale, 1e-30), np.inf)
+        worst = float(rel.max())
+        metrics["max_margin_rel"] = worst
+    passed = frac <= tol["max_disagreement"] and worst <= tol["code_margin_rel"]
+    return StageReport(stage, passed, metrics,
+                       f"<= {tol['max_disagreement']:.0%} differ, each a near-tie (margin <= {tol['code_margin_rel']:g} rel)")
+
+
+def check_images(stage: str, ref: np.ndarray, cand: np.ndarray, tol: dict[str, float]) -> StageReport:
+    err = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
+    mse = float((err**2).mean())
+    psnr = math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+    passed = psnr >= tol["decoder_psnr_db"] and bool(np.isfinite(cand).all())
+    return StageReport(stage, passed, {"max_abs": float(err.max()), "mean_abs": float(err.mean()), "psnr_db": psnr},
+                       f"PSNR >= {tol['decoder_psnr_db']:g} dB")
+
+
+def _logits_report(stage: str, err: float, scale: float, tol: dict[str, float]) -> StageReport:
+    bound = tol["logits_rel"] * max(1.0, scale)
+    return StageReport(stage, err <= bound, {"max_abs": err, "bound": bound},
+                       f"max |dlogit| <= {tol['logits_rel']:g} * max(1, max|logit|)")
+
+
+def check_backend(reference: TorchBackend, candidate: Backend, info: dict[str, Any], precision: str,
+                  seed: int = 0, greedy_steps: int | None = None) -> list[StageReport]:
+    """Every stage of ``candidate`` against ``reference`` on the same seeded inputs."""
+    tol = TOLERANCES[precision]
+    model = reference.model
+    first = model.first_stage_model if isinstance(model, Net2NetTransformer) else model
+    inputs = parity_inputs(info, seed)
+    reports = []
+
+    ref_z = reference.encode(inputs["image"])
+    dist, gumbel = _code_distances(first, inputs["image"])
+    reports.append(check_codes("encoder", ref_z, candidate.encode(inputs["image"]), dist, gumbel, tol))
+    reports.append(check_images("decoder", reference.decode(ref_z), candidate.decode(ref_z), tol))
+    if not isinstance(model, Net2NetTransformer):
+        return reports
+
+    cond_info = info["conditioning"]
+    if cond_info["kind"] == "image":
+        ref_c = reference.encode_cond(inputs["cond"])
+        dist, gumbel = _code_distances(model.cond_stage_model, inputs["cond"], reference._cond)  # type: ignore[arg-type]
+        reports.append(check_codes("cond_encoder", ref_c, candidate.encode_cond(inputs["cond"]), dist, gumbel, tol))
+    batch = ref_z.shape[0]
+    coord = None
+    if cond_info["kind"] == "coord":
+        from vqdeploy.runtime.conditions import coord_map
+
+        res = cond_info["resolution"]
+        coord = np.repeat(coord_map(res, res), batch, axis=0)
+    cond = condition_grid(reference, cond_info, batch, inputs.get("cond", coord), class_id=0).reshape(batch, -1)
+    order = info["permuter"]["order"]
+    z = ref_z.reshape(batch, -1)
+    z = z[:, order] if order is not None else z
+    seq = np.concatenate([cond, z], axis=1)
+    tc = cond.shape[1]
+
+    gpt = model.transformer
+    with torch.no_grad():
+        full = gpt(torch.from_numpy(seq[:, :-1]).to(reference.torch_device))[0].float().cpu().numpy()
+    scale = float(np.abs(full).max())
+    runner = candidate.transformer()
+    runner.reset(batch)
+    tf = runner.forward(seq[:, :-1])
+    reports.append(_logits_report("transformer_teacher_forced", float(np.abs(tf - full).max()), scale, tol))
+
+    runner.reset(batch)
+    errs = [float(np.abs(runner.forward(cond)[:, -1] - full[:, tc - 1]).max())]
+    for k in range(z.shape[1] - 1):
+        errs.append(float(np.abs(runner.forward(z[:, k : k + 1])[:, 0] - full[:, tc + k]).max()))
+    reports.append(_logits_report("transformer_kv_steps", max(errs), scale, tol))
+
+    steps = z.shape[1] if greedy_steps is None else min(greedy_steps, z.shape[1])
+    greedy = SamplingParams(temperature=1.0, top_k=1)
+    noise = np.zeros((steps, batch))
+    ref_tokens = generate(reference.transformer(), cond, steps, greedy, noise)
+    cand_tokens = generate(runner, cond, steps, greedy, noise)
+    same = ref_tokens == cand_tokens
+    metrics: dict[str, Any] = {"steps": steps, "identical": bool(same.all())}
+    passed = bool(same.all())
+    if not passed:
+        first_k = int(np.argmax(~same.all(axis=0)))
+        metrics["first_divergence"] = first_k
+        prefix = np.concatenate([cond, ref_tokens[:, :first_k]], axis=1)
+        with torch.no_grad():
+            last = gpt(torch.from_numpy(prefix).to(reference.torch_device))[0][:, -1].float().cpu().numpy()
+        top2 = -np.sort(-last, axis=-1)[:, :2]
+        gap = float((top2[:, 0] - top2[:, 1]).min())
+        metrics["top2_gap_at_divergence"] = gap
+        passed = gap <= 2 * max(errs)  # diverged at a near-tie of the reference itself
+    reports.append(StageReport("greedy_tokens", passed, metrics,
+                               "identical, or first divergence at a reference top-2 gap <= 2x the step logits error"))
+    return reports

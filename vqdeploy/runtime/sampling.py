@@ -1,0 +1,65 @@
+"""Next-token selection, on the host, identical for every backend.
+
+Upstream semantics: logits / temperature, then top-k keeping every logit equal to the k-th
+largest (``out[out < v[..., [-1]]] = -inf``), then top-p (nucleus), then a draw. Instead of
+``torch.multinomial`` the draw is an inverse-CDF lookup with one uniform number per sample and
+step from a seeded numpy generator, so the same seed gives the same tokens on every backend
+(up to logits that differ across a CDF boundary, which parity reports).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vqdeploy.errors import InputError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_k: int | None = 100
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise InputError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"--top-k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise InputError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+def uniform_noise(seed: int, batch: int, steps: int, first_sample: int = 0) -> np.ndarray:
+    """(steps, batch) uniforms; sample b's stream depends only on (seed, b), not on the batch size."""
+    return np.stack([np.random.default_rng([seed, first_sample + b]).random(steps) for b in range(batch)], axis=1)
+
+
+def next_tokens(logits: np.ndarray, u: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """(B,V) logits and (B,) uniforms in [0,1) -> (B,) int64 token ids."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if params.greedy:
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    x = logits / params.temperature
+    vocab = x.shape[-1]
+    if params.top_k is not None and params.top_k < vocab:
+        kth = np.partition(x, vocab - params.top_k, axis=-1)[:, vocab - params.top_k : vocab - params.top_k + 1]
+        x = np.where(x < kth, -np.inf, x)
+    x = x - x.max(axis=-1, keepdims=True)
+    p = np.exp(x)
+    p /= p.sum(axis=-1, keepdims=True)
+    if params.top_p is not None and params.top_p < 1.0:
+        srt = -np.sort(-p, axis=-1)
+        before = np.cumsum(srt, axis=-1) - srt  # mass of the strictly more likely tokens
+        keep = before <= params.top_p  # upstream (transformers top_k_top_p_filtering) rule
+        threshold = np.min(np.where(keep, srt, np.inf), axis=-1, keepdims=True)
+        p = np.where(p >= threshold, p, 0.0)
+    cdf = np.cumsum(p, axis=-1)
+    target = np.asarray(u, dtype=np.float64)[:, None] * cdf[:, -1:]
+    idx = (cdf <= target).sum(axis=-1)
+    return np.minimum(idx, vocab - 1).astype(np.int64)
