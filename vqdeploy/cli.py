@@ -57,3 +57,9 @@ def inspect(ckpt: str, config: str | None) -> None:
 from vqdeploy.export.command import export  # noqa: E402
 
 main.add_command(export)
+
+from vqdeploy.runtime.command import bench, parity, run  # noqa: E402
+
+main.add_command(run)
+main.add_command(parity)
+main.add_command(bench)

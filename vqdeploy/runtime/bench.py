@@ -1,0 +1,168 @@
+"""``vqdeploy bench``: per-stage latency and tokens/s for every available backend, next to the
+upstream-style reference sampler (full recomputation per token) and PyTorch eager with a KV
+cache, measured in one run on the same inputs, printed as a table and written as JSON."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqdeploy.errors import InputError
+from vqdeploy.export.manifest import read_manifest
+from vqdeploy.runtime.available import parse_backends
+from vqdeploy.runtime.backends.base import Backend
+from vqdeploy.runtime.backends.select import load_reference_model, open_backend
+from vqdeploy.runtime.backends.torch_backend import TorchBackend
+from vqdeploy.runtime.conditions import condition_grid
+from vqdeploy.runtime.parity_report import _condition
+from vqdeploy.runtime.sampling import SamplingParams, next_tokens, uniform_noise
+
+PARAMS = SamplingParams(temperature=1.0, top_k=100)
+REFERENCE_POINTS = 8  # sequence lengths timed for the reference sampler when it is too slow to run whole
+
+
+def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Host memory bandwidth in bytes/s from a large copy (read + write)."""
+    a = np.ones(nbytes // 4, dtype=np.float32)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    best = min(_timed(lambda: np.copyto(b, a)) for _ in range(repeats))
+    return 2 * nbytes / best
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _sync(be: Backend) -> None:
+    sync = getattr(be, "synchronize", None)
+    if sync is not None:
+        sync()
+
+
+def bench_backend(be: Backend, cond_input: Any, info: dict[str, Any], n: int, repeats: int) -> dict[str, float]:
+    """Median over ``repeats`` of each stage; the step time is the mean over all tokens of a run."""
+    cond_info = info["conditioning"]
+    steps = int(info["tokens"]["image"])
+    noise = uniform_noise(0, n, steps)
+    runs: dict[str, list[float]] = {k: [] for k in ("cond_encoder", "prefill", "step", "decoder", "total")}
+    for _ in range(repeats + 1):  # the first run warms up (session init, allocator, caches)
+        t0 = time.perf_counter()
+        cond = condition_grid(be, cond_info, n, cond_input, class_id=0).reshape(n, -1)
+        t1 = time.perf_counter()
+        runner = be.transformer()
+        runner.reset(n)
+        logits = runner.forward(cond)[:, -1]
+        t2 = time.perf_counter()
+        out = np.empty((n, steps), dtype=np.int64)
+        for k in range(steps):
+            out[:, k] = next_tokens(logits, noise[k], PARAMS)
+            if k + 1 < steps:
+                logits = runner.forward(out[:, k : k + 1])[:, -1]
+        t3 = time.perf_counter()
+        grid = info["first_stage"]["latent_grid"]
+        be.decode(out.reshape(n, *grid))
+        _sync(be)
+        t4 = time.perf_counter()
+        for key, v in zip(runs, (t1 - t0, t2 - t1, (t3 - t2) / max(steps - 1, 1), t4 - t3, t4 - t0)):
+            runs[key].append(v)
+    res = {k: statistics.median(v[1:]) for k, v in runs.items()}
+    res["tokens_per_s"] = n * steps / (res["prefill"] + res["step"] * (steps - 1))
+    return res
+
+
+@torch.no_grad()
+def bench_reference(model: Any, cond: np.ndarray, steps: int, full: bool) -> dict[str, Any]:
+    """Upstream's sampler cost: one full forward over the whole sequence per token.
+
+    ``full`` runs ``Net2NetTransformer.sample`` itself. Otherwise the forward time is measured at
+    ``REFERENCE_POINTS`` sequence lengths and summed over all steps by linear interpolation
+    (the cost of a full forward grows smoothly with length); the method is reported.
+    """
+    c = torch.from_numpy(cond)
+    if full:
+        x = torch.zeros((c.shape[0], 0), dtype=torch.long)
+        k = min(PARAMS.top_k or 100, model.transformer.vocab_size)
+        t = _timed(lambda: model.sample(x, c, steps, temperature=1.0, sample=True, top_k=k))
+        return {"total": t, "tokens_per_s": c.shape[0] * steps / t, "method": "full run of Net2NetTransformer.sample"}
+    gpt = model.transformer
+    lengths = np.unique(np.linspace(c.shape[1], c.shape[1] + steps - 1, REFERENCE_POINTS).astype(int))
+    times = []
+    for length in lengths:
+        seq = torch.cat([c, torch.zeros((c.shape[0], length - c.shape[1]), dtype=torch.long)], dim=1)
+        gpt(seq)  # warm-up at this shape
+        times.append(min(_timed(lambda: gpt(seq)) for _ in range(2)))
+    total = float(np.interp(np.arange(c.shape[1], c.shape[1] + steps), lengths, times).sum())
+    return {"total": total, "tokens_per_s": c.shape[0] * steps / total,
+            "method": f"forward timed at {len(lengths)} sequence lengths, interpolated over {steps} steps"}
+
+
+def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeats: int, reference: bool, out: Path,
+              ckpt: str | None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    manifest = read_manifest(artifacts)
+    info = manifest["model"]
+    if info["kind"] != "net2net":
+        raise InputError("bench needs a Net2NetTransformer (there is no sampling in a VQGAN)")
+    if repeats < 1:
+        raise InputError("--repeats must be at least 1")
+    model = load_reference_model(manifest, ckpt)
+    cond_input = _condition(info, 0)
+    rows: dict[str, dict[str, Any]] = {}
+    torch_cpu = TorchBackend(model, manifest, "cpu")
+    for name, dev, be in [("torch", "cpu", torch_cpu)] + [(b, d, None) for b, d in parse_backends(backends, artifacts, device)]:
+        label = f"{name}-{dev}" + (" (KV cache)" if name == "torch" else "")
+        log(f"bench: {label} ...")
+        be = be or open_backend(name, artifacts, manifest, dev, model=model if name == "torch" else None)
+        rows[label] = bench_backend(be, cond_input, info, n, repeats)
+    steps = int(info["tokens"]["image"])
+    if reference:
+        log("bench: reference sampler (full recomputation per token) ...")
+        cond = condition_grid(torch_cpu, info["conditioning"], n, cond_input, class_id=0).reshape(n, -1)
+        rows["torch-cpu reference (no cache)"] = bench_reference(model, cond, steps, full=steps * cond.shape[1] <= 64 * 128)
+    bw = memory_bandwidth()
+    weight_bytes = int(info["transformer"]["parameters"]) * (2 if manifest["precision"] == "fp16" else 4)
+    result = {
+        "artifacts": str(artifacts), "precision": manifest["precision"], "num_samples": n, "repeats": repeats,
+        "image_tokens": steps, "cond_tokens": int(info["tokens"]["cond"]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch.get_num_threads()},
+        "host_memory_bandwidth_GBps": bw / 1e9,
+        "transformer_weight_bytes": weight_bytes,
+        "step_floor_ms_cpu": 1e3 * weight_bytes / bw,
+        "backends": rows,
+    }
+    _print_table(result, log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {out}")
+    return result
+
+
+def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
+    rows = result["backends"]
+    ref = rows.get("torch-cpu reference (no cache)")
+    eager = rows.get("torch-cpu (KV cache)")
+    log("")
+    log(f"{'backend':<32}{'cond ms':>9}{'prefill ms':>11}{'step ms':>9}{'decode ms':>10}{'tokens/s':>10}"
+        f"{'vs ref':>8}{'vs eager':>9}{'step/floor':>11}")
+    for label, r in rows.items():
+        if "step" not in r:
+            log(f"{label:<32}{'':>9}{'':>11}{'':>9}{'':>10}{r['tokens_per_s']:>10.1f}{1.0:>8.2f}{'':>9}{'':>11}  ({r['method']})")
+            continue
+        vs_ref = f"{r['tokens_per_s'] / ref['tokens_per_s']:.1f}x" if ref else "-"
+        vs_eager = f"{r['tokens_per_s'] / eager['tokens_per_s']:.2f}x" if eager else "-"
+        floor = r["step"] * 1e3 / result["step_floor_ms_cpu"] if label.endswith("cpu") or "cpu " in label else float("nan")
+        log(f"{label:<32}{r['cond_encoder'] * 1e3:>9.1f}{r['prefill'] * 1e3:>11.1f}{r['step'] * 1e3:>9.2f}"
+            f"{r['decoder'] * 1e3:>10.1f}{r['tokens_per_s']:>10.1f}{vs_ref:>8}{vs_eager:>9}"
+            f"{('%.2fx' % floor) if floor == floor else '-':>11}")
+    log(f"host memory bandwidth {result['host_memory_bandwidth_GBps']:.1f} GB/s; transformer weights "
+        f"{result['transformer_weight_bytes'] / 1e6:.0f} MB -> CPU step floor {result['step_floor_ms_cpu']:.2f} ms")

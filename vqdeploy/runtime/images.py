@@ -1,0 +1,125 @@
+"""Reading condition images (untrusted files) and writing result images (atomically)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vqdeploy.errors import InputError
+
+MAX_PIXELS = 64_000_000  # beyond this a PNG is treated as a decompression bomb
+
+
+def _open(path: Path) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise InputError(f"input image not found: {path}")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if img.width * img.height > MAX_PIXELS:
+                raise InputError(f"{path}: {img.width}x{img.height} is too large (limit {MAX_PIXELS} pixels)")
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{path}: refused: the image is a decompression bomb (over {MAX_PIXELS} pixels)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image PIL can read") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"{path}: corrupt image ({e})") from None
+    return img
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'WxH' -> (height, width)."""
+    if text is None:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--size must look like 256x256 (WxH), got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise InputError(f"--size must be positive, got {text!r}")
+    return h, w
+
+
+def load_condition(path: Path, preprocessing: dict[str, Any], size: tuple[int, int] | None) -> np.ndarray:
+    """The cond encoder's input for one image: (1,H,W) int64 labels or (1,C,H,W) fp32 in [-1,1]."""
+    from PIL import Image
+
+    img = _open(path)
+    kind = preprocessing["kind"]
+    if kind == "onehot":
+        if img.mode not in ("L", "P", "I", "I;16"):
+            raise InputError(f"{path}: a segmentation must be a label PNG (mode L, P or I holding class ids), "
+                             f"got mode {img.mode}")
+        if size is not None and (img.height, img.width) != size:
+            img = img.resize((size[1], size[0]), Image.NEAREST)
+        labels = np.asarray(img, dtype=np.int64)
+        n = int(preprocessing["num_classes"])
+        if labels.min() < 0 or labels.max() >= n:
+            raise InputError(f"{path}: class ids must be in 0..{n - 1}, found {labels.min()}..{labels.max()}")
+        return labels[None]
+    if kind == "grey":
+        if img.mode in ("I", "I;16", "F"):  # depth maps: normalised to [-1,1] as taming does
+            arr = np.asarray(img, dtype=np.float32)
+            if size is not None and arr.shape != size:
+                arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BICUBIC))
+            lo, hi = float(arr.min()), float(arr.max())
+            return (2.0 * (arr - lo) / max(hi - lo, 1e-8) - 1.0)[None, None].astype(np.float32)
+        img = img.convert("L")
+    elif kind == "rgb":
+        img = img.convert("RGB")
+    else:
+        raise InputError(f"unsupported condition preprocessing '{kind}'")
+    if size is not None and (img.height, img.width) != size:
+        img = img.resize((size[1], size[0]), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
+    return np.ascontiguousarray(arr)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """(N,C,H,W) in [-1,1] -> (N,H,W,C) uint8."""
+    x = np.clip((images.astype(np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    return x.transpose(0, 2, 3, 1)
+
+
+def grid_image(images: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """(N,H,W,C) uint8 -> one (rows*H, cols*W, C) image."""
+    n, h, w, c = images.shape
+    cols = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    out = np.full((rows * h, cols * w, c), 255, dtype=np.uint8)
+    for i, im in enumerate(images):
+        r, k = divmod(i, cols)
+        out[r * h : (r + 1) * h, k * w : (k + 1) * w] = im
+    return out
+
+
+def write_png(array: np.ndarray, path: Path) -> None:
+    """Write atomically: a reader never sees a half-written file."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def output_paths(out: Path, n: int, grid: bool) -> list[Path]:
+    if grid or n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(n)]

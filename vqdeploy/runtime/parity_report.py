@@ -1,0 +1,111 @@
+"""``vqdeploy parity``: every available backend against the PyTorch reference, per stage, with
+the sampled images side by side in an HTML page."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vqdeploy.errors import ParityError
+from vqdeploy.export.manifest import read_manifest
+from vqdeploy.runtime.available import parse_backends
+from vqdeploy.runtime.backends.select import load_reference_model, open_backend
+from vqdeploy.runtime.backends.torch_backend import TorchBackend
+from vqdeploy.runtime.conditions import coord_map
+from vqdeploy.runtime.images import to_uint8, write_png
+from vqdeploy.runtime.parity import check_backend
+from vqdeploy.runtime.parity_inputs import parity_inputs
+from vqdeploy.runtime.pipeline import Pipeline
+from vqdeploy.runtime.sampling import SamplingParams
+
+SAMPLES = 2
+
+
+def _condition(info: dict[str, Any], seed: int) -> Any:
+    cond = info.get("conditioning", {})
+    if cond.get("kind") == "coord":
+        return coord_map(cond["resolution"], cond["resolution"])
+    x = parity_inputs(info, seed).get("cond")
+    return None if x is None else x[:1]
+
+
+def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, out: Path, ckpt: str | None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    manifest = read_manifest(artifacts)
+    info = manifest["model"]
+    reference = TorchBackend(load_reference_model(manifest, ckpt), manifest, "cpu")
+    candidates = parse_backends(backends, artifacts, device)
+    if not candidates:
+        raise ParityError("no backend to compare on this machine")
+    out.mkdir(parents=True, exist_ok=True)
+    params = SamplingParams(temperature=1.0, top_k=100)
+    condition = _condition(info, seed) if info["kind"] == "net2net" else None
+    rows: list[dict[str, Any]] = []
+    ref_tokens = None
+    runs = [("torch", "cpu", reference)] + [(n, d, None) for n, d in candidates]
+    for name, dev, be in runs:
+        label = f"{name}-{dev}"
+        be = be or open_backend(name, artifacts, manifest, dev, model=reference.model if name == "torch" else None)
+        row: dict[str, Any] = {"backend": label}
+        if be is not reference:
+            log(f"parity: {label} vs torch-cpu ...")
+            reports = check_backend(reference, be, info, manifest["precision"], seed)
+            for r in reports:
+                log("  " + r.line())
+            row["stages"] = [r.to_dict() for r in reports]
+            row["passed"] = all(r.passed for r in reports)
+        if info["kind"] == "net2net":
+            result = Pipeline(be, manifest)(condition, num_samples=SAMPLES, params=params, seed=seed, class_id=0)
+            tokens = result.tokens.reshape(SAMPLES, -1)
+            if ref_tokens is None:
+                ref_tokens = tokens
+            else:
+                diff = np.nonzero((tokens != ref_tokens).any(axis=0))[0]
+                row["sampled_first_diverging_token"] = int(diff[0]) if diff.size else None
+            row["images"] = []
+            for i, im in enumerate(to_uint8(result.images)):
+                path = out / f"{label}-{i}.png"
+                write_png(im, path)
+                row["images"].append(path.name)
+        rows.append(row)
+    report = {"artifacts": str(artifacts), "precision": manifest["precision"], "seed": seed,
+              "sampling": {"temperature": params.temperature, "top_k": params.top_k},
+              "passed": all(r.get("passed", True) for r in rows), "backends": rows}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.html").write_text(_html(report))
+    log(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    if not report["passed"]:
+        raise ParityError(f"a backend is outside tolerance (see {out / 'report.html'})")
+    return report
+
+
+def _html(report: dict[str, Any]) -> str:
+    def cell(v: Any) -> str:
+        return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    parts = ["<!doctype html><meta charset=utf-8><title>vqdeploy parity</title>",
+             "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px}"
+             "img{image-rendering:pixelated;width:192px}.FAIL{color:#b00}</style>",
+             f"<h1>vqdeploy parity ({cell(report['precision'])}, seed {report['seed']})</h1>",
+             f"<p>Overall: <b>{'passed' if report['passed'] else 'FAILED'}</b>. Reference: torch-cpu (fp32).</p>",
+             "<h2>Samples (same seed, top-k 100)</h2><table><tr><th>backend</th><th>first diverging token</th>"
+             "<th>samples</th></tr>"]
+    for row in report["backends"]:
+        imgs = "".join(f"<img src='{html.escape(p)}'>" for p in row.get("images", []))
+        div = row.get("sampled_first_diverging_token", "reference")
+        parts.append(f"<tr><td>{cell(row['backend'])}</td><td>{cell('none' if div is None else div)}</td><td>{imgs}</td></tr>")
+    parts.append("</table><h2>Stages</h2><table><tr><th>backend</th><th>stage</th><th>result</th><th>metrics</th>"
+                 "<th>tolerance</th></tr>")
+    for row in report["backends"]:
+        for s in row.get("stages", []):
+            status = "ok" if s["passed"] else "FAIL"
+            metrics = ", ".join(f"{k}={cell(v)}" for k, v in s["metrics"].items())
+            parts.append(f"<tr><td>{cell(row['backend'])}</td><td>{cell(s['stage'])}</td><td class={status}>{status}</td>"
+                         f"<td>{metrics}</td><td>{cell(s['tolerance'])}</td></tr>")
+    parts.append("</table>")
+    return "\n".join(parts)

@@ -1,0 +1,105 @@
+"""The sampling pipeline: condition -> tokens -> image, thin over any backend.
+
+cond encoder -> prefill -> one cached step per image token -> decoder, N samples in one batch.
+Grids larger than the trained one are sampled with taming's sliding window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vqdeploy.errors import InputError
+from vqdeploy.runtime.backends.base import Backend
+from vqdeploy.runtime.conditions import condition_grid
+from vqdeploy.runtime.generator import generate, generate_sliding
+from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
+
+
+@dataclass
+class Result:
+    images: np.ndarray  # (N,C,H,W) fp32 in [-1,1]
+    tokens: np.ndarray  # (N,h,w) raster-order token ids
+    timings: dict[str, float] = field(default_factory=dict)
+    sliding_window: bool = False
+
+    @property
+    def tokens_per_second(self) -> float:
+        t = self.timings.get("sampling", 0.0)
+        return self.tokens.size / t if t > 0 else float("nan")
+
+
+class Pipeline:
+    def __init__(self, backend: Backend, manifest: dict[str, Any]) -> None:
+        self.backend = backend
+        self.manifest = manifest
+        self.info = manifest["model"]
+        if self.info["kind"] != "net2net":
+            raise InputError("these artifacts hold a VQGAN only: there is no transformer to sample from")
+        self.cond = self.info["conditioning"]
+        self.first = self.info["first_stage"]
+
+    def _grid(self, cond_grid: np.ndarray, size: tuple[int, int] | None) -> tuple[int, int]:
+        """The image latent grid implied by the condition (image-like) or by --size."""
+        f = int(self.first["downsample_factor"])
+        if cond_grid.ndim == 3 and self.cond["kind"] in ("image", "first_stage", "coord"):
+            if self.cond.get("downsample_cond_size", -1) > -1:
+                return tuple(self.first["latent_grid"])  # type: ignore[return-value]
+            scale = self.cond["resolution"] / self.cond["latent_grid"][0] / f  # cond pixels per image cell
+            return int(round(cond_grid.shape[1] * scale)), int(round(cond_grid.shape[2] * scale))
+        if size is None:
+            return tuple(self.first["latent_grid"])  # type: ignore[return-value]
+        if size[0] % f or size[1] % f:
+            raise InputError(f"--size must be a multiple of {f} pixels")
+        return size[0] // f, size[1] // f
+
+    def __call__(
+        self,
+        condition: np.ndarray | None = None,
+        *,
+        num_samples: int = 1,
+        params: SamplingParams = SamplingParams(),
+        seed: int = 0,
+        class_id: int | None = None,
+        size: tuple[int, int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Result:
+        if num_samples < 1:
+            raise InputError("--num-samples must be at least 1")
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        cond = condition_grid(self.backend, self.cond, num_samples, condition, class_id)
+        timings["cond_encoder"] = time.perf_counter() - t
+        grid = self._grid(cond, size)
+        trained = tuple(self.first["latent_grid"])
+        runner = self.backend.transformer()
+        t = time.perf_counter()
+        sliding = grid != trained
+        if not sliding:
+            steps = grid[0] * grid[1]
+            noise = uniform_noise(seed, num_samples, steps)
+            seq = generate(runner, cond.reshape(num_samples, -1), steps, params, noise, progress)
+            order = self.info["permuter"]["order"]
+            raster = np.empty_like(seq)
+            if order is None:
+                raster = seq
+            else:
+                raster[:, order] = seq  # undo the permuter: sequence position k holds raster cell order[k]
+            tokens = raster.reshape(num_samples, *grid)
+        else:
+            if self.info["permuter"]["order"] is not None:
+                raise InputError("sliding-window sampling needs a raster-order (Identity permuter) model")
+            if grid[0] < trained[0] or grid[1] < trained[1]:
+                raise InputError(f"the image grid {grid[0]}x{grid[1]} is smaller than the trained {trained[0]}x{trained[1]}")
+            noise = uniform_noise(seed, num_samples, grid[0] * grid[1])
+            c = cond if cond.ndim == 3 else cond.reshape(num_samples, -1)
+            tokens = generate_sliding(runner, c, grid, trained, params, noise, progress)  # type: ignore[arg-type]
+        timings["sampling"] = time.perf_counter() - t
+        t = time.perf_counter()
+        images = self.backend.decode(tokens)
+        timings["decoder"] = time.perf_counter() - t
+        return Result(images, tokens, timings, sliding)

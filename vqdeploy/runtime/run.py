@@ -1,0 +1,74 @@
+"""``vqdeploy run`` as a library call: one condition in, N images out, a summary back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vqdeploy.errors import InputError
+from vqdeploy.export.manifest import read_manifest
+from vqdeploy.runtime.backends.select import open_backend
+from vqdeploy.runtime.images import grid_image, load_condition, output_paths, parse_size, to_uint8, write_png
+from vqdeploy.runtime.pipeline import Pipeline
+from vqdeploy.runtime.progress import token_progress
+from vqdeploy.runtime.sampling import SamplingParams
+
+
+def read_condition(input: Path | None, cond_info: dict[str, Any], size: tuple[int, int] | None) -> Any:
+    kind = cond_info["kind"]
+    if kind in ("image", "first_stage"):
+        if input is None:
+            raise InputError("this model is conditioned on an image: pass INPUT (e.g. a sketch or label map PNG)")
+        return load_condition(input, cond_info["preprocessing"], size)
+    if input is not None:
+        raise InputError(f"this model is {'unconditional' if kind == 'sos' else kind + '-conditional'}: it takes no INPUT")
+    if kind == "coord":
+        from vqdeploy.runtime.conditions import coord_map
+
+        h, w = size or (cond_info["resolution"], cond_info["resolution"])
+        return coord_map(h, w)
+    return None
+
+
+def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int,
+                 temperature: float, top_k: int | None, top_p: float | None, seed: int, class_id: int | None,
+                 size: str | None, out: Path, grid: bool, ckpt: str | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    manifest = read_manifest(artifacts)
+    params = SamplingParams(temperature, top_k, top_p)
+    hw = parse_size(size)
+    if num_samples < 1:
+        raise InputError("--num-samples must be at least 1")
+    cond_info = manifest["model"].get("conditioning", {"kind": "none"})
+    condition = read_condition(input, cond_info, hw)
+    t = time.perf_counter()
+    be = open_backend(backend, artifacts, manifest, device, ckpt)
+    load_s = time.perf_counter() - t
+    pipe = Pipeline(be, manifest)
+    steps = int(manifest["model"]["tokens"]["image"])
+    if hw is not None or cond_info["kind"] in ("image", "first_stage", "coord"):
+        f = manifest["model"]["first_stage"]["downsample_factor"]
+        if hw is not None:
+            steps = (hw[0] // f) * (hw[1] // f)
+    log(f"sampling {num_samples} x {steps} tokens with {be.name} ({be.device})")
+    with token_progress(steps, "tokens") as bar:
+        result = pipe(condition, num_samples=num_samples, params=params, seed=seed, class_id=class_id, size=hw,
+                      progress=bar)
+    images = to_uint8(result.images)
+    paths = output_paths(out, len(images), grid)
+    if grid:
+        write_png(grid_image(images), paths[0])
+    else:
+        for im, p in zip(images, paths):
+            write_png(im, p)
+    log("wrote " + ", ".join(str(p) for p in paths))
+    return {
+        "backend": be.name, "device": be.device, "seed": seed, "num_samples": num_samples,
+        "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
+        "tokens_per_sample": int(result.tokens[0].size), "sliding_window": result.sliding_window,
+        "timings_s": {"load": round(load_s, 4), **{k: round(v, 4) for k, v in result.timings.items()}},
+        "tokens_per_s": round(result.tokens_per_second, 2),
+        "outputs": [str(p) for p in paths],
+    }
