@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,11 +181,26 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           timeout=120, env=env, cwd=cwd)
 
 
+@pytest.fixture(scope="module")
+def cli_results(cases, tmp_path_factory):
+    """``vqdeploy inspect`` on every case, run concurrently (each is a fresh interpreter), each in its
+    own empty working directory; the payload markers are checked as soon as all have finished."""
+    def one(name):
+        case = cases[name]
+        cwd = tmp_path_factory.mktemp(f"cli_{name}")
+        args = ["inspect", str(case.ckpt)] + (["--config", str(case.config)] if case.config else [])
+        return run_cli(*args, cwd=cwd), cwd
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(zip(CASES, pool.map(one, CASES)))
+    return {name: (proc, cwd, cases[name].marker is not None and cases[name].marker.exists())
+            for name, (proc, cwd) in results.items()}
+
+
 @pytest.mark.parametrize("name", CASES)
-def test_cli_inspect_one_error_line(cases, name, tmp_path):
+def test_cli_inspect_one_error_line(cases, cli_results, name):
     case = cases[name]
-    args = ["inspect", str(case.ckpt)] + (["--config", str(case.config)] if case.config else [])
-    proc = run_cli(*args, cwd=tmp_path)
+    proc, cwd, marker_created = cli_results[name]
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = proc.stderr.strip().splitlines()
@@ -193,9 +209,8 @@ def test_cli_inspect_one_error_line(cases, name, tmp_path):
     assert "internal error" not in lines[0]
     assert re.search(case.message, lines[0].removeprefix("error: ")), lines[0]
     assert proc.stdout == ""
-    if case.marker is not None:
-        assert not case.marker.exists(), "the pickle's payload ran"
-    assert list(tmp_path.iterdir()) == []  # nothing written where the CLI ran
+    assert not marker_created, "the pickle's payload ran"
+    assert list(cwd.iterdir()) == []  # nothing written where the CLI ran
 
 
 @pytest.mark.parametrize("name", ["malicious_os_system", "malicious_exec", "malicious_raw_pickle"])
