@@ -75,11 +75,15 @@ class GraphSpec:
     def to_manifest(self) -> dict[str, Any]:
         return {
             "file": self.file,
-            "inputs": [asdict(t) for t in self.inputs],
-            "outputs": [asdict(t) for t in self.outputs],
+            "inputs": [_tensor_dict(t) for t in self.inputs],
+            "outputs": [_tensor_dict(t) for t in self.outputs],
             "dims": {n: asdict(d) for n, d in self.dims.items()},
             "profiles": {p: {n: list(r) for n, r in dims.items()} for p, dims in self.profiles.items()},
         }
+
+
+def _tensor_dict(t: TensorSpec) -> dict[str, Any]:
+    return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
 
 
 def _batch(max_batch: int, opt: int) -> Dim:

@@ -1,0 +1,179 @@
+"""``vqdeploy export`` on the upstream-parity models: graphs, custom op, manifest, parity, and
+what happens with bad destinations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from vqdeploy.errors import ArtifactError
+from vqdeploy.export import exporter
+from vqdeploy.export.exporter import export
+from vqdeploy.export.manifest import read_manifest, sha256_file
+
+NET2NET = ("seg", "first_stage", "sos_zcurve", "class_subsample", "coord_identity")
+VQ_ONLY = ("gumbel", "vq_remap")
+
+
+@pytest.fixture(scope="session")
+def exported(runs, tmp_path_factory):
+    """``exported(variant, precision)``: (run, artifacts dir, manifest), exported once per session."""
+    root = tmp_path_factory.mktemp("artifacts")
+    cache: dict[tuple[str, str], tuple] = {}
+
+    def get(name: str, precision: str = "fp32"):
+        if (name, precision) not in cache:
+            run = runs(name)
+            out = root / f"{name}-{precision}"
+            manifest = export(run.ckpt, out, precision=precision, log=lambda m: None)
+            cache[name, precision] = (run, out, manifest)
+        return cache[name, precision]
+
+    return get
+
+
+def _stages(manifest: dict) -> dict[str, dict]:
+    return {s["stage"]: s for s in manifest["parity"]["stages"]}
+
+
+@pytest.mark.parametrize("name", NET2NET + VQ_ONLY)
+def test_export_passes_parity_and_describes_graphs(exported, name: str) -> None:
+    run, out, manifest = exported(name)
+    assert manifest == read_manifest(out)
+    assert manifest["parity"]["passed"], manifest["parity"]
+    stages = _stages(manifest)
+    expected = {"encoder", "decoder"}
+    if manifest["model"]["kind"] == "net2net":
+        expected |= {"transformer_teacher_forced", "transformer_kv_steps", "greedy_tokens"}
+        assert stages["greedy_tokens"]["metrics"]["identical"] is True
+        assert stages["greedy_tokens"]["metrics"]["steps"] == manifest["model"]["tokens"]["image"]
+    if name == "seg":
+        expected.add("cond_encoder")
+    assert set(stages) == expected
+    for g in manifest["graphs"].values():
+        path = out / g["file"]
+        assert sha256_file(path) == g["sha256"]
+        model = onnx.load(str(path), load_external_data=False)
+        assert [i.name for i in model.graph.input] == [t["name"] for t in g["inputs"]]
+        assert [o.name for o in model.graph.output] == [t["name"] for t in g["outputs"]]
+
+
+@pytest.mark.parametrize("name", ["seg", "first_stage", "vq_remap"])
+def test_encoder_uses_nearest_code_custom_op_with_function_body(exported, name: str) -> None:
+    _, out, manifest = exported(name)
+    model = onnx.load(str(out / "encoder.onnx"))
+    nodes = [n for n in model.graph.node if n.domain == "vqdeploy"]
+    assert [n.op_type for n in nodes] == ["NearestCode"]
+    functions = {(f.domain, f.name): f for f in model.functions}
+    body = functions[("vqdeploy", "NearestCode")]
+    assert {"MatMul", "ArgMin"} <= {n.op_type for n in body.node}
+    assert ("vqdeploy", 1) in {(o.domain, o.version) for o in model.opset_import}
+    assert manifest["custom_domains"] == {"vqdeploy": 1}
+
+
+def test_gumbel_encoder_is_an_argmax_not_nearest_code(exported) -> None:
+    _, out, _ = exported("gumbel")
+    model = onnx.load(str(out / "encoder.onnx"))
+    assert not [n for n in model.graph.node if n.domain == "vqdeploy"]
+    assert "ArgMax" in {n.op_type for n in model.graph.node}
+
+
+def test_manifest_records_what_a_runtime_needs(exported) -> None:
+    _, out, m = exported("seg")
+    info = m["model"]
+    assert info["conditioning"]["preprocessing"] == {
+        "kind": "onehot", "num_classes": 5, "input": "label map (PNG of class ids, or palette PNG)", "resize": "nearest"}
+    assert info["conditioning"]["downsample_cond_size"] == 16
+    assert info["tokens"] == {"cond": 16, "image": 16, "steps": 16}
+    assert info["transformer"]["n_unmasked"] == 16
+    tr = m["graphs"]["transformer"]
+    assert [t["name"] for t in tr["inputs"]][:3] == ["tokens", "past.0.key", "past.0.value"]
+    assert tr["profiles"]["prefill"]["past"] == [0, 0, 0]
+    assert tr["profiles"]["step"]["tokens"] == [1, 1, 1]
+    assert m["graphs"]["cond_encoder"]["inputs"][0] == {"name": "labels", "dtype": "int64", "shape": ["batch", "height", "width"]}
+    assert set(m["versions"]) >= {"vqdeploy", "torch", "onnx", "onnxscript"}
+    assert m["source"]["checkpoint"].endswith("last.ckpt")
+    zc = exported("sos_zcurve")[2]["model"]
+    assert zc["permuter"]["name"] == "ZCurve" and sorted(zc["permuter"]["order"]) == list(range(16))
+
+
+def test_fp16_export_is_strongly_typed_and_within_fp16_tolerance(exported) -> None:
+    _, out, m = exported("seg", "fp16")
+    assert m["parity"]["passed"], m["parity"]
+    tr = m["graphs"]["transformer"]
+    assert {t["dtype"] for t in tr["inputs"][1:]} == {"float16"}  # the KV cache is fp16
+    assert tr["outputs"][0]["dtype"] == "float32"  # logits stay fp32
+    model = onnx.load(str(out / "decoder.onnx"))
+    init_types = {i.data_type for i in model.graph.initializer if len(i.dims) > 1}
+    assert onnx.TensorProto.FLOAT16 in init_types
+
+
+def test_refuses_another_models_artifacts(exported, runs, tmp_path: Path) -> None:
+    _, out, _ = exported("seg")
+    dest = tmp_path / "art"
+    shutil.copytree(out, dest)
+    with pytest.raises(ArtifactError, match="another model"):
+        export(runs("first_stage").ckpt, dest, log=lambda m: None)
+    assert read_manifest(dest)["model_fingerprint"] == read_manifest(out)["model_fingerprint"]
+
+
+def test_reexport_same_model_keeps_engines(exported, runs, tmp_path: Path) -> None:
+    _, out, _ = exported("class_subsample")
+    dest = tmp_path / "art"
+    shutil.copytree(out, dest)
+    (dest / "engines").mkdir()
+    (dest / "engines" / "marker").write_text("x")
+    export(runs("class_subsample").ckpt, dest, parity=False, log=lambda m: None)
+    assert (dest / "engines" / "marker").read_text() == "x"
+    assert read_manifest(dest)["parity"] == {"backend": "onnxruntime-cpu", "skipped": True}
+
+
+def test_refuses_non_empty_foreign_directory_and_file_destination(runs, tmp_path: Path) -> None:
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="not empty"):
+        export(runs("class_subsample").ckpt, tmp_path / "stuff", log=lambda m: None)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArtifactError, match="not a directory"):
+        export(runs("class_subsample").ckpt, tmp_path / "file", log=lambda m: None)
+
+
+def test_failure_leaves_no_half_written_artifacts(runs, tmp_path: Path, monkeypatch) -> None:
+    calls = []
+
+    def boom(spec, path, opset):
+        calls.append(spec.name)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash in the middle of the export")
+        path.write_bytes(b"partial")
+
+    monkeypatch.setattr(exporter, "export_graph", boom)
+    with pytest.raises(RuntimeError):
+        export(runs("class_subsample").ckpt, tmp_path / "art", log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_bad_input_is_one_line(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "vqdeploy", "export", "--ckpt", str(tmp_path / "missing.ckpt"),
+                        "--out", str(tmp_path / "a")], capture_output=True, text=True)
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: checkpoint not found: {tmp_path / 'missing.ckpt'}"]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_cli_export_writes_manifest(runs, tmp_path: Path) -> None:
+    run = runs("coord_identity")
+    r = subprocess.run([sys.executable, "-m", "vqdeploy", "export", "--ckpt", str(run.ckpt), "--out",
+                        str(tmp_path / "a"), "--max-batch", "4"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "exporting transformer.onnx" in r.stderr and "greedy_tokens" in r.stderr
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m["max_batch"] == 4 and m["graphs"]["transformer"]["dims"]["batch"]["max"] == 4
