@@ -63,3 +63,7 @@ from vqdeploy.runtime.command import bench, parity, run  # noqa: E402
 main.add_command(run)
 main.add_command(parity)
 main.add_command(bench)
+
+from vqdeploy.trt.command import build_trt  # noqa: E402
+
+main.add_command(build_trt)

@@ -1,0 +1,463 @@
+"""``vqdeploy build-trt`` with TensorRT-RTX on a CPU-only machine (ahead of time, for SM86).
+
+Engines cannot be deserialized or run without a GPU, so what is checked is what TensorRT gives
+without one: the parse (zero errors), the network's I/O, the builder succeeding for every graph
+and precision, engines.json against the manifest, the engine cache, the error paths, and the
+load-time checks of engines.json (pure functions).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+trt = pytest.importorskip("tensorrt_rtx_bindings")
+
+from vqdeploy.cli import main  # noqa: E402
+from vqdeploy.errors import ArtifactError, BackendError, ConfigError  # noqa: E402
+from vqdeploy.export import manifest as mf  # noqa: E402
+from vqdeploy.export.exporter import export  # noqa: E402
+from vqdeploy.loading.targets import BuildContext, build_module  # noqa: E402
+from vqdeploy.tensor_spec import TensorSpec  # noqa: E402
+from vqdeploy.trt import check, profiles, record, shim  # noqa: E402
+from vqdeploy.trt.engines import BuildOptions, build_engines  # noqa: E402
+
+SM86 = ("8.6",)
+
+
+def _dd(channels: int) -> dict[str, Any]:
+    return {"double_z": False, "z_channels": 16, "resolution": 16, "in_channels": channels, "out_ch": channels,
+            "ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.0}
+
+
+# a tiny sflckr-like Net2Net: VQGAN f4 (16 px -> 4x4 tokens), a segmentation VQ cond stage (5 labels)
+CONFIG = {
+    "target": "taming.models.cond_transformer.Net2NetTransformer",
+    "params": {
+        "cond_stage_key": "segmentation",
+        "transformer_config": {"target": "taming.modules.transformer.mingpt.GPT",
+                               "params": {"vocab_size": 32, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32}},
+        "first_stage_config": {"target": "taming.models.vqgan.VQModel",
+                               "params": {"embed_dim": 8, "n_embed": 32, "ddconfig": _dd(3),
+                                          "lossconfig": {"target": "taming.modules.losses.DummyLoss"}}},
+        "cond_stage_config": {"target": "taming.models.vqgan.VQModel",
+                              "params": {"embed_dim": 8, "n_embed": 32, "ddconfig": _dd(5),
+                                         "lossconfig": {"target": "taming.modules.losses.DummyLoss"}}},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def trt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A taming run directory (Lightning-style last.ckpt + *-project.yaml) of random weights."""
+    run = tmp_path_factory.mktemp("trt_run")
+    torch.manual_seed(0)
+    model = build_module(CONFIG, BuildContext({}))
+    (run / "checkpoints").mkdir()
+    (run / "configs").mkdir()
+    (run / "configs" / "2026-01-01T00-00-00-project.yaml").write_text(yaml.safe_dump({"model": CONFIG}))
+    torch.save({"state_dict": model.state_dict(), "global_step": 1}, run / "checkpoints" / "last.ckpt")
+    return run
+
+
+@pytest.fixture(scope="session")
+def trt_artifacts(trt_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """fp32 and fp16 artifacts (no parity check: that is the exporter's own test)."""
+    root = tmp_path_factory.mktemp("trt_art")
+    out = {}
+    for precision in ("fp32", "fp16"):
+        out[precision] = root / precision
+        export(trt_run / "checkpoints" / "last.ckpt", out[precision], precision=precision, max_batch=4, parity=False,
+               log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trt_built(trt_artifacts: dict[str, Path]) -> dict[str, tuple[Path, dict[str, Any], list[str]]]:
+    """Every graph built for SM86, per precision: (artifacts, engines.json, console lines)."""
+    out = {}
+    for precision, art in trt_artifacts.items():
+        lines: list[str] = []
+        data = build_engines(art, BuildOptions(target_cc=SM86), echo=lines.append)
+        out[precision] = (art, data, lines)
+    return out
+
+
+def _copy(art: Path, dst: Path, engines: bool = True) -> Path:
+    shutil.copytree(art, dst, ignore=None if engines else shutil.ignore_patterns("engines"))
+    return dst
+
+
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_every_graph_parses_without_errors(trt_artifacts: dict[str, Path], precision: str) -> None:
+    art = trt_artifacts[precision]
+    logger = trt.Logger(trt.Logger.ERROR)
+    for name, g in mf.read_manifest(art)["graphs"].items():
+        builder = trt.Builder(logger)
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        parser = trt.OnnxParser(network, logger)
+        ok = parser.parse_from_file(str(art / g["file"]))
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        assert ok and not errors, (name, errors)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_every_engine_built_and_recorded(trt_built: dict[str, Any], precision: str) -> None:
+    art, data, lines = trt_built[precision]
+    manifest = mf.read_manifest(art)
+    assert set(data["engines"]) == set(manifest["graphs"]) == {"encoder", "cond_encoder", "transformer", "decoder"}
+    assert data["model_fingerprint"] == manifest["model_fingerprint"]
+    assert record.read(art / "engines") == data  # what was returned is what was written
+    for name, g in manifest["graphs"].items():
+        e = data["engines"][name]
+        path = art / "engines" / e["file"]
+        assert path.is_file() and path.stat().st_size == e["bytes"] > 0
+        assert mf.sha256_file(path) == e["sha256"]
+        assert e["graph"]["sha256"] == g["sha256"]
+        assert e["tensorrt"] == {"flavour": "tensorrt-rtx", "version": trt.__version__}
+        assert e["target"] == {"compute_capabilities": ["8.6"], "gpu": None}
+        assert e["precision"] == precision
+        # I/O from the parsed network: the manifest's names, dtypes and static extents
+        for kind in ("inputs", "outputs"):
+            got = {t["name"]: t for t in e[kind]}
+            assert list(got) == [t["name"] for t in g[kind]], (name, kind)
+            for t in g[kind]:
+                assert got[t["name"]]["dtype"] == t["dtype"], (name, t["name"])
+                shape = got[t["name"]]["shape"]
+                assert len(shape) == len(t["shape"])
+                assert [s for s, w in zip(shape, t["shape"]) if isinstance(w, int)] == [w for w in t["shape"] if isinstance(w, int)]
+        # profiles: each input's shapes from the manifest's dim ranges, in manifest order
+        assert e["profile_order"] == list(g["profiles"])
+        for pname, dims in g["profiles"].items():
+            for t in map(TensorSpec.from_dict, g["inputs"]):
+                want = {k: list(t.concrete({d: r[i] for d, r in dims.items()})) for i, k in enumerate(("min", "opt", "max"))}
+                assert e["profiles"][pname][t.name] == want, (name, pname, t.name)
+    tr = data["engines"]["transformer"]
+    assert tr["profiles"]["prefill"]["past.0.key"]["max"][2] == 0  # prefill: empty past
+    assert tr["profiles"]["step"]["tokens"]["max"] == [4, 1]  # step: one token, batch up to --max-batch 4
+    kv = {t["name"]: t["dtype"] for t in tr["inputs"]}["past.1.value"]
+    assert kv == ("float16" if precision == "fp16" else "float32")
+    assert sum("built" in line for line in lines) == 4
+    leftovers = [p.name for p in (art / "engines").iterdir() if p.name.endswith(".tmp")]
+    assert not leftovers
+    log = (art / "engines" / "build.log").read_text()  # the builder's log and its progress phases
+    assert "===== transformer: transformer.onnx -> transformer.engine" in log and "[progress] " in log
+
+
+def test_cache_skips_unchanged_and_rebuilds_on_change(trt_built: dict[str, Any], tmp_path: Path) -> None:
+    art = _copy(trt_built["fp32"][0], tmp_path / "art")
+    before = record.read(art / "engines")
+    assert before is not None
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (art / "engines").glob("*.engine")}
+
+    lines: list[str] = []
+    again = build_engines(art, BuildOptions(target_cc=["sm86"]), echo=lines.append)  # same target, other spelling
+    assert sum(": unchanged, kept" in line for line in lines) == 4 and not any(": built" in line for line in lines)
+    assert again["engines"] == before["engines"]
+    assert {p.name: p.stat().st_mtime_ns for p in (art / "engines").glob("*.engine")} == mtimes
+
+    # another batch range: a new key for the transformer only (--graph), the others untouched
+    lines.clear()
+    changed = build_engines(art, BuildOptions(target_cc=SM86, batch=(1, 2, 2), graphs=["transformer"]), echo=lines.append)
+    tr = changed["engines"]["transformer"]
+    assert any("built transformer.engine" in line for line in lines)
+    assert tr["cache_key"] != before["engines"]["transformer"]["cache_key"]
+    assert tr["profiles"]["step"]["tokens"]["max"] == [2, 1]
+    assert changed["engines"]["decoder"] == before["engines"]["decoder"]
+
+    # another target: every engine rebuilt; then a truncated engine file is noticed and rebuilt
+    lines.clear()
+    build_engines(art, BuildOptions(target_cc=["8.9"], graphs=["decoder"]), echo=lines.append)
+    assert any("built decoder.engine" in line for line in lines)
+    engine = art / "engines" / "decoder.engine"
+    engine.write_bytes(engine.read_bytes()[:100])
+    lines.clear()
+    build_engines(art, BuildOptions(target_cc=["8.9"], graphs=["decoder"]), echo=lines.append)
+    assert any("built decoder.engine" in line for line in lines)
+
+
+def test_cache_key_covers_every_input() -> None:
+    base = {"graph": {"sha256": "a"}, "tensorrt": {"flavour": "tensorrt-rtx", "version": "1"},
+            "target": {"compute_capabilities": ["8.6"], "gpu": None}, "precision": "fp32", "profiles": {}, "workspace": None}
+    keys = {record.cache_key(base)}
+    for path, value in [(("graph", "sha256"), "b"), (("tensorrt", "version"), "2"), (("tensorrt", "flavour"), "tensorrt"),
+                        (("target", "compute_capabilities"), ["8.9"]), (("target", "gpu"), "RTX 4090"),
+                        (("precision",), "fp16"), (("profiles",), {"default": {}}), (("workspace",), 1 << 30)]:
+        d = json.loads(json.dumps(base))
+        node = d
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+        keys.add(record.cache_key(d))
+    assert len(keys) == 9
+
+
+def _fix_manifest_sha(art: Path, name: str) -> None:
+    m = json.loads((art / mf.MANIFEST).read_text())
+    m["graphs"][name]["sha256"] = mf.sha256_file(art / m["graphs"][name]["file"])
+    (art / mf.MANIFEST).write_text(json.dumps(m))
+
+
+def test_corrupted_graph_is_named_and_leaves_no_engine(trt_artifacts: dict[str, Path], tmp_path: Path) -> None:
+    import onnx
+
+    art = _copy(trt_artifacts["fp32"], tmp_path / "art", engines=False)
+    graph = art / "decoder.onnx"
+    good = graph.read_bytes()
+
+    def build() -> str:
+        with pytest.raises(ArtifactError) as e:
+            build_engines(art, BuildOptions(target_cc=SM86, graphs=["decoder"]), echo=lambda m: None)
+        assert not (art / "engines" / "decoder.engine").exists()
+        assert not [p for p in (art / "engines").glob(".*.tmp")] if (art / "engines").exists() else True
+        return str(e.value)
+
+    graph.write_bytes(good[: len(good) // 2])  # truncated: caught by the manifest hash first
+    assert "decoder.onnx" in build() and "sha256 differs" in build()
+
+    _fix_manifest_sha(art, "decoder")  # same bytes, hash updated: TensorRT's parser sees them
+    msg = build()
+    assert msg.startswith("decoder.onnx: TensorRT cannot parse the graph") and "MODEL_DESERIALIZE_FAILED" in msg
+
+    model = onnx.load_from_string(good)
+    node = next(n for n in model.graph.node if n.op_type == "Conv")
+    index = list(model.graph.node).index(node)
+    node.op_type = "NoSuchOp"
+    graph.write_bytes(model.SerializeToString())
+    _fix_manifest_sha(art, "decoder")
+    msg = build()
+    assert f"at node {index} '{node.name}' (op NoSuchOp)" in msg, msg
+    assert "\n" not in msg
+
+    # through the CLI: one error line, exit status 1
+    from click.testing import CliRunner
+
+    res = CliRunner().invoke(main, ["build-trt", "--artifacts", str(art), "--target-cc", "8.6"])
+    assert res.exit_code == 1
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "(op NoSuchOp)" in errors[0]
+
+
+def test_error_inside_nearest_code_function_names_it(trt_artifacts: dict[str, Path], tmp_path: Path) -> None:
+    import onnx
+
+    art = _copy(trt_artifacts["fp32"], tmp_path / "art", engines=False)
+    model = onnx.load(str(art / "encoder.onnx"))
+    fn = next(f for f in model.functions if f.name == "NearestCode")
+    fn.node[len(fn.node) // 2].op_type = "NoSuchOp"
+    onnx.save(model, str(art / "encoder.onnx"))
+    _fix_manifest_sha(art, "encoder")
+    with pytest.raises(ArtifactError, match=r"\(op NoSuchOp\) inside function .*NearestCode"):
+        build_engines(art, BuildOptions(target_cc=SM86, graphs=["encoder"]), echo=lambda m: None)
+
+
+def test_missing_tensorrt_is_one_clear_error(trt_artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx_bindings", None)
+    shim.load.cache_clear()
+    try:
+        with pytest.raises(BackendError, match=r"^TensorRT is not installed \(pip install 'vqdeploy\[tensorrt\]' or "
+                                               r"pip install 'vqdeploy\[tensorrt-rtx\]'\)$"):
+            build_engines(trt_artifacts["fp32"], BuildOptions(target_cc=SM86), echo=lambda m: None)
+        from click.testing import CliRunner
+
+        res = CliRunner().invoke(main, ["build-trt", "--artifacts", str(trt_artifacts["fp32"]), "--target-cc", "8.6"])
+        assert res.exit_code == 1 and res.output.strip().startswith("error: TensorRT is not installed")
+    finally:
+        shim.load.cache_clear()
+
+
+def test_flavour_detection(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    shim.load.cache_clear()
+    try:
+        # a `tensorrt` that is not a real build (no Builder) is skipped for TensorRT-RTX
+        monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+        api = shim.load()
+        assert (api.flavour, api.version, str(api)) == ("tensorrt-rtx", trt.__version__, f"TensorRT-RTX {trt.__version__}")
+        shim.load.cache_clear()
+        monkeypatch.setenv(shim.ENV, "tensorrt")
+        with pytest.raises(BackendError, match="not a usable TensorRT build"):
+            shim.load()
+    finally:
+        shim.load.cache_clear()
+
+
+def test_imports_do_not_load_tensorrt() -> None:
+    import subprocess
+
+    code = ("import sys, vqdeploy, vqdeploy.cli, vqdeploy.trt.command, vqdeploy.runtime.backends.tensorrt_backend;"
+            "print([m for m in sys.modules if m.startswith('tensorrt')])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_option_errors(trt_built: dict[str, Any]) -> None:
+    art = trt_built["fp32"][0]
+    quiet = {"echo": lambda m: None}
+    with pytest.raises(ConfigError, match="exported in fp32.*vqdeploy export --precision fp16"):
+        build_engines(art, BuildOptions(precision="fp16", target_cc=SM86), **quiet)
+    with pytest.raises(ConfigError, match="bf16.*exported in fp32"):
+        build_engines(art, BuildOptions(precision="bf16", target_cc=SM86), **quiet)
+    with pytest.raises(ConfigError, match=r"compute capability 9.0 is not supported by TensorRT-RTX .*supported: 7.5, 8.0, 8.6"):
+        build_engines(art, BuildOptions(target_cc=["9.0"]), **quiet)
+    with pytest.raises(ConfigError, match="expected a compute capability"):
+        build_engines(art, BuildOptions(target_cc=["ampere"]), **quiet)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no GPU here: pass --target-cc"):
+            build_engines(art, BuildOptions(), **quiet)
+    with pytest.raises(ConfigError, match="4-pixel cells"):
+        build_engines(art, BuildOptions(target_cc=SM86, size=((10, 10), (16, 16), (32, 32))), **quiet)
+    with pytest.raises(ConfigError, match="no graph 'gpt'"):
+        build_engines(art, BuildOptions(target_cc=SM86, graphs=["gpt"]), **quiet)
+
+
+def test_profile_overrides(trt_built: dict[str, Any]) -> None:
+    graphs = mf.read_manifest(trt_built["fp32"][0])["graphs"]
+    size = profiles.parse_size("8:16:32x64")
+    assert size == ((8, 8), (16, 16), (32, 64))
+    enc = profiles.resolve(graphs["encoder"], "encoder", batch=profiles.parse_range("2:3:6", "--batch"), size=size)
+    assert enc["default"]["image"] == ((2, 3, 8, 8), (3, 3, 16, 16), (6, 3, 32, 64))
+    dec = profiles.resolve(graphs["decoder"], "decoder", size=size)  # latent cells, 4 pixels each
+    assert dec["default"]["indices"] == ((1, 2, 2), (4, 4, 4), (4, 8, 16))
+    tr = profiles.resolve(graphs["transformer"], "transformer", batch=(1, 1, 1), size=size)  # no spatial dims
+    assert tr["step"]["past.0.key"][2] == (1, 2, 31, 16)
+    assert profiles.parse_range("3", "--batch") == (3, 3, 3)
+    for bad in ("0:1:2", "4:2:8", "a:b:c", "1:2"):
+        with pytest.raises(ConfigError):
+            profiles.parse_range(bad, "--batch")
+
+
+def _machine(**kw: str) -> check.Machine:
+    base = {"flavour": "tensorrt-rtx", "version": trt.__version__, "gpu": "NVIDIA GeForce RTX 3090", "compute_capability": "8.6"}
+    return check.Machine(**{**base, **kw})
+
+
+def test_load_checks_name_what_differs(trt_built: dict[str, Any]) -> None:
+    art, data, _ = trt_built["fp32"]
+    manifest = mf.read_manifest(art)
+    path, entry = check.engine_path(art, manifest, "transformer", _machine())
+    assert path == art / "engines" / "transformer.engine" and entry == data["engines"]["transformer"]
+
+    cases = [
+        (_machine(flavour="tensorrt", version="10.9.0"), f"built with TensorRT-RTX {trt.__version__}, this machine runs TensorRT 10.9.0"),
+        (_machine(compute_capability="8.9", gpu="NVIDIA GeForce RTX 4090"), "built for SM86, this GPU (NVIDIA GeForce RTX 4090) is SM89"),
+    ]
+    for machine, why in cases:
+        with pytest.raises(ArtifactError) as e:
+            check.engine_path(art, manifest, "decoder", machine)
+        assert why in str(e.value) and str(e.value).endswith(f"rebuild: vqdeploy build-trt --artifacts {art}")
+
+    other = json.loads(json.dumps(manifest))
+    other["graphs"]["decoder"]["sha256"] = "0" * 64
+    with pytest.raises(ArtifactError, match="built from another decoder.onnx"):
+        check.engine_path(art, other, "decoder", _machine())
+
+
+def test_load_checks_missing_and_corrupt_engines(trt_built: dict[str, Any], tmp_path: Path) -> None:
+    art = _copy(trt_built["fp32"][0], tmp_path / "art")
+    manifest = mf.read_manifest(art)
+    (art / "engines" / "encoder.engine").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="does not match engines.json"):
+        check.engine_path(art, manifest, "encoder", _machine())
+    (art / "engines" / "decoder.engine").unlink()
+    with pytest.raises(ArtifactError, match="decoder.engine is missing"):
+        check.engine_path(art, manifest, "decoder", _machine())
+    shutil.rmtree(art / "engines")
+    with pytest.raises(ArtifactError, match=f"no TensorRT engines .*vqdeploy build-trt --artifacts {art}"):
+        check.engine_path(art, manifest, "decoder", _machine())
+
+
+def test_backend_needs_a_gpu(trt_built: dict[str, Any]) -> None:
+    from vqdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    art = trt_built["fp32"][0]
+    with pytest.raises(BackendError, match="CUDA GPU only"):
+        TensorRTBackend(art, mf.read_manifest(art), "cuda")
+
+
+def test_cli_build_trt_reports_cached_engines(trt_built: dict[str, Any]) -> None:
+    from click.testing import CliRunner
+
+    art = trt_built["fp16"][0]
+    res = CliRunner().invoke(main, ["build-trt", "--artifacts", str(art), "--target-cc", "8.6", "--precision", "fp16"])
+    assert res.exit_code == 0, res.output
+    assert "precision fp16" in res.output and res.output.count(": unchanged, kept") == 4
+
+
+class FakeContext:
+    """Stands in for an IExecutionContext on CPU: records what the executor binds and enqueues."""
+
+    def __init__(self, manifest: dict[str, Any], profile: dict[str, dict[str, list[int]]]) -> None:
+        info = manifest["model"]["transformer"]
+        self.nh, self.hd, self.vocab = int(info["n_head"]), int(info["head_dim"]), int(info["vocab_size"])
+        self.profile = profile
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.enqueued = 0
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        lo, hi = self.profile[name]["min"], self.profile[name]["max"]
+        self.shapes[name] = shape
+        return all(a <= s <= b for a, s, b in zip(lo, shape, hi))
+
+    def set_tensor_address(self, name: str, address: int) -> bool:
+        self.addresses[name] = address
+        return True
+
+    def get_tensor_shape(self, name: str) -> Any:
+        b, t = self.shapes["tokens"]
+        p = self.shapes["past.0.key"][2]
+        return trt.Dims([b, t, self.vocab] if name == "logits" else [b, self.nh, p + t, self.hd])
+
+    def execute_async_v3(self, stream: int) -> bool:
+        self.enqueued += 1
+        return True
+
+
+def test_executor_binds_the_kv_cache_by_address(trt_built: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TensorRT glue without a GPU: shapes set per call, tensors bound by address, the KV cache
+    swapped between calls (present of one call = past of the next, no copy), profiles enforced."""
+    import contextlib
+
+    from vqdeploy.errors import InputError
+    from vqdeploy.runtime.backends.graph_backend import GraphBackend, KVTransformer
+    from vqdeploy.runtime.backends.tensorrt_backend import TrtExecutor
+
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: type("S", (), {"cuda_stream": 0})())
+    art, data, _ = trt_built["fp32"]
+    manifest = mf.read_manifest(art)
+    entry = data["engines"]["transformer"]
+    backend = GraphBackend(art, manifest, "cpu")
+    contexts = {p: FakeContext(manifest, entry["profiles"][p]) for p in entry["profile_order"]}
+    executors = {p: TrtExecutor(f"transformer ({p})", contexts[p], entry, p, torch.device("cpu"), None, False)
+                 for p in contexts}
+    backend._executor = lambda graph, profile=None: executors[profile]
+
+    runner = KVTransformer(backend)
+    runner.reset(2)
+    runner.forward(torch.randint(0, 32, (2, 3)).numpy())
+    pre = contexts["prefill"]
+    assert pre.enqueued == 1 and pre.shapes["past.0.key"] == (2, 2, 0, 16) and pre.shapes["tokens"] == (2, 3)
+    assert all(a != 0 for a in pre.addresses.values())  # empty past: still a valid address
+    runner.forward(torch.randint(0, 32, (2, 1)).numpy())
+    step = contexts["step"]
+    assert step.enqueued == 1 and step.shapes["past.1.value"] == (2, 2, 3, 16)
+    assert step.addresses["past.1.value"] == pre.addresses["present.1.value"]  # swapped, not copied
+    present = step.addresses["present.1.value"]
+    runner.forward(torch.randint(0, 32, (2, 1)).numpy())
+    assert step.addresses["past.1.value"] == present and step.addresses["present.1.value"] == pre.addresses["present.1.value"]
+
+    with pytest.raises(InputError, match=r"outside the engine's 'step' profile .*rebuild with vqdeploy build-trt"):
+        runner.forward(torch.randint(0, 32, (2, 2)).numpy())  # two tokens after the prefill: not in "step"

@@ -1,0 +1,197 @@
+"""TensorRT backend (datacenter TensorRT or TensorRT-RTX): the engines of ``vqdeploy build-trt``
+driven through ``GraphBackend``, which owns buffers, output shapes and the KV cache.
+
+What is TensorRT-specific, and kept here:
+- loading: engines.json is checked against this machine (TensorRT flavour and version, GPU
+  compute capability) and the manifest (graph hash) before TensorRT sees the engine;
+- one execution context per (engine, optimization profile), the profile selected once at
+  creation: the transformer engine has "prefill" and "step", so neither call switches profiles;
+- ``run``: set the input shapes, bind every tensor by address (``set_tensor_address``) and
+  enqueue ``execute_async_v3`` on torch's current CUDA stream; nothing is copied or synchronized.
+- activation memory: the stages run one after another on one stream, so every context shares one
+  device buffer (the largest any of them needs) instead of holding its own. This is valid only
+  while the contexts are not run concurrently on different streams: pass ``share_memory=False``
+  for that.
+
+CUDA graphs: the step changes shape every token (past = 1, 2, ...) and the KV buffers swap every
+call, so a captured graph is valid for one (batch, past length, buffer parity) only; capturing
+per key would mean 2 x block_size captures per batch size, each replayed once per generated
+image, so capture cost and graph memory outweigh the launch overhead saved unless the same batch
+size is sampled many times. TensorRT-RTX has its own capture that handles shape changes
+(``cuda_graphs=True`` turns it on: IRuntimeConfig.cuda_graph_strategy); datacenter TensorRT runs
+without graphs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vqdeploy.errors import ArtifactError, BackendError, InputError
+from vqdeploy.runtime.backends.graph_backend import GraphBackend
+from vqdeploy.trt import check
+from vqdeploy.trt.logs import BuildLog
+from vqdeploy.trt.network import dims
+from vqdeploy.trt.shim import TensorRT, load, trt
+
+
+class SharedActivations:
+    """One device buffer bound to every execution context as its activation memory; it grows to
+    the largest request, and growing rebinds the contexts already attached."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.buffer: torch.Tensor | None = None
+        self.contexts: list[trt.IExecutionContext] = []
+
+    @property
+    def size(self) -> int:
+        return 0 if self.buffer is None else self.buffer.numel()
+
+    def ensure(self, size: int) -> None:
+        if size <= self.size:
+            return
+        # the old buffer is freed in stream order (torch's caching allocator): work already
+        # enqueued on this stream finishes with it before the memory is reused
+        self.buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
+        for ctx in self.contexts:
+            ctx.set_device_memory(self.buffer.data_ptr(), size)
+
+    def attach(self, ctx: trt.IExecutionContext, size: int) -> None:
+        self.contexts.append(ctx)
+        if size > self.size:
+            self.ensure(max(size, 256))
+        else:
+            assert self.buffer is not None
+            ctx.set_device_memory(self.buffer.data_ptr(), self.size)
+
+
+class TrtExecutor:
+    """One execution context of one engine, fixed to one optimization profile."""
+
+    def __init__(self, label: str, ctx: trt.IExecutionContext, entry: dict[str, Any], profile: str,
+                 device: torch.device, memory: SharedActivations | None, rtx: bool) -> None:
+        self.label = label
+        self.ctx = ctx
+        self.entry = entry
+        self.profile = profile
+        self.device = device
+        self.memory = memory
+        self.rtx = rtx
+        self.checked: set[tuple[tuple[int, ...], ...]] = set()  # input shapes whose output shapes were verified
+        self.empty = torch.empty(256, dtype=torch.uint8, device=device)  # address for zero-size tensors (past = 0)
+
+    def _address(self, t: torch.Tensor) -> int:
+        if not t.is_contiguous():
+            raise BackendError(f"{self.label}: tensors must be contiguous")
+        return t.data_ptr() or self.empty.data_ptr()
+
+    def _shape_error(self, name: str, shape: tuple[int, ...]) -> InputError:
+        rng = self.entry["profiles"][self.profile].get(name, {})
+        return InputError(f"{self.label}: input '{name}' of shape {shape} is outside the engine's '{self.profile}' "
+                          f"profile (min {tuple(rng.get('min', ()))}, max {tuple(rng.get('max', ()))}); rebuild with "
+                          "vqdeploy build-trt --batch/--size to cover it")
+
+    def run(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+        ctx = self.ctx
+        for name, t in inputs.items():
+            if not ctx.set_input_shape(name, tuple(t.shape)):
+                raise self._shape_error(name, tuple(t.shape))
+            ctx.set_tensor_address(name, self._address(t))
+        key = tuple(tuple(t.shape) for t in inputs.values())
+        if key not in self.checked:  # the buffers GraphBackend sized from the manifest fit the engine
+            for name, t in outputs.items():
+                want = dims(ctx.get_tensor_shape(name))
+                if want != tuple(t.shape):
+                    raise BackendError(f"{self.label}: output '{name}' has shape {want} in the engine but {tuple(t.shape)} "
+                                       "from the manifest; rebuild the engines")
+            self.checked.add(key)
+        for name, t in outputs.items():
+            ctx.set_tensor_address(name, self._address(t))
+        if self.memory is not None and self.rtx:
+            # TensorRT-RTX sizes activations per shape; datacenter TensorRT's per-profile size is an upper bound
+            self.memory.ensure(ctx.update_device_memory_size_for_shapes())
+        with torch.cuda.device(self.device):
+            if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+                raise BackendError(f"{self.label}: TensorRT failed to enqueue the engine (see the messages above)")
+
+
+class TensorRTBackend(GraphBackend):
+    name = "tensorrt"
+
+    def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str = "cuda",
+                 share_memory: bool = True, cuda_graphs: bool = False) -> None:
+        super().__init__(artifacts, manifest, device)
+        if self.torch_device.type != "cuda" or not torch.cuda.is_available():
+            raise BackendError("the tensorrt backend runs on a CUDA GPU only, and torch sees none here")
+        if self.torch_device.index is None:
+            self.torch_device = torch.device("cuda", torch.cuda.current_device())
+        self.api: TensorRT = load()
+        major, minor = torch.cuda.get_device_capability(self.torch_device)
+        self.machine = check.Machine(self.api.flavour, self.api.version,
+                                     torch.cuda.get_device_name(self.torch_device), f"{major}.{minor}")
+        self.log = BuildLog(sys.stderr, "warning")
+        with torch.cuda.device(self.torch_device):  # TensorRT uses the CUDA context torch created
+            self.runtime = trt.Runtime(self.log.logger)
+        self.cuda_graphs = cuda_graphs and self.api.rtx
+        # RTX's own graph capture records buffer addresses: give each context its own memory then
+        self.memory = SharedActivations(self.torch_device) if share_memory and not self.cuda_graphs else None
+        self._engines: dict[str, tuple[trt.ICudaEngine, dict[str, Any]]] = {}
+        self._executors: dict[tuple[str, str], TrtExecutor] = {}
+
+    def _engine(self, graph: str) -> tuple[trt.ICudaEngine, dict[str, Any]]:
+        if graph not in self._engines:
+            self.graph(graph)  # the manifest has it
+            path, entry = check.engine_path(self.artifacts, self.manifest, graph, self.machine)
+            blob = path.read_bytes()
+            rebuild = f"rebuild: vqdeploy build-trt --artifacts {self.artifacts}"
+            if hasattr(self.runtime, "get_engine_validity"):  # TensorRT-RTX: names the reason before loading
+                validity, diagnostics = self.runtime.get_engine_validity(blob)
+                if validity == trt.EngineValidity.INVALID:
+                    why = [n.lower() for n, m in trt.EngineInvalidityDiagnostics.__members__.items() if int(diagnostics) & int(m)]
+                    raise ArtifactError(f"{path}: {self.api} reports the engine invalid here ({', '.join(why) or 'no reason given'}); {rebuild}")
+            self.log.errors.clear()
+            with torch.cuda.device(self.torch_device):
+                engine = self.runtime.deserialize_cuda_engine(blob)
+            if engine is None:
+                why = self.log.errors[-1].strip() if self.log.errors else "no error message"
+                raise ArtifactError(f"{path}: {self.api} cannot load it ({why}); {rebuild}")
+            self._engines[graph] = (engine, entry)
+        return self._engines[graph]
+
+    def _context(self, engine: trt.ICudaEngine) -> trt.IExecutionContext:
+        strategy = (trt.ExecutionContextAllocationStrategy.USER_MANAGED if self.memory is not None
+                    else trt.ExecutionContextAllocationStrategy.STATIC)
+        if self.cuda_graphs:
+            config = engine.create_runtime_config()
+            config.set_execution_context_allocation_strategy(strategy)
+            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            ctx = engine.create_execution_context(config)
+        else:
+            ctx = engine.create_execution_context(strategy)
+        if ctx is None:
+            raise BackendError(f"{self.api} could not create an execution context (out of GPU memory?)")
+        return ctx
+
+    def _executor(self, graph: str, profile: str | None = None) -> TrtExecutor:
+        engine, entry = self._engine(graph)
+        order: list[str] = entry["profile_order"]
+        profile = profile or order[0]
+        ex = self._executors.get((graph, profile))
+        if ex is None:
+            if profile not in order:
+                raise ArtifactError(f"{graph}: the engine has no '{profile}' profile (it has {', '.join(order)}); "
+                                    f"rebuild: vqdeploy build-trt --artifacts {self.artifacts}")
+            index = order.index(profile)
+            with torch.cuda.device(self.torch_device):
+                ctx = self._context(engine)
+                ctx.set_optimization_profile_async(index, torch.cuda.current_stream(self.torch_device).cuda_stream)
+                if self.memory is not None:
+                    self.memory.attach(ctx, engine.get_device_memory_size_for_profile_v2(index))
+            label = graph if len(order) == 1 else f"{graph} ({profile})"
+            ex = self._executors[(graph, profile)] = TrtExecutor(label, ctx, entry, profile, self.torch_device,
+                                                                 self.memory, self.api.rtx)
+        return ex

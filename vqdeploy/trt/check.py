@@ -1,0 +1,69 @@
+"""Before loading an engine: does engines.json say it fits this machine and these graphs?
+
+TensorRT itself fails late and cryptically on a mismatch ("engine plan file is generated on an
+incompatible device", a version assertion); here every difference is named, with the command
+that fixes it. Pure functions over engines.json, so they are testable without a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vqdeploy.errors import ArtifactError
+from vqdeploy.export import manifest as mf
+from vqdeploy.trt import record
+from vqdeploy.trt.shim import FLAVOURS
+from vqdeploy.trt.target import sm_name
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What an engine is about to be loaded on."""
+
+    flavour: str
+    version: str
+    gpu: str
+    compute_capability: str  # "8.6"
+
+
+def problems(entry: dict[str, Any], graph: dict[str, Any], machine: Machine) -> list[str]:
+    """Every way ``entry`` (of engines.json) does not fit ``graph`` (of the manifest) on ``machine``."""
+    out = []
+    built = entry.get("tensorrt", {})
+    if (built.get("flavour"), built.get("version")) != (machine.flavour, machine.version):
+        name = FLAVOURS.get(str(built.get("flavour")), ("", str(built.get("flavour"))))[1]
+        out.append(f"built with {name} {built.get('version')}, this machine runs "
+                   f"{FLAVOURS[machine.flavour][1]} {machine.version}")
+    ccs = list(entry.get("target", {}).get("compute_capabilities", []))
+    if machine.compute_capability not in ccs:
+        out.append(f"built for {', '.join(sm_name(c) for c in ccs) or 'an unknown GPU'}, this GPU ({machine.gpu}) "
+                   f"is {sm_name(machine.compute_capability)}")
+    if entry.get("graph", {}).get("sha256") != graph.get("sha256"):
+        out.append(f"built from another {graph.get('file')} (the graphs were re-exported since)")
+    return out
+
+
+def engine_path(artifacts: Path, manifest: dict[str, Any], name: str, machine: Machine) -> tuple[Path, dict[str, Any]]:
+    """The checked engine file of graph ``name`` and its engines.json entry; ArtifactError saying
+    what differs and how to rebuild otherwise."""
+    rebuild = f"rebuild: vqdeploy build-trt --artifacts {artifacts}"
+    directory = artifacts / record.ENGINES_DIR
+    data = record.read(directory)
+    if data is None:
+        raise ArtifactError(f"{artifacts}: no TensorRT engines (no readable {record.ENGINES_DIR}/{record.ENGINES_JSON}); "
+                            f"build them: vqdeploy build-trt --artifacts {artifacts}")
+    entry = data["engines"].get(name)
+    if entry is None:
+        raise ArtifactError(f"{directory}: no engine for the {name} graph; {rebuild}")
+    graph = manifest["graphs"][name]
+    found = problems(entry, graph, machine)
+    if found:
+        raise ArtifactError(f"{directory / entry['file']}: {'; '.join(found)}; {rebuild}")
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing; {rebuild}")
+    if mf.sha256_file(path) != entry.get("sha256"):
+        raise ArtifactError(f"{path} does not match engines.json (modified or partly written); {rebuild}")
+    return path, entry

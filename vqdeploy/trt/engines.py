@@ -1,0 +1,142 @@
+"""``build-trt``: one engine per exported graph, into ``<artifacts>/engines/``, skipping every
+engine whose cache key (see ``record``) is unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vqdeploy.errors import ConfigError
+from vqdeploy.export import manifest as mf
+from vqdeploy.trt import profiles as pf
+from vqdeploy.trt import record, target
+from vqdeploy.trt.files import atomic_write, build_lock
+from vqdeploy.trt.logs import BuildLog, Echo
+from vqdeploy.trt.shim import TensorRT, load
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str | None = None  # None: the precision of the exported graphs
+    batch: pf.Range | None = None
+    size: pf.SizeRange | None = None
+    target_cc: Sequence[str] = ()
+    workspace: int | None = None  # bytes
+    timing_cache: Path | None = None
+    verbose: bool = False
+    force: bool = False
+    graphs: Sequence[str] = field(default_factory=tuple)  # empty: all
+
+
+def check_precision(requested: str | None, manifest: dict[str, Any], artifacts: Path) -> str:
+    """The engine precision is the graphs' precision (strongly typed networks): ``--precision``
+    only confirms it, and a different one is an error rather than a silent cast."""
+    exported = str(manifest.get("precision", "fp32"))
+    if requested is None or requested == exported:
+        return exported
+    if requested not in PRECISIONS:
+        raise ConfigError(f"--precision {requested}: expected one of {', '.join(PRECISIONS)}")
+    how = ("vqdeploy export writes fp32 and fp16 graphs only" if requested == "bf16"
+           else f"export them in {requested}: vqdeploy export --precision {requested} --out <new dir>")
+    raise ConfigError(f"--precision {requested}: the graphs in {artifacts} were exported in {exported}, and TensorRT "
+                      f"builds them strongly typed (engine precision = graph precision); {how}")
+
+
+def build_engines(artifacts: str | Path, options: BuildOptions = BuildOptions(), echo: Echo = print) -> dict[str, Any]:
+    """Build (or reuse) every engine; returns the engines.json content."""
+    artifacts = Path(artifacts)
+    manifest = mf.read_manifest(artifacts)
+    precision = check_precision(options.precision, manifest, artifacts)
+    graphs: dict[str, Any] = manifest["graphs"]
+    unknown = [g for g in options.graphs if g not in graphs]
+    if unknown:
+        raise ConfigError(f"no graph '{unknown[0]}' in {artifacts} (graphs: {', '.join(graphs)})")
+    names = list(options.graphs) or list(graphs)
+    mf.verify_graph_files(artifacts, manifest)
+    # resolve every profile before the (slow) builds, so that a bad --size fails at once
+    resolved = {n: pf.resolve(graphs[n], n, options.batch, options.size) for n in names}
+    api = load()
+    tgt = target.resolve(api, options.target_cc)
+    out = artifacts / record.ENGINES_DIR
+    out.mkdir(exist_ok=True)
+    echo(f"{api}, target {tgt}, precision {precision}: {len(names)} engine(s) into {out}/ (log: {out / 'build.log'})")
+    if options.workspace is not None and api.rtx and target.current_gpu() is None:
+        # observed with TensorRT-RTX 1.7: a workspace limit makes the ahead-of-time build allocate it, and fail
+        raise ConfigError("--workspace: TensorRT-RTX cannot apply a workspace limit without a GPU here; leave it out")
+    if options.timing_cache is not None and api.rtx:
+        echo("note: --timing-cache is ignored: TensorRT-RTX does not time tactics")
+    with build_lock(out), open(out / "build.log", "a") as stream:
+        log = BuildLog(stream, "verbose" if options.verbose else "info")
+        data = record.read(out)
+        if data is None or data.get("model_fingerprint") != manifest.get("model_fingerprint"):
+            data = record.empty(manifest.get("model_fingerprint"))
+        t_all = time.perf_counter()
+        for i, name in enumerate(names, 1):
+            entry = _build_one(api, artifacts, name, graphs[name], resolved[name], tgt, precision, options, data, log,
+                               f"[{i}/{len(names)}] {name}", echo)
+            data["engines"][name] = entry
+            record.write(out, data)  # after every engine: a later failure keeps the finished ones
+        echo(f"done in {time.perf_counter() - t_all:.1f} s: {out / record.ENGINES_JSON}")
+    return data
+
+
+def _build_one(api: TensorRT, artifacts: Path, name: str, graph: dict[str, Any], profiles: pf.Profiles,
+               tgt: target.Target, precision: str, options: BuildOptions, data: dict[str, Any], log: BuildLog,
+               label: str, echo: Echo) -> dict[str, Any]:
+    from vqdeploy.trt import builder as bd
+    from vqdeploy.trt import network as nw
+    from vqdeploy.trt.shim import trt
+
+    out = artifacts / record.ENGINES_DIR
+    file = f"{name}.engine"
+    key_inputs = {
+        "graph": {"file": graph["file"], "sha256": graph["sha256"],
+                  "external_data_sha256": (graph.get("external_data") or {}).get("sha256")},
+        "tensorrt": {"flavour": api.flavour, "version": api.version},
+        "target": tgt.to_json(),
+        "precision": precision,
+        "profiles": pf.to_json(profiles),
+        "workspace": options.workspace,
+    }
+    key = record.cache_key(key_inputs)
+    old = data["engines"].get(name)
+    if (not options.force and old is not None and old.get("cache_key") == key and (out / file).is_file()
+            and mf.sha256_file(out / file) == old.get("sha256")):
+        echo(f"{label}: unchanged, kept {file}")
+        return dict(old)
+
+    log.section(f"{name}: {graph['file']} -> {file}")
+    t0 = time.perf_counter()
+    builder = trt.Builder(log.logger)
+    network, _parser = nw.parse(builder, log.logger, artifacts / graph["file"])  # the parser owns the weights: keep it
+    inputs, outputs = nw.io(network)
+    nw.check_io(name, inputs, outputs, graph)
+    config = bd.configure(api, builder, profiles, tgt, options.workspace)
+    timing = options.timing_cache if not api.rtx else None
+    if timing is not None:
+        bd.load_timing_cache(config, timing, echo)
+    echo(f"{label}: building ({', '.join(profiles)}) ...")
+    plan = bd.build(api, builder, network, config, log, label, echo)
+    atomic_write(out / file, plan)
+    bd.save_timing_cache(config, timing)
+    seconds = time.perf_counter() - t0
+    echo(f"{label}: built {file} ({plan.nbytes / 1e6:.1f} MB) in {seconds:.1f} s"
+         + (f", {log.warnings} warning(s) in build.log" if log.warnings else ""))
+    return {
+        "file": file,
+        "sha256": hashlib.sha256(plan).hexdigest(),
+        "bytes": plan.nbytes,
+        "cache_key": key,
+        **key_inputs,
+        "profile_order": list(profiles),  # optimization profile index i = profile_order[i]
+        "inputs": inputs,
+        "outputs": outputs,
+        "build_seconds": round(seconds, 2),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
