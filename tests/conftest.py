@@ -32,6 +32,25 @@ def runs(tmp_path_factory: pytest.TempPathFactory, up):
     return get
 
 
+@pytest.fixture(scope="session")
+def exported(runs, tmp_path_factory):
+    """``exported(variant, precision)``: (run, artifacts dir, manifest), exported once per session."""
+    from vqdeploy.export.exporter import export
+
+    root = tmp_path_factory.mktemp("artifacts")
+    cache: dict[tuple[str, str], tuple] = {}
+
+    def get(name: str, precision: str = "fp32"):
+        if (name, precision) not in cache:
+            run = runs(name)
+            out = root / f"{name}-{precision}"
+            manifest = export(run.ckpt, out, precision=precision, log=lambda m: None)
+            cache[name, precision] = (run, out, manifest)
+        return cache[name, precision]
+
+    return get
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if MEASURED:
         terminalreporter.section("vqdeploy vs upstream taming: measured max abs errors (fp32, CPU)")

@@ -21,23 +21,6 @@ NET2NET = ("seg", "first_stage", "sos_zcurve", "class_subsample", "coord_identit
 VQ_ONLY = ("gumbel", "vq_remap")
 
 
-@pytest.fixture(scope="session")
-def exported(runs, tmp_path_factory):
-    """``exported(variant, precision)``: (run, artifacts dir, manifest), exported once per session."""
-    root = tmp_path_factory.mktemp("artifacts")
-    cache: dict[tuple[str, str], tuple] = {}
-
-    def get(name: str, precision: str = "fp32"):
-        if (name, precision) not in cache:
-            run = runs(name)
-            out = root / f"{name}-{precision}"
-            manifest = export(run.ckpt, out, precision=precision, log=lambda m: None)
-            cache[name, precision] = (run, out, manifest)
-        return cache[name, precision]
-
-    return get
-
-
 def _stages(manifest: dict) -> dict[str, dict]:
     return {s["stage"]: s for s in manifest["parity"]["stages"]}
 
