@@ -83,6 +83,9 @@ def export(
     specs = graph_specs(model, precision, max_batch)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent if str(out.parent) else "."))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; artifacts are ordinary files
     try:
         graphs: dict[str, Any] = {}
         for n, spec in enumerate(specs, 1):

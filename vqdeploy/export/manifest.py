@@ -91,8 +91,12 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 def verify_graph_files(directory: Path, manifest: dict[str, Any]) -> None:
     """Every graph exists and has the hash the manifest recorded (catches mixed artifacts)."""
     for name, g in manifest["graphs"].items():
-        path = directory / g["file"]
-        if not path.is_file():
-            raise ArtifactError(f"{directory}: graph {g['file']} is missing; re-export")
-        if sha256_file(path) != g["sha256"]:
-            raise ArtifactError(f"{path}: does not match the manifest (sha256 differs); re-export")
+        files = [(g["file"], g["sha256"])]
+        if "external_data" in g:
+            files.append((g["external_data"]["file"], g["external_data"]["sha256"]))
+        for file, digest in files:
+            path = directory / file
+            if not path.is_file():
+                raise ArtifactError(f"{directory}: {file} is missing; re-export")
+            if sha256_file(path) != digest:
+                raise ArtifactError(f"{path}: does not match the manifest (sha256 differs); re-export")

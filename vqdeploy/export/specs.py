@@ -147,7 +147,8 @@ def decoder_spec(vq: VQModel, dtype: torch.dtype, max_batch: int) -> GraphSpec:
     f = vq.downsample_factor
     res = int(vq.ddconfig["resolution"])
     gh, gw = _grid_dims([res // f, res // f])
-    dims = {"batch": _batch(max_batch, 4), "latent_h": gh, "latent_w": gw}
+    dims = {"batch": _batch(max_batch, 4), "latent_h": Dim(gh.min, gh.opt, gh.max, f),
+            "latent_w": Dim(gw.min, gw.opt, gw.max, f)}
     spec = GraphSpec(
         name="decoder",
         module=DecoderGraph(vq, dtype).eval(),

@@ -43,6 +43,10 @@ class GraphBackend:
         if self.torch_device.type == "cuda":
             torch.cuda.synchronize(self.torch_device)
 
+    def max_batch(self, graph: str) -> int:
+        """Largest batch the graph accepts here (engines may narrow or widen the exported range)."""
+        return int(self.graph(graph)["dims"]["batch"]["max"])
+
     # --- shared ---------------------------------------------------------------------------
     def graph(self, name: str) -> dict[str, Any]:
         try:
@@ -108,9 +112,10 @@ class KVTransformer:
         self.capacity = batch
 
     def reset(self, batch: int) -> None:
-        max_batch = int(self.backend.graph("transformer")["dims"]["batch"]["max"])
+        max_batch = self.backend.max_batch("transformer")
         if batch > max_batch:
-            raise InputError(f"batch {batch} exceeds the exported maximum {max_batch} (re-export with --max-batch)")
+            raise InputError(f"batch {batch} exceeds this backend's maximum {max_batch} "
+                             "(re-export with --max-batch, or rebuild engines with --batch)")
         if batch > self.capacity:
             self._allocate(batch)
         self.batch, self.length = batch, 0

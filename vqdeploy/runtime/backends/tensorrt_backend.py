@@ -142,6 +142,10 @@ class TensorRTBackend(GraphBackend):
         self._engines: dict[str, tuple[trt.ICudaEngine, dict[str, Any]]] = {}
         self._executors: dict[tuple[str, str], TrtExecutor] = {}
 
+    def max_batch(self, graph: str) -> int:
+        _, entry = self._engine(graph)
+        return min(int(shapes["max"][0]) for prof in entry["profiles"].values() for shapes in prof.values())
+
     def _engine(self, graph: str) -> tuple[trt.ICudaEngine, dict[str, Any]]:
         if graph not in self._engines:
             self.graph(graph)  # the manifest has it
