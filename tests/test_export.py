@@ -160,3 +160,22 @@ def test_cli_export_writes_manifest(runs, tmp_path: Path) -> None:
     assert "exporting transformer.onnx" in r.stderr and "greedy_tokens" in r.stderr
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert m["max_batch"] == 4 and m["graphs"]["transformer"]["dims"]["batch"]["max"] == 4
+
+
+@pytest.mark.parametrize("name,precision", [(n, "fp32") for n in NET2NET + VQ_ONLY] + [("seg", "fp16")])
+def test_every_exported_graph_parses_and_builds_with_tensorrt_rtx(exported, name: str, precision: str,
+                                                                  tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt_rtx_bindings")  # installed by the README's test command
+    from vqdeploy.trt.engines import BuildOptions, build_engines
+
+    _, out, manifest = exported(name, precision)
+    dest = tmp_path / "art"
+    shutil.copytree(out, dest)
+    data = build_engines(dest, BuildOptions(target_cc=("8.6",)), echo=lambda m: None)
+    assert set(data["engines"]) == set(manifest["graphs"])
+    for graph, entry in data["engines"].items():
+        assert (dest / "engines" / entry["file"]).stat().st_size > 0
+        assert entry["graph"]["sha256"] == manifest["graphs"][graph]["sha256"]
+        assert list(entry["profiles"]) == list(manifest["graphs"][graph]["profiles"])
+        names = [t["name"] for t in entry["inputs"]]
+        assert names == [t["name"] for t in manifest["graphs"][graph]["inputs"]]
