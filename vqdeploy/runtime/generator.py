@@ -26,13 +26,19 @@ def generate(
     params: SamplingParams,
     noise: np.ndarray,
     progress: Progress | None = None,
+    logits_out: list[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """(B,T0) prompt (cond tokens, optionally followed by image tokens) -> (B,steps) new tokens."""
+    """(B,T0) prompt (cond tokens, optionally followed by image tokens) -> (B,steps) new tokens.
+
+    ``logits_out`` collects the (B,V) logits each token was drawn from (for parity checks).
+    """
     batch = prompt.shape[0]
     runner.reset(batch)
     logits = runner.forward(prompt)[:, -1]
     out = np.empty((batch, steps), dtype=np.int64)
     for k in range(steps):
+        if logits_out is not None:
+            logits_out.append(logits)
         out[:, k] = next_tokens(logits, noise[k], params)
         if progress is not None:
             progress(1)
