@@ -54,16 +54,16 @@ def inspect(ckpt: str, config: str | None) -> None:
     click.echo(json.dumps(describe(model), indent=2))
 
 
-from vqdeploy.export.command import export  # noqa: E402
+from vqdeploy.export.command import export
 
 main.add_command(export)
 
-from vqdeploy.runtime.command import bench, parity, run  # noqa: E402
+from vqdeploy.runtime.command import bench, parity, run
 
 main.add_command(run)
 main.add_command(parity)
 main.add_command(bench)
 
-from vqdeploy.trt.command import build_trt  # noqa: E402
+from vqdeploy.trt.command import build_trt
 
 main.add_command(build_trt)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn as nn
+from torch import nn
 
 from vqdeploy.errors import ConfigError
 from vqdeploy.models.conditioning import CoordStage, Labelator, SOSProvider

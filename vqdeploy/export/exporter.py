@@ -17,6 +17,7 @@ from vqdeploy.errors import ArtifactError, ParityError
 from vqdeploy.export import manifest as mf
 from vqdeploy.export.onnx_export import DEFAULT_OPSET, export_graph
 from vqdeploy.export.specs import graph_specs
+from vqdeploy.files import default_mode
 
 Log = Callable[[str], None]
 
@@ -83,9 +84,7 @@ def export(
     specs = graph_specs(model, precision, max_batch)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent if str(out.parent) else "."))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; artifacts are ordinary files
+    tmp.chmod(default_mode(directory=True))  # mkdtemp makes it private; artifacts are ordinary files
     try:
         graphs: dict[str, Any] = {}
         for n, spec in enumerate(specs, 1):

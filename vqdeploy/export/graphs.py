@@ -9,8 +9,8 @@ Gumbel logits) runs in fp32, logits are returned in fp32; the KV cache is fp16.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.models.precision import upcast

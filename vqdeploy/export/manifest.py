@@ -90,7 +90,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 def verify_graph_files(directory: Path, manifest: dict[str, Any]) -> None:
     """Every graph exists and has the hash the manifest recorded (catches mixed artifacts)."""
-    for name, g in manifest["graphs"].items():
+    for g in manifest["graphs"].values():
         files = [(g["file"], g["sha256"])]
         if "external_data" in g:
             files.append((g["external_data"]["file"], g["external_data"]["sha256"]))

@@ -38,7 +38,7 @@ _opset = onnxscript.values.Opset(DOMAIN, VERSION)
 
 
 @onnxscript.script(_opset, default_opset=op)
-def NearestCode(latent, codebook):  # noqa: N802 - ONNX op name
+def NearestCode(latent, codebook):
     # flattened to one (B, h*w, C) x (C, K) MatMul: TensorRT's Myelin backend rejects the 4-D form
     shape = op.Shape(latent)
     b = op.Slice(shape, op.Constant(value_ints=[0]), op.Constant(value_ints=[1]))

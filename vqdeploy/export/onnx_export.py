@@ -12,11 +12,11 @@ import onnx
 import torch
 
 from vqdeploy.errors import ConfigError
+from vqdeploy.export import DEFAULT_OPSET
 from vqdeploy.export.nearest_code_onnx import attach_function, translate
 from vqdeploy.export.specs import GraphSpec
 from vqdeploy.models.nearest_code import nearest_code
 
-from vqdeploy.export import DEFAULT_OPSET
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
 
 

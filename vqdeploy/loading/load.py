@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from vqdeploy.errors import CheckpointError, ConfigError
 from vqdeploy.loading.checkpoint import read_state_dict

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from vqdeploy.errors import ConfigError
 from vqdeploy.models import conditioning, mingpt, net2net, permuter, vqgan

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from vqdeploy.models.precision import GroupNorm32, upcast
 
@@ -16,7 +16,7 @@ def nonlinearity(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
 
-def Normalize(in_channels: int) -> nn.GroupNorm:  # noqa: N802 - upstream name
+def Normalize(in_channels: int) -> nn.GroupNorm:
     return GroupNorm32(num_groups=32, num_channels=in_channels, eps=1e-6, affine=True)
 
 

@@ -8,8 +8,8 @@ model, which changes no state_dict key.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 Encoded = tuple[torch.Tensor, None, tuple[None, None, torch.Tensor]]
 

@@ -11,8 +11,8 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from vqdeploy.models.precision import LayerNorm32, upcast
 

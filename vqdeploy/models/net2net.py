@@ -4,18 +4,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from vqdeploy.models.conditioning import CoordStage, Labelator, SOSProvider
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.models.permuter import AbstractPermuter, Identity
 from vqdeploy.models.vqgan import VQModel
 
-CondStage = Union[VQModel, SOSProvider, Labelator, CoordStage]
+CondStage = VQModel | SOSProvider | Labelator | CoordStage
 
 
 class Net2NetTransformer(nn.Module):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 class AbstractPermuter(nn.Module):
@@ -41,7 +41,7 @@ class Identity(AbstractPermuter):
 
 
 class Subsample(AbstractPermuter):
-    def __init__(self, H: int, W: int) -> None:  # noqa: N803 - upstream names
+    def __init__(self, H: int, W: int) -> None:
         super().__init__()
         c = 1
         indices = np.arange(H * W).reshape(c, H, W)
@@ -61,7 +61,7 @@ def mortonify(i: int, j: int) -> int:
 
 
 class ZCurve(AbstractPermuter):
-    def __init__(self, H: int, W: int) -> None:  # noqa: N803
+    def __init__(self, H: int, W: int) -> None:
         super().__init__()
         reverseidx = np.array([mortonify(i, j) for i in range(H) for j in range(W)], dtype=np.int64)
         self._set(np.argsort(reverseidx), reverseidx)
@@ -97,27 +97,27 @@ def _spiral(size: int) -> list[int]:
 
 
 class SpiralOut(AbstractPermuter):
-    def __init__(self, H: int, W: int) -> None:  # noqa: N803
+    def __init__(self, H: int, W: int) -> None:
         super().__init__()
         assert H == W
         self._set(_spiral(W))
 
 
 class SpiralIn(AbstractPermuter):
-    def __init__(self, H: int, W: int) -> None:  # noqa: N803
+    def __init__(self, H: int, W: int) -> None:
         super().__init__()
         assert H == W
         self._set(_spiral(W)[::-1])
 
 
 class Random(AbstractPermuter):
-    def __init__(self, H: int, W: int) -> None:  # noqa: N803
+    def __init__(self, H: int, W: int) -> None:
         super().__init__()
         self._set(np.random.RandomState(1).permutation(H * W))
 
 
 class AlternateParsing(AbstractPermuter):
-    def __init__(self, H: int, W: int) -> None:  # noqa: N803
+    def __init__(self, H: int, W: int) -> None:
         super().__init__()
         indices = np.arange(W * H).reshape(H, W)
         for i in range(1, H, 2):

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from vqdeploy.models.autoencoder import Decoder, Encoder
 from vqdeploy.models.quantize import GumbelQuantize, Info, VectorQuantizer

@@ -160,9 +160,10 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
             continue
         vs_ref = f"{r['tokens_per_s'] / ref['tokens_per_s']:.1f}x" if ref else "-"
         vs_eager = f"{r['tokens_per_s'] / eager['tokens_per_s']:.2f}x" if eager else "-"
-        floor = r["step"] * 1e3 / result["step_floor_ms_cpu"] if label.endswith("cpu") or "cpu " in label else float("nan")
+        on_cpu = label.endswith("cpu") or "cpu " in label  # the floor is the host's bandwidth
+        floor = f"{r['step'] * 1e3 / result['step_floor_ms_cpu']:.2f}x" if on_cpu else "-"
         log(f"{label:<32}{r['cond_encoder'] * 1e3:>9.1f}{r['prefill'] * 1e3:>11.1f}{r['step'] * 1e3:>9.2f}"
             f"{r['decoder'] * 1e3:>10.1f}{r['tokens_per_s']:>10.1f}{vs_ref:>8}{vs_eager:>9}"
-            f"{('%.2fx' % floor) if floor == floor else '-':>11}")
+            f"{floor:>11}")
     log(f"host memory bandwidth {result['host_memory_bandwidth_GBps']:.1f} GB/s; transformer weights "
         f"{result['transformer_weight_bytes'] / 1e6:.0f} MB -> CPU step floor {result['step_floor_ms_cpu']:.2f} ms")

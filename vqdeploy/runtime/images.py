@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from vqdeploy.errors import InputError
+from vqdeploy.files import atomic_write
 
 MAX_PIXELS = 64_000_000  # beyond this a PNG is treated as a decompression bomb
 
@@ -106,17 +105,14 @@ def grid_image(images: np.ndarray, columns: int | None = None) -> np.ndarray:
 
 def write_png(array: np.ndarray, path: Path) -> None:
     """Write atomically: a reader never sees a half-written file."""
+    import io
+
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buf, format="PNG")
+    atomic_write(path, buf.getbuffer())
 
 
 def output_paths(out: Path, n: int, grid: bool) -> list[Path]:

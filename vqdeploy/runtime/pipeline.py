@@ -50,7 +50,7 @@ class Pipeline:
             if self.cond.get("downsample_cond_size", -1) > -1:
                 return tuple(self.first["latent_grid"])  # type: ignore[return-value]
             scale = self.cond["resolution"] / self.cond["latent_grid"][0] / f  # cond pixels per image cell
-            return int(round(cond_grid.shape[1] * scale)), int(round(cond_grid.shape[2] * scale))
+            return round(cond_grid.shape[1] * scale), round(cond_grid.shape[2] * scale)
         if size is None:
             return tuple(self.first["latent_grid"])  # type: ignore[return-value]
         if size[0] % f or size[1] % f:
@@ -62,7 +62,7 @@ class Pipeline:
         condition: np.ndarray | None = None,
         *,
         num_samples: int = 1,
-        params: SamplingParams = SamplingParams(),
+        params: SamplingParams | None = None,
         seed: int = 0,
         class_id: int | None = None,
         size: tuple[int, int] | None = None,
@@ -70,6 +70,7 @@ class Pipeline:
     ) -> Result:
         if num_samples < 1:
             raise InputError("--num-samples must be at least 1")
+        params = params or SamplingParams()
         timings: dict[str, float] = {}
         t = time.perf_counter()
         cond = condition_grid(self.backend, self.cond, num_samples, condition, class_id)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from vqdeploy.errors import ArtifactError
-from vqdeploy.trt.files import atomic_write
+from vqdeploy.files import atomic_write
 from vqdeploy.trt.logs import BuildLog, Echo, make_progress
 from vqdeploy.trt.profiles import Profiles
 from vqdeploy.trt.shim import TensorRT, trt

@@ -12,9 +12,10 @@ from typing import Any
 
 from vqdeploy.errors import ConfigError
 from vqdeploy.export import manifest as mf
+from vqdeploy.files import atomic_write
 from vqdeploy.trt import profiles as pf
 from vqdeploy.trt import record, target
-from vqdeploy.trt.files import atomic_write, build_lock
+from vqdeploy.trt.files import build_lock
 from vqdeploy.trt.logs import BuildLog, Echo
 from vqdeploy.trt.shim import TensorRT, load
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vqdeploy.trt.files import atomic_write
+from vqdeploy.files import atomic_write
 
 ENGINES_DIR = "engines"
 ENGINES_JSON = "engines.json"

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from vqdeploy.errors import ArtifactError, InputError
 from vqdeploy.export.graphs import DecoderGraph, EncoderGraph
