@@ -18,12 +18,13 @@ import torch
 from vqdeploy.errors import InputError
 from vqdeploy.export.manifest import read_manifest
 from vqdeploy.runtime.available import parse_backends
-from vqdeploy.runtime.backends.base import Backend
+from vqdeploy.runtime.backends.base import Backend, TransformerRunner
 from vqdeploy.runtime.backends.select import load_reference_model, open_backend
 from vqdeploy.runtime.backends.torch_backend import TorchBackend
 from vqdeploy.runtime.conditions import condition_grid
-from vqdeploy.runtime.parity_report import _condition
-from vqdeploy.runtime.sampling import SamplingParams, next_tokens, uniform_noise
+from vqdeploy.runtime.generator import generate
+from vqdeploy.runtime.parity_inputs import sample_condition
+from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
 PARAMS = SamplingParams(temperature=1.0, top_k=100)
 REFERENCE_POINTS = 8  # sequence lengths timed for the reference sampler when it is too slow to run whole
@@ -50,34 +51,51 @@ def _sync(be: Backend) -> None:
         sync()
 
 
+class TimedRunner:
+    """Wraps a transformer runner and records how long each call took (the first is the prefill)."""
+
+    def __init__(self, inner: TransformerRunner) -> None:
+        self.inner = inner
+        self.times: list[float] = []
+
+    @property
+    def length(self) -> int:
+        return self.inner.length
+
+    def reset(self, batch: int) -> None:
+        self.inner.reset(batch)
+        self.times = []
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        out = self.inner.forward(tokens)  # returns host logits: the device work is finished
+        self.times.append(time.perf_counter() - t)
+        return out
+
+
 def bench_backend(be: Backend, cond_input: Any, info: dict[str, Any], n: int, repeats: int) -> dict[str, float]:
-    """Median over ``repeats`` of each stage; the step time is the mean over all tokens of a run."""
+    """Median over ``repeats`` of each stage; ``step`` is the mean transformer call per token, and
+    tokens/s counts the whole token loop (prefill, steps and host sampling)."""
     cond_info = info["conditioning"]
     steps = int(info["tokens"]["image"])
+    grid = info["first_stage"]["latent_grid"]
     noise = uniform_noise(0, n, steps)
-    runs: dict[str, list[float]] = {k: [] for k in ("cond_encoder", "prefill", "step", "decoder", "total")}
+    runner = TimedRunner(be.transformer())
+    runs: dict[str, list[float]] = {k: [] for k in ("cond_encoder", "prefill", "step", "sampling", "decoder", "total")}
     for _ in range(repeats + 1):  # the first run warms up (session init, allocator, caches)
         t0 = time.perf_counter()
         cond = condition_grid(be, cond_info, n, cond_input, class_id=0).reshape(n, -1)
         t1 = time.perf_counter()
-        runner = be.transformer()
-        runner.reset(n)
-        logits = runner.forward(cond)[:, -1]
+        tokens = generate(runner, cond, steps, PARAMS, noise)
         t2 = time.perf_counter()
-        out = np.empty((n, steps), dtype=np.int64)
-        for k in range(steps):
-            out[:, k] = next_tokens(logits, noise[k], PARAMS)
-            if k + 1 < steps:
-                logits = runner.forward(out[:, k : k + 1])[:, -1]
-        t3 = time.perf_counter()
-        grid = info["first_stage"]["latent_grid"]
-        be.decode(out.reshape(n, *grid))
+        be.decode(tokens.reshape(n, *grid))
         _sync(be)
-        t4 = time.perf_counter()
-        for key, v in zip(runs, (t1 - t0, t2 - t1, (t3 - t2) / max(steps - 1, 1), t4 - t3, t4 - t0)):
+        t3 = time.perf_counter()
+        step = statistics.mean(runner.times[1:]) if steps > 1 else 0.0
+        for key, v in zip(runs, (t1 - t0, runner.times[0], step, t2 - t1, t3 - t2, t3 - t0)):
             runs[key].append(v)
     res = {k: statistics.median(v[1:]) for k, v in runs.items()}
-    res["tokens_per_s"] = n * steps / (res["prefill"] + res["step"] * (steps - 1))
+    res["tokens_per_s"] = n * steps / res["sampling"]
     return res
 
 
@@ -116,7 +134,7 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
     if repeats < 1:
         raise InputError("--repeats must be at least 1")
     model = load_reference_model(manifest, ckpt)
-    cond_input = _condition(info, 0)
+    cond_input = sample_condition(info, 0)
     rows: dict[str, dict[str, Any]] = {}
     torch_cpu = TorchBackend(model, manifest, "cpu")
     for name, dev, be in [("torch", "cpu", torch_cpu)] + [(b, d, None) for b, d in parse_backends(backends, artifacts, device)]:

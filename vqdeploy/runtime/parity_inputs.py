@@ -41,3 +41,14 @@ def parity_inputs(model_info: dict[str, Any], seed: int = 0, batch: int = 2) -> 
     elif cond.get("kind") == "first_stage":
         out["cond"] = out["image"]
     return out
+
+
+def sample_condition(info: dict[str, Any], seed: int = 0) -> np.ndarray | None:
+    """One condition input (batch 1) for ``parity``/``bench`` pipelines; None for SOS / class."""
+    cond = info.get("conditioning", {})
+    if cond.get("kind") == "coord":
+        from vqdeploy.runtime.conditions import coord_map
+
+        return coord_map(cond["resolution"], cond["resolution"])
+    x = parity_inputs(info, seed).get("cond")
+    return None if x is None else x[:1]

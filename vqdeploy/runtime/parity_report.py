@@ -16,22 +16,13 @@ from vqdeploy.export.manifest import read_manifest
 from vqdeploy.runtime.available import parse_backends
 from vqdeploy.runtime.backends.select import load_reference_model, open_backend
 from vqdeploy.runtime.backends.torch_backend import TorchBackend
-from vqdeploy.runtime.conditions import coord_map
 from vqdeploy.runtime.images import to_uint8, write_png
 from vqdeploy.runtime.parity import check_backend
-from vqdeploy.runtime.parity_inputs import parity_inputs
+from vqdeploy.runtime.parity_inputs import sample_condition
 from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.sampling import SamplingParams
 
 SAMPLES = 2
-
-
-def _condition(info: dict[str, Any], seed: int) -> Any:
-    cond = info.get("conditioning", {})
-    if cond.get("kind") == "coord":
-        return coord_map(cond["resolution"], cond["resolution"])
-    x = parity_inputs(info, seed).get("cond")
-    return None if x is None else x[:1]
 
 
 def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, out: Path, ckpt: str | None,
@@ -44,7 +35,7 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
         raise ParityError("no backend to compare on this machine")
     out.mkdir(parents=True, exist_ok=True)
     params = SamplingParams(temperature=1.0, top_k=100)
-    condition = _condition(info, seed) if info["kind"] == "net2net" else None
+    condition = sample_condition(info, seed) if info["kind"] == "net2net" else None
     rows: list[dict[str, Any]] = []
     ref_tokens = None
     runs = [("torch", "cpu", reference)] + [(n, d, None) for n, d in candidates]

@@ -66,8 +66,10 @@ class Pipeline:
         seed: int = 0,
         class_id: int | None = None,
         size: tuple[int, int] | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int, str], Callable[[int], None]] | None = None,
     ) -> Result:
+        """``progress(total, description)`` is called once the token count is known and returns a
+        per-token callback."""
         if num_samples < 1:
             raise InputError("--num-samples must be at least 1")
         params = params or SamplingParams()
@@ -77,13 +79,18 @@ class Pipeline:
         timings["cond_encoder"] = time.perf_counter() - t
         grid = self._grid(cond, size)
         trained = tuple(self.first["latent_grid"])
+        sliding = grid != trained
+        tick = None
+        if progress is not None:
+            how = " (sliding window)" if sliding else ""
+            tick = progress(grid[0] * grid[1], f"sampling {num_samples} x {grid[0] * grid[1]} tokens{how} with "
+                                               f"{self.backend.name} ({self.backend.device})")
         runner = self.backend.transformer()
         t = time.perf_counter()
-        sliding = grid != trained
         if not sliding:
             steps = grid[0] * grid[1]
             noise = uniform_noise(seed, num_samples, steps)
-            seq = generate(runner, cond.reshape(num_samples, -1), steps, params, noise, progress)
+            seq = generate(runner, cond.reshape(num_samples, -1), steps, params, noise, tick)
             order = self.info["permuter"]["order"]
             raster = np.empty_like(seq)
             if order is None:
@@ -98,7 +105,7 @@ class Pipeline:
                 raise InputError(f"the image grid {grid[0]}x{grid[1]} is smaller than the trained {trained[0]}x{trained[1]}")
             noise = uniform_noise(seed, num_samples, grid[0] * grid[1])
             c = cond if cond.ndim == 3 else cond.reshape(num_samples, -1)
-            tokens = generate_sliding(runner, c, grid, trained, params, noise, progress)  # type: ignore[arg-type]
+            tokens = generate_sliding(runner, c, grid, trained, params, noise, tick)  # type: ignore[arg-type]
         timings["sampling"] = time.perf_counter() - t
         t = time.perf_counter()
         images = self.backend.decode(tokens)

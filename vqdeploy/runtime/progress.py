@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import Any
+
+Tick = Callable[[int], None]
 
 
-@contextlib.contextmanager
-def token_progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
-    import click
+class TokenProgress:
+    """Started by the pipeline with the number of tokens (known only once the grid is)."""
 
-    if not sys.stderr.isatty():
-        yield lambda n: None
-        return
-    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True) as bar:
-        yield bar.update
+    def __init__(self, log: Callable[[str], None], label: str = "tokens") -> None:
+        self.log = log
+        self.label = label
+        self.bar: Any = None
+
+    def __call__(self, total: int, what: str) -> Tick:
+        self.log(what)
+        if not sys.stderr.isatty():
+            return lambda n: None
+        import click
+
+        self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True, show_eta=True)
+        self.bar.__enter__()
+        return self.bar.update
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None

@@ -12,7 +12,7 @@ from vqdeploy.export.manifest import read_manifest
 from vqdeploy.runtime.backends.select import open_backend
 from vqdeploy.runtime.images import grid_image, load_condition, output_paths, parse_size, to_uint8, write_png
 from vqdeploy.runtime.pipeline import Pipeline
-from vqdeploy.runtime.progress import token_progress
+from vqdeploy.runtime.progress import TokenProgress
 from vqdeploy.runtime.sampling import SamplingParams
 
 
@@ -46,16 +46,12 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     t = time.perf_counter()
     be = open_backend(backend, artifacts, manifest, device, ckpt)
     load_s = time.perf_counter() - t
-    pipe = Pipeline(be, manifest)
-    steps = int(manifest["model"]["tokens"]["image"])
-    if hw is not None or cond_info["kind"] in ("image", "first_stage", "coord"):
-        f = manifest["model"]["first_stage"]["downsample_factor"]
-        if hw is not None:
-            steps = (hw[0] // f) * (hw[1] // f)
-    log(f"sampling {num_samples} x {steps} tokens with {be.name} ({be.device})")
-    with token_progress(steps, "tokens") as bar:
-        result = pipe(condition, num_samples=num_samples, params=params, seed=seed, class_id=class_id, size=hw,
-                      progress=bar)
+    progress = TokenProgress(log)
+    try:
+        result = Pipeline(be, manifest)(condition, num_samples=num_samples, params=params, seed=seed,
+                                        class_id=class_id, size=hw, progress=progress)
+    finally:
+        progress.close()
     images = to_uint8(result.images)
     paths = output_paths(out, len(images), grid)
     if grid:
