@@ -37,11 +37,13 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
                  size: str | None, out: Path, grid: bool, ckpt: str | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     manifest = read_manifest(artifacts)
+    if manifest["model"]["kind"] != "net2net":
+        raise InputError(f"{artifacts} holds a VQGAN only: there is no transformer to sample from")
     params = SamplingParams(temperature, top_k, top_p)
     hw = parse_size(size)
     if num_samples < 1:
         raise InputError("--num-samples must be at least 1")
-    cond_info = manifest["model"].get("conditioning", {"kind": "none"})
+    cond_info = manifest["model"]["conditioning"]
     condition = read_condition(input, cond_info, hw)
     t = time.perf_counter()
     be = open_backend(backend, artifacts, manifest, device, ckpt)
