@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from vqdeploy.errors import ArtifactError
+from vqdeploy.errors import ArtifactError, ConfigError
 from vqdeploy.export import exporter
 from vqdeploy.export.exporter import export
 from vqdeploy.export.manifest import read_manifest, sha256_file
@@ -97,6 +97,24 @@ def test_fp16_export_is_strongly_typed_and_within_fp16_tolerance(exported) -> No
     assert onnx.TensorProto.FLOAT16 in init_types
 
 
+def test_bf16_export_keeps_bf16_in_the_graphs_and_passes_parity_by_emulation(exported) -> None:
+    _, out, m = exported("seg", "bf16")
+    assert m["parity"]["passed"], m["parity"]
+    assert m["opset"] == 22  # the first opset whose Conv and Gemm accept bfloat16
+    assert m["parity"]["backend"] == "onnxruntime-cpu (bf16 emulated)"
+    tr = m["graphs"]["transformer"]
+    assert {t["dtype"] for t in tr["inputs"][1:]} == {"bfloat16"}  # the KV cache is bf16
+    assert tr["outputs"][0]["dtype"] == "float32"  # logits stay fp32
+    model = onnx.load(str(out / "decoder.onnx"))
+    assert onnx.TensorProto.BFLOAT16 in {i.data_type for i in model.graph.initializer if len(i.dims) > 1}
+
+
+def test_bf16_needs_opset_22(runs, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="bf16 graphs need opset 22"):
+        export(runs("seg").ckpt, tmp_path / "a", precision="bf16", opset=18, log=lambda m: None)
+    assert not (tmp_path / "a").exists()
+
+
 def test_refuses_another_models_artifacts(exported, runs, tmp_path: Path) -> None:
     _, out, _ = exported("seg")
     dest = tmp_path / "art"
@@ -162,7 +180,7 @@ def test_cli_export_writes_manifest(runs, tmp_path: Path) -> None:
     assert m["max_batch"] == 4 and m["graphs"]["transformer"]["dims"]["batch"]["max"] == 4
 
 
-@pytest.mark.parametrize("name,precision", [(n, "fp32") for n in NET2NET + VQ_ONLY] + [("seg", "fp16")])
+@pytest.mark.parametrize("name,precision", [(n, "fp32") for n in NET2NET + VQ_ONLY] + [("seg", "fp16"), ("seg", "bf16")])
 def test_every_exported_graph_parses_and_builds_with_tensorrt_rtx(exported, name: str, precision: str,
                                                                   tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx_bindings")  # installed by the README's test command

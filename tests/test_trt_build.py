@@ -69,10 +69,10 @@ def trt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trt_artifacts(trt_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """fp32 and fp16 artifacts (no parity check: that is the exporter's own test)."""
+    """fp32, fp16 and bf16 artifacts (no parity check: that is the exporter's own test)."""
     root = tmp_path_factory.mktemp("trt_art")
     out = {}
-    for precision in ("fp32", "fp16"):
+    for precision in ("fp32", "fp16", "bf16"):
         out[precision] = root / precision
         export(trt_run / "checkpoints" / "last.ckpt", out[precision], precision=precision, max_batch=4, parity=False,
                log=lambda m: None)
@@ -96,7 +96,7 @@ def _copy(art: Path, dst: Path, engines: bool = True) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_every_graph_parses_without_errors(trt_artifacts: dict[str, Path], precision: str) -> None:
     art = trt_artifacts[precision]
     logger = trt.Logger(trt.Logger.ERROR)
@@ -109,7 +109,7 @@ def test_every_graph_parses_without_errors(trt_artifacts: dict[str, Path], preci
         assert ok and not errors, (name, errors)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_every_engine_built_and_recorded(trt_built: dict[str, Any], precision: str) -> None:
     art, data, lines = trt_built[precision]
     manifest = mf.read_manifest(art)
@@ -144,7 +144,7 @@ def test_every_engine_built_and_recorded(trt_built: dict[str, Any], precision: s
     assert tr["profiles"]["prefill"]["past.0.key"]["max"][2] == 0  # prefill: empty past
     assert tr["profiles"]["step"]["tokens"]["max"] == [4, 1]  # step: one token, batch up to --max-batch 4
     kv = {t["name"]: t["dtype"] for t in tr["inputs"]}["past.1.value"]
-    assert kv == ("float16" if precision == "fp16" else "float32")
+    assert kv == {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
     assert sum("built" in line for line in lines) == 4
     leftovers = [p.name for p in (art / "engines").iterdir() if p.name.endswith(".tmp")]
     assert not leftovers
@@ -305,8 +305,10 @@ def test_option_errors(trt_built: dict[str, Any]) -> None:
     quiet = {"echo": lambda m: None}
     with pytest.raises(ConfigError, match="exported in fp32.*vqdeploy export --precision fp16"):
         build_engines(art, BuildOptions(precision="fp16", target_cc=SM86), **quiet)
-    with pytest.raises(ConfigError, match="bf16.*exported in fp32"):
+    with pytest.raises(ConfigError, match="bf16.*exported in fp32.*vqdeploy export --precision bf16"):
         build_engines(art, BuildOptions(precision="bf16", target_cc=SM86), **quiet)
+    with pytest.raises(ConfigError, match="fp16.*exported in bf16"):
+        build_engines(trt_built["bf16"][0], BuildOptions(precision="fp16", target_cc=SM86), **quiet)
     with pytest.raises(ConfigError, match=r"compute capability 9.0 is not supported by TensorRT-RTX .*supported: 7.5, 8.0, 8.6"):
         build_engines(art, BuildOptions(target_cc=["9.0"]), **quiet)
     with pytest.raises(ConfigError, match="expected a compute capability"):

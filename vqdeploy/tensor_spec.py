@@ -6,11 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from vqdeploy.errors import InputError
-
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import click
 
-from vqdeploy.export import DEFAULT_OPSET
-
 
 @click.command()
 @click.option("--ckpt", required=True, type=click.Path(path_type=str), help="Lightning last.ckpt, run directory, state_dict or .safetensors.")
 @click.option("--config", type=click.Path(path_type=str), help="Model config YAML (default: <run>/configs/*-project.yaml).")
 @click.option("--out", default="artifacts", show_default=True, type=click.Path(path_type=str), help="Artifacts directory.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (18..23).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Graph precision; fp16/bf16 keep normalisation, softmax and the quantizer in fp32.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (18..23); default: 18, or 22 for bf16.")
 @click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch the graphs' profiles cover.")
 @click.option("--parity/--no-parity", default=True, show_default=True, help="Check every graph against PyTorch (ONNX Runtime CPU).")
-def export(ckpt: str, config: str | None, out: str, precision: str, opset: int, max_batch: int, parity: bool) -> None:
+def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool) -> None:
     """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest."""
     from vqdeploy.export.exporter import export as run_export
 

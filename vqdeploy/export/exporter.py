@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from vqdeploy.describe import describe
-from vqdeploy.errors import ArtifactError, ParityError
+from vqdeploy.errors import ArtifactError, ConfigError, ParityError
+from vqdeploy.export import BF16_MIN_OPSET, default_opset
 from vqdeploy.export import manifest as mf
-from vqdeploy.export.onnx_export import DEFAULT_OPSET, export_graph
+from vqdeploy.export.onnx_export import export_graph
 from vqdeploy.export.specs import graph_specs
 from vqdeploy.files import default_mode
 
@@ -65,7 +66,7 @@ def export(
     out: str | Path = "artifacts",
     config: str | Path | None = None,
     precision: str = "fp32",
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     max_batch: int = 8,
     parity: bool = True,
     log: Log = print,
@@ -76,6 +77,10 @@ def export(
 
     t0 = time.perf_counter()
     out = Path(out)
+    opset = default_opset(precision) if opset is None else opset
+    if precision == "bf16" and opset < BF16_MIN_OPSET:
+        raise ConfigError(f"--opset {opset}: bf16 graphs need opset {BF16_MIN_OPSET} or later (ONNX Conv and Gemm accept "
+                          f"bfloat16 from opset {BF16_MIN_OPSET})")
     log(f"loading {ckpt}")
     model = load_model(ckpt, config)
     info = describe(model)
@@ -140,12 +145,14 @@ def _export_parity(model: Any, directory: Path, manifest: dict[str, Any], precis
     from vqdeploy.runtime.backends.torch_backend import TorchBackend
     from vqdeploy.runtime.parity import check_backend
 
-    log("parity: onnxruntime (CPU) vs PyTorch ...")
+    log("parity: onnxruntime (CPU) vs PyTorch ..." if precision != "bf16" else
+        "parity: onnxruntime (CPU, bf16 emulated: fp32 arithmetic, bf16 rounding at every node output) vs PyTorch ...")
     t = time.perf_counter()
     reports = check_backend(TorchBackend(model, manifest), OnnxRuntimeBackend(directory, manifest),
                             manifest["model"], precision)
     for r in reports:
         log("  " + r.line())
-    return {"backend": "onnxruntime-cpu", "reference": "torch-cpu-fp32", "seed": 0,
+    backend = "onnxruntime-cpu (bf16 emulated)" if precision == "bf16" else "onnxruntime-cpu"
+    return {"backend": backend, "reference": "torch-cpu-fp32", "seed": 0,
             "passed": all(r.passed for r in reports), "seconds": round(time.perf_counter() - t, 1),
             "stages": [r.to_dict() for r in reports]}

@@ -1,9 +1,10 @@
 """The exportable stage modules: thin ``nn.Module`` wrappers over the loaded model.
 
 Each wrapper is exactly what one ONNX graph computes, so the same object serves the export
-and the PyTorch side of the parity check. In fp16 graphs the model runs in half precision while
-the boundaries stay practical: images in and out are fp32, the quantizer (distances, argmin,
-Gumbel logits) runs in fp32, logits are returned in fp32; the KV cache is fp16.
+and the PyTorch side of the parity check. In fp16 and bf16 graphs the model runs in half
+precision while the boundaries stay practical: images in and out are fp32, the quantizer
+(distances, argmin, Gumbel logits) runs in fp32, logits are returned in fp32; the KV cache is in
+the graph's precision.
 """
 
 from __future__ import annotations

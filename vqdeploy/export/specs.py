@@ -20,7 +20,10 @@ from vqdeploy.models.net2net import Net2NetTransformer
 from vqdeploy.models.vqgan import VQModel
 from vqdeploy.tensor_spec import Dim, TensorSpec
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
+# export precision -> the dtype the model runs in (fp32 islands aside)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 @dataclass
@@ -164,7 +167,7 @@ def decoder_spec(vq: VQModel, dtype: torch.dtype, max_batch: int) -> GraphSpec:
 
 def transformer_spec(model: Net2NetTransformer, dtype: torch.dtype, max_batch: int, cond_tokens: int) -> GraphSpec:
     gpt = model.transformer
-    kv = "float16" if dtype == torch.float16 else "float32"
+    kv = _DTYPE_NAMES[dtype]
     shape = ("batch", gpt.n_head, "past", gpt.head_dim)
     inputs = [TensorSpec("tokens", "int64", ("batch", "tokens"))]
     outputs = [TensorSpec("logits", "float32", ("batch", "tokens", gpt.vocab_size))]
@@ -194,11 +197,11 @@ def transformer_spec(model: Net2NetTransformer, dtype: torch.dtype, max_batch: i
 
 def graph_specs(model: nn.Module, precision: str = "fp32", max_batch: int = 8) -> list[GraphSpec]:
     """Every graph the model needs, in pipeline order."""
-    if precision not in ("fp32", "fp16"):
-        raise ConfigError(f"unsupported precision '{precision}' (fp32 or fp16)")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unsupported precision '{precision}' ({', '.join(PRECISIONS)})")
     if max_batch < 1:
         raise ConfigError("--max-batch must be at least 1")
-    dtype = torch.float16 if precision == "fp16" else torch.float32
+    dtype = PRECISIONS[precision]
     info = describe(model)
     m = _precision_copy(model, dtype)
     if isinstance(m, VQModel):

@@ -148,7 +148,7 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
         cond = condition_grid(torch_cpu, info["conditioning"], n, cond_input, class_id=0).reshape(n, -1)
         rows["torch-cpu reference (no cache)"] = bench_reference(model, cond, steps, full=steps * cond.shape[1] <= 64 * 128)
     bw = memory_bandwidth()
-    weight_bytes = int(info["transformer"]["parameters"]) * (2 if manifest["precision"] == "fp16" else 4)
+    weight_bytes = int(info["transformer"]["parameters"]) * (4 if manifest["precision"] == "fp32" else 2)
     result = {
         "artifacts": str(artifacts), "precision": manifest["precision"], "num_samples": n, "repeats": repeats,
         "image_tokens": steps, "cond_tokens": int(info["tokens"]["cond"]),

@@ -29,13 +29,16 @@ from vqdeploy.runtime.sampling import SamplingParams
 # - code_margin_rel: a token may differ from torch's only where the two nearest codes are a
 #   near-tie: d(candidate) - d(reference) <= rel * max_k |d_k| at that position. fp32 rounding of a
 #   C-long dot product in another summation order is ~sqrt(C) * 6e-8 relative; fp16 graphs
-#   compute the latent itself in half precision (~1e-3 relative).
+#   compute the latent itself in half precision (~1e-3 relative), bf16 ones with 8x fp16's rounding
+#   error (bf16 measured: margins <= 5.4e-3, up to 2 of 32 tokens on the tiny test grids).
 # - max_disagreement: at most this fraction of tokens may differ (each still a near-tie).
-# - decoder_psnr_db: images in [-1,1] (peak-to-peak 2).
-# - logits_abs: max |logit difference| over every position, relative to max(1, max |logit|).
+# - decoder_psnr_db: images in [-1,1] (peak-to-peak 2); bf16 measured 40.7-54.8 dB, fp16 67-75 dB.
+# - logits_rel: max |logit difference| over every position, relative to max(1, max |logit|);
+#   measured up to 1e-3 for fp16 and 1.9e-2 for bf16 (the S-FLCKR-sized model).
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"code_margin_rel": 1e-5, "max_disagreement": 0.01, "decoder_psnr_db": 60.0, "logits_rel": 1e-4},
     "fp16": {"code_margin_rel": 2e-2, "max_disagreement": 0.05, "decoder_psnr_db": 35.0, "logits_rel": 2e-2},
+    "bf16": {"code_margin_rel": 5e-2, "max_disagreement": 0.15, "decoder_psnr_db": 30.0, "logits_rel": 1e-1},
 }
 
 

@@ -43,8 +43,7 @@ def check_precision(requested: str | None, manifest: dict[str, Any], artifacts: 
         return exported
     if requested not in PRECISIONS:
         raise ConfigError(f"--precision {requested}: expected one of {', '.join(PRECISIONS)}")
-    how = ("vqdeploy export writes fp32 and fp16 graphs only" if requested == "bf16"
-           else f"export them in {requested}: vqdeploy export --precision {requested} --out <new dir>")
+    how = f"export them in {requested}: vqdeploy export --precision {requested} --out <new dir>"
     raise ConfigError(f"--precision {requested}: the graphs in {artifacts} were exported in {exported}, and TensorRT "
                       f"builds them strongly typed (engine precision = graph precision); {how}")
 

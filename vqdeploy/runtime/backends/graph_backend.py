@@ -18,7 +18,7 @@ import torch
 from vqdeploy.errors import ArtifactError, InputError
 from vqdeploy.tensor_spec import TensorSpec, bind_dims
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
 
 
 class Executor(Protocol):

@@ -1,5 +1,6 @@
 """ONNX Runtime backend (CPU by default, CUDA with onnxruntime-gpu): IO binding by address into
-the preallocated buffers of ``GraphBackend``; sessions are created once, on first use."""
+the preallocated buffers of ``GraphBackend``; sessions are created once, on first use. bf16 graphs
+run on CPU through ``bf16_emulation`` (ONNX Runtime CPU has no bf16 kernels)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from vqdeploy.errors import ArtifactError, BackendError
 from vqdeploy.runtime.backends.graph_backend import GraphBackend
 
-_NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
+# ONNX TensorProto element types: IO binding takes these where numpy has no dtype (bfloat16)
+_ELEMENT_TYPE = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16, torch.int64: 7}
 
 
 class OrtExecutor:
@@ -26,9 +27,9 @@ class OrtExecutor:
     def run(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         io = self.session.io_binding()
         for name, t in inputs.items():
-            io.bind_input(name, self.kind, self.index, _NP[t.dtype], list(t.shape), t.data_ptr())
+            io.bind_input(name, self.kind, self.index, _ELEMENT_TYPE[t.dtype], list(t.shape), t.data_ptr())
         for name, t in outputs.items():
-            io.bind_output(name, self.kind, self.index, _NP[t.dtype], list(t.shape), t.data_ptr())
+            io.bind_output(name, self.kind, self.index, _ELEMENT_TYPE[t.dtype], list(t.shape), t.data_ptr())
         if self.kind == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch copies
         self.session.run_with_iobinding(io)
@@ -52,6 +53,7 @@ class OnnxRuntimeBackend(GraphBackend):
         else:
             self.providers = ["CPUExecutionProvider"]
         self._executors: dict[str, OrtExecutor] = {}
+        self.emulate_bf16 = manifest.get("precision") == "bf16" and self.torch_device.type == "cpu"
 
     def _executor(self, graph: str, profile: str | None = None) -> OrtExecutor:
         ex = self._executors.get(graph)
@@ -64,8 +66,13 @@ class OnnxRuntimeBackend(GraphBackend):
             opts.log_severity_level = 3
             if self.torch_device.type == "cpu":
                 opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+            source: str | bytes = str(path)
+            if self.emulate_bf16:
+                from vqdeploy.runtime.backends.bf16_emulation import load_emulated
+
+                source = load_emulated(path)
             try:
-                session = self.ort.InferenceSession(str(path), opts, providers=self.providers)
+                session = self.ort.InferenceSession(source, opts, providers=self.providers)
             except Exception as e:  # onnxruntime raises its own exception types
                 raise ArtifactError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
             ex = self._executors[graph] = OrtExecutor(session, self.torch_device)
