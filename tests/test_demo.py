@@ -64,5 +64,5 @@ def test_demo_graphs_build_with_tensorrt_rtx(demo_artifacts, precision: str) -> 
     from vqdeploy.trt.engines import BuildOptions, build_engines
 
     data = build_engines(demo_artifacts[precision], BuildOptions(target_cc=("8.6",)), echo=lambda m: None)
-    assert set(data["engines"]) == {"encoder", "cond_encoder", "transformer", "decoder"}
+    assert set(data["engines"]) == {"encoder", "cond_encoder", "transformer", "sampler", "decoder"}
     assert {e["precision"] for e in data["engines"].values()} == {precision}

@@ -33,7 +33,7 @@ def test_export_passes_parity_and_describes_graphs(exported, name: str) -> None:
     stages = _stages(manifest)
     expected = {"encoder", "decoder"}
     if manifest["model"]["kind"] == "net2net":
-        expected |= {"transformer_teacher_forced", "transformer_kv_steps", "greedy_tokens"}
+        expected |= {"transformer_teacher_forced", "transformer_kv_steps", "greedy_tokens", "sampler_graph"}
         assert stages["greedy_tokens"]["metrics"]["identical"] is True
         assert stages["greedy_tokens"]["metrics"]["steps"] == manifest["model"]["tokens"]["image"]
     if name == "seg":

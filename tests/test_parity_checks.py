@@ -34,6 +34,17 @@ class Corrupt:
     def encode_cond(self, c):
         return self.inner.encode_cond(c)
 
+    manifest = property(lambda s: s.inner.manifest)
+
+    def max_batch(self, graph):
+        return self.inner.max_batch(graph)
+
+    def run_graph(self, name, arrays):
+        out = self.inner.run_graph(name, arrays)
+        if self.stage == "sampler" and name == "sampler":
+            out["tokens"][::2] = (out["tokens"][::2] + 1) % arrays["logits"].shape[-1]  # every other sample
+        return out
+
     def decode(self, idx):
         x = self.inner.decode(idx)
         return x + 0.05 if self.stage == "decoder" else x
@@ -60,12 +71,14 @@ class Corrupt:
     ("encoder", {"encoder"}),
     ("decoder", {"decoder"}),
     ("transformer", {"transformer_teacher_forced", "transformer_kv_steps"}),
+    ("sampler", {"sampler_graph"}),
 ])
 def test_corrupted_stage_fails_its_check(exported, stage: str, failing: set[str]) -> None:
     _, out, manifest = exported("first_stage")
     reference = TorchBackend(load_reference_model(manifest), manifest)
     reports = check_backend(reference, Corrupt(OnnxRuntimeBackend(out, manifest), stage), manifest["model"], "fp32")
     assert {r.stage for r in reports if not r.passed} >= failing
+    assert "sampler_graph" in {r.stage for r in reports}
     good = check_backend(reference, OnnxRuntimeBackend(out, manifest), manifest["model"], "fp32")
     assert all(r.passed for r in good)
 

@@ -113,7 +113,7 @@ def test_every_graph_parses_without_errors(trt_artifacts: dict[str, Path], preci
 def test_every_engine_built_and_recorded(trt_built: dict[str, Any], precision: str) -> None:
     art, data, lines = trt_built[precision]
     manifest = mf.read_manifest(art)
-    assert set(data["engines"]) == set(manifest["graphs"]) == {"encoder", "cond_encoder", "transformer", "decoder"}
+    assert set(data["engines"]) == set(manifest["graphs"]) == {"encoder", "cond_encoder", "transformer", "sampler", "decoder"}
     assert data["model_fingerprint"] == manifest["model_fingerprint"]
     assert record.read(art / "engines") == data  # what was returned is what was written
     for name, g in manifest["graphs"].items():
@@ -145,7 +145,7 @@ def test_every_engine_built_and_recorded(trt_built: dict[str, Any], precision: s
     assert tr["profiles"]["step"]["tokens"]["max"] == [4, 1]  # step: one token, batch up to --max-batch 4
     kv = {t["name"]: t["dtype"] for t in tr["inputs"]}["past.1.value"]
     assert kv == {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
-    assert sum("built" in line for line in lines) == 4
+    assert sum("built" in line for line in lines) == 5
     leftovers = [p.name for p in (art / "engines").iterdir() if p.name.endswith(".tmp")]
     assert not leftovers
     log = (art / "engines" / "build.log").read_text()  # the builder's log and its progress phases
@@ -160,7 +160,7 @@ def test_cache_skips_unchanged_and_rebuilds_on_change(trt_built: dict[str, Any],
 
     lines: list[str] = []
     again = build_engines(art, BuildOptions(target_cc=["sm86"]), echo=lines.append)  # same target, other spelling
-    assert sum(": unchanged, kept" in line for line in lines) == 4 and not any(": built" in line for line in lines)
+    assert sum(": unchanged, kept" in line for line in lines) == 5 and not any(": built" in line for line in lines)
     assert again["engines"] == before["engines"]
     assert {p.name: p.stat().st_mtime_ns for p in (art / "engines").glob("*.engine")} == mtimes
 
@@ -394,7 +394,7 @@ def test_cli_build_trt_reports_cached_engines(trt_built: dict[str, Any]) -> None
     art = trt_built["fp16"][0]
     res = CliRunner().invoke(main, ["build-trt", "--artifacts", str(art), "--target-cc", "8.6", "--precision", "fp16"])
     assert res.exit_code == 0, res.output
-    assert "precision fp16" in res.output and res.output.count(": unchanged, kept") == 4
+    assert "precision fp16" in res.output and res.output.count(": unchanged, kept") == 5
 
 
 class FakeContext:

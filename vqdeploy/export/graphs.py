@@ -70,3 +70,38 @@ class TransformerGraph(nn.Module):
         for k, v in presents:
             out += [k, v]
         return tuple(out)
+
+
+class SamplerGraph(nn.Module):
+    """logits (B,T,V) of the last position + one uniform per sample -> next token (B,1), in fp32.
+
+    The host sampler's rules (``runtime/sampling.py``) as a graph, so that a C++ loop can chain
+    transformer -> sampler -> transformer without post-processing logits, and the token can feed
+    the next step's ``tokens`` input as is. Parameters are inputs, so one graph (and engine) serves
+    every setting: temperature <= 0 or top_k == 1 is greedy (the first maximal logit), top_k >= V
+    and top_p >= 1 switch those filters off.
+    """
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, logits: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        uniform, temperature, top_k, top_p = params  # (B,), (1,), (1,) int64, (1,)
+        v = self.vocab_size
+        greedy = (temperature <= 0) | (top_k == 1)  # (1,)
+        x = logits[:, -1, :].float() / torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+        k = torch.where(greedy, torch.ones_like(top_k), top_k.clamp(1, v))
+        ranked = torch.sort(x, dim=-1, descending=True).values
+        kth = ranked.index_select(1, k - 1)  # (B,1): top-k keeps every logit equal to the k-th
+        x = torch.where(x < kth, torch.full_like(x, -torch.inf), x)
+        p = torch.softmax(x, dim=-1)
+        ranked_p = torch.sort(p, dim=-1, descending=True).values
+        before = ranked_p.cumsum(-1) - ranked_p  # mass of the strictly more likely tokens
+        keep = (before <= top_p) | (top_p >= 1)
+        threshold = torch.where(keep, ranked_p, torch.full_like(ranked_p, torch.inf)).amin(-1, keepdim=True)
+        p = torch.where(p >= threshold, p, torch.zeros_like(p))
+        cdf = p.cumsum(-1)
+        target = torch.where(greedy, torch.zeros_like(uniform), uniform)[:, None] * cdf[:, -1:]
+        idx = (cdf <= target).to(torch.float32).sum(-1, keepdim=True)  # inverse CDF
+        return idx.clamp(max=v - 1).to(torch.int64)

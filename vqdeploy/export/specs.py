@@ -15,7 +15,7 @@ from torch import nn
 
 from vqdeploy.describe import describe
 from vqdeploy.errors import ConfigError
-from vqdeploy.export.graphs import DecoderGraph, EncoderGraph, TransformerGraph
+from vqdeploy.export.graphs import DecoderGraph, EncoderGraph, SamplerGraph, TransformerGraph
 from vqdeploy.models.net2net import Net2NetTransformer
 from vqdeploy.models.vqgan import VQModel
 from vqdeploy.tensor_spec import Dim, TensorSpec
@@ -68,11 +68,12 @@ class GraphSpec:
                     ax[i] = tdims[name] * int(k) if k else tdims[name]
             return ax
 
-        # the wrappers' forward is (first, *past): name the first argument, group the rest
-        first = next(iter(inspect.signature(self.module.forward).parameters))
-        shapes: dict[str, Any] = {first: axes(self.inputs[0])}
+        # the wrappers' forward is (first, *rest): name the first argument, group the rest
+        params = list(inspect.signature(self.module.forward).parameters.values())
+        shapes: dict[str, Any] = {params[0].name: axes(self.inputs[0])}
         if len(self.inputs) > 1:
-            shapes["past"] = tuple(axes(t) for t in self.inputs[1:])
+            rest = next(p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL)
+            shapes[rest] = tuple(axes(t) for t in self.inputs[1:])
         return shapes
 
     def to_manifest(self) -> dict[str, Any]:
@@ -195,6 +196,29 @@ def transformer_spec(model: Net2NetTransformer, dtype: torch.dtype, max_batch: i
     return spec
 
 
+# TensorRT's TopK takes K <= 3840, and the sampler sorts the whole vocabulary
+SAMPLER_MAX_VOCAB = 3840
+
+
+def sampler_spec(vocab_size: int, block_size: int, max_batch: int) -> GraphSpec:
+    dims = {"batch": _batch(max_batch, 4), "tokens": Dim(1, 1, block_size)}
+    spec = GraphSpec(
+        name="sampler",
+        module=SamplerGraph(vocab_size).eval(),
+        inputs=[TensorSpec("logits", "float32", ("batch", "tokens", vocab_size)),
+                TensorSpec("uniform", "float32", ("batch",)),
+                TensorSpec("temperature", "float32", (1,)),
+                TensorSpec("top_k", "int64", (1,)),
+                TensorSpec("top_p", "float32", (1,))],
+        outputs=[TensorSpec("tokens", "int64", ("batch", 1))],
+        dims=dims,
+        sample_dims={"batch": 2, "tokens": 3},
+    )
+    spec.profiles = _image_profile(dims)
+    spec.id_ranges = {"top_k": vocab_size + 1}
+    return spec
+
+
 def graph_specs(model: nn.Module, precision: str = "fp32", max_batch: int = 8) -> list[GraphSpec]:
     """Every graph the model needs, in pipeline order."""
     if precision not in PRECISIONS:
@@ -214,5 +238,8 @@ def graph_specs(model: nn.Module, precision: str = "fp32", max_batch: int = 8) -
         specs.append(encoder_spec("cond_encoder", m.cond_stage_model, dtype, max_batch, 1,
                                   cond["preprocessing"], m.downsample_cond_size))
     specs.append(transformer_spec(m, dtype, max_batch, cond["tokens"]))
+    gpt = m.transformer
+    if gpt.vocab_size <= SAMPLER_MAX_VOCAB:
+        specs.append(sampler_spec(gpt.vocab_size, gpt.block_size, max_batch))
     specs.append(decoder_spec(m.first_stage_model, dtype, max_batch))
     return specs

@@ -23,7 +23,7 @@ from vqdeploy.runtime.backends.torch_backend import TorchBackend
 from vqdeploy.runtime.conditions import condition_grid
 from vqdeploy.runtime.generator import generate
 from vqdeploy.runtime.parity_inputs import parity_inputs
-from vqdeploy.runtime.sampling import SamplingParams
+from vqdeploy.runtime.sampling import SamplingParams, filtered_probs, next_tokens
 
 # Tolerances and why (measured numbers in the README's parity section):
 # - code_margin_rel: a token may differ from torch's only where the two nearest codes are a
@@ -184,4 +184,46 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: dict[str, A
         passed = gap <= 2 * step_err  # diverged at a near-tie of the reference itself
     reports.append(StageReport("greedy_tokens", passed, metrics,
                                "identical, or first divergence at a reference top-2 gap <= 2x the step logits error"))
+    if "sampler" in getattr(candidate, "manifest", {}).get("graphs", {}):
+        reports.append(check_sampler(candidate, gpt.vocab_size, seed))
     return reports
+
+
+# the sampler graph against the host sampler: temperature, top-k (with ties), top-p, greedy
+SAMPLER_SETTINGS = (SamplingParams(1.0, 100, None), SamplingParams(0.7, None, 0.9), SamplingParams(1.3, 5, 0.5),
+                    SamplingParams(1.0, 1, None), SamplingParams(0.0, None, None), SamplingParams(1.0, None, None))
+# fp32 against the host's float64: a token may differ only where the host's draw lies this close
+# (relative to the total mass) to a CDF step; fp32 cumulative sums over <= 3840 terms stay well inside
+SAMPLER_CDF_MARGIN = 1e-4
+
+
+def check_sampler(candidate: Any, vocab: int, seed: int, rounds: int = 8) -> StageReport:
+    rng = np.random.default_rng([seed, 0x5A])
+    batch = min(4, candidate.max_batch("sampler"))
+    draws = differ = 0
+    worst = 0.0
+    for _ in range(rounds):
+        # half-integer logits: many exact ties, at the k-th value and at the top
+        logits = (np.round(rng.normal(size=(batch, 2, vocab)) * 6) / 2).astype(np.float32)
+        u = rng.random(batch).astype(np.float32)
+        for params in SAMPLER_SETTINGS:
+            host = next_tokens(logits[:, -1], u, params)
+            graph = candidate.run_graph("sampler", {
+                "logits": logits, "uniform": u, "temperature": np.array([params.temperature], np.float32),
+                "top_k": np.array([params.top_k or vocab], np.int64), "top_p": np.array([params.top_p or 1.0], np.float32),
+            })["tokens"].cpu().numpy()[:, 0]
+            draws += batch
+            bad = graph != host
+            if bad.any():
+                differ += int(bad.sum())
+                if params.greedy:
+                    worst = math.inf
+                    continue
+                cdf = np.cumsum(filtered_probs(logits[bad, -1], params), axis=-1)
+                gap = np.abs(u[bad, None].astype(np.float64) * cdf[:, -1:] - cdf).min(axis=-1) / cdf[:, -1]
+                worst = max(worst, float(gap.max()))
+    metrics: dict[str, Any] = {"draws": draws, "differing": differ}
+    if differ:
+        metrics["max_cdf_gap"] = worst
+    return StageReport("sampler_graph", worst <= SAMPLER_CDF_MARGIN, metrics,
+                       f"tokens equal to the host sampler's, or its draw within {SAMPLER_CDF_MARGIN:g} of a CDF step")

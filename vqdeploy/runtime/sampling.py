@@ -45,7 +45,15 @@ def next_tokens(logits: np.ndarray, u: np.ndarray, params: SamplingParams) -> np
     logits = np.asarray(logits, dtype=np.float64)
     if params.greedy:
         return np.argmax(logits, axis=-1).astype(np.int64)
-    x = logits / params.temperature
+    cdf = np.cumsum(filtered_probs(logits, params), axis=-1)
+    target = np.asarray(u, dtype=np.float64)[:, None] * cdf[:, -1:]
+    idx = (cdf <= target).sum(axis=-1)
+    return np.minimum(idx, logits.shape[-1] - 1).astype(np.int64)
+
+
+def filtered_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """(B,V) probabilities after temperature, top-k and top-p (float64; not greedy)."""
+    x = np.asarray(logits, dtype=np.float64) / params.temperature
     vocab = x.shape[-1]
     if params.top_k is not None and params.top_k < vocab:
         kth = np.partition(x, vocab - params.top_k, axis=-1)[:, vocab - params.top_k : vocab - params.top_k + 1]
@@ -59,7 +67,4 @@ def next_tokens(logits: np.ndarray, u: np.ndarray, params: SamplingParams) -> np
         keep = before <= params.top_p  # upstream (transformers top_k_top_p_filtering) rule
         threshold = np.min(np.where(keep, srt, np.inf), axis=-1, keepdims=True)
         p = np.where(p >= threshold, p, 0.0)
-    cdf = np.cumsum(p, axis=-1)
-    target = np.asarray(u, dtype=np.float64)[:, None] * cdf[:, -1:]
-    idx = (cdf <= target).sum(axis=-1)
-    return np.minimum(idx, vocab - 1).astype(np.int64)
+    return p
