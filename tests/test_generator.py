@@ -12,7 +12,7 @@ VOCAB = 11
 
 def causal_logits(prefix: np.ndarray) -> np.ndarray:
     """Deterministic logits that depend on the whole prefix (per row)."""
-    b, t = prefix.shape
+    _b, t = prefix.shape
     weights = np.cos(np.arange(1, t + 1) * 0.7)
     h = prefix @ weights + t
     return np.sin(np.outer(h, np.arange(1, VOCAB + 1)) * 0.37) * 4

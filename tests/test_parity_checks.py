@@ -84,7 +84,7 @@ def test_corrupted_stage_fails_its_check(exported, stage: str, failing: set[str]
 
 
 def test_export_beyond_tolerance_fails_and_installs_nothing(runs, tmp_path: Path, monkeypatch) -> None:
-    import vqdeploy.runtime.parity as parity
+    from vqdeploy.runtime import parity
 
     monkeypatch.setattr(parity, "check_backend",
                         lambda *a, **k: [StageReport("decoder", False, {"psnr_db": 12.0}, "PSNR >= 60 dB")])

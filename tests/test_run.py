@@ -79,7 +79,7 @@ def test_greedy_samples_equal_upstream(exported, name: str) -> None:
 
 
 def test_sliding_window_for_larger_grids(exported) -> None:
-    run, out, manifest = exported("coord_identity")
+    _run, out, manifest = exported("coord_identity")
     params = SamplingParams(top_k=8)
     results = [Pipeline(be, manifest)(coord_map(32, 32), num_samples=2, params=params, seed=3)
                for be in backends(out, manifest)]

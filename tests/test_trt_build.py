@@ -20,14 +20,14 @@ import yaml
 
 trt = pytest.importorskip("tensorrt_rtx_bindings")
 
-from vqdeploy.cli import main  # noqa: E402
-from vqdeploy.errors import ArtifactError, BackendError, ConfigError  # noqa: E402
-from vqdeploy.export import manifest as mf  # noqa: E402
-from vqdeploy.export.exporter import export  # noqa: E402
-from vqdeploy.loading.targets import BuildContext, build_module  # noqa: E402
-from vqdeploy.tensor_spec import TensorSpec  # noqa: E402
-from vqdeploy.trt import check, profiles, record, shim  # noqa: E402
-from vqdeploy.trt.engines import BuildOptions, build_engines  # noqa: E402
+from vqdeploy.cli import main
+from vqdeploy.errors import ArtifactError, BackendError, ConfigError
+from vqdeploy.export import manifest as mf
+from vqdeploy.export.exporter import export
+from vqdeploy.loading.targets import BuildContext, build_module
+from vqdeploy.tensor_spec import TensorSpec
+from vqdeploy.trt import check, profiles, record, shim
+from vqdeploy.trt.engines import BuildOptions, build_engines
 
 SM86 = ("8.6",)
 

@@ -15,7 +15,7 @@ pytest.importorskip("pybind11_stubgen")
 pytest.importorskip("mypy")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from trt_stubs import generate  # noqa: E402
+from trt_stubs import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["vqdeploy/trt", "vqdeploy/runtime/backends/tensorrt_backend.py"]

@@ -45,7 +45,7 @@ def install() -> None:
     def instantiate_from_config(config: dict) -> object:
         if "target" not in config:
             raise KeyError("Expected key `target` to instantiate.")
-        return get_obj_from_str(config["target"])(**config.get("params", dict()))
+        return get_obj_from_str(config["target"])(**config.get("params", {}))
 
     import taming  # noqa: F401  (the package itself imports nothing)
 

@@ -14,11 +14,9 @@ from typing import Any
 import torch
 
 import vqdeploy
-import vqdeploy.models.autoencoder as autoencoder
-import vqdeploy.models.mingpt as mingpt
-import vqdeploy.models.precision as precision
 from vqdeploy.describe import describe
 from vqdeploy.export.graphs import DecoderGraph, EncoderGraph
+from vqdeploy.models import autoencoder, mingpt, precision
 from vqdeploy.runtime.parity_inputs import parity_inputs
 
 

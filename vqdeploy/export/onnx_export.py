@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -21,7 +22,7 @@ _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
 
 
 @contextlib.contextmanager
-def _quiet() -> object:
+def _quiet() -> Iterator[None]:
     """The exporter prints its stages and warns about harmless things; keep our progress readable."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]
@@ -54,6 +55,8 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> Non
             optimize=True,
             verbose=False,
         )
+    if program is None:  # only with dynamo=False
+        raise RuntimeError("torch.onnx.export returned no program")
     attach_function(program.model)
     program.model.graph.name = spec.name
     weight_bytes = sum(p.numel() * p.element_size() for p in spec.module.parameters())

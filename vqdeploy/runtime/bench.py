@@ -119,7 +119,7 @@ def bench_reference(model: Any, cond: np.ndarray, steps: int, full: bool) -> dic
     for length in lengths:
         seq = torch.cat([c, torch.zeros((c.shape[0], length - c.shape[1]), dtype=torch.long)], dim=1)
         gpt(seq)  # warm-up at this shape
-        times.append(min(_timed(lambda: gpt(seq)) for _ in range(2)))
+        times.append(min(_timed(lambda s=seq: gpt(s)) for _ in range(2)))
     total = float(np.interp(np.arange(c.shape[1], c.shape[1] + steps), lengths, times).sum())
     return {"total": total, "tokens_per_s": c.shape[0] * steps / total,
             "method": f"forward timed at {len(lengths)} sequence lengths, interpolated over {steps} steps"}
@@ -137,7 +137,9 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
     cond_input = sample_condition(info, 0)
     rows: dict[str, dict[str, Any]] = {}
     torch_cpu = TorchBackend(model, manifest, "cpu")
-    for name, dev, be in [("torch", "cpu", torch_cpu)] + [(b, d, None) for b, d in parse_backends(backends, artifacts, device)]:
+    runs: list[tuple[str, str, Backend | None]] = [("torch", "cpu", torch_cpu)]
+    runs += [(b, d, None) for b, d in parse_backends(backends, artifacts, device)]
+    for name, dev, be in runs:
         label = f"{name}-{dev}" + (" (KV cache)" if name == "torch" else "")
         log(f"bench: {label} ...")
         be = be or open_backend(name, artifacts, manifest, dev, model=model if name == "torch" else None)

@@ -60,7 +60,7 @@ def load_condition(path: Path, preprocessing: dict[str, Any], size: tuple[int, i
             raise InputError(f"{path}: a segmentation must be a label PNG (mode L, P or I holding class ids), "
                              f"got mode {img.mode}")
         if size is not None and (img.height, img.width) != size:
-            img = img.resize((size[1], size[0]), Image.NEAREST)
+            img = img.resize((size[1], size[0]), Image.Resampling.NEAREST)
         labels = np.asarray(img, dtype=np.int64)
         n = int(preprocessing["num_classes"])
         if labels.min() < 0 or labels.max() >= n:
@@ -70,7 +70,7 @@ def load_condition(path: Path, preprocessing: dict[str, Any], size: tuple[int, i
         if img.mode in ("I", "I;16", "F"):  # depth maps: normalised to [-1,1] as taming does
             arr = np.asarray(img, dtype=np.float32)
             if size is not None and arr.shape != size:
-                arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BICUBIC))
+                arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.Resampling.BICUBIC))
             lo, hi = float(arr.min()), float(arr.max())
             return (2.0 * (arr - lo) / max(hi - lo, 1e-8) - 1.0)[None, None].astype(np.float32)
         img = img.convert("L")
@@ -79,7 +79,7 @@ def load_condition(path: Path, preprocessing: dict[str, Any], size: tuple[int, i
     else:
         raise InputError(f"unsupported condition preprocessing '{kind}'")
     if size is not None and (img.height, img.width) != size:
-        img = img.resize((size[1], size[0]), Image.BICUBIC)
+        img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
     arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
     return np.ascontiguousarray(arr)

@@ -14,6 +14,7 @@ import numpy as np
 from vqdeploy.errors import ParityError
 from vqdeploy.export.manifest import read_manifest
 from vqdeploy.runtime.available import parse_backends
+from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.backends.select import load_reference_model, open_backend
 from vqdeploy.runtime.backends.torch_backend import TorchBackend
 from vqdeploy.runtime.images import to_uint8, write_png
@@ -38,7 +39,8 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
     condition = sample_condition(info, seed) if info["kind"] == "net2net" else None
     rows: list[dict[str, Any]] = []
     ref_tokens = None
-    runs = [("torch", "cpu", reference)] + [(n, d, None) for n, d in candidates]
+    runs: list[tuple[str, str, Backend | None]] = [("torch", "cpu", reference)]
+    runs += [(n, d, None) for n, d in candidates]
     for name, dev, be in runs:
         label = f"{name}-{dev}"
         be = be or open_backend(name, artifacts, manifest, dev, model=reference.model if name == "torch" else None)
@@ -80,12 +82,12 @@ def _html(report: dict[str, Any]) -> str:
         return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
 
     parts = ["<!doctype html><meta charset=utf-8><title>vqdeploy parity</title>",
-             "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px}"
-             "img{image-rendering:pixelated;width:192px}.FAIL{color:#b00}</style>",
+             ("<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px}"
+             "img{image-rendering:pixelated;width:192px}.FAIL{color:#b00}</style>"),
              f"<h1>vqdeploy parity ({cell(report['precision'])}, seed {report['seed']})</h1>",
              f"<p>Overall: <b>{'passed' if report['passed'] else 'FAILED'}</b>. Reference: torch-cpu (fp32).</p>",
-             "<h2>Samples (same seed, top-k 100)</h2><table><tr><th>backend</th><th>first diverging token</th>"
-             "<th>samples</th></tr>"]
+             ("<h2>Samples (same seed, top-k 100)</h2><table><tr><th>backend</th><th>first diverging token</th>"
+             "<th>samples</th></tr>")]
     for row in report["backends"]:
         imgs = "".join(f"<img src='{html.escape(p)}'>" for p in row.get("images", []))
         div = row.get("sampled_first_diverging_token", "reference")

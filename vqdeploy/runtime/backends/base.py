@@ -11,7 +11,9 @@ import numpy as np
 class TransformerRunner(Protocol):
     """The transformer with its KV cache: a small state object the caller drives token by token."""
 
-    length: int  # tokens in the cache
+    @property
+    def length(self) -> int:
+        """Tokens in the cache."""
 
     def reset(self, batch: int) -> None:
         """Empty the cache for a new batch."""

@@ -73,7 +73,7 @@ class OnnxRuntimeBackend(GraphBackend):
                 source = load_emulated(path)
             try:
                 session = self.ort.InferenceSession(source, opts, providers=self.providers)
-            except Exception as e:  # onnxruntime raises its own exception types
+            except Exception as e:  # noqa: BLE001 (onnxruntime raises its own, unexported exception types)
                 raise ArtifactError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
             ex = self._executors[graph] = OrtExecutor(session, self.torch_device)
         return ex

@@ -155,8 +155,10 @@ class TensorRTBackend(GraphBackend):
             if hasattr(self.runtime, "get_engine_validity"):  # TensorRT-RTX: names the reason before loading
                 validity, diagnostics = self.runtime.get_engine_validity(blob)
                 if validity == trt.EngineValidity.INVALID:
-                    why = [n.lower() for n, m in trt.EngineInvalidityDiagnostics.__members__.items() if int(diagnostics) & int(m)]
-                    raise ArtifactError(f"{path}: {self.api} reports the engine invalid here ({', '.join(why) or 'no reason given'}); {rebuild}")
+                    reasons = [n.lower() for n, m in trt.EngineInvalidityDiagnostics.__members__.items()
+                               if int(diagnostics) & int(m)]
+                    raise ArtifactError(f"{path}: {self.api} reports the engine invalid here "
+                                        f"({', '.join(reasons) or 'no reason given'}); {rebuild}")
             self.log.errors.clear()
             with torch.cuda.device(self.torch_device):
                 engine = self.runtime.deserialize_cuda_engine(blob)
