@@ -127,7 +127,8 @@ def _bomb(path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["no_artifacts", "rgb_segmentation", "label_range", "bomb", "not_image",
-                                  "bad_size", "missing_input", "input_for_class", "class_range", "tensorrt_cpu"])
+                                  "bad_size", "missing_input", "input_for_class", "class_range", "class_for_segmentation",
+                                  "tensorrt_cpu"])
 def test_cli_run_bad_input(exported, tmp_path: Path, case: str) -> None:
     _, seg, _ = exported("seg")
     _, cls, _ = exported("class_subsample")
@@ -143,6 +144,7 @@ def test_cli_run_bad_input(exported, tmp_path: Path, case: str) -> None:
         "missing_input": ["--artifacts", str(seg)],
         "input_for_class": [str(img), "--artifacts", str(cls), "--class", "1"],
         "class_range": ["--artifacts", str(cls), "--class", "10"],
+        "class_for_segmentation": [str(img), "--artifacts", str(seg), "--class", "1"],
         "tensorrt_cpu": [str(img), "--artifacts", str(seg), "--backend", "tensorrt", "--device", "cpu"],
     }[case]
     if case == "bomb":

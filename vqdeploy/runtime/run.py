@@ -44,6 +44,10 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     if num_samples < 1:
         raise InputError("--num-samples must be at least 1")
     cond_info = manifest["model"]["conditioning"]
+    if class_id is not None and cond_info["kind"] != "class":
+        kind = cond_info["kind"]
+        what = "unconditional" if kind == "sos" else f"conditioned on '{cond_info.get('key', kind)}' ({kind})"
+        raise InputError(f"--class is for class-conditional models; this model is {what}")
     condition = read_condition(input, cond_info, hw)
     t = time.perf_counter()
     be = open_backend(backend, artifacts, manifest, device, ckpt)
