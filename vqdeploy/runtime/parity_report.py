@@ -45,8 +45,10 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
         label = f"{name}-{dev}"
         be = be or open_backend(name, artifacts, manifest, dev, model=reference.model if name == "torch" else None)
         row: dict[str, Any] = {"backend": label}
+        if getattr(be, "emulate_bf16", False):
+            row["note"] = "bf16 graphs emulated on CPU: fp32 arithmetic, bf16 rounding at every node output"
         if be is not reference:
-            log(f"parity: {label} vs torch-cpu ...")
+            log(f"parity: {label} vs torch-cpu ..." + (f" ({row['note']})" if "note" in row else ""))
             reports = check_backend(reference, be, info, manifest["precision"], seed)
             for r in reports:
                 log("  " + r.line())
@@ -91,7 +93,8 @@ def _html(report: dict[str, Any]) -> str:
     for row in report["backends"]:
         imgs = "".join(f"<img src='{html.escape(p)}'>" for p in row.get("images", []))
         div = row.get("sampled_first_diverging_token", "reference")
-        parts.append(f"<tr><td>{cell(row['backend'])}</td><td>{cell('none' if div is None else div)}</td><td>{imgs}</td></tr>")
+        name = cell(row["backend"]) + (f"<br><small>{cell(row['note'])}</small>" if "note" in row else "")
+        parts.append(f"<tr><td>{name}</td><td>{cell('none' if div is None else div)}</td><td>{imgs}</td></tr>")
     parts.append("</table><h2>Stages</h2><table><tr><th>backend</th><th>stage</th><th>result</th><th>metrics</th>"
                  "<th>tolerance</th></tr>")
     for row in report["backends"]:
