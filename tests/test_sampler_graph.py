@@ -45,3 +45,35 @@ def test_graph_only_loop_samples_what_the_host_sampler_samples(exported) -> None
             "top_p": np.array([params.top_p], np.float32)})["tokens"].numpy()  # (B,1): the next step's input
         sampled.append(tokens[:, 0])
     assert np.array_equal(np.stack(sampled, axis=1), host)
+
+
+def test_run_with_the_graph_sampler_gives_the_host_samplers_tokens(exported) -> None:
+    from vqdeploy.runtime.parity_inputs import sample_condition
+    from vqdeploy.runtime.pipeline import Pipeline
+
+    _, out, manifest = exported("seg")
+    backend = OnnxRuntimeBackend(out, manifest)
+    condition = sample_condition(manifest["model"], 0)
+    for params in (SamplingParams(top_k=8), SamplingParams(temperature=1.2, top_k=None, top_p=0.8),
+                   SamplingParams(top_k=1)):
+        host = Pipeline(backend, manifest)(condition, num_samples=3, params=params, seed=5)
+        graph = Pipeline(backend, manifest, sampler="graph")(condition, num_samples=3, params=params, seed=5)
+        assert np.array_equal(host.tokens, graph.tokens)
+        assert np.array_equal(host.images, graph.images)
+
+
+def test_graph_sampler_needs_a_graph_backend_and_a_trained_size_grid(exported) -> None:
+    import pytest
+
+    from vqdeploy.errors import InputError
+    from vqdeploy.runtime.backends.select import load_reference_model
+    from vqdeploy.runtime.backends.torch_backend import TorchBackend
+    from vqdeploy.runtime.conditions import coord_map
+    from vqdeploy.runtime.pipeline import Pipeline
+
+    _, out, manifest = exported("coord_identity")
+    with pytest.raises(InputError, match="needs a graph backend"):
+        Pipeline(TorchBackend(load_reference_model(manifest), manifest), manifest, sampler="graph")
+    pipe = Pipeline(OnnxRuntimeBackend(out, manifest), manifest, sampler="graph")
+    with pytest.raises(InputError, match="sliding-window sampling runs on the host sampler"):
+        pipe(coord_map(32, 32), num_samples=1)

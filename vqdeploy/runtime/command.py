@@ -26,14 +26,16 @@ _BACKEND = click.Choice(["auto", "torch", "onnxruntime", "tensorrt"])
 @click.option("--grid", is_flag=True, help="Write all samples into one grid image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (timings, tokens/s, backend, seed).")
 @click.option("--ckpt", default=None, help="torch backend: checkpoint to use instead of the exported one.")
+@click.option("--sampler", type=click.Choice(["host", "graph"]), default="host", show_default=True,
+              help="graph: the exported sampler graph on the backend's device (logits never leave it).")
 def run(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int, temperature: float,
         top_k: int, top_p: float | None, seed: int, class_id: int | None, size: str | None, out: Path, grid: bool,
-        as_json: bool, ckpt: str | None) -> None:
+        as_json: bool, ckpt: str | None, sampler: str) -> None:
     """Sample images: encode the condition INPUT, sample tokens with the KV cache, decode."""
     from vqdeploy.runtime.run import run_pipeline
 
     summary = run_pipeline(input, artifacts, backend, device, num_samples, temperature, top_k, top_p, seed,
-                           class_id, size, out, grid, ckpt, log=lambda m: click.echo(m, err=True))
+                           class_id, size, out, grid, ckpt, log=lambda m: click.echo(m, err=True), sampler=sampler)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
 

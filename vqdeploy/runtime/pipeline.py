@@ -34,9 +34,16 @@ class Result:
 
 
 class Pipeline:
-    def __init__(self, backend: Backend, manifest: dict[str, Any]) -> None:
+    def __init__(self, backend: Backend, manifest: dict[str, Any], sampler: str = "host") -> None:
+        """``sampler``: "host" (numpy, every backend) or "graph" (the exported sampler graph on the
+        backend's device, so a GPU backend never copies logits to the host)."""
+        if sampler not in ("host", "graph"):
+            raise InputError(f"--sampler {sampler}: expected host or graph")
+        if sampler == "graph" and not hasattr(backend.transformer(), "generate_on_device"):
+            raise InputError(f"--sampler graph needs a graph backend (onnxruntime or tensorrt), not {backend.name}")
         self.backend = backend
         self.manifest = manifest
+        self.sampler = sampler
         self.info = manifest["model"]
         if self.info["kind"] != "net2net":
             raise InputError("these artifacts hold a VQGAN only: there is no transformer to sample from")
@@ -90,7 +97,11 @@ class Pipeline:
         if not sliding:
             steps = grid[0] * grid[1]
             noise = uniform_noise(seed, num_samples, steps)
-            seq = generate(runner, cond.reshape(num_samples, -1), steps, params, noise, tick)
+            prompt = cond.reshape(num_samples, -1)
+            if self.sampler == "graph":
+                seq = runner.generate_on_device(prompt, steps, params, noise, tick)  # type: ignore[attr-defined]
+            else:
+                seq = generate(runner, prompt, steps, params, noise, tick)
             order = self.info["permuter"]["order"]
             raster = np.empty_like(seq)
             if order is None:
@@ -101,6 +112,8 @@ class Pipeline:
         else:
             if self.info["permuter"]["order"] is not None:
                 raise InputError("sliding-window sampling needs a raster-order (Identity permuter) model")
+            if self.sampler == "graph":
+                raise InputError("sliding-window sampling runs on the host sampler: drop --sampler graph")
             if grid[0] < trained[0] or grid[1] < trained[1]:
                 raise InputError(f"the image grid {grid[0]}x{grid[1]} is smaller than the trained {trained[0]}x{trained[1]}")
             noise = uniform_noise(seed, num_samples, grid[0] * grid[1])

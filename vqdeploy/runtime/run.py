@@ -35,7 +35,7 @@ def read_condition(input: Path | None, cond_info: dict[str, Any], size: tuple[in
 def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int,
                  temperature: float, top_k: int | None, top_p: float | None, seed: int, class_id: int | None,
                  size: str | None, out: Path, grid: bool, ckpt: str | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 log: Callable[[str], None] = print, sampler: str = "host") -> dict[str, Any]:
     manifest = read_manifest(artifacts)
     if manifest["model"]["kind"] != "net2net":
         raise InputError(f"{artifacts} holds a VQGAN only: there is no transformer to sample from")
@@ -54,7 +54,7 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     load_s = time.perf_counter() - t
     progress = TokenProgress(log)
     try:
-        result = Pipeline(be, manifest)(condition, num_samples=num_samples, params=params, seed=seed,
+        result = Pipeline(be, manifest, sampler)(condition, num_samples=num_samples, params=params, seed=seed,
                                         class_id=class_id, size=hw, progress=progress)
     finally:
         progress.close()
@@ -67,7 +67,7 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
             write_png(im, p)
     log("wrote " + ", ".join(str(p) for p in paths))
     return {
-        "backend": be.name, "device": be.device, "seed": seed, "num_samples": num_samples,
+        "backend": be.name, "device": be.device, "sampler": sampler, "seed": seed, "num_samples": num_samples,
         "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
         "tokens_per_sample": int(result.tokens[0].size), "sliding_window": result.sliding_window,
         "timings_s": {"load": round(load_s, 4), **{k: round(v, 4) for k, v in result.timings.items()}},

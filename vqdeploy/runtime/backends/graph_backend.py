@@ -9,6 +9,7 @@ call), so a step neither allocates nor copies the cache outside the graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from vqdeploy.errors import ArtifactError, InputError
+from vqdeploy.runtime.sampling import SamplingParams
 from vqdeploy.tensor_spec import TensorSpec, bind_dims
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
@@ -123,6 +125,13 @@ class KVTransformer:
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         b, t = tokens.shape
+        tok = self.tokens[: b * t].view(b, t)
+        tok.copy_(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)))
+        return self._run(tok).to("cpu", copy=True).numpy()  # the buffer is reused next call
+
+    def _run(self, tok: torch.Tensor) -> torch.Tensor:
+        """Append the (B,T) device tokens; the (B,T,V) logits view of a buffer reused by the next call."""
+        b, t = tok.shape
         if b != self.batch:
             raise InputError(f"transformer: batch {b} does not match the cache's batch {self.batch}")
         p = self.length
@@ -130,8 +139,6 @@ class KVTransformer:
             raise InputError(f"transformer: {p + t} tokens exceed the block size {self.block}")
         kv_past = (b, self.n_head, p, self.head_dim)
         kv_present = (b, self.n_head, p + t, self.head_dim)
-        tok = self.tokens[: b * t].view(b, t)
-        tok.copy_(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)))
         src, dst = self.buffers[self.current], self.buffers[1 - self.current]
         ins = {"tokens": tok}
         outs = {"logits": self.logits[: b * t * self.vocab].view(b, t, self.vocab)}
@@ -143,4 +150,33 @@ class KVTransformer:
         self.backend._executor("transformer", profile).run(ins, outs)
         self.current = 1 - self.current
         self.length = p + t
-        return outs["logits"].to("cpu", copy=True).numpy()  # the buffer is reused next call
+        return outs["logits"]
+
+    def generate_on_device(self, prompt: np.ndarray, steps: int, params: SamplingParams, noise: np.ndarray,
+                           progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """``generator.generate`` with the exported sampler graph: logits and tokens stay on the device
+        (each sampled token is bound as the next step's input) and the tokens come back once, at the
+        end. Same rules as the host sampler, in fp32 (parity checks them against each other)."""
+        if "sampler" not in self.backend.manifest["graphs"]:
+            raise ArtifactError("these artifacts have no sampler graph (vocabulary over 3840?): use the host sampler")
+        batch = prompt.shape[0]
+        self.reset(batch)
+        dev = self.backend.torch_device
+        sampler = self.backend._executor("sampler")
+        settings = {
+            "temperature": torch.tensor([params.temperature], dtype=torch.float32, device=dev),
+            "top_k": torch.tensor([params.top_k or self.vocab], dtype=torch.int64, device=dev),
+            "top_p": torch.tensor([params.top_p or 1.0], dtype=torch.float32, device=dev),
+        }
+        uniform = torch.from_numpy(np.ascontiguousarray(noise[:steps], dtype=np.float32)).to(dev)  # (steps, B)
+        tokens = torch.empty((steps, batch, 1), dtype=torch.int64, device=dev)
+        tok = self.tokens[: prompt.size].view(prompt.shape)
+        tok.copy_(torch.from_numpy(np.ascontiguousarray(prompt, dtype=np.int64)))
+        logits = self._run(tok)
+        for k in range(steps):
+            sampler.run({"logits": logits, "uniform": uniform[k], **settings}, {"tokens": tokens[k]})
+            if progress is not None:
+                progress(1)
+            if k + 1 < steps:
+                logits = self._run(tokens[k])
+        return tokens[:, :, 0].T.cpu().numpy()
