@@ -128,7 +128,7 @@ def _bomb(path: Path) -> None:
 
 @pytest.mark.parametrize("case", ["no_artifacts", "rgb_segmentation", "label_range", "bomb", "not_image",
                                   "bad_size", "missing_input", "input_for_class", "class_range", "class_for_segmentation",
-                                  "tensorrt_cpu"])
+                                  "size_not_multiple", "tensorrt_cpu"])
 def test_cli_run_bad_input(exported, tmp_path: Path, case: str) -> None:
     _, seg, _ = exported("seg")
     _, cls, _ = exported("class_subsample")
@@ -145,6 +145,7 @@ def test_cli_run_bad_input(exported, tmp_path: Path, case: str) -> None:
         "input_for_class": [str(img), "--artifacts", str(cls), "--class", "1"],
         "class_range": ["--artifacts", str(cls), "--class", "10"],
         "class_for_segmentation": [str(img), "--artifacts", str(seg), "--class", "1"],
+        "size_not_multiple": [str(img), "--artifacts", str(seg), "--size", "18x18"],
         "tensorrt_cpu": [str(img), "--artifacts", str(seg), "--backend", "tensorrt", "--device", "cpu"],
     }[case]
     if case == "bomb":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,12 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     if num_samples < 1:
         raise InputError("--num-samples must be at least 1")
     cond_info = manifest["model"]["conditioning"]
+    if hw is not None:
+        f = int(manifest["model"]["first_stage"]["downsample_factor"])
+        if cond_info["kind"] == "image" and cond_info.get("downsample_cond_size", -1) == -1:
+            f = math.lcm(f, int(cond_info["downsample_factor"]))  # the condition is read at --size too
+        if hw[0] % f or hw[1] % f:
+            raise InputError(f"--size {size}: width and height must be multiples of {f} pixels")
     if class_id is not None and cond_info["kind"] != "class":
         kind = cond_info["kind"]
         what = "unconditional" if kind == "sos" else f"conditioned on '{cond_info.get('key', kind)}' ({kind})"
