@@ -197,3 +197,32 @@ def test_every_exported_graph_parses_and_builds_with_tensorrt_rtx(exported, name
         assert list(entry["profiles"]) == list(manifest["graphs"][graph]["profiles"])
         names = [t["name"] for t in entry["inputs"]]
         assert names == [t["name"] for t in manifest["graphs"][graph]["inputs"]]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_graphs_with_external_data_export_check_and_build(runs, tmp_path: Path, monkeypatch, precision: str) -> None:
+    """Graphs over protobuf's 2 GB keep their weights in <graph>.onnx.data: the threshold is lowered
+    to 0 here so the small model takes that path through parity, hashing and the TensorRT parser."""
+    from vqdeploy.export import onnx_export
+    from vqdeploy.export.manifest import verify_graph_files
+
+    monkeypatch.setattr(onnx_export, "_EXTERNAL_DATA_BYTES", 0)
+    out = tmp_path / "a"
+    m = export(runs("first_stage").ckpt, out, precision=precision, log=lambda m: None)
+    assert m["parity"]["passed"], m["parity"]
+    with_params = [g for g in m["graphs"].values() if "external_data" in g]
+    assert {g["file"] for g in with_params} >= {"encoder.onnx", "transformer.onnx", "decoder.onnx"}
+    for g in with_params:
+        assert sha256_file(out / g["external_data"]["file"]) == g["external_data"]["sha256"]
+        proto = onnx.load(str(out / g["file"]), load_external_data=False)
+        assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    if precision == "fp32":
+        pytest.importorskip("tensorrt_rtx_bindings")
+        from vqdeploy.trt.engines import BuildOptions, build_engines
+
+        data = build_engines(out, BuildOptions(target_cc=("8.6",)), echo=lambda m: None)
+        assert set(data["engines"]) == set(m["graphs"])
+    data_file = out / with_params[0]["external_data"]["file"]
+    data_file.write_bytes(data_file.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ArtifactError, match="does not match the manifest"):
+        verify_graph_files(out, m)
