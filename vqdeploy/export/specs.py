@@ -94,13 +94,14 @@ def _batch(max_batch: int, opt: int) -> Dim:
     return Dim(1, min(opt, max_batch), max_batch)
 
 
-def _image_profile(dims: dict[str, Dim]) -> dict[str, dict[str, tuple[int, int, int]]]:
+def _one_profile(dims: dict[str, Dim]) -> dict[str, dict[str, tuple[int, int, int]]]:
     return {"default": {n: (d.min, d.opt, d.max) for n, d in dims.items()}}
 
 
-def _grid_dims(grid: list[int]) -> tuple[Dim, Dim]:
-    """Latent grid range: from 1 cell up to twice the trained grid (sliding-window sampling)."""
-    return Dim(1, grid[0], 2 * grid[0]), Dim(1, grid[1], 2 * grid[1])
+def _grid_dims(grid: list[int], scale: int) -> dict[str, Dim]:
+    """Latent grid range, ``scale`` pixels per cell: from 1 cell up to twice the trained grid
+    (sliding-window sampling)."""
+    return {"latent_h": Dim(1, grid[0], 2 * grid[0], scale), "latent_w": Dim(1, grid[1], 2 * grid[1], scale)}
 
 
 def _precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -125,9 +126,7 @@ def encoder_spec(name: str, vq: VQModel, dtype: torch.dtype, max_batch: int, bat
         hw: tuple[int | str, ...] = ("height", "width")
         out_hw: tuple[int | str, ...] = (grid[0], grid[1])
     else:
-        gh, gw = _grid_dims(grid)
-        in_dims = {"batch": _batch(max_batch, batch_opt), "latent_h": Dim(gh.min, gh.opt, gh.max, f),
-                   "latent_w": Dim(gw.min, gw.opt, gw.max, f)}
+        in_dims = {"batch": _batch(max_batch, batch_opt), **_grid_dims(grid, f)}
         hw = (f"latent_h*{f}", f"latent_w*{f}")
         out_hw = ("latent_h", "latent_w")
     if onehot:
@@ -142,7 +141,7 @@ def encoder_spec(name: str, vq: VQModel, dtype: torch.dtype, max_batch: int, bat
         dims=in_dims,
         sample_dims={"batch": 2, "latent_h": grid[0], "latent_w": grid[1], "height": res, "width": res},
     )
-    spec.profiles = _image_profile(spec.dims)
+    spec.profiles = _one_profile(spec.dims)
     spec.id_ranges = {"labels": vq.in_channels}
     return spec
 
@@ -150,18 +149,16 @@ def encoder_spec(name: str, vq: VQModel, dtype: torch.dtype, max_batch: int, bat
 def decoder_spec(vq: VQModel, dtype: torch.dtype, max_batch: int) -> GraphSpec:
     f = vq.downsample_factor
     res = int(vq.ddconfig["resolution"])
-    gh, gw = _grid_dims([res // f, res // f])
-    dims = {"batch": _batch(max_batch, 4), "latent_h": Dim(gh.min, gh.opt, gh.max, f),
-            "latent_w": Dim(gw.min, gw.opt, gw.max, f)}
+    dims = {"batch": _batch(max_batch, 4), **_grid_dims([res // f, res // f], f)}
     spec = GraphSpec(
         name="decoder",
         module=DecoderGraph(vq, dtype).eval(),
         inputs=[TensorSpec("indices", "int64", ("batch", "latent_h", "latent_w"))],
         outputs=[TensorSpec("image", "float32", ("batch", vq.out_channels, f"latent_h*{f}", f"latent_w*{f}"))],
         dims=dims,
-        sample_dims={"batch": 2, "latent_h": gh.opt, "latent_w": gw.opt},
+        sample_dims={"batch": 2, "latent_h": dims["latent_h"].opt, "latent_w": dims["latent_w"].opt},
     )
-    spec.profiles = _image_profile(dims)
+    spec.profiles = _one_profile(dims)
     spec.id_ranges = {"indices": vq.vocab_size}
     return spec
 
@@ -214,7 +211,7 @@ def sampler_spec(vocab_size: int, block_size: int, max_batch: int) -> GraphSpec:
         dims=dims,
         sample_dims={"batch": 2, "tokens": 3},
     )
-    spec.profiles = _image_profile(dims)
+    spec.profiles = _one_profile(dims)
     spec.id_ranges = {"top_k": vocab_size + 1}
     return spec
 
