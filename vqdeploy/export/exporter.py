@@ -145,14 +145,13 @@ def _export_parity(model: Any, directory: Path, manifest: dict[str, Any], precis
     from vqdeploy.runtime.backends.torch_backend import TorchBackend
     from vqdeploy.runtime.parity import check_backend
 
-    log("parity: onnxruntime (CPU) vs PyTorch ..." if precision != "bf16" else
-        "parity: onnxruntime (CPU, bf16 emulated: fp32 arithmetic, bf16 rounding at every node output) vs PyTorch ...")
+    candidate = OnnxRuntimeBackend(directory, manifest)
+    log("parity: onnxruntime (CPU) vs PyTorch ..." + (f" ({candidate.emulation})" if candidate.emulation else ""))
     t = time.perf_counter()
-    reports = check_backend(TorchBackend(model, manifest), OnnxRuntimeBackend(directory, manifest),
-                            manifest["model"], precision)
+    reports = check_backend(TorchBackend(model, manifest), candidate, manifest["model"], precision)
     for r in reports:
         log("  " + r.line())
-    backend = "onnxruntime-cpu (bf16 emulated)" if precision == "bf16" else "onnxruntime-cpu"
+    backend = "onnxruntime-cpu (bf16 emulated)" if candidate.emulation else "onnxruntime-cpu"
     return {"backend": backend, "reference": "torch-cpu-fp32", "seed": 0,
             "passed": all(r.passed for r in reports), "seconds": round(time.perf_counter() - t, 1),
             "stages": [r.to_dict() for r in reports]}

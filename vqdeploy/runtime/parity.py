@@ -23,7 +23,7 @@ from vqdeploy.runtime.backends.torch_backend import TorchBackend
 from vqdeploy.runtime.conditions import condition_grid
 from vqdeploy.runtime.generator import generate
 from vqdeploy.runtime.parity_inputs import parity_inputs
-from vqdeploy.runtime.sampling import SamplingParams, filtered_probs, next_tokens
+from vqdeploy.runtime.sampling import SamplingParams, filtered_probs, next_tokens, sampler_inputs
 
 # Tolerances and why (measured numbers in the README's parity section):
 # - code_margin_rel: a token may differ from torch's only where the two nearest codes are a
@@ -208,10 +208,8 @@ def check_sampler(candidate: Any, vocab: int, seed: int, rounds: int = 8) -> Sta
         u = rng.random(batch).astype(np.float32)
         for params in SAMPLER_SETTINGS:
             host = next_tokens(logits[:, -1], u, params)
-            graph = candidate.run_graph("sampler", {
-                "logits": logits, "uniform": u, "temperature": np.array([params.temperature], np.float32),
-                "top_k": np.array([params.top_k or vocab], np.int64), "top_p": np.array([params.top_p or 1.0], np.float32),
-            })["tokens"].cpu().numpy()[:, 0]
+            inputs = {"logits": logits, "uniform": u, **sampler_inputs(params, vocab)}
+            graph = candidate.run_graph("sampler", inputs)["tokens"].cpu().numpy()[:, 0]
             draws += batch
             bad = graph != host
             if bad.any():

@@ -45,8 +45,9 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
         label = f"{name}-{dev}"
         be = be or open_backend(name, artifacts, manifest, dev, model=reference.model if name == "torch" else None)
         row: dict[str, Any] = {"backend": label}
-        if getattr(be, "emulate_bf16", False):
-            row["note"] = "bf16 graphs emulated on CPU: fp32 arithmetic, bf16 rounding at every node output"
+        note = getattr(be, "emulation", None)
+        if note:
+            row["note"] = note
         if be is not reference:
             log(f"parity: {label} vs torch-cpu ..." + (f" ({row['note']})" if "note" in row else ""))
             reports = check_backend(reference, be, info, manifest["precision"], seed)

@@ -6,6 +6,7 @@ Grids larger than the trained one are sampled with taming's sliding window.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,27 @@ from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.conditions import condition_grid
 from vqdeploy.runtime.generator import generate, generate_sliding
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
+
+
+def check_request(info: dict[str, Any], num_samples: int = 1, size: tuple[int, int] | None = None) -> None:
+    """What a sampling request can get wrong without a backend (``run`` checks it before reading
+    any input or opening a session)."""
+    if info["kind"] != "net2net":
+        raise InputError("these artifacts hold a VQGAN only: there is no transformer to sample from")
+    if num_samples < 1:
+        raise InputError("--num-samples must be at least 1")
+    if size is not None:
+        check_size(info, size)
+
+
+def check_size(info: dict[str, Any], size: tuple[int, int]) -> None:
+    """--size (H, W) in whole latent cells, and whole cond cells where the condition is read at that size."""
+    f = int(info["first_stage"]["downsample_factor"])
+    cond = info["conditioning"]
+    if cond["kind"] == "image" and cond.get("downsample_cond_size", -1) == -1:
+        f = math.lcm(f, int(cond["downsample_factor"]))
+    if size[0] % f or size[1] % f:
+        raise InputError(f"--size {size[1]}x{size[0]}: width and height must be multiples of {f} pixels")
 
 
 @dataclass
@@ -37,6 +59,7 @@ class Pipeline:
     def __init__(self, backend: Backend, manifest: dict[str, Any], sampler: str = "host") -> None:
         """``sampler``: "host" (numpy, every backend) or "graph" (the exported sampler graph on the
         backend's device, so a GPU backend never copies logits to the host)."""
+        check_request(manifest["model"])
         if sampler not in ("host", "graph"):
             raise InputError(f"--sampler {sampler}: expected host or graph")
         if sampler == "graph" and not hasattr(backend.transformer(), "generate_on_device"):
@@ -45,8 +68,6 @@ class Pipeline:
         self.manifest = manifest
         self.sampler = sampler
         self.info = manifest["model"]
-        if self.info["kind"] != "net2net":
-            raise InputError("these artifacts hold a VQGAN only: there is no transformer to sample from")
         self.cond = self.info["conditioning"]
         self.first = self.info["first_stage"]
 
@@ -60,8 +81,7 @@ class Pipeline:
             return round(cond_grid.shape[1] * scale), round(cond_grid.shape[2] * scale)
         if size is None:
             return tuple(self.first["latent_grid"])  # type: ignore[return-value]
-        if size[0] % f or size[1] % f:
-            raise InputError(f"--size must be a multiple of {f} pixels")
+        check_size(self.info, size)
         return size[0] // f, size[1] // f
 
     def __call__(
@@ -77,8 +97,7 @@ class Pipeline:
     ) -> Result:
         """``progress(total, description)`` is called once the token count is known and returns a
         per-token callback."""
-        if num_samples < 1:
-            raise InputError("--num-samples must be at least 1")
+        check_request(self.info, num_samples)
         params = params or SamplingParams()
         timings: dict[str, float] = {}
         t = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from vqdeploy.errors import InputError
 from vqdeploy.export.manifest import read_manifest
 from vqdeploy.runtime.backends.select import open_backend
 from vqdeploy.runtime.images import grid_image, load_condition, output_paths, parse_size, to_uint8, write_png
-from vqdeploy.runtime.pipeline import Pipeline
+from vqdeploy.runtime.pipeline import Pipeline, check_request
 from vqdeploy.runtime.progress import TokenProgress
 from vqdeploy.runtime.sampling import SamplingParams
 
@@ -38,19 +37,10 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
                  size: str | None, out: Path, grid: bool, ckpt: str | None = None,
                  log: Callable[[str], None] = print, sampler: str = "host") -> dict[str, Any]:
     manifest = read_manifest(artifacts)
-    if manifest["model"]["kind"] != "net2net":
-        raise InputError(f"{artifacts} holds a VQGAN only: there is no transformer to sample from")
     params = SamplingParams(temperature, top_k, top_p)
     hw = parse_size(size)
-    if num_samples < 1:
-        raise InputError("--num-samples must be at least 1")
+    check_request(manifest["model"], num_samples, hw)
     cond_info = manifest["model"]["conditioning"]
-    if hw is not None:
-        f = int(manifest["model"]["first_stage"]["downsample_factor"])
-        if cond_info["kind"] == "image" and cond_info.get("downsample_cond_size", -1) == -1:
-            f = math.lcm(f, int(cond_info["downsample_factor"]))  # the condition is read at --size too
-        if hw[0] % f or hw[1] % f:
-            raise InputError(f"--size {size}: width and height must be multiples of {f} pixels")
     if class_id is not None and cond_info["kind"] != "class":
         kind = cond_info["kind"]
         what = "unconditional" if kind == "sos" else f"conditioned on '{cond_info.get('key', kind)}' ({kind})"

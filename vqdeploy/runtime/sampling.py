@@ -40,6 +40,13 @@ def uniform_noise(seed: int, batch: int, steps: int, first_sample: int = 0) -> n
     return np.stack([np.random.default_rng([seed, first_sample + b]).random(steps) for b in range(batch)], axis=1)
 
 
+def sampler_inputs(params: SamplingParams, vocab: int) -> dict[str, np.ndarray]:
+    """``params`` as the sampler graph's inputs: a filter that is off is top_k = vocab, top_p = 1."""
+    return {"temperature": np.array([params.temperature], np.float32),
+            "top_k": np.array([params.top_k or vocab], np.int64),
+            "top_p": np.array([params.top_p or 1.0], np.float32)}
+
+
 def next_tokens(logits: np.ndarray, u: np.ndarray, params: SamplingParams) -> np.ndarray:
     """(B,V) logits and (B,) uniforms in [0,1) -> (B,) int64 token ids."""
     logits = np.asarray(logits, dtype=np.float64)

@@ -25,12 +25,6 @@ FLOAT = TensorProto.FLOAT
 _MAX_BYTES = 1_900_000_000  # one serialized protobuf
 
 
-def has_bf16(model: onnx.ModelProto) -> bool:
-    g = model.graph
-    return any(t.data_type == BF16 for t in g.initializer) or any(
-        v.type.tensor_type.elem_type == BF16 for v in (*g.input, *g.output, *g.value_info))
-
-
 def _widen_tensor(t: TensorProto) -> TensorProto:
     if t.data_type != BF16:
         return t
@@ -49,6 +43,8 @@ def _widen_attributes(node: onnx.NodeProto) -> None:
 
 def emulate_bf16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose bf16 arithmetic runs in fp32 with bf16 rounding at node outputs."""
+    if {v.name for v in model.graph.output} & {v.name for v in model.graph.input}:
+        raise ArtifactError("bf16 emulation: a graph output is also a graph input; not supported")
     model = onnx.shape_inference.infer_shapes(model)
     g = model.graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
@@ -81,8 +77,6 @@ def emulate_bf16(model: onnx.ModelProto) -> onnx.ModelProto:
                 continue
             nodes.append(helper.make_node("Cast", [raw], [f"{out}__bf16"], to=BF16, name=f"{out}__round"))
             nodes.append(helper.make_node("Cast", [f"{out}__bf16"], [out], to=FLOAT, name=f"{out}__widen"))
-    if any(v.name in {i.name for i in g.input} for v in g.output):
-        raise ArtifactError("bf16 emulation: a graph output is also a graph input; not supported")
     del g.node[:]
     g.node.extend(nodes)
     del g.value_info[:]  # stale types; ONNX Runtime infers them again

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vqdeploy.errors import ArtifactError, InputError
-from vqdeploy.runtime.sampling import SamplingParams
+from vqdeploy.runtime.sampling import SamplingParams, sampler_inputs
 from vqdeploy.tensor_spec import TensorSpec, bind_dims
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
@@ -124,10 +124,13 @@ class KVTransformer:
         self.current = 0  # which buffer set holds the past
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
-        b, t = tokens.shape
-        tok = self.tokens[: b * t].view(b, t)
+        return self._run(self._upload(tokens)).to("cpu", copy=True).numpy()  # the buffer is reused next call
+
+    def _upload(self, tokens: np.ndarray) -> torch.Tensor:
+        """Host (B,T) tokens into the preallocated device token buffer."""
+        tok = self.tokens[: tokens.size].view(tokens.shape)
         tok.copy_(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)))
-        return self._run(tok).to("cpu", copy=True).numpy()  # the buffer is reused next call
+        return tok
 
     def _run(self, tok: torch.Tensor) -> torch.Tensor:
         """Append the (B,T) device tokens; the (B,T,V) logits view of a buffer reused by the next call."""
@@ -163,16 +166,10 @@ class KVTransformer:
         self.reset(batch)
         dev = self.backend.torch_device
         sampler = self.backend._executor("sampler")
-        settings = {
-            "temperature": torch.tensor([params.temperature], dtype=torch.float32, device=dev),
-            "top_k": torch.tensor([params.top_k or self.vocab], dtype=torch.int64, device=dev),
-            "top_p": torch.tensor([params.top_p or 1.0], dtype=torch.float32, device=dev),
-        }
+        settings = {k: torch.from_numpy(v).to(dev) for k, v in sampler_inputs(params, self.vocab).items()}
         uniform = torch.from_numpy(np.ascontiguousarray(noise[:steps], dtype=np.float32)).to(dev)  # (steps, B)
         tokens = torch.empty((steps, batch, 1), dtype=torch.int64, device=dev)
-        tok = self.tokens[: prompt.size].view(prompt.shape)
-        tok.copy_(torch.from_numpy(np.ascontiguousarray(prompt, dtype=np.int64)))
-        logits = self._run(tok)
+        logits = self._run(self._upload(prompt))
         for k in range(steps):
             sampler.run({"logits": logits, "uniform": uniform[k], **settings}, {"tokens": tokens[k]})
             if progress is not None:

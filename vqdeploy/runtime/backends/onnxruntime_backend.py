@@ -13,6 +13,7 @@ import torch
 from vqdeploy.errors import ArtifactError, BackendError
 from vqdeploy.runtime.backends.graph_backend import GraphBackend
 
+BF16_EMULATION = "bf16 graphs emulated on CPU: fp32 arithmetic, bf16 rounding at every node output"
 # ONNX TensorProto element types: IO binding takes these where numpy has no dtype (bfloat16)
 _ELEMENT_TYPE = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16, torch.int64: 7}
 
@@ -53,7 +54,8 @@ class OnnxRuntimeBackend(GraphBackend):
         else:
             self.providers = ["CPUExecutionProvider"]
         self._executors: dict[str, OrtExecutor] = {}
-        self.emulate_bf16 = manifest.get("precision") == "bf16" and self.torch_device.type == "cpu"
+        # what this backend does differently from the graphs' own arithmetic (None: nothing)
+        self.emulation = BF16_EMULATION if manifest.get("precision") == "bf16" and self.torch_device.type == "cpu" else None
 
     def _executor(self, graph: str, profile: str | None = None) -> OrtExecutor:
         ex = self._executors.get(graph)
@@ -67,7 +69,7 @@ class OnnxRuntimeBackend(GraphBackend):
             if self.torch_device.type == "cpu":
                 opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
             source: str | bytes = str(path)
-            if self.emulate_bf16:
+            if self.emulation:
                 from vqdeploy.runtime.backends.bf16_emulation import load_emulated
 
                 source = load_emulated(path)
