@@ -1,8 +1,8 @@
 """The ``vqdeploy`` command line: thin wrappers over the library API.
 
-Every command turns a ``VQDeployError`` (bad input or environment) into one ``error:`` line on
-stderr and a non-zero exit; an unexpected exception is reported the same way, with the
-traceback only when ``VQDEPLOY_DEBUG=1``.
+Every command turns a ``VQDeployError`` (bad input or environment) or a bad option value into one
+``error:`` line on stderr and a non-zero exit; an unexpected exception (a bug in vqdeploy) is
+reported the same way as "internal error", with the traceback only when ``VQDEPLOY_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,21 @@ import click
 from vqdeploy.errors import VQDeployError
 
 
+def _one_line(e: click.ClickException, command: str) -> None:
+    hint = f" (see: vqdeploy {command} --help)".replace("  ", " ") if isinstance(e, click.UsageError) else ""
+    click.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
+    sys.exit(e.exit_code)
+
+
 class _Group(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `vqdeploy`: click prints the help
+                raise
+            _one_line(e, "")
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -27,7 +41,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except click.ClickException as e:  # a bad option value or usage: one line too, with where to look
+            _one_line(e, ctx.invoked_subcommand or "")
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:  # a bug in vqdeploy: still one line unless debugging
             if os.environ.get("VQDEPLOY_DEBUG"):

@@ -37,22 +37,32 @@ def atomic_write(path: Path, data: bytes | memoryview | str) -> None:
     ``rename`` replaces a symlink at ``path`` instead of writing through it. A directory at ``path`` is
     refused before anything is written.
     """
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        raise InputError(f"cannot write {path}: it is a directory")
-    if isinstance(data, str):
-        data = data.encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    atomic_write_many({Path(path): data})
+
+
+def atomic_write_many(files: dict[Path, bytes | memoryview | str]) -> None:
+    """Write several files as one step: every temp file is written and fsynced first, then all are
+    renamed, so a failure (a directory in the way, a full disk) leaves none of them."""
+    for path in files:
+        if Path(path).is_dir() and not Path(path).is_symlink():
+            raise InputError(f"cannot write {path}: it is a directory")
+    temps: list[tuple[str, Path]] = []
     try:
-        os.fchmod(fd, default_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, data in files.items():
+            path = Path(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((tmp, path))
+            os.fchmod(fd, default_mode())
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in temps:
+            os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
 
 
@@ -82,20 +92,18 @@ def inside_dir(root: Path, rel: str, create: bool = False) -> Path:
 
 
 def check_writable(directory: Path, what: str) -> None:
-    """Fail before expensive work when ``directory`` (created if missing) cannot take new files."""
-    directory = Path(directory)
+    """Fail before expensive work when ``directory`` cannot take new files. Nothing is created: a
+    missing directory is judged by its nearest existing ancestor (the write creates it later)."""
+    directory = Path(directory).absolute()
+    probe_dir = directory
+    while not os.path.lexists(probe_dir) and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise InputError(f"{what}: cannot create {directory}: {probe_dir} is not a directory")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise InputError(f"{what}: {directory} exists and is not a directory") from None
+        fd, probe = tempfile.mkstemp(prefix=".vqdeploy-probe-", dir=probe_dir)
     except OSError as e:
-        raise InputError(f"{what}: cannot create {directory} ({e.strerror})") from None
-    if not directory.is_dir():
-        raise InputError(f"{what}: {directory} is not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".vqdeploy-probe-", dir=directory)
-    except OSError as e:
-        raise InputError(f"{what}: cannot write to {directory} ({e.strerror})") from None
+        raise InputError(f"{what}: cannot write to {probe_dir} ({e.strerror})") from None
     os.close(fd)
     os.unlink(probe)
 
@@ -110,7 +118,9 @@ def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
         yield
         return
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), default_mode())
+        # O_NONBLOCK: a FIFO planted at the lock's name must not block the open (it is refused below)
+        flags = os.O_RDONLY | os.O_CREAT | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+        fd = os.open(path, flags, default_mode())
     except OSError as e:
         why = "it is a symlink" if os.path.islink(path) else e.strerror
         raise ArtifactError(f"{path}: cannot use as a lock file ({why})") from None

@@ -16,49 +16,34 @@ from vqdeploy.describe import describe
 from vqdeploy.errors import ArtifactError, ConfigError, ParityError
 from vqdeploy.export import BF16_MIN_OPSET, default_opset
 from vqdeploy.export import manifest as mf
+from vqdeploy.export.install import export_lock, install, temp_prefix
 from vqdeploy.export.onnx_export import export_graph
 from vqdeploy.export.specs import graph_specs
-from vqdeploy.files import default_mode
+from vqdeploy.files import atomic_write, check_writable, default_mode
+from vqdeploy.limits import check_int
+
+MAX_BATCH = 1024
 
 Log = Callable[[str], None]
 
 
 def _check_destination(out: Path, fingerprint: str) -> None:
-    if not out.exists():
-        parent = out.parent if str(out.parent) else Path(".")
-        if not parent.exists():
-            parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(parent, os.W_OK):
-            raise ArtifactError(f"cannot write to {parent}")
+    if not os.path.lexists(out):
         return
+    if out.is_symlink():
+        raise ArtifactError(f"--out {out} is a symlink; pass the directory it points to")
     if not out.is_dir():
         raise ArtifactError(f"--out {out} exists and is not a directory")
-    if not os.access(out.parent, os.W_OK):
-        raise ArtifactError(f"cannot write to {out.parent}")
     manifest = out / mf.MANIFEST
     if manifest.is_file():
         try:
             other = json.loads(manifest.read_text()).get("model_fingerprint")
-        except ValueError:
+        except (ValueError, OSError, RecursionError, AttributeError):
             other = None
         if other != fingerprint:
             raise ArtifactError(f"{out} holds the artifacts of another model; choose another --out or remove it")
     elif any(out.iterdir()):
         raise ArtifactError(f"{out} is not empty and is not a vqdeploy artifacts directory; choose another --out")
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Swap the finished directory into place; engines built from unchanged graphs are kept."""
-    if out.exists():
-        engines = out / "engines"
-        if engines.is_dir():
-            shutil.move(str(engines), str(tmp / "engines"))
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def export(
@@ -72,15 +57,27 @@ def export(
     log: Log = print,
 ) -> dict[str, Any]:
     """Export ``ckpt`` to ``out``; returns the manifest. Raises ParityError beyond tolerance
-    (after writing the report, without installing the artifacts)."""
-    from vqdeploy.loading.load import load_model
-
+    (after writing the report, without installing the artifacts). ``out`` is locked for the whole
+    export and replaced atomically (``install``)."""
     t0 = time.perf_counter()
     out = Path(out)
+    if not out.name or out.name in (".", ".."):
+        raise ArtifactError(f"--out {str(out)!r}: name a directory (e.g. artifacts/mymodel)")
     opset = default_opset(precision) if opset is None else opset
     if precision == "bf16" and opset < BF16_MIN_OPSET:
         raise ConfigError(f"--opset {opset}: bf16 graphs need opset {BF16_MIN_OPSET} or later (ONNX Conv and Gemm accept "
                           f"bfloat16 from opset {BF16_MIN_OPSET})")
+    check_int(max_batch, "--max-batch", 1, MAX_BATCH)
+    check_writable(out.parent, "--out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with export_lock(out, log):
+        return _export_locked(ckpt, out, config, precision, opset, max_batch, parity, log, t0)
+
+
+def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, precision: str, opset: int,
+                   max_batch: int, parity: bool, log: Log, t0: float) -> dict[str, Any]:
+    from vqdeploy.loading.load import load_model
+
     log(f"loading {ckpt}")
     model = load_model(ckpt, config)
     info = describe(model)
@@ -88,7 +85,7 @@ def export(
     _check_destination(out, fingerprint)
     specs = graph_specs(model, precision, max_batch)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent if str(out.parent) else "."))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
     tmp.chmod(default_mode(directory=True))  # mkdtemp makes it private; artifacts are ordinary files
     try:
         graphs: dict[str, Any] = {}
@@ -130,9 +127,9 @@ def export(
         mf.write_manifest(tmp, manifest)
         if parity and not manifest["parity"]["passed"]:
             report = out.parent / f"{out.name}.parity-failed.json"
-            report.write_text(json.dumps(manifest["parity"], indent=2) + "\n")
+            atomic_write(report, json.dumps(manifest["parity"], indent=2) + "\n")
             raise ParityError(f"exported graphs do not match PyTorch within tolerance (report: {report})")
-        _install(tmp, out)
+        install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,14 +28,20 @@ _BACKEND = click.Choice(["auto", "torch", "onnxruntime", "tensorrt"])
 @click.option("--ckpt", default=None, help="torch backend: checkpoint to use instead of the exported one.")
 @click.option("--sampler", type=click.Choice(["host", "graph"]), default="host", show_default=True,
               help="graph: the exported sampler graph on the backend's device (logits never leave it).")
+@click.option("--max-pixels", type=int, default=None,
+              help="Largest condition or output image in pixels (default: 16x the trained area).")
 def run(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int, temperature: float,
         top_k: int, top_p: float | None, seed: int, class_id: int | None, size: str | None, out: Path, grid: bool,
-        as_json: bool, ckpt: str | None, sampler: str) -> None:
+        as_json: bool, ckpt: str | None, sampler: str, max_pixels: int | None) -> None:
     """Sample images: encode the condition INPUT, sample tokens with the KV cache, decode."""
+    from vqdeploy.limits import check_int
     from vqdeploy.runtime.run import run_pipeline
 
+    if max_pixels is not None:
+        check_int(max_pixels, "--max-pixels", 1, 2**40)
     summary = run_pipeline(input, artifacts, backend, device, num_samples, temperature, top_k, top_p, seed,
-                           class_id, size, out, grid, ckpt, log=lambda m: click.echo(m, err=True), sampler=sampler)
+                           class_id, size, out, grid, ckpt, log=lambda m: click.echo(m, err=True), sampler=sampler,
+                           max_pixels=max_pixels)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
 

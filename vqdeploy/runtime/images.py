@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 
 from vqdeploy.errors import InputError
-from vqdeploy.files import atomic_write
+from vqdeploy.files import atomic_write_many
+from vqdeploy.limits import DECODE_PIXELS, check_pixels
 
-MAX_PIXELS = 64_000_000  # beyond this a PNG is treated as a decompression bomb
+MAX_PIXELS = DECODE_PIXELS  # beyond this a PNG is treated as a decompression bomb
 
 
-def _open(path: Path) -> Any:
+def _open(path: Path, budget: int | None = None) -> Any:
+    """Open and decode ``path``; ``budget`` (pixels) is checked on the header, before decoding."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
@@ -26,6 +28,8 @@ def _open(path: Path) -> Any:
             img = Image.open(path)
             if img.width * img.height > MAX_PIXELS:
                 raise InputError(f"{path}: {img.width}x{img.height} is too large (limit {MAX_PIXELS} pixels)")
+            if budget is not None:
+                check_pixels(img.height, img.width, budget, str(path))
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError(f"{path}: refused: the image is a decompression bomb (over {MAX_PIXELS} pixels)") from None
@@ -49,11 +53,14 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
-def load_condition(path: Path, preprocessing: dict[str, Any], size: tuple[int, int] | None) -> np.ndarray:
-    """The cond encoder's input for one image: (1,H,W) int64 labels or (1,C,H,W) fp32 in [-1,1]."""
+def load_condition(path: Path, preprocessing: dict[str, Any], size: tuple[int, int] | None,
+                   budget: int | None = None) -> np.ndarray:
+    """The cond encoder's input for one image: (1,H,W) int64 labels or (1,C,H,W) fp32 in [-1,1].
+    ``budget``: the most pixels the encoder may see; with ``size`` the image is resized to it (and
+    ``size`` was checked against the budget), so only the decoding limit applies to the file."""
     from PIL import Image
 
-    img = _open(path)
+    img = _open(path, budget if size is None else None)
     kind = preprocessing["kind"]
     if kind == "onehot":
         if img.mode not in ("L", "P", "I", "I;16"):
@@ -69,6 +76,8 @@ def load_condition(path: Path, preprocessing: dict[str, Any], size: tuple[int, i
     if kind == "grey":
         if img.mode in ("I", "I;16", "F"):  # depth maps: normalised to [-1,1] as taming does
             arr = np.asarray(img, dtype=np.float32)
+            if not np.isfinite(arr).all():
+                raise InputError(f"{path}: the image holds NaN or infinite values")
             if size is not None and arr.shape != size:
                 arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.Resampling.BICUBIC))
             lo, hi = float(arr.min()), float(arr.max())
@@ -103,16 +112,25 @@ def grid_image(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     return out
 
 
-def write_png(array: np.ndarray, path: Path) -> None:
-    """Write atomically: a reader never sees a half-written file."""
+def png_bytes(array: np.ndarray) -> bytes:
+    """(H,W,C) uint8 -> PNG file contents."""
     import io
 
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buf, format="PNG")
-    atomic_write(path, buf.getbuffer())
+    return buf.getvalue()
+
+
+def write_png(array: np.ndarray, path: Path) -> None:
+    """Write atomically: a reader never sees a half-written file."""
+    write_pngs({path: array})
+
+
+def write_pngs(images: dict[Path, np.ndarray]) -> None:
+    """All of them or none (see ``atomic_write_many``)."""
+    atomic_write_many({p: png_bytes(a) for p, a in images.items()})
 
 
 def output_paths(out: Path, n: int, grid: bool) -> list[Path]:

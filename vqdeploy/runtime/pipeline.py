@@ -15,31 +15,46 @@ from typing import Any
 import numpy as np
 
 from vqdeploy.errors import InputError
+from vqdeploy.limits import check_num_samples, check_pixels, check_seed, pixel_budget
 from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.conditions import condition_grid
 from vqdeploy.runtime.generator import generate, generate_sliding
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
 
-def check_request(info: dict[str, Any], num_samples: int = 1, size: tuple[int, int] | None = None) -> None:
+def check_request(info: dict[str, Any], num_samples: int = 1, size: tuple[int, int] | None = None,
+                  max_pixels: int | None = None) -> None:
     """What a sampling request can get wrong without a backend (``run`` checks it before reading
     any input or opening a session)."""
     if info["kind"] != "net2net":
         raise InputError("these artifacts hold a VQGAN only: there is no transformer to sample from")
-    if num_samples < 1:
-        raise InputError("--num-samples must be at least 1")
+    check_num_samples(num_samples)
     if size is not None:
-        check_size(info, size)
+        check_size(info, size, max_pixels)
 
 
-def check_size(info: dict[str, Any], size: tuple[int, int]) -> None:
-    """--size (H, W) in whole latent cells, and whole cond cells where the condition is read at that size."""
+def check_size(info: dict[str, Any], size: tuple[int, int], max_pixels: int | None = None) -> None:
+    """--size (H, W) within the pixel budget, in whole latent cells, and whole cond cells where the
+    condition is read at that size."""
+    check_pixels(size[0], size[1], pixel_budget(info, max_pixels), f"--size {size[1]}x{size[0]}")
     f = int(info["first_stage"]["downsample_factor"])
     cond = info["conditioning"]
     if cond["kind"] == "image" and cond.get("downsample_cond_size", -1) == -1:
         f = math.lcm(f, int(cond["downsample_factor"]))
     if size[0] % f or size[1] % f:
         raise InputError(f"--size {size[1]}x{size[0]}: width and height must be multiples of {f} pixels")
+
+
+def check_condition(condition: np.ndarray | None, budget: int) -> None:
+    """A condition handed to the library: finite values, spatial size within the pixel budget."""
+    if condition is None:
+        return
+    if not isinstance(condition, np.ndarray):
+        raise InputError(f"the condition must be a numpy array, got {type(condition).__name__}")
+    if condition.dtype.kind == "f" and not np.isfinite(condition).all():
+        raise InputError("the condition holds NaN or infinite values")
+    if condition.ndim >= 2:
+        check_pixels(condition.shape[-2], condition.shape[-1], budget, "the condition")
 
 
 @dataclass
@@ -81,8 +96,7 @@ class Pipeline:
             return round(cond_grid.shape[1] * scale), round(cond_grid.shape[2] * scale)
         if size is None:
             return tuple(self.first["latent_grid"])  # type: ignore[return-value]
-        check_size(self.info, size)
-        return size[0] // f, size[1] // f
+        return size[0] // f, size[1] // f  # checked by check_request
 
     def __call__(
         self,
@@ -94,10 +108,13 @@ class Pipeline:
         class_id: int | None = None,
         size: tuple[int, int] | None = None,
         progress: Callable[[int, str], Callable[[int], None]] | None = None,
+        max_pixels: int | None = None,
     ) -> Result:
         """``progress(total, description)`` is called once the token count is known and returns a
-        per-token callback."""
-        check_request(self.info, num_samples)
+        per-token callback. ``max_pixels`` raises the image budget (default: 16x the trained area)."""
+        check_request(self.info, num_samples, size, max_pixels)
+        check_seed(seed)
+        check_condition(condition, pixel_budget(self.info, max_pixels))
         params = params or SamplingParams()
         timings: dict[str, float] = {}
         t = time.perf_counter()

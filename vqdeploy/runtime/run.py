@@ -9,19 +9,22 @@ from typing import Any
 
 from vqdeploy.errors import InputError
 from vqdeploy.export.manifest import read_manifest
+from vqdeploy.files import check_writable
+from vqdeploy.limits import check_seed, pixel_budget
 from vqdeploy.runtime.backends.select import open_backend
-from vqdeploy.runtime.images import grid_image, load_condition, output_paths, parse_size, to_uint8, write_png
+from vqdeploy.runtime.images import grid_image, load_condition, output_paths, parse_size, to_uint8, write_pngs
 from vqdeploy.runtime.pipeline import Pipeline, check_request
 from vqdeploy.runtime.progress import TokenProgress
 from vqdeploy.runtime.sampling import SamplingParams
 
 
-def read_condition(input: Path | None, cond_info: dict[str, Any], size: tuple[int, int] | None) -> Any:
+def read_condition(input: Path | None, cond_info: dict[str, Any], size: tuple[int, int] | None,
+                   budget: int | None = None) -> Any:
     kind = cond_info["kind"]
     if kind in ("image", "first_stage"):
         if input is None:
             raise InputError("this model is conditioned on an image: pass INPUT (e.g. a sketch or label map PNG)")
-        return load_condition(input, cond_info["preprocessing"], size)
+        return load_condition(input, cond_info["preprocessing"], size, budget)
     if input is not None:
         raise InputError(f"this model is {'unconditional' if kind == 'sos' else kind + '-conditional'}: it takes no INPUT")
     if kind == "coord":
@@ -32,36 +35,47 @@ def read_condition(input: Path | None, cond_info: dict[str, Any], size: tuple[in
     return None
 
 
+def check_outputs(paths: list[Path]) -> None:
+    """Before any work: every output can be written (its directory is created, no directory is in the
+    way), so a run never samples for minutes and then fails, or leaves some of its images."""
+    for directory in sorted({p.parent for p in paths}):
+        check_writable(directory, "--out")
+    for p in paths:
+        if p.is_dir():
+            raise InputError(f"--out: {p} is a directory; name a file (e.g. {p / 'sample.png'})")
+
+
 def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int,
                  temperature: float, top_k: int | None, top_p: float | None, seed: int, class_id: int | None,
                  size: str | None, out: Path, grid: bool, ckpt: str | None = None,
-                 log: Callable[[str], None] = print, sampler: str = "host") -> dict[str, Any]:
+                 log: Callable[[str], None] = print, sampler: str = "host",
+                 max_pixels: int | None = None) -> dict[str, Any]:
     manifest = read_manifest(artifacts)
     params = SamplingParams(temperature, top_k, top_p)
+    check_seed(seed)
     hw = parse_size(size)
-    check_request(manifest["model"], num_samples, hw)
+    check_request(manifest["model"], num_samples, hw, max_pixels)
+    paths = output_paths(out, num_samples, grid)
+    check_outputs(paths)
     cond_info = manifest["model"]["conditioning"]
     if class_id is not None and cond_info["kind"] != "class":
         kind = cond_info["kind"]
         what = "unconditional" if kind == "sos" else f"conditioned on '{cond_info.get('key', kind)}' ({kind})"
         raise InputError(f"--class is for class-conditional models; this model is {what}")
-    condition = read_condition(input, cond_info, hw)
+    condition = read_condition(input, cond_info, hw, pixel_budget(manifest["model"], max_pixels))
     t = time.perf_counter()
     be = open_backend(backend, artifacts, manifest, device, ckpt)
     load_s = time.perf_counter() - t
     progress = TokenProgress(log)
     try:
         result = Pipeline(be, manifest, sampler)(condition, num_samples=num_samples, params=params, seed=seed,
-                                        class_id=class_id, size=hw, progress=progress)
+                                                 class_id=class_id, size=hw, progress=progress, max_pixels=max_pixels)
     finally:
         progress.close()
     images = to_uint8(result.images)
-    paths = output_paths(out, len(images), grid)
-    if grid:
-        write_png(grid_image(images), paths[0])
-    else:
-        for im, p in zip(images, paths):
-            write_png(im, p)
+    for directory in {p.parent for p in paths}:
+        directory.mkdir(parents=True, exist_ok=True)
+    write_pngs({paths[0]: grid_image(images)} if grid else dict(zip(paths, images)))
     log("wrote " + ", ".join(str(p) for p in paths))
     return {
         "backend": be.name, "device": be.device, "sampler": sampler, "seed": seed, "num_samples": num_samples,

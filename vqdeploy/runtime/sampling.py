@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vqdeploy.errors import InputError
+from vqdeploy.limits import MAX_TOP_K, check_finite, check_int, check_seed
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,11 @@ class SamplingParams:
     top_p: float | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise InputError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise InputError(f"--top-k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise InputError(f"--top-p must be in (0, 1], got {self.top_p}")
+        check_finite(self.temperature, "--temperature", low=0.0)
+        if self.top_k is not None:
+            check_int(self.top_k, "--top-k", 1, MAX_TOP_K)
+        if self.top_p is not None:
+            check_finite(self.top_p, "--top-p", low=0.0, high=1.0, low_open=True)
 
     @property
     def greedy(self) -> bool:
@@ -37,13 +36,14 @@ class SamplingParams:
 
 def uniform_noise(seed: int, batch: int, steps: int, first_sample: int = 0) -> np.ndarray:
     """(steps, batch) uniforms; sample b's stream depends only on (seed, b), not on the batch size."""
+    check_seed(seed)
     return np.stack([np.random.default_rng([seed, first_sample + b]).random(steps) for b in range(batch)], axis=1)
 
 
 def sampler_inputs(params: SamplingParams, vocab: int) -> dict[str, np.ndarray]:
     """``params`` as the sampler graph's inputs: a filter that is off is top_k = vocab, top_p = 1."""
     return {"temperature": np.array([params.temperature], np.float32),
-            "top_k": np.array([params.top_k or vocab], np.int64),
+            "top_k": np.array([min(params.top_k or vocab, vocab)], np.int64),
             "top_p": np.array([params.top_p or 1.0], np.float32)}
 
 

@@ -1,0 +1,252 @@
+"""Untrusted inputs of ``run`` and ``export`` (issue 11): option values, images and ``--out``.
+
+Every case: one ``error:`` line (never "internal error", never a traceback), a non-zero exit, and no
+output written; the work a request causes is bounded by the model's trained size; exports to one
+``--out`` are locked, installed atomically and clean up after killed runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqdeploy.errors import ArtifactError, InputError
+from vqdeploy.export import install as inst
+from vqdeploy.limits import AREA_FACTOR, DECODE_PIXELS
+from vqdeploy.runtime.pipeline import check_request
+
+DEMO = Path(__file__).resolve().parent.parent / "models" / "demo"
+CKPT = DEMO / "checkpoints" / "last.ckpt"
+SKETCH = sorted((DEMO / "sketches").glob("*.png"))[0]
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "VQDEPLOY_DEBUG"}
+    return subprocess.run([sys.executable, "-m", "vqdeploy", *args], capture_output=True, text=True, check=False,
+                          timeout=timeout, env=env, cwd=cwd)
+
+
+def assert_one_error(proc: subprocess.CompletedProcess, pattern: str) -> str:
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr
+    assert "internal error" not in errors[0]
+    assert pattern in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    from vqdeploy.export.exporter import export
+
+    out = tmp_path_factory.mktemp("demo") / "artifacts"
+    export(CKPT, out, parity=False, log=lambda m: None)
+    return out
+
+
+def _images(root: Path) -> dict[str, Path]:
+    """Hostile or careless condition images."""
+    root.mkdir(parents=True, exist_ok=True)
+    big = root / "big.png"  # 62 KB file, 64 megapixels: under the decode limit, far over the model's budget
+    Image.new("L", (7992, 7992), 255).save(big, optimize=True)
+    nan = root / "nan.tif"
+    arr = np.zeros((64, 64), np.float32)
+    arr[3, 5] = np.nan
+    Image.fromarray(arr, mode="F").save(nan)
+    inf = root / "inf.tif"
+    arr[3, 5] = np.inf
+    Image.fromarray(arr, mode="F").save(inf)
+    return {"big": big, "nan": nan, "inf": inf}
+
+
+CASES = {
+    # name: (extra args, expected message part)
+    "temperature_nan": (["--temperature", "nan"], "--temperature must be a finite number"),
+    "temperature_inf": (["--temperature", "inf"], "--temperature must be a finite number"),
+    "temperature_negative": (["--temperature", "-1"], "--temperature must be >= 0"),
+    "top_p_nan": (["--top-p", "nan"], "--top-p must be a finite number"),
+    "top_p_zero": (["--top-p", "0"], "--top-p must be > 0"),
+    "top_p_above_one": (["--top-p", "1.5"], "--top-p must be <= 1"),
+    "top_k_zero": (["--top-k", "0"], "--top-k must be in 1.."),
+    "top_k_huge_graph": (["--top-k", str(10**23), "--sampler", "graph"], "--top-k must be in 1.."),
+    "seed_negative": (["--seed", "-1"], "--seed must be in 0..9223372036854775807"),
+    "seed_huge": (["--seed", str(2**63)], "--seed must be in 0.."),
+    "num_samples_zero": (["--num-samples", "0"], "--num-samples must be in 1.."),
+    "size_huge": (["--size", "16000x16000"], "over this model's budget"),
+    "max_pixels_zero": (["--max-pixels", "0"], "--max-pixels must be in 1.."),
+    "num_samples_not_int": (["--num-samples", "x"], "'x' is not a valid integer"),
+    "big_image": (["@big"], "7992x7992 is 63872064 pixels, over this model's budget of"),
+    "nan_image": (["@nan"], "NaN or infinite values"),
+    "inf_image": (["@inf"], "NaN or infinite values"),
+    "out_is_directory": (["--out", "@dir"], "is a directory"),
+    "third_output_is_directory": (["--num-samples", "3", "--out", "@o/s.png", "@mkdir:o/s-2.png"], "is a directory"),
+    "out_under_a_file": (["--out", "@file/x.png"], "is not a directory"),
+}
+
+
+@pytest.fixture(scope="module")
+def run_results(demo, tmp_path_factory):
+    """Every case through the CLI, concurrently, each in its own empty working directory."""
+    images = _images(tmp_path_factory.mktemp("images"))
+
+    def one(name: str):
+        cwd = tmp_path_factory.mktemp(f"run_{name}")
+        args, input_ = [], str(SKETCH)
+        for a in CASES[name][0]:
+            if a in ("@big", "@nan", "@inf"):
+                input_ = str(images[a[1:]])
+            elif a == "@dir":
+                (cwd / "d").mkdir()
+                args.append(str(cwd / "d"))
+            elif a == "@file/x.png":
+                (cwd / "f").write_text("a file")
+                args.append(str(cwd / "f" / "x.png"))
+            elif a.startswith("@mkdir:"):
+                (cwd / a.removeprefix("@mkdir:")).mkdir(parents=True)
+            elif a.startswith("@"):
+                args.append(str(cwd / a[1:]))
+            else:
+                args.append(a)
+        if "--out" not in args:
+            args += ["--out", str(cwd / "out" / "s.png")]
+        before = sorted(p.relative_to(cwd) for p in cwd.rglob("*"))
+        t = time.perf_counter()
+        proc = cli("run", input_, "--artifacts", str(demo), *args, cwd=cwd)
+        after = sorted(p.relative_to(cwd) for p in cwd.rglob("*"))
+        return proc, before, after, time.perf_counter() - t
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(CASES, pool.map(one, CASES)))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_run_refuses_bad_input_with_one_line_and_writes_nothing(run_results, name):
+    proc, before, after, _ = run_results[name]
+    assert_one_error(proc, CASES[name][1])
+    assert "sampling" not in proc.stderr  # refused before any work
+    assert after == before
+
+
+def test_budget_follows_the_model_and_can_be_raised(demo):
+    from vqdeploy.export.manifest import read_manifest
+
+    info = read_manifest(demo)["model"]
+    res = info["first_stage"]["resolution"]
+    side = int(res * AREA_FACTOR**0.5)
+    check_request(info, 1, (side, side))  # exactly the default budget: accepted
+    with pytest.raises(InputError, match="over this model's budget"):
+        check_request(info, 1, (side + 16, side))
+    check_request(info, 1, (side + 16, side), max_pixels=(side + 16) * side)
+    assert DECODE_PIXELS >= AREA_FACTOR * res * res
+
+
+def test_library_refuses_nan_conditions_and_bad_seeds(demo):
+    from vqdeploy.export.manifest import read_manifest
+    from vqdeploy.runtime.backends.select import open_backend
+    from vqdeploy.runtime.pipeline import Pipeline
+
+    manifest = read_manifest(demo)
+    pipe = Pipeline(open_backend("onnxruntime", demo, manifest, "cpu"), manifest)
+    cond = np.zeros((1, 1, 64, 64), np.float32)
+    cond[0, 0, 1, 2] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        pipe(cond)
+    with pytest.raises(InputError, match="--seed"):
+        pipe(np.zeros((1, 1, 64, 64), np.float32), seed=-3)
+    with pytest.raises(InputError, match="budget"):
+        pipe(np.zeros((1, 1, 2048, 2048), np.float32))
+
+
+# ---- export: lock, atomic install, recovery -------------------------------------------------------------
+
+
+def test_two_exports_to_one_out_the_second_is_refused(tmp_path):
+    first = subprocess.Popen([sys.executable, "-m", "vqdeploy", "export", "--ckpt", str(CKPT), "--out", "a",
+                              "--no-parity"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".a.export-*")) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.1)  # the first export holds the lock once its temp dir exists
+    second = cli("export", "--ckpt", str(CKPT), "--out", "a", "--no-parity", cwd=tmp_path)
+    assert_one_error(second, "another export to a is running")
+    assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
+    assert (tmp_path / "a" / "manifest.json").is_file()
+
+
+def test_killed_export_leaves_the_old_artifacts_and_is_cleaned_up(tmp_path):
+    from vqdeploy.export.exporter import export
+
+    out = tmp_path / "a"
+    export(CKPT, out, parity=False, log=lambda m: None)
+    (out / "engines").mkdir()
+    (out / "engines" / "demo.engine").write_bytes(b"engine")
+    manifest = (out / "manifest.json").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "vqdeploy", "export", "--ckpt", str(CKPT), "--out", str(out),
+                             "--no-parity"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(p.glob("*.onnx") for p in tmp_path.glob(".a.export-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".a.export-*")), "the kill came too late to leave a temp dir"
+    assert (out / "manifest.json").read_bytes() == manifest  # untouched by the killed export
+    logs: list[str] = []
+    export(CKPT, out, parity=False, log=logs.append)
+    assert not list(tmp_path.glob(".a.export-*")) and not list(tmp_path.glob(".a.old-*"))
+    assert any("removed stale" in m for m in logs)
+    assert (out / "engines" / "demo.engine").read_bytes() == b"engine"  # engines carried over
+
+
+def test_install_exchanges_atomically_and_keeps_engines(tmp_path):
+    out, new = tmp_path / "a", tmp_path / ".a.export-x"
+    (out / "engines").mkdir(parents=True)
+    (out / "engines" / "e.engine").write_bytes(b"e")
+    (out / "manifest.json").write_text("old")
+    new.mkdir()
+    (new / "manifest.json").write_text("new")
+    inst.install(new, out)
+    assert (out / "manifest.json").read_text() == "new"
+    assert (out / "engines" / "e.engine").read_bytes() == b"e"
+    assert not new.exists()
+
+
+def test_fallback_swap_cut_between_renames_is_restored(tmp_path):
+    """The two-rename fallback, killed between its renames: the next export brings --out back."""
+    out = tmp_path / "a"
+    old = tmp_path / ".a.old-123"
+    old.mkdir()
+    (old / "manifest.json").write_text("previous")
+    stale = tmp_path / ".a.export-abc"
+    stale.mkdir()
+    done = inst.recover(out)
+    assert (out / "manifest.json").read_text() == "previous"
+    assert not old.exists() and not stale.exists()
+    assert len(done) == 2
+    # and the fallback itself installs correctly
+    new = tmp_path / ".a.export-y"
+    new.mkdir()
+    (new / "manifest.json").write_text("new")
+    inst.install(new, out, exchange=False)
+    assert (out / "manifest.json").read_text() == "new" and not list(tmp_path.glob(".a.old-*"))
+
+
+def test_export_out_symlink_or_file_is_refused(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "file").write_text("x")
+    from vqdeploy.export.exporter import export
+
+    for out, msg in ((tmp_path / "link", "is a symlink"), (tmp_path / "file", "not a directory")):
+        with pytest.raises(ArtifactError, match=msg):
+            export(CKPT, out, parity=False, log=lambda m: None)
+    assert list((tmp_path / "real").iterdir()) == []

@@ -1,0 +1,67 @@
+"""Budgets on what untrusted input can make vqdeploy allocate, and checks on numbers where they enter.
+
+A 62 KB PNG can declare 8000x8000 pixels, and the encoder's activations for an image grow with its
+area (the demo's encoder asked for 8 GB for one 7992x7992 input): the work a request causes
+is bounded by the model's trained size, not by what a file or an option claims. The defaults are in
+the README's Safety section, with the option that raises each.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from vqdeploy.errors import InputError
+
+DECODE_PIXELS = 64_000_000  # any image file: beyond this it is a decompression bomb, whatever the model
+AREA_FACTOR = 16  # default image budget: 16x the trained area (4x each side; sliding window beyond 1x)
+MAX_SEED = 2**63  # seeds are 0 <= seed < 2^63 (numpy's SeedSequence takes non-negative integers)
+MAX_SAMPLES = 4096  # per call; a backend's batch limit applies on top
+MAX_TOP_K = 2**31 - 1
+
+
+def trained_pixels(info: dict[str, Any]) -> int:
+    """Pixels of the trained output image (first stage resolution squared)."""
+    res = int(info["first_stage"]["resolution"])
+    return res * res
+
+
+def pixel_budget(info: dict[str, Any], max_pixels: int | None = None) -> int:
+    """The largest condition or output image (in pixels) a request may ask for."""
+    return int(max_pixels) if max_pixels is not None else AREA_FACTOR * trained_pixels(info)
+
+
+def check_pixels(height: int, width: int, budget: int, what: str) -> None:
+    """``what`` (e.g. "--size 4096x4096", "input.png") must fit ``budget`` pixels."""
+    if height * width > budget:
+        raise InputError(f"{what}: {width}x{height} is {height * width} pixels, over this model's budget of {budget} "
+                         f"(default: {AREA_FACTOR}x its trained size); pass --max-pixels N to raise it")
+
+
+def check_finite(value: float, name: str, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> float:
+    """A float option: finite and in range (NaN compares false everywhere, so it is tested first)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise InputError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise InputError(f"{name} must be <= {high}, got {value}")
+    return float(value)
+
+
+def check_int(value: int, name: str, low: int, high: int) -> int:
+    """An integer option in [low, high] (``high`` inclusive)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise InputError(f"{name} must be in {low}..{high}, got {value}")
+    return value
+
+
+def check_seed(seed: int) -> int:
+    return check_int(seed, "--seed", 0, MAX_SEED - 1)
+
+
+def check_num_samples(n: int) -> int:
+    return check_int(n, "--num-samples", 1, MAX_SAMPLES)
