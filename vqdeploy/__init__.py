@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_model"]
+__all__ = ["Pipeline", "SamplingParams", "__version__", "load_model"]
 
 if TYPE_CHECKING:
     from vqdeploy.loading.load import load_model
+    from vqdeploy.runtime.pipeline import Pipeline
+    from vqdeploy.runtime.sampling import SamplingParams
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +23,12 @@ def __getattr__(name: str) -> Any:
         from vqdeploy.loading.load import load_model
 
         return load_model
+    if name == "Pipeline":
+        from vqdeploy.runtime.pipeline import Pipeline
+
+        return Pipeline
+    if name == "SamplingParams":
+        from vqdeploy.runtime.sampling import SamplingParams
+
+        return SamplingParams
     raise AttributeError(f"module 'vqdeploy' has no attribute {name!r}")

@@ -58,7 +58,10 @@ def main() -> None:
     """Deploy taming-transformers models: export to ONNX, build TensorRT engines, sample."""
 
 
-@main.command()
+@main.command(epilog="""\b
+Example:
+  vqdeploy inspect logs/2020-11-09T13-31-51_sflckr      # a run directory, or its checkpoints/last.ckpt
+""")
 @click.argument("ckpt", type=click.Path(path_type=str))
 @click.option("--config", type=click.Path(path_type=str), help="Model config YAML (default: <run>/configs/*-project.yaml).")
 def inspect(ckpt: str, config: str | None) -> None:

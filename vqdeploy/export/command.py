@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 
 
-@click.command()
+@click.command(epilog="""\b
+Examples:
+  vqdeploy export --ckpt logs/2020-11-09T13-31-51_sflckr/checkpoints/last.ckpt --out artifacts/sflckr
+  vqdeploy export --ckpt models/demo/checkpoints/last.ckpt --out artifacts/demo-fp16 --precision fp16
+""")
 @click.option("--ckpt", required=True, type=click.Path(path_type=str), help="Lightning last.ckpt, run directory, state_dict or .safetensors.")
 @click.option("--config", type=click.Path(path_type=str), help="Model config YAML (default: <run>/configs/*-project.yaml).")
 @click.option("--out", default="artifacts", show_default=True, type=click.Path(path_type=str), help="Artifacts directory.")

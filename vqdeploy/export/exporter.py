@@ -129,7 +129,7 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
             report = out.parent / f"{out.name}.parity-failed.json"
             atomic_write(report, json.dumps(manifest["parity"], indent=2) + "\n")
             raise ParityError(f"exported graphs do not match PyTorch within tolerance (report: {report})")
-        install(tmp, out)
+        install(tmp, out, log=log)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

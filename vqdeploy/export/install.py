@@ -103,8 +103,9 @@ def _carry_engines(old: Path, new: Path) -> None:
                     ignore=lambda d, names: [n for n in names if os.path.islink(os.path.join(d, n))])
 
 
-def install(tmp: Path, out: Path, exchange: bool = True) -> None:
-    """Move the finished ``tmp`` to ``out`` (the lock of ``out`` is held), keeping ``out``'s engines."""
+def install(tmp: Path, out: Path, exchange: bool = True, log: Callable[[str], None] | None = None) -> None:
+    """Move the finished ``tmp`` to ``out`` (the lock of ``out`` is held), keeping ``out``'s engines
+    (build-trt reuses those whose graph did not change) and saying what else of the old one goes."""
     try:
         st = os.lstat(out)
     except FileNotFoundError:
@@ -115,6 +116,9 @@ def install(tmp: Path, out: Path, exchange: bool = True) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise ArtifactError(f"--out {out} exists and is not a directory")
     _carry_engines(out, tmp)
+    dropped = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if not (tmp / p.name).exists())
+    if dropped and log is not None:
+        log(f"replacing {out}: removed {', '.join(dropped)} (results of the previous graphs)")
     if exchange and _exchange(tmp, out):
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous version
         return

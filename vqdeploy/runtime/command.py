@@ -10,19 +10,37 @@ import click
 _BACKEND = click.Choice(["auto", "torch", "onnxruntime", "tensorrt"])
 
 
-@click.command()
+_ARTIFACTS = "Artifacts directory written by `vqdeploy export`."
+_BACKEND_HELP = "auto: TensorRT when engines and a GPU are there, else ONNX Runtime; torch runs the checkpoint."
+
+RUN_EXAMPLE = """\b
+Examples:
+  vqdeploy run sketch.png --artifacts artifacts/demo --num-samples 4 --seed 0 --out samples/s.png
+  vqdeploy run labels.png --artifacts artifacts/sflckr --size 512x256 --top-k 100   # wider: sliding window
+  vqdeploy run --artifacts artifacts/imagenet --class 281 --temperature 0           # greedy
+"""
+
+
+@click.command(epilog=RUN_EXAMPLE)
 @click.argument("input", required=False, type=click.Path(path_type=Path))
-@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path))
-@click.option("--backend", type=_BACKEND, default="auto", show_default=True)
+@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path), help=_ARTIFACTS)
+@click.option("--backend", type=_BACKEND, default="auto", show_default=True, help=_BACKEND_HELP)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
-@click.option("--num-samples", type=int, default=1, show_default=True)
-@click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--top-k", type=int, default=100, show_default=True, help="1 = greedy.")
-@click.option("--top-p", type=float, default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num-samples", type=int, default=1, show_default=True,
+              help="Images to sample; beyond the backend's batch limit they run in batches (same images).")
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="Divides the logits: < 1 sharper, > 1 more varied; 0 = greedy (always the most likely token).")
+@click.option("--top-k", type=int, default=100, show_default=True,
+              help="Sample among the k most likely tokens; 1 = greedy; more than the vocabulary keeps all.")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling: the most likely tokens with mass p, in (0, 1].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="0 <= seed < 2^63; sample i of a seed is the same on every backend and batch size.")
 @click.option("--class", "class_id", type=int, default=None, help="Class id for class-conditional models.")
-@click.option("--size", default=None, help="Output size WxH; larger than trained uses sliding-window sampling.")
-@click.option("--out", default="samples/sample.png", show_default=True, type=click.Path(path_type=Path))
+@click.option("--size", default=None,
+              help="Output size S or WxH (width x height) in pixels; default: the trained size (the input is "
+                   "resized to it); larger uses sliding-window sampling.")
+@click.option("--out", default="samples/sample.png", show_default=True, type=click.Path(path_type=Path),
+              help="Output PNG; with several samples NAME-0.png, NAME-1.png, ... unless --grid.")
 @click.option("--grid", is_flag=True, help="Write all samples into one grid image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (timings, tokens/s, backend, seed).")
 @click.option("--ckpt", default=None, help="torch backend: checkpoint to use instead of the exported one.")
@@ -46,11 +64,14 @@ def run(input: Path | None, artifacts: Path, backend: str, device: str | None, n
         click.echo(json.dumps(summary, indent=2))
 
 
-@click.command()
-@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path))
+@click.command(epilog="""\b
+Example:
+  vqdeploy parity --artifacts artifacts/demo --backends onnxruntime,torch   # then open artifacts/demo/parity/report.html
+""")
+@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path), help=_ARTIFACTS)
 @click.option("--backends", default="auto", show_default=True, help="Comma list, or 'auto' for every available one.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the parity inputs and samples.")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Report directory (default: ARTIFACTS/parity).")
 @click.option("--ckpt", default=None, help="Reference checkpoint (default: the exported one).")
 def parity(artifacts: Path, backends: str, device: str | None, seed: int, out: Path | None, ckpt: str | None) -> None:
@@ -60,12 +81,15 @@ def parity(artifacts: Path, backends: str, device: str | None, seed: int, out: P
     run_parity(artifacts, backends, device, seed, out or artifacts / "parity", ckpt, log=lambda m: click.echo(m, err=True))
 
 
-@click.command()
-@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path))
+@click.command(epilog="""\b
+Example:
+  vqdeploy bench --artifacts artifacts/demo --num-samples 4 --no-reference
+""")
+@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path), help=_ARTIFACTS)
 @click.option("--backends", default="auto", show_default=True, help="Comma list, or 'auto' for every available one.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None)
-@click.option("--num-samples", type=int, default=1, show_default=True)
-@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--num-samples", type=int, default=1, show_default=True, help="Batch size of the timed runs.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per stage (the median is shown).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time the upstream-style sampler (full recomputation per token).")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="JSON results (default: ARTIFACTS/bench.json).")

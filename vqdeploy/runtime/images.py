@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,26 +42,41 @@ def _open(path: Path, budget: int | None = None) -> Any:
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    """'WxH' -> (height, width)."""
+    """'S' (a square) or 'WxH' (width x height, as image tools write it) -> (height, width)."""
     if text is None:
         return None
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
+        parts = [int(v) for v in text.lower().split("x")]
     except ValueError:
-        raise InputError(f"--size must look like 256x256 (WxH), got {text!r}") from None
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise InputError(f"--size must be S or WxH (e.g. 256 or 512x256), got {text!r}")
+    w, h = parts
     if w <= 0 or h <= 0:
         raise InputError(f"--size must be positive, got {text!r}")
     return h, w
 
 
 def load_condition(path: Path, preprocessing: dict[str, Any], size: tuple[int, int] | None,
-                   budget: int | None = None) -> np.ndarray:
+                   budget: int | None = None, note: Callable[[str], None] | None = None) -> np.ndarray:
     """The cond encoder's input for one image: (1,H,W) int64 labels or (1,C,H,W) fp32 in [-1,1].
-    ``budget``: the most pixels the encoder may see; with ``size`` the image is resized to it (and
-    ``size`` was checked against the budget), so only the decoding limit applies to the file."""
+    ``size`` (H, W): resize to it (``run`` passes the trained size unless --size asks for another);
+    None keeps the image's own size within ``budget`` pixels. ``note`` hears about resizing."""
+    return prepare_condition(_open(path, budget if size is None else None), preprocessing, size, str(path), note)
+
+
+def prepare_condition(img: Any, preprocessing: dict[str, Any], size: tuple[int, int] | None, what: str,
+                      note: Callable[[str], None] | None = None) -> np.ndarray:
+    """``load_condition`` for a decoded PIL image; ``what`` names it in messages."""
     from PIL import Image
 
-    img = _open(path, budget if size is None else None)
+    path = what
+    if note is not None and size is not None and (img.height, img.width) != size:
+        stretch = abs(img.width / img.height - size[1] / size[0]) > 0.01
+        note(f"note: {what} is {img.width}x{img.height}; resized to {size[1]}x{size[0]}"
+             + (" (the aspect ratio changes)" if stretch else ""))
     kind = preprocessing["kind"]
     if kind == "onehot":
         if img.mode not in ("L", "P", "I", "I;16"):
@@ -92,6 +108,30 @@ def load_condition(path: Path, preprocessing: dict[str, Any], size: tuple[int, i
     arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
     arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
     return np.ascontiguousarray(arr)
+
+
+def as_condition(x: Any, preprocessing: dict[str, Any], size: tuple[int, int] | None, budget: int,
+                 note: Callable[[str], None] | None = None) -> np.ndarray:
+    """A condition as a library user has it: a file path, a PIL image, a (H,W) / (H,W,C) uint8 or integer
+    label array (preprocessed like a file), or an already preprocessed float array (returned as is)."""
+    from PIL import Image
+
+    if isinstance(x, (str, Path)):
+        return load_condition(Path(x), preprocessing, size, budget, note)
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.ndim == 4:
+        return x
+    if isinstance(x, np.ndarray):
+        if x.ndim not in (2, 3) or x.dtype.kind not in "uib" or x.shape[-1] > 4 and x.ndim == 3:
+            raise InputError(f"condition array of shape {x.shape} and dtype {x.dtype}: expected a (H,W) or (H,W,C) "
+                             "uint8 image, a (H,W) integer label map, or a preprocessed (B,C,H,W) float array")
+        if preprocessing["kind"] == "onehot":
+            x = Image.fromarray(x.astype(np.int32), mode="I")
+        else:
+            x = Image.fromarray(x.astype(np.uint8))
+    if not isinstance(x, Image.Image):
+        raise InputError(f"unsupported condition type {type(x).__name__}: pass a path, a PIL image or a numpy array")
+    check_pixels(x.height, x.width, DECODE_PIXELS if size is not None else budget, "the condition image")
+    return prepare_condition(x, preprocessing, size, "the condition image", note)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from vqdeploy.errors import InputError
 from vqdeploy.limits import check_num_samples, check_pixels, check_seed, pixel_budget
 from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.conditions import condition_grid
+from vqdeploy.runtime.images import as_condition, to_uint8
 from vqdeploy.runtime.generator import generate, generate_sliding
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
@@ -37,6 +39,10 @@ def check_size(info: dict[str, Any], size: tuple[int, int], max_pixels: int | No
     """--size (H, W) within the pixel budget, in whole latent cells, and whole cond cells where the
     condition is read at that size."""
     check_pixels(size[0], size[1], pixel_budget(info, max_pixels), f"--size {size[1]}x{size[0]}")
+    res = int(info["first_stage"]["resolution"])
+    if size[0] < res or size[1] < res:
+        raise InputError(f"--size {size[1]}x{size[0]} is smaller than the trained {res}x{res}: the transformer "
+                         "samples the trained grid or larger (sliding window)")
     f = int(info["first_stage"]["downsample_factor"])
     cond = info["conditioning"]
     if cond["kind"] == "image" and cond.get("downsample_cond_size", -1) == -1:
@@ -63,6 +69,12 @@ class Result:
     tokens: np.ndarray  # (N,h,w) raster-order token ids
     timings: dict[str, float] = field(default_factory=dict)
     sliding_window: bool = False
+
+    def to_pil(self) -> list[Any]:
+        """The images as PIL images (RGB or L)."""
+        from PIL import Image
+
+        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in to_uint8(self.images)]
 
     @property
     def tokens_per_second(self) -> float:
@@ -114,8 +126,64 @@ class Pipeline:
         per-token callback. ``max_pixels`` raises the image budget (default: 16x the trained area)."""
         check_request(self.info, num_samples, size, max_pixels)
         check_seed(seed)
+        condition = self._condition(condition, size, max_pixels)
         check_condition(condition, pixel_budget(self.info, max_pixels))
         params = params or SamplingParams()
+        limit = max(1, min(self.backend.max_batch(g) for g in self._graphs()))
+        starts = range(0, num_samples, limit)
+        ticks: list[Callable[[int], None] | None] = []
+
+        def announce(tokens: int, sliding: bool) -> Callable[[int], None] | None:
+            """The first chunk announces the whole request; later chunks reuse its callback."""
+            if not ticks:
+                how = " (sliding window)" if sliding else ""
+                chunks = f" in {len(starts)} batches of up to {limit}" if len(starts) > 1 else ""
+                ticks.append(None if progress is None else progress(
+                    tokens * len(starts), f"sampling {num_samples} x {tokens} tokens{how}{chunks} with "
+                                          f"{self.backend.name} ({self.backend.device})"))
+            return ticks[0]
+
+        parts = [self._batch(condition, min(limit, num_samples - s), s, params, seed, class_id, size, announce)
+                 for s in starts]
+        if len(parts) == 1:
+            return parts[0]
+        timings = {k: sum(p.timings[k] for p in parts) for k in parts[0].timings}
+        return Result(np.concatenate([p.images for p in parts]), np.concatenate([p.tokens for p in parts]), timings,
+                      parts[0].sliding_window)
+
+    @classmethod
+    def from_artifacts(cls, artifacts: str | Path, backend: str = "auto", device: str | None = None,
+                       sampler: str = "host") -> Pipeline:
+        """The pipeline of an artifacts directory on a backend (``auto``: TensorRT where engines and a GPU
+        are there, else ONNX Runtime)."""
+        from vqdeploy.export.manifest import read_manifest
+        from vqdeploy.runtime.backends.select import open_backend
+
+        manifest = read_manifest(artifacts)
+        return cls(open_backend(backend, Path(artifacts), manifest, device), manifest, sampler)
+
+    def _condition(self, x: Any, size: tuple[int, int] | None, max_pixels: int | None) -> np.ndarray | None:
+        """A path, PIL image or raw (H,W[,C]) array becomes the preprocessed condition, resized to ``size``
+        or the trained size; a preprocessed array (what ``load_condition`` returns) is used as is."""
+        if x is None or self.cond["kind"] not in ("image", "first_stage"):
+            return x
+        pre = self.cond["preprocessing"]
+        if isinstance(x, np.ndarray) and ((x.ndim == 4 and x.dtype.kind == "f")
+                                          or (pre["kind"] == "onehot" and x.ndim == 3 and x.dtype.kind in "iu")):
+            return x
+        res = int(self.cond["resolution"])
+        return as_condition(x, pre, size or (res, res), pixel_budget(self.info, max_pixels))
+
+    def _graphs(self) -> list[str]:
+        """The graphs a request runs (their batch limits bound a chunk)."""
+        used = ["transformer", "decoder", "cond_encoder"] + (["encoder"] if self.cond["kind"] == "first_stage" else [])
+        return [g for g in used if g in self.manifest["graphs"]]
+
+    def _batch(self, condition: np.ndarray | None, num_samples: int, first: int, params: SamplingParams, seed: int,
+               class_id: int | None, size: tuple[int, int] | None,
+               announce: Callable[[int, bool], Callable[[int], None] | None]) -> Result:
+        """Samples ``first .. first + num_samples - 1`` of a request: sample b always draws from
+        ``default_rng([seed, b])``, so chunking does not change the images."""
         timings: dict[str, float] = {}
         t = time.perf_counter()
         cond = condition_grid(self.backend, self.cond, num_samples, condition, class_id)
@@ -123,16 +191,12 @@ class Pipeline:
         grid = self._grid(cond, size)
         trained = tuple(self.first["latent_grid"])
         sliding = grid != trained
-        tick = None
-        if progress is not None:
-            how = " (sliding window)" if sliding else ""
-            tick = progress(grid[0] * grid[1], f"sampling {num_samples} x {grid[0] * grid[1]} tokens{how} with "
-                                               f"{self.backend.name} ({self.backend.device})")
+        tick = announce(grid[0] * grid[1], sliding)
         runner = self.backend.transformer()
         t = time.perf_counter()
         if not sliding:
             steps = grid[0] * grid[1]
-            noise = uniform_noise(seed, num_samples, steps)
+            noise = uniform_noise(seed, num_samples, steps, first)
             prompt = cond.reshape(num_samples, -1)
             if self.sampler == "graph":
                 seq = runner.generate_on_device(prompt, steps, params, noise, tick)  # type: ignore[attr-defined]
@@ -152,7 +216,7 @@ class Pipeline:
                 raise InputError("sliding-window sampling runs on the host sampler: drop --sampler graph")
             if grid[0] < trained[0] or grid[1] < trained[1]:
                 raise InputError(f"the image grid {grid[0]}x{grid[1]} is smaller than the trained {trained[0]}x{trained[1]}")
-            noise = uniform_noise(seed, num_samples, grid[0] * grid[1])
+            noise = uniform_noise(seed, num_samples, grid[0] * grid[1], first)
             c = cond if cond.ndim == 3 else cond.reshape(num_samples, -1)
             tokens = generate_sliding(runner, c, grid, trained, params, noise, tick)  # type: ignore[arg-type]
         timings["sampling"] = time.perf_counter() - t

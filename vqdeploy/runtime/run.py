@@ -19,12 +19,15 @@ from vqdeploy.runtime.sampling import SamplingParams
 
 
 def read_condition(input: Path | None, cond_info: dict[str, Any], size: tuple[int, int] | None,
-                   budget: int | None = None) -> Any:
+                   budget: int | None = None, log: Callable[[str], None] | None = None) -> Any:
+    """The preprocessed condition. An image is resized to the trained size unless ``size`` asks for
+    another (a larger one is sampled with the sliding window), and the resize is reported."""
     kind = cond_info["kind"]
     if kind in ("image", "first_stage"):
         if input is None:
             raise InputError("this model is conditioned on an image: pass INPUT (e.g. a sketch or label map PNG)")
-        return load_condition(input, cond_info["preprocessing"], size, budget)
+        res = int(cond_info["resolution"])
+        return load_condition(input, cond_info["preprocessing"], size or (res, res), budget, log)
     if input is not None:
         raise InputError(f"this model is {'unconditional' if kind == 'sos' else kind + '-conditional'}: it takes no INPUT")
     if kind == "coord":
@@ -53,6 +56,11 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     manifest = read_manifest(artifacts)
     params = SamplingParams(temperature, top_k, top_p)
     check_seed(seed)
+    vocab = int(manifest["model"]["transformer"]["vocab_size"]) if manifest["model"]["kind"] == "net2net" else 0
+    if top_k is not None and vocab and top_k > vocab:
+        log(f"note: --top-k {top_k} is more than the {vocab} tokens of this model: all are kept")
+        params = SamplingParams(temperature, vocab, top_p)
+        top_k = vocab
     hw = parse_size(size)
     check_request(manifest["model"], num_samples, hw, max_pixels)
     paths = output_paths(out, num_samples, grid)
@@ -62,7 +70,7 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
         kind = cond_info["kind"]
         what = "unconditional" if kind == "sos" else f"conditioned on '{cond_info.get('key', kind)}' ({kind})"
         raise InputError(f"--class is for class-conditional models; this model is {what}")
-    condition = read_condition(input, cond_info, hw, pixel_budget(manifest["model"], max_pixels))
+    condition = read_condition(input, cond_info, hw, pixel_budget(manifest["model"], max_pixels), log)
     t = time.perf_counter()
     be = open_backend(backend, artifacts, manifest, device, ckpt)
     load_s = time.perf_counter() - t

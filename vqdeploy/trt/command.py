@@ -22,7 +22,11 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-@click.command("build-trt")
+@click.command("build-trt", epilog="""\b
+Examples:
+  vqdeploy build-trt --artifacts artifacts/demo                     # for the GPU of this machine
+  vqdeploy build-trt --artifacts artifacts/demo --target-cc 8.6,8.9  # TensorRT-RTX, ahead of time, no GPU needed
+""")
 @click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=str),
               help="Artifacts directory written by `vqdeploy export`; engines go to <artifacts>/engines/.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]),

@@ -37,3 +37,6 @@ class Backend(Protocol):
 
     def transformer(self) -> TransformerRunner:
         """The (single, reused) KV-cached transformer runner."""
+
+    def max_batch(self, graph: str) -> int:
+        """Largest batch ``graph`` takes here; the pipeline runs larger requests in chunks of it."""

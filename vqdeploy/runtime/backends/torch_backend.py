@@ -11,6 +11,7 @@ from torch import nn
 
 from vqdeploy.errors import ArtifactError, InputError
 from vqdeploy.export.graphs import DecoderGraph, EncoderGraph
+from vqdeploy.limits import MAX_SAMPLES
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.models.net2net import Net2NetTransformer
 from vqdeploy.models.vqgan import VQModel
@@ -62,6 +63,10 @@ class TorchBackend:
                                       pre["num_classes"] if pre["kind"] == "onehot" else None,
                                       int(cond.get("downsample_cond_size", -1)))
         self._runner = TorchTransformer(model.transformer, self.torch_device) if isinstance(model, Net2NetTransformer) else None
+
+    def max_batch(self, graph: str) -> int:
+        """PyTorch takes any batch; the request limit applies."""
+        return MAX_SAMPLES
 
     def synchronize(self) -> None:
         if self.torch_device.type == "cuda":
