@@ -136,3 +136,25 @@ def test_every_option_has_help_and_every_command_an_example(name):
     missing = [p.name for p in cmd.params if isinstance(p, click.Option) and not p.help]
     assert missing == [], f"vqdeploy {name}: options without help: {missing}"
     assert cmd.epilog and "vqdeploy " + name in cmd.epilog, f"vqdeploy {name} --help shows no example"
+
+
+def test_input_conventions_are_stated_and_inverted_or_rgb_sketches_are_flagged(demo, tmp_path):
+    from PIL import ImageOps
+
+    from vqdeploy.export.manifest import read_manifest
+
+    pre = read_manifest(demo)["model"]["conditioning"]["preprocessing"]
+    assert "dark strokes on a light (white) background" in pre["input"]
+    inverted, rgb = tmp_path / "inv.png", tmp_path / "rgb.png"
+    ImageOps.invert(Image.open(SKETCH).convert("L")).save(inverted)
+    Image.open(SKETCH).convert("RGB").save(rgb)
+    for path, message in ((inverted, "is mostly dark; this model's inputs are dark strokes on a light background"),
+                          (rgb, "is a RGB image; converted to greyscale")):
+        proc = cli("run", str(path), "--artifacts", str(demo), "--out", str(tmp_path / "s.png"))
+        assert proc.returncode == 0 and message in proc.stderr, proc.stderr
+    from vqdeploy.runtime.images import load_condition
+
+    notes: list[str] = []
+    for sketch in sorted((DEMO / "sketches").glob("*.png")):  # no false alarms on the model's own sketches
+        load_condition(sketch, pre, (64, 64), note=notes.append)
+    assert notes == []

@@ -38,6 +38,9 @@ def image_preprocessing(cond_key: str, in_channels: int) -> dict[str, Any]:
     if cond_key == "segmentation" or (cond_key not in ("image", "depth", "sketch") and in_channels > 3):
         return {"kind": "onehot", "num_classes": in_channels, "input": "label map (PNG of class ids, or palette PNG)",
                 "resize": "nearest"}
+    if in_channels == 1 and cond_key == "sketch":
+        return {"kind": "grey", "range": [-1.0, 1.0], "resize": "bicubic", "background": "light",
+                "input": "greyscale sketch: dark strokes on a light (white) background, as in taming's sketch data"}
     if in_channels == 1:
         return {"kind": "grey", "range": [-1.0, 1.0], "input": "greyscale image (depth or sketch)", "resize": "bicubic"}
     if in_channels == 3:

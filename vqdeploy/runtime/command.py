@@ -51,7 +51,11 @@ Examples:
 def run(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int, temperature: float,
         top_k: int, top_p: float | None, seed: int, class_id: int | None, size: str | None, out: Path, grid: bool,
         as_json: bool, ckpt: str | None, sampler: str, max_pixels: int | None) -> None:
-    """Sample images: encode the condition INPUT, sample tokens with the KV cache, decode."""
+    """Sample images: encode the condition INPUT, sample tokens with the KV cache, decode.
+
+    INPUT is the condition image the model was trained on (`vqdeploy inspect` or manifest.json
+    model.conditioning.preprocessing.input says which: e.g. a label PNG of class ids, or a sketch of dark
+    strokes on a white background); class-conditional and unconditional models take none."""
     from vqdeploy.limits import check_int
     from vqdeploy.runtime.run import run_pipeline
 

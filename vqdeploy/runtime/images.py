@@ -98,6 +98,8 @@ def prepare_condition(img: Any, preprocessing: dict[str, Any], size: tuple[int, 
                 arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.Resampling.BICUBIC))
             lo, hi = float(arr.min()), float(arr.max())
             return (2.0 * (arr - lo) / max(hi - lo, 1e-8) - 1.0)[None, None].astype(np.float32)
+        if img.mode not in ("L", "1", "P", "LA") and note is not None:
+            note(f"note: {what} is a {img.mode} image; converted to greyscale as this model expects")
         img = img.convert("L")
     elif kind == "rgb":
         img = img.convert("RGB")
@@ -106,6 +108,9 @@ def prepare_condition(img: Any, preprocessing: dict[str, Any], size: tuple[int, 
     if size is not None and (img.height, img.width) != size:
         img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    if preprocessing.get("background") == "light" and note is not None and float(arr.mean()) < 0.0:
+        note(f"warning: {what} is mostly dark; this model's inputs are dark strokes on a light background "
+             "(inverted input gives unrelated images)")
     arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
     return np.ascontiguousarray(arr)
 
