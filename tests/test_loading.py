@@ -1,5 +1,5 @@
 """Loading paths of ``vqdeploy.load_model``: Lightning run layout, run directory, explicit config,
-plain state_dict, safetensors; training-only keys; remap tables; memory mapping; inert pickles."""
+plain state_dict, safetensors; training-only keys; remap tables; private copies of the weights; inert pickles."""
 
 from __future__ import annotations
 
@@ -177,22 +177,18 @@ def test_remap_table_from_used_npy_when_the_checkpoint_predates_it(runs, tmp_pat
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps (Linux)")
-def test_weights_are_memory_mapped_from_the_checkpoint(runs):
-    """load_model does not copy the weights: every tensor of the model lies in the mapping of last.ckpt."""
+def test_weights_are_read_into_private_memory_not_mapped(runs):
+    """load_model copies the model's weights out of the checkpoint with positioned reads (a memory map
+    of a file that a training job truncates is a SIGBUS): no mapping of last.ckpt remains, and every
+    tensor owns ordinary memory (the peak-RSS measurement is in vqdeploy/loading/checkpoint.py)."""
     run = runs("seg")
     model = vqdeploy.load_model(run.ckpt)
     target = os.path.realpath(run.ckpt)
-    ranges = []
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5] == target:
-            lo, hi = (int(a, 16) for a in parts[0].split("-"))
-            ranges.append((lo, hi))
-    assert ranges, "the checkpoint is not memory-mapped"
+    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(" " + target)]
+    assert mapped == [], "the checkpoint is memory-mapped"
     tensors = model.state_dict()
-    outside = [k for k, t in tensors.items() if not any(lo <= t.data_ptr() < hi for lo, hi in ranges)]
-    assert outside == []
     assert len(tensors) > 100
+    assert all(t.device.type == "cpu" and t.untyped_storage().nbytes() > 0 for t in tensors.values())
 
 
 def test_framework_globals_are_inert_placeholders(runs, tmp_path, monkeypatch):

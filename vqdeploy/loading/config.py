@@ -1,4 +1,10 @@
-"""Finding and reading a taming run's model config (``<run>/configs/*-project.yaml``)."""
+"""Finding and reading a taming run's model config (``<run>/configs/*-project.yaml``).
+
+Configs are untrusted: each file is capped (``MAX_CONFIG_BYTES``), parsed as safe YAML into plain
+data under a node/character budget, merged as upstream merges a resumed run's files, and only the
+``model`` node is resolved, with plain ``${path.to.key}`` interpolation and no resolvers (see
+``interpolation``): nothing from the environment or another file can enter a config.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +13,45 @@ from pathlib import Path
 from typing import Any
 
 from vqdeploy.errors import ConfigError
+from vqdeploy.loading.config_tree import Budget, merge, plain, read_yaml
+from vqdeploy.loading.interpolation import Resolver
+
+
+def run_dir(checkpoint: Path) -> Path:
+    """The run a ``<run>/checkpoints/<name>.ckpt`` path names, as the user named it: a ``last.ckpt``
+    that is a symlink into another run still belongs to this run (no ``resolve()``)."""
+    return Path(checkpoint).absolute().parent.parent
 
 
 def find_run_configs(checkpoint: Path) -> list[Path]:
     """``<run>/configs/*-project.yaml`` for ``<run>/checkpoints/<name>.ckpt`` (sorted: a resumed
     run has several, and upstream merges them in timestamp order)."""
-    run = checkpoint.resolve().parent.parent
-    return sorted((run / "configs").glob("*-project.yaml"))
+    return sorted((run_dir(checkpoint) / "configs").glob("*-project.yaml"))
 
 
 def read_config(source: str | Path | Mapping[str, Any] | list[Path]) -> dict[str, Any]:
     """The ``model`` node (``{target, params}``) of a taming config, as plain containers."""
-    import yaml
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
+    budget = Budget()
     try:
         if isinstance(source, Mapping):
-            cfg = OmegaConf.create(dict(source))
+            data = plain(source, budget)
         else:
             paths = source if isinstance(source, list) else [Path(source)]
+            data = None
             for p in paths:
-                if not Path(p).is_file():
+                if not Path(p).exists():
                     raise ConfigError(f"config not found: {p}")
-            cfg = OmegaConf.merge(*[OmegaConf.load(p) for p in paths])
-        data = OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"invalid config: {str(e).splitlines()[0]}") from None
-    except yaml.YAMLError as e:  # the parser's message spans lines: fold it into one
-        raise ConfigError(f"invalid config: not valid YAML: {' '.join(str(e).split())[:300]}") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read config: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("invalid config: expected a mapping with a 'model' key")
-    model = data.get("model", data if "target" in data else None)
+                if not Path(p).is_file():
+                    raise ConfigError(f"config is not a regular file: {p}")
+                data = read_yaml(Path(p), budget) if data is None else merge(data, read_yaml(Path(p), budget))
+        if not isinstance(data, dict):
+            raise ConfigError("invalid config: expected a mapping with a 'model' key")
+        loc: tuple[str, ...] = ("model",) if "model" in data else ()
+        model = Resolver(data, budget).resolve(loc)
+    except RecursionError:  # the limits above keep well inside the stack; this is a last line
+        raise ConfigError("invalid config: nested too deeply") from None
+    if loc == () and "target" not in model:
+        model = None
     if not isinstance(model, dict) or "target" not in model:
         raise ConfigError("invalid config: no 'model.target' (is this a taming *-project.yaml?)")
     return model

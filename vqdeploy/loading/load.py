@@ -1,7 +1,9 @@
 """``load_model``: a taming checkpoint (+ config) -> a vqdeploy model in eval mode.
 
-The module tree is built on the ``meta`` device (no memory) and the checkpoint tensors, which
-are memory-mapped, are assigned into it: the weights exist once, never as two copies.
+The config's numbers are checked against the size budgets first, the module tree is built on the
+``meta`` device (no memory), and the checkpoint's model tensors, read once into private memory
+(training-only ``loss.*`` weights are never read), are assigned into it: the weights exist once,
+never as two copies.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ _IGNORED = re.compile(r"(^|\.)loss\.")
 class ModelSource:
     """Where a loaded model came from (recorded in export manifests)."""
 
-    checkpoint: str
+    checkpoint: str  # as the user named it (absolute, symlinks kept: the run it names is this one)
     config: list[str] | None
     target: str
     config_data: dict[str, Any]
+    checkpoint_target: str | None = None  # the file a symlinked checkpoint points to
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -99,12 +102,14 @@ def load_model(
     if ckpt.is_dir():
         raise CheckpointError(f"not a checkpoint file or run directory (no checkpoints/last.ckpt): {ckpt}")
     node, config_paths = _resolve_config(ckpt, config)
-    state_dict = read_state_dict(ckpt)
+    state_dict = read_state_dict(ckpt, skip=_IGNORED.search)
     with torch.device("meta"):
         model = build_module(node, BuildContext(state_dict))
     _assign(model, state_dict, str(ckpt))
     model.eval().requires_grad_(False)
     if torch.device(device).type != "cpu":
         model.to(device)
-    model.source = ModelSource(str(ckpt.resolve()), config_paths, str(node["target"]), node)  # type: ignore[assignment]
+    named, target = ckpt.absolute(), ckpt.resolve()
+    model.source = ModelSource(  # type: ignore[assignment]
+        str(named), config_paths, str(node["target"]), node, str(target) if target != named else None)
     return model

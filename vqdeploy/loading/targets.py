@@ -2,7 +2,8 @@
 
 Each builder gets the node's ``params`` and a ``BuildContext`` (the checkpoint's state_dict and
 the key prefix of the module being built), so that data upstream reads from side files (the
-``remap`` used-codes table) can come from the checkpoint itself.
+``remap`` used-codes table) can come from the checkpoint itself. Every node's numbers are checked
+against the size budgets of ``sizes`` before its module is built.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from vqdeploy.errors import ConfigError
+from vqdeploy.loading.sizes import MAX_VOCAB, check_params, check_sequence
 from vqdeploy.models import conditioning, mingpt, net2net, permuter, vqgan
 
 
@@ -45,7 +47,20 @@ def _used_codes(params: dict[str, Any], ctx: BuildContext) -> torch.Tensor | Non
     path = Path(remap)
     if not path.is_file():
         raise ConfigError(f"remap table {remap} not found and the checkpoint has no {key}")
-    return torch.from_numpy(np.load(path, allow_pickle=False))
+    n_embed = params.get("n_embed", MAX_VOCAB)
+    if path.stat().st_size > 8 * n_embed + 65536:  # at most n_embed int64 codes and a header
+        raise ConfigError(f"remap table {remap} is larger than a table of n_embed = {n_embed} codes")
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ConfigError(f"remap table {remap}: not a .npy array ({e})") from None
+    if not isinstance(table, np.ndarray) or table.ndim != 1 or table.dtype.kind not in "iu" \
+            or not 1 <= table.shape[0] <= n_embed:
+        raise ConfigError(f"remap table {remap}: expected a 1-D integer array of at most n_embed = {n_embed} codes")
+    used = np.array(table, dtype=np.int64)
+    if used.min() < 0 or used.max() >= n_embed:
+        raise ConfigError(f"remap table {remap}: code ids must be in 0..{n_embed - 1}")
+    return torch.from_numpy(used)
 
 
 def _vq(cls: type[vqgan.VQModel]) -> Builder:
@@ -60,10 +75,17 @@ def _vq(cls: type[vqgan.VQModel]) -> Builder:
 
 
 def _permuter(cls: type[permuter.AbstractPermuter]) -> Builder:
-    return lambda params, ctx: cls(**params)
+    def build(params: dict[str, Any], ctx: BuildContext) -> nn.Module:
+        try:
+            return cls(**params)
+        except ValueError as e:  # the grid checks of ``permuter.check_grid``
+            raise ConfigError(f"invalid config: {e}") from None
+
+    return build
 
 
 def _net2net(params: dict[str, Any], ctx: BuildContext) -> nn.Module:
+    check_sequence(params, "taming.models.cond_transformer.Net2NetTransformer")
     params = dict(params)
     for k in ("ckpt_path", "ignore_keys"):
         params.pop(k, None)
@@ -108,15 +130,18 @@ TARGETS: dict[str, Builder] = {
 def build_module(node: Any, ctx: BuildContext) -> nn.Module:
     if not isinstance(node, Mapping) or "target" not in node:
         raise ConfigError(f"invalid config node at '{ctx.prefix or 'model'}': expected {{target, params}}")
-    target = str(node["target"])
-    builder = TARGETS.get(target)
+    target = node["target"]
+    builder = TARGETS.get(target) if isinstance(target, str) else None
     if builder is None:
-        raise ConfigError(f"unknown target '{target}' (supported: {', '.join(sorted(TARGETS))})")
+        shown = f"'{target}'" if isinstance(target, str) and target.isprintable() and len(target) <= 200 else \
+            repr(target)[:200]
+        raise ConfigError(f"unknown target {shown} (supported: {', '.join(sorted(TARGETS))})")
     params = node.get("params") or {}
     if not isinstance(params, Mapping):
         raise ConfigError(f"invalid config node at '{ctx.prefix or 'model'}': params of {target} must be a mapping")
     params = dict(params)
+    check_params(target, params, target)
     try:
         return builder(params, ctx)
-    except TypeError as e:
-        raise ConfigError(f"invalid params for {target}: {e}") from None
+    except TypeError as e:  # an unknown or missing keyword (its name comes from the config: one line)
+        raise ConfigError(f"invalid params for {target}: {' '.join(str(e).split())[:300]}") from None
