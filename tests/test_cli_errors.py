@@ -77,7 +77,7 @@ def cases(runs, tmp_path_factory) -> dict[str, Case]:
                                  CheckpointError, r"corrupt or truncated checkpoint")
     out["random_bytes"] = Case(_run_with(root, "random", vq.cfg, payload=torch.randint(
         0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes()),
-        None, CheckpointError, r"corrupt or truncated checkpoint")
+        None, CheckpointError, r"not a checkpoint \(expected a Lightning \.ckpt")
     out["empty_file"] = Case(_run_with(root, "empty", vq.cfg, payload=b""), None, CheckpointError,
                              r"empty checkpoint file")
     (root / "not_a_run").mkdir()

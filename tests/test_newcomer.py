@@ -158,3 +158,10 @@ def test_input_conventions_are_stated_and_inverted_or_rgb_sketches_are_flagged(d
     for sketch in sorted((DEMO / "sketches").glob("*.png")):  # no false alarms on the model's own sketches
         load_condition(sketch, pre, (64, 64), note=notes.append)
     assert notes == []
+
+
+def test_inspect_of_a_file_that_is_no_checkpoint_says_so(tmp_path):
+    proc = cli("inspect", str(ROOT / "README.md"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"error: {ROOT / 'README.md'}: not a checkpoint (expected a Lightning .ckpt, a "
+                                   "torch state_dict file or .safetensors)")

@@ -119,6 +119,24 @@ def is_legacy(head: bytes) -> bool:
     return head[i : i + 2] == b"\x8a\x0a" and int.from_bytes(head[i + 2 : i + 12], "little") == LEGACY_MAGIC
 
 
+def check_format(path: Path) -> None:
+    """Refuse a file that is none of the formats we read (a torch zip, a legacy torch pickle, safetensors)
+    before anything else looks for its config: "not a checkpoint" says more than "no config"."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({e.strerror})") from None
+    if not head:
+        raise CheckpointError(f"{path}: empty checkpoint file")
+    safetensors = len(head) >= 9 and head[8:9] == b"{"  # 8-byte little-endian header length, then JSON
+    pickle_ = head[0] == 0x80  # a bare pickle: torch's reader says what is wrong with it
+    if head.startswith(b"PK\x03\x04") or pickle_ or safetensors or path.suffix == ".safetensors":
+        return
+    raise CheckpointError(f"{path}: not a checkpoint (expected a Lightning .ckpt, a torch state_dict file or "
+                          ".safetensors)")
+
+
 def _legacy_error(path: Path) -> CheckpointError:
     return CheckpointError(
         f"{path}: legacy (pre-1.6) torch format, which vqdeploy does not read: re-save it with torch >= 1.6, e.g. "

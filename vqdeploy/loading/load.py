@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from vqdeploy.errors import CheckpointError, ConfigError
-from vqdeploy.loading.checkpoint import read_state_dict
+from vqdeploy.loading.checkpoint import check_format, read_state_dict
 from vqdeploy.loading.config import find_run_configs, read_config
 from vqdeploy.loading.targets import BuildContext, build_module
 
@@ -101,6 +101,7 @@ def load_model(
         raise CheckpointError(f"checkpoint not found: {ckpt}")
     if ckpt.is_dir():
         raise CheckpointError(f"not a checkpoint file or run directory (no checkpoints/last.ckpt): {ckpt}")
+    check_format(ckpt)
     node, config_paths = _resolve_config(ckpt, config)
     state_dict = read_state_dict(ckpt, skip=_IGNORED.search)
     with torch.device("meta"):
