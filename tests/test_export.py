@@ -76,8 +76,11 @@ def test_manifest_records_what_a_runtime_needs(exported) -> None:
     assert info["tokens"] == {"cond": 16, "image": 16, "steps": 16}
     assert info["transformer"]["n_unmasked"] == 16
     tr = m["graphs"]["transformer"]
-    assert [t["name"] for t in tr["inputs"]][:3] == ["tokens", "past.0.key", "past.0.value"]
-    assert tr["profiles"]["prefill"]["past"] == [0, 0, 0]
+    assert [t["name"] for t in tr["inputs"]][:4] == ["tokens", "position", "cache.0.key", "cache.0.value"]
+    assert tr["inputs"][2]["shape"] == ["batch", info["transformer"]["n_head"], info["transformer"]["block_size"],
+                                        info["transformer"]["head_dim"]]  # fixed capacity: the block size
+    assert tr["outputs"][1]["name"] == "cache_out.0.key" and tr["outputs"][1]["shape"] == tr["inputs"][2]["shape"]
+    assert set(tr["dims"]) == {"batch", "tokens"} and tr["profiles"]["prefill"]["tokens"][0] == 1
     assert tr["profiles"]["step"]["tokens"] == [1, 1, 1]
     assert m["graphs"]["cond_encoder"]["inputs"][0] == {"name": "labels", "dtype": "int64", "shape": ["batch", "height", "width"]}
     assert set(m["versions"]) >= {"vqdeploy", "torch", "onnx", "onnxscript"}
@@ -90,7 +93,7 @@ def test_fp16_export_is_strongly_typed_and_within_fp16_tolerance(exported) -> No
     _, out, m = exported("seg", "fp16")
     assert m["parity"]["passed"], m["parity"]
     tr = m["graphs"]["transformer"]
-    assert {t["dtype"] for t in tr["inputs"][1:]} == {"float16"}  # the KV cache is fp16
+    assert {t["dtype"] for t in tr["inputs"][2:]} == {"float16"}  # the KV cache is fp16
     assert tr["outputs"][0]["dtype"] == "float32"  # logits stay fp32
     model = onnx.load(str(out / "decoder.onnx"))
     init_types = {i.data_type for i in model.graph.initializer if len(i.dims) > 1}
@@ -103,7 +106,7 @@ def test_bf16_export_keeps_bf16_in_the_graphs_and_passes_parity_by_emulation(exp
     assert m["opset"] == 22  # the first opset whose Conv and Gemm accept bfloat16
     assert m["parity"]["backend"] == "onnxruntime-cpu (bf16 emulated)"
     tr = m["graphs"]["transformer"]
-    assert {t["dtype"] for t in tr["inputs"][1:]} == {"bfloat16"}  # the KV cache is bf16
+    assert {t["dtype"] for t in tr["inputs"][2:]} == {"bfloat16"}  # the KV cache is bf16
     assert tr["outputs"][0]["dtype"] == "float32"  # logits stay fp32
     model = onnx.load(str(out / "decoder.onnx"))
     assert onnx.TensorProto.BFLOAT16 in {i.data_type for i in model.graph.initializer if len(i.dims) > 1}

@@ -32,13 +32,15 @@ def test_graph_only_loop_samples_what_the_host_sampler_samples(exported) -> None
     noise = uniform_noise(7, batch, steps)
     host = generate(backend.transformer(), cond, steps, params, noise)
 
-    heads, head_dim = tr["inputs"][1]["shape"][1], tr["inputs"][1]["shape"][3]
-    past = {t["name"]: np.zeros((batch, heads, 0, head_dim), np.float32) for t in tr["inputs"][1:]}
+    cache = {t["name"]: np.zeros([batch, *t["shape"][1:]], np.float32) for t in tr["inputs"][2:]}
     tokens = cond
+    position = 0
     sampled = []
     for step in range(steps):
-        outs = backend.run_graph("transformer", {"tokens": tokens, **past})
-        past = {name.replace("present", "past"): v.numpy() for name, v in outs.items() if name.startswith("present")}
+        outs = backend.run_graph("transformer", {"tokens": tokens, "position": np.array([position]), **cache})
+        cache = {name.replace("cache_out", "cache"): v.numpy() for name, v in outs.items()
+                 if name.startswith("cache_out")}
+        position += tokens.shape[1]
         tokens = backend.run_graph("sampler", {
             "logits": outs["logits"].numpy(), "uniform": noise[step].astype(np.float32),
             "temperature": np.array([params.temperature], np.float32), "top_k": np.array([params.top_k], np.int64),

@@ -141,9 +141,11 @@ def test_every_engine_built_and_recorded(trt_built: dict[str, Any], precision: s
                 want = {k: list(t.concrete({d: r[i] for d, r in dims.items()})) for i, k in enumerate(("min", "opt", "max"))}
                 assert e["profiles"][pname][t.name] == want, (name, pname, t.name)
     tr = data["engines"]["transformer"]
-    assert tr["profiles"]["prefill"]["past.0.key"]["max"][2] == 0  # prefill: empty past
+    # one fixed-capacity cache in both profiles (the KVCacheUpdate layer needs a static sequence axis)
+    assert tr["profiles"]["prefill"]["cache.0.key"]["max"][2] == tr["profiles"]["step"]["cache.0.key"]["min"][2] == 32
+    assert tr["profiles"]["prefill"]["tokens"]["max"][1] == 32 and tr["profiles"]["step"]["position"]["max"] == [1]
     assert tr["profiles"]["step"]["tokens"]["max"] == [4, 1]  # step: one token, batch up to --max-batch 4
-    kv = {t["name"]: t["dtype"] for t in tr["inputs"]}["past.1.value"]
+    kv = {t["name"]: t["dtype"] for t in tr["inputs"]}["cache.1.value"]
     assert kv == {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
     assert sum("built" in line for line in lines) == 5
     leftovers = [p.name for p in (art / "engines").iterdir() if p.name.endswith(".tmp")]
@@ -331,7 +333,7 @@ def test_profile_overrides(trt_built: dict[str, Any]) -> None:
     dec = profiles.resolve(graphs["decoder"], "decoder", size=size)  # latent cells, 4 pixels each
     assert dec["default"]["indices"] == ((1, 2, 2), (4, 4, 4), (4, 8, 16))
     tr = profiles.resolve(graphs["transformer"], "transformer", batch=(1, 1, 1), size=size)  # no spatial dims
-    assert tr["step"]["past.0.key"][2] == (1, 2, 31, 16)
+    assert tr["step"]["cache.0.key"] == ((1, 2, 32, 16),) * 3 and tr["step"]["tokens"][2] == (1, 1)
     assert profiles.parse_range("3", "--batch") == (3, 3, 3)
     for bad in ("0:1:2", "4:2:8", "a:b:c", "1:2"):
         with pytest.raises(ConfigError):
@@ -419,8 +421,8 @@ class FakeContext:
 
     def get_tensor_shape(self, name: str) -> Any:
         b, t = self.shapes["tokens"]
-        p = self.shapes["past.0.key"][2]
-        return trt.Dims([b, t, self.vocab] if name == "logits" else [b, self.nh, p + t, self.hd])
+        cache = name.replace("cache_out", "cache")
+        return trt.Dims([b, t, self.vocab] if name == "logits" else list(self.shapes[cache]))
 
     def execute_async_v3(self, stream: int) -> bool:
         self.enqueued += 1
@@ -428,8 +430,9 @@ class FakeContext:
 
 
 def test_executor_binds_the_kv_cache_by_address(trt_built: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The TensorRT glue without a GPU: shapes set per call, tensors bound by address, the KV cache
-    swapped between calls (present of one call = past of the next, no copy), profiles enforced."""
+    """The TensorRT glue without a GPU: shapes set per call, tensors bound by address, each layer's
+    cache bound as its input and as its (aliased) output at the same address in every call, with
+    the same shapes at every position; the profile picked by the number of new tokens, and enforced."""
     import contextlib
 
     from vqdeploy.errors import InputError
@@ -450,16 +453,19 @@ def test_executor_binds_the_kv_cache_by_address(trt_built: dict[str, Any], monke
     runner = KVTransformer(backend)
     runner.reset(2)
     runner.forward(torch.randint(0, 32, (2, 3)).numpy())
-    pre = contexts["prefill"]
-    assert pre.enqueued == 1 and pre.shapes["past.0.key"] == (2, 2, 0, 16) and pre.shapes["tokens"] == (2, 3)
-    assert all(a != 0 for a in pre.addresses.values())  # empty past: still a valid address
-    runner.forward(torch.randint(0, 32, (2, 1)).numpy())
-    step = contexts["step"]
-    assert step.enqueued == 1 and step.shapes["past.1.value"] == (2, 2, 3, 16)
-    assert step.addresses["past.1.value"] == pre.addresses["present.1.value"]  # swapped, not copied
-    present = step.addresses["present.1.value"]
-    runner.forward(torch.randint(0, 32, (2, 1)).numpy())
-    assert step.addresses["past.1.value"] == present and step.addresses["present.1.value"] == pre.addresses["present.1.value"]
+    pre, step = contexts["prefill"], contexts["step"]
+    assert pre.enqueued == 1 and pre.shapes["cache.0.key"] == (2, 2, 32, 16) and pre.shapes["tokens"] == (2, 3)
+    assert all(a != 0 for a in pre.addresses.values())
+    assert pre.addresses["cache.1.value"] == pre.addresses["cache_out.1.value"]  # in place: one buffer
+    for k in range(2):
+        runner.forward(torch.randint(0, 32, (2, 1)).numpy())
+        assert runner.position.item() == 3 + k  # the position is a value: same shapes at every step
+        assert step.shapes["cache.1.value"] == (2, 2, 32, 16) and step.shapes["position"] == (1,)
+        assert step.addresses["cache.1.value"] == step.addresses["cache_out.1.value"] == pre.addresses["cache.1.value"]
+        assert step.addresses["position"] == pre.addresses["position"]
+    assert step.enqueued == 2
+    runner.forward(torch.randint(0, 32, (2, 2)).numpy())  # two tokens after the prefill: the prefill profile
+    assert pre.enqueued == 2 and pre.shapes["tokens"] == (2, 2) and runner.length == 7
 
     with pytest.raises(InputError, match=r"outside the engine's 'step' profile .*rebuild with vqdeploy build-trt"):
-        runner.forward(torch.randint(0, 32, (2, 2)).numpy())  # two tokens after the prefill: not in "step"
+        executors["step"].run({"tokens": torch.zeros((2, 2), dtype=torch.int64)}, {})

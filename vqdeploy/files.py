@@ -109,28 +109,47 @@ def check_writable(directory: Path, what: str) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
+def exclusive_lock(path: Path, busy: str, remove: bool = False) -> Iterator[None]:
     """Hold ``flock`` on ``path`` (created if missing; a symlink there is refused, nothing is
-    truncated); ``busy`` is the error when another process holds it. POSIX; a no-op elsewhere."""
+    truncated); ``busy`` is the error when another process holds it. POSIX; a no-op elsewhere.
+
+    ``remove``: unlink the lock file on release (so it does not outlive the work beside the user's
+    files). Safe against the classic race: a waiter that locked a file which was unlinked meanwhile
+    sees that the path no longer names its file and starts over.
+    """
     try:
         import fcntl
     except ImportError:  # Windows
         yield
         return
-    try:
-        # O_NONBLOCK: a FIFO planted at the lock's name must not block the open (it is refused below)
-        flags = os.O_RDONLY | os.O_CREAT | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-        fd = os.open(path, flags, default_mode())
-    except OSError as e:
-        why = "it is a symlink" if os.path.islink(path) else e.strerror
-        raise ArtifactError(f"{path}: cannot use as a lock file ({why})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ArtifactError(f"{path}: cannot use as a lock file (not a regular file)")
+    while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ArtifactError(busy) from None
-        yield
-    finally:
-        os.close(fd)
+            # O_NONBLOCK: a FIFO planted at the lock's name must not block the open (it is refused below)
+            flags = os.O_RDONLY | os.O_CREAT | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+            fd = os.open(path, flags, default_mode())
+        except OSError as e:
+            why = "it is a symlink" if os.path.islink(path) else e.strerror
+            raise ArtifactError(f"{path}: cannot use as a lock file ({why})") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ArtifactError(f"{path}: cannot use as a lock file (not a regular file)")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ArtifactError(busy) from None
+            try:
+                now = os.lstat(path)
+            except FileNotFoundError:
+                now = None
+            if now is None or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+                continue  # the holder before us removed this file: lock the one that is there now
+            try:
+                yield
+            finally:
+                if remove:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+            return
+        finally:
+            os.close(fd)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vqdeploy.artifact_paths import artifact_file
 from vqdeploy.describe import describe
 from vqdeploy.errors import ArtifactError, ConfigError, ParityError
 from vqdeploy.export import BF16_MIN_OPSET, default_opset
@@ -21,6 +22,7 @@ from vqdeploy.export.onnx_export import export_graph
 from vqdeploy.export.specs import graph_specs
 from vqdeploy.files import atomic_write, check_writable, default_mode
 from vqdeploy.limits import check_int
+from vqdeploy.schema import read_json
 
 MAX_BATCH = 1024
 
@@ -35,11 +37,10 @@ def _check_destination(out: Path, fingerprint: str) -> None:
     if not out.is_dir():
         raise ArtifactError(f"--out {out} exists and is not a directory")
     manifest = out / mf.MANIFEST
-    if manifest.is_file():
-        try:
-            other = json.loads(manifest.read_text()).get("model_fingerprint")
-        except (ValueError, OSError, RecursionError, AttributeError):
-            other = None
+    if os.path.lexists(manifest):
+        # untrusted like any artifacts directory: bounded read, no symlink, any shape
+        data = read_json(artifact_file(out, mf.MANIFEST, str(manifest)), str(manifest))
+        other = data.get("model_fingerprint") if isinstance(data, dict) else None
         if other != fingerprint:
             raise ArtifactError(f"{out} holds the artifacts of another model; choose another --out or remove it")
     elif any(out.iterdir()):

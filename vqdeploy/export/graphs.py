@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqdeploy.models.kv_cache import kv_write
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.models.precision import upcast
 from vqdeploy.models.vqgan import VQModel
@@ -54,20 +55,24 @@ class DecoderGraph(nn.Module):
 
 
 class TransformerGraph(nn.Module):
-    """tokens (B,T) + past K/V per layer (B,nh,P,hd) -> logits (B,T,V) fp32 + present K/V (B,nh,P+T,hd).
+    """tokens (B,T) at position (1,) int64 + the KV cache per layer (B,nh,block,hd) -> logits (B,T,V)
+    fp32 + the cache with the new keys/values written at position..position+T-1.
 
-    One graph serves the prefill (P = 0) and the one-token steps (T = 1).
+    One graph serves the prefill (position 0) and the one-token steps; the cache write is ONNX
+    TensorScatter (``models/kv_cache.py``, ``export/kv_cache_onnx.py``): bind each ``cache_out``
+    output to its ``cache`` input's buffer and it is updated in place.
     """
 
     def __init__(self, gpt: GPT) -> None:
         super().__init__()
         self.gpt = gpt
 
-    def forward(self, tokens: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.gpt.n_layer)]
-        logits, presents = self.gpt.forward_cached(tokens, pairs)
+    def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        position, cache = state[0], state[1:]
+        pairs = [(cache[2 * i], cache[2 * i + 1]) for i in range(self.gpt.n_layer)]
+        logits, written = self.gpt.forward_at(tokens, position, pairs, kv_write(position))
         out = [upcast(logits)]
-        for k, v in presents:
+        for k, v in written:
             out += [k, v]
         return tuple(out)
 

@@ -47,7 +47,8 @@ def temp_prefix(out: Path) -> str:
 def export_lock(out: Path, log: Callable[[str], None] = print) -> Iterator[None]:
     """Hold the lock of ``out`` and clean up after killed exports before starting a new one."""
     out = Path(out)
-    with exclusive_lock(out.parent / f".{out.name}.lock", f"another export to {out} is running; wait for it to finish"):
+    with exclusive_lock(out.parent / f".{out.name}.lock", f"another export to {out} is running; wait for it to finish",
+                        remove=True):
         for line in recover(out):
             log(line)
         yield

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vqdeploy.artifact_paths import artifact_file
 from vqdeploy.errors import ArtifactError
+from vqdeploy.export.manifest_schema import validate
+from vqdeploy.files import atomic_write
+from vqdeploy.schema import read_json
 
 MANIFEST = "manifest.json"
 FORMAT = "vqdeploy-artifacts"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the KV cache is written in place (cache.{i}.key/value + position)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -52,12 +57,17 @@ def versions() -> dict[str, str]:
 
 
 KV_CACHE_DOC = (
-    "One graph serves prefill and steps. Inputs: tokens (batch, tokens) int64 and, per layer i, "
-    "past.{i}.key / past.{i}.value (batch, n_head, past, head_dim); past = 0 for the prefill. Outputs: "
-    "logits (batch, tokens, vocab) fp32 for every new position, and present.{i}.key / present.{i}.value "
-    "(batch, n_head, past + tokens, head_dim) = past followed by the new positions; feed them back as the "
-    "next step's past. Positions are implicit: the new tokens sit at positions past .. past + tokens - 1."
+    "One graph serves prefill and steps, on a fixed-capacity KV cache updated in place. Inputs: tokens (batch, tokens) "
+    "int64, position (1) int64 = the number of positions already cached (0 for the prefill), and per layer i "
+    "cache.{i}.key / cache.{i}.value (batch, n_head, block_size, head_dim), zero-filled once when allocated. Outputs: "
+    "logits (batch, tokens, vocab) fp32 for every new position, and cache_out.{i}.key / cache_out.{i}.value = the "
+    "cache with the new keys/values written at position .. position + tokens - 1 (ONNX TensorScatter, opset 24). "
+    "Bind each cache_out to its cache input's buffer: ONNX Runtime then writes in place, and TensorRT's KVCacheUpdate layer "
+    "aliases them (ICudaEngine.get_aliased_input_tensor). The new tokens attend to cached positions < position and "
+    "causally among themselves (upstream's mask, n_unmasked block included); entries at or beyond position + tokens "
+    "are masked, so the buffers keep their shapes at every step. Keep position + tokens <= block_size."
 )
+
 
 SAMPLING_DOC = {
     "order": "logits / temperature -> top-k (keeps every logit equal to the k-th largest) -> top-p "
@@ -73,34 +83,31 @@ SAMPLING_DOC = {
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
+    """The manifest of ``directory``, validated (``manifest_schema``): every entry a runtime reads is
+    there, of the right type and within bounds; ArtifactError naming the entry otherwise."""
+    directory = Path(directory)
+    label = str(directory / MANIFEST)
+    if not os.path.lexists(directory / MANIFEST):
         raise ArtifactError(f"{directory}: no {MANIFEST} (export the model first: vqdeploy export --ckpt ... --out {directory})")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: unreadable manifest ({e})") from None
+    data = read_json(artifact_file(directory, MANIFEST, label), label)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ArtifactError(f"{path}: not a vqdeploy manifest")
+        raise ArtifactError(f"{label}: not a vqdeploy manifest")
     if data.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: manifest format {data.get('format_version')} is not supported "
+        raise ArtifactError(f"{label}: manifest format {str(data.get('format_version'))[:20]} is not supported "
                             f"by this vqdeploy (expects {FORMAT_VERSION}); re-export")
-    return data
+    return validate(data, label)
 
 
 def verify_graph_files(directory: Path, manifest: dict[str, Any]) -> None:
-    """Every graph exists and has the hash the manifest recorded (catches mixed artifacts)."""
-    for g in manifest["graphs"].values():
-        files = [(g["file"], g["sha256"])]
-        if "external_data" in g:
-            files.append((g["external_data"]["file"], g["external_data"]["sha256"]))
-        for file, digest in files:
-            path = directory / file
-            if not path.is_file():
-                raise ArtifactError(f"{directory}: {file} is missing; re-export")
+    """Every graph file (and its external data) is a regular file inside ``directory`` and has the
+    hash the manifest recorded (catches mixed or tampered artifacts)."""
+    from vqdeploy.export.graph_files import graph_files
+
+    for name in manifest["graphs"]:
+        for path, digest, _ in graph_files(Path(directory), manifest, name):
             if sha256_file(path) != digest:
                 raise ArtifactError(f"{path}: does not match the manifest (sha256 differs); re-export")

@@ -14,8 +14,10 @@ import torch
 
 from vqdeploy.errors import ConfigError
 from vqdeploy.export import DEFAULT_OPSET
+from vqdeploy.export import kv_cache_onnx
 from vqdeploy.export.nearest_code_onnx import attach_function, translate
 from vqdeploy.export.specs import GraphSpec
+from vqdeploy.models.kv_cache import kv_write_op
 from vqdeploy.models.nearest_code import nearest_code
 
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
@@ -47,7 +49,8 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> Non
             spec.module,
             args,
             dynamo=True,
-            custom_translation_table={nearest_code._opoverload: translate},
+            custom_translation_table={nearest_code._opoverload: translate,
+                                      kv_write_op._opoverload: kv_cache_onnx.translate},
             dynamic_shapes=spec.torch_dynamic_shapes(),
             input_names=[t.name for t in spec.inputs],
             output_names=[t.name for t in spec.outputs],
@@ -58,6 +61,7 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> Non
     if program is None:  # only with dynamo=False
         raise RuntimeError("torch.onnx.export returned no program")
     attach_function(program.model)
+    kv_cache_onnx.to_tensor_scatter(program.model)  # the transformer graph: opset 24
     program.model.graph.name = spec.name
     weight_bytes = sum(p.numel() * p.element_size() for p in spec.module.parameters())
     external = weight_bytes > _EXTERNAL_DATA_BYTES

@@ -164,17 +164,20 @@ def decoder_spec(vq: VQModel, dtype: torch.dtype, max_batch: int) -> GraphSpec:
 
 
 def transformer_spec(model: Net2NetTransformer, dtype: torch.dtype, max_batch: int, cond_tokens: int) -> GraphSpec:
+    """The KV cache is fixed-capacity (the block size: TensorRT's KVCacheUpdate needs a static
+    sequence axis) and written in place, so the cache shapes never change; the profiles differ
+    in the number of new tokens only (kernels tuned per phase, weights shared)."""
     gpt = model.transformer
     kv = _DTYPE_NAMES[dtype]
-    shape = ("batch", gpt.n_head, "past", gpt.head_dim)
-    inputs = [TensorSpec("tokens", "int64", ("batch", "tokens"))]
+    block = gpt.block_size
+    shape = ("batch", gpt.n_head, block, gpt.head_dim)
+    inputs = [TensorSpec("tokens", "int64", ("batch", "tokens")), TensorSpec("position", "int64", (1,))]
     outputs = [TensorSpec("logits", "float32", ("batch", "tokens", gpt.vocab_size))]
     for i in range(gpt.n_layer):
         for part in ("key", "value"):
-            inputs.append(TensorSpec(f"past.{i}.{part}", kv, shape))
-            outputs.append(TensorSpec(f"present.{i}.{part}", kv, ("batch", gpt.n_head, "past+tokens", gpt.head_dim)))
-    block = gpt.block_size
-    dims = {"batch": _batch(max_batch, 4), "tokens": Dim(1, cond_tokens, block), "past": Dim(0, block // 2, block - 1)}
+            inputs.append(TensorSpec(f"cache.{i}.{part}", kv, shape))
+            outputs.append(TensorSpec(f"cache_out.{i}.{part}", kv, shape))
+    dims = {"batch": _batch(max_batch, 4), "tokens": Dim(1, cond_tokens, block)}
     b = (1, min(4, max_batch), max_batch)
     spec = GraphSpec(
         name="transformer",
@@ -182,14 +185,13 @@ def transformer_spec(model: Net2NetTransformer, dtype: torch.dtype, max_batch: i
         inputs=inputs,
         outputs=outputs,
         dims=dims,
-        # two profiles in one engine: the weights are shared, kernels are tuned per phase
         profiles={
-            "prefill": {"batch": b, "tokens": (1, min(cond_tokens, block), block), "past": (0, 0, 0)},
-            "step": {"batch": b, "tokens": (1, 1, 1), "past": (1, block // 2, block - 1)},
+            "prefill": {"batch": b, "tokens": (1, min(cond_tokens, block), block)},
+            "step": {"batch": b, "tokens": (1, 1, 1)},
         },
-        sample_dims={"batch": 2, "tokens": 3, "past": 5},
+        sample_dims={"batch": 2, "tokens": 3},
     )
-    spec.id_ranges = {"tokens": gpt.vocab_size}
+    spec.id_ranges = {"tokens": gpt.vocab_size, "position": max(1, block - 3)}
     return spec
 
 

@@ -1,22 +1,23 @@
 """taming's minGPT (``taming/modules/transformer/mingpt.py``) with a KV-cache forward.
 
-``forward`` is op-for-op upstream's full-sequence forward. ``forward_cached`` runs a prefill (no
-past) or incremental steps (with past); its logits match full recomputation to float rounding.
-Presents are the full per-layer keys/values, ``(B, n_head, past+T, head_dim)`` each.
+``forward`` is op-for-op upstream's full-sequence forward. ``forward_cached`` runs a prefill (empty
+cache) or incremental steps on a fixed-capacity cache written in place (``models/kv_cache.py``);
+its logits match full recomputation to float rounding. ``forward_at`` is the same computation at
+a position given as a tensor, with the cache write left to the caller (the export's TensorScatter).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqdeploy.models.kv_cache import KV, KVCache, Writer, attention_mask, write_in_place
 from vqdeploy.models.precision import LayerNorm32, upcast
-
-KV = tuple[torch.Tensor, torch.Tensor]
 
 
 class CausalSelfAttention(nn.Module):
@@ -49,20 +50,18 @@ class CausalSelfAttention(nn.Module):
         y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
         return self.resid_drop(self.proj(y))
 
-    def forward_cached(self, x: torch.Tensor, past: KV | None) -> tuple[torch.Tensor, KV]:
-        """Attend ``t`` new tokens at positions ``p..p+t-1`` to the ``p`` cached ones and themselves."""
+    def forward_at(self, x: torch.Tensor, cache: KV, allowed: torch.Tensor, write: Writer) -> tuple[torch.Tensor, KV]:
+        """Write the keys/values of ``t`` new tokens into the cache, then attend where ``allowed``
+        ((t, capacity) bool, ``kv_cache.attention_mask``); returns the written cache."""
         b, t, c = x.size()
-        k = self._heads(self.key(x), b, t, c)
+        k = write(cache[0], self._heads(self.key(x), b, t, c))
         q = self._heads(self.query(x), b, t, c)
-        v = self._heads(self.value(x), b, t, c)
-        if past is not None:
-            k = torch.cat((past[0], k), dim=-2)
-            v = torch.cat((past[1], v), dim=-2)
-        p = k.size(-2) - t
-        # scores and softmax in fp32 (identity for fp32 models); the mask rows of the new
-        # positions also cover upstream's n_unmasked block when it lies in the prefill
+        v = write(cache[1], self._heads(self.value(x), b, t, c))
+        # scores and softmax in fp32 (identity for fp32 models) over the whole capacity; the mask rows
+        # of the new positions also cover upstream's n_unmasked block when it lies in the prefill, and
+        # every row allows its own position, so no row is all -inf
         att = (upcast(q) @ upcast(k).transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        att = att.masked_fill(self.mask[:, :, p : p + t, : p + t] == 0, float("-inf"))
+        att = att.masked_fill(~allowed, float("-inf"))
         att = F.softmax(att, dim=-1)
         y = (att.to(v.dtype) @ v).transpose(1, 2).contiguous().view(b, t, c)
         return self.proj(y), (k, v)
@@ -85,10 +84,10 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
-    def forward_cached(self, x: torch.Tensor, past: KV | None) -> tuple[torch.Tensor, KV]:
-        attn, present = self.attn.forward_cached(self.ln1(x), past)
+    def forward_at(self, x: torch.Tensor, cache: KV, allowed: torch.Tensor, write: Writer) -> tuple[torch.Tensor, KV]:
+        attn, written = self.attn.forward_at(self.ln1(x), cache, allowed, write)
         x = x + attn
-        return x + self.mlp(self.ln2(x)), present
+        return x + self.mlp(self.ln2(x)), written
 
 
 class GPT(nn.Module):
@@ -156,16 +155,41 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
 
-    def forward_cached(
-        self, idx: torch.Tensor, past: Sequence[KV] | None = None
-    ) -> tuple[torch.Tensor, list[KV]]:
-        """Prefill (``past=None``) or continue after ``past``; returns logits for every new token."""
-        start = 0 if past is None else past[0][0].shape[2]
+    def new_cache(self, batch: int, capacity: int | None = None, dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None) -> KVCache:
+        """A zeroed cache of ``capacity`` positions (default: the block size) in the model's dtype."""
+        capacity = self.block_size if capacity is None else capacity
+        if not 1 <= capacity <= self.block_size:
+            raise ValueError(f"cache capacity {capacity} is outside 1..{self.block_size}")
+        w = self.tok_emb.weight
+        return KVCache.allocate(self.n_layer, batch, self.n_head, capacity, self.head_dim,
+                                dtype or w.dtype, device or w.device)
+
+    def forward_at(self, idx: torch.Tensor, position: torch.Tensor, cache: Sequence[KV],
+                   write: Writer) -> tuple[torch.Tensor, list[KV]]:
+        """Logits of the (B,T) tokens at ``position`` (a (1,) int64 tensor) .. position+T-1, each
+        layer's keys/values written into its cache with ``write``; returns the written caches."""
         t = idx.shape[1]
-        x = self.tok_emb(idx) + self.pos_emb[:, start : start + t, :]
-        presents: list[KV] = []
-        for i, block in enumerate(self.blocks):
-            x, present = block.forward_cached(x, None if past is None else past[i])
-            presents.append(present)
-        logits = self.head(self.ln_f(x))
-        return logits, presents
+        positions = position.reshape(1) + torch.arange(t, device=idx.device)
+        x = self.tok_emb(idx) + self.pos_emb[0].index_select(0, positions)
+        # every layer's mask buffer is the same (block size, n_unmasked): one mask for all of them
+        mask = cast(torch.Tensor, cast(Block, self.blocks[0]).attn.mask)
+        allowed = attention_mask(mask, positions, cache[0][0].shape[2])
+        written: list[KV] = []
+        for layer, block in zip(cache, self.blocks):
+            x, kv = block.forward_at(x, layer, allowed, write)
+            written.append(kv)
+        return self.head(self.ln_f(x)), written
+
+    def forward_cached(self, idx: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Prefill (``cache=None``: a new cache of block-size capacity) or continue after ``cache``,
+        which is written in place; returns logits for every new token and the cache."""
+        if cache is None:
+            cache = self.new_cache(idx.shape[0])
+        start, t = cache.length, idx.shape[1]
+        if start + t > cache.capacity:
+            raise ValueError(f"cannot cache {start + t} tokens, the capacity is {cache.capacity}")
+        position = torch.tensor([start], dtype=torch.int64, device=idx.device)
+        logits, _ = self.forward_at(idx, position, cache.layers, write_in_place(start))
+        cache.length = start + t
+        return logits, cache

@@ -17,17 +17,21 @@ import torch
 
 from vqdeploy.errors import InputError
 from vqdeploy.export.manifest import read_manifest
+from vqdeploy.files import atomic_write
+from vqdeploy.limits import check_int, check_num_samples
 from vqdeploy.runtime.available import parse_backends
 from vqdeploy.runtime.backends.base import Backend, TransformerRunner
 from vqdeploy.runtime.backends.select import load_reference_model, open_backend
 from vqdeploy.runtime.backends.torch_backend import TorchBackend
 from vqdeploy.runtime.conditions import condition_grid
 from vqdeploy.runtime.generator import generate
+from vqdeploy.runtime.outputs import check_files, check_output_dir, make_output_dir
 from vqdeploy.runtime.parity_inputs import sample_condition
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
 PARAMS = SamplingParams(temperature=1.0, top_k=100)
 REFERENCE_POINTS = 8  # sequence lengths timed for the reference sampler when it is too slow to run whole
+MAX_REPEATS = 1000
 
 
 def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
@@ -127,12 +131,14 @@ def bench_reference(model: Any, cond: np.ndarray, steps: int, full: bool) -> dic
 
 def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeats: int, reference: bool, out: Path,
               ckpt: str | None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    check_num_samples(n)
+    check_int(repeats, "--repeats", 1, MAX_REPEATS)
     manifest = read_manifest(artifacts)
     info = manifest["model"]
     if info["kind"] != "net2net":
         raise InputError("bench needs a Net2NetTransformer (there is no sampling in a VQGAN)")
-    if repeats < 1:
-        raise InputError("--repeats must be at least 1")
+    check_output_dir(artifacts, out.parent, "bench --out")
+    check_files([out], "bench --out")
     model = load_reference_model(manifest, ckpt)
     cond_input = sample_condition(info, 0)
     rows: dict[str, dict[str, Any]] = {}
@@ -161,8 +167,8 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
         "backends": rows,
     }
     _print_table(result, log)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = make_output_dir(artifacts, out.parent) / out.name
+    atomic_write(out, json.dumps(result, indent=2) + "\n")
     log(f"wrote {out}")
     return result
 

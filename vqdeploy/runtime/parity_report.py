@@ -1,5 +1,8 @@
 """``vqdeploy parity``: every available backend against the PyTorch reference, per stage, with
-the sampled images side by side in an HTML page."""
+the sampled images side by side in an HTML page.
+
+The report directory is prepared and checked before the comparisons (``outputs``), and the
+report (json, html, images) is written at the end, every file atomically."""
 
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ import numpy as np
 
 from vqdeploy.errors import ParityError
 from vqdeploy.export.manifest import read_manifest
+from vqdeploy.files import atomic_write_many
 from vqdeploy.runtime.available import parse_backends
 from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.backends.select import load_reference_model, open_backend
 from vqdeploy.runtime.backends.torch_backend import TorchBackend
-from vqdeploy.runtime.images import to_uint8, write_png
+from vqdeploy.runtime.images import png_bytes, to_uint8
+from vqdeploy.runtime.outputs import check_files, check_output_dir, make_output_dir
 from vqdeploy.runtime.parity import check_backend
 from vqdeploy.runtime.parity_inputs import sample_condition
 from vqdeploy.runtime.pipeline import Pipeline
@@ -30,11 +35,15 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
                log: Callable[[str], None] = print) -> dict[str, Any]:
     manifest = read_manifest(artifacts)
     info = manifest["model"]
-    reference = TorchBackend(load_reference_model(manifest, ckpt), manifest, "cpu")
     candidates = parse_backends(backends, artifacts, device)
     if not candidates:
         raise ParityError("no backend to compare on this machine")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(artifacts, out, "parity --out")
+    labels = ["torch-cpu"] + [f"{n}-{d}" for n, d in candidates]
+    check_files([out / "report.json", out / "report.html",
+                 *(out / f"{label}-{i}.png" for label in labels for i in range(SAMPLES))], "parity --out")
+    reference = TorchBackend(load_reference_model(manifest, ckpt), manifest, "cpu")
+    files: dict[str, bytes | str] = {}  # written together at the end
     params = SamplingParams(temperature=1.0, top_k=100)
     condition = sample_condition(info, seed) if info["kind"] == "net2net" else None
     rows: list[dict[str, Any]] = []
@@ -65,15 +74,16 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
                 row["sampled_first_diverging_token"] = int(diff[0]) if diff.size else None
             row["images"] = []
             for i, im in enumerate(to_uint8(result.images)):
-                path = out / f"{label}-{i}.png"
-                write_png(im, path)
-                row["images"].append(path.name)
+                files[f"{label}-{i}.png"] = png_bytes(im)
+                row["images"].append(f"{label}-{i}.png")
         rows.append(row)
     report = {"artifacts": str(artifacts), "precision": manifest["precision"], "seed": seed,
               "sampling": {"temperature": params.temperature, "top_k": params.top_k},
               "passed": all(r.get("passed", True) for r in rows), "backends": rows}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.html").write_text(_html(report))
+    files["report.html"] = _html(report)
+    files["report.json"] = json.dumps(report, indent=2) + "\n"
+    out = make_output_dir(artifacts, out)
+    atomic_write_many({out / name: data for name, data in files.items()})
     log(f"wrote {out / 'report.json'} and {out / 'report.html'}")
     if not report["passed"]:
         raise ParityError(f"a backend is outside tolerance (see {out / 'report.html'})")

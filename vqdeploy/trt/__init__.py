@@ -10,10 +10,9 @@ Modules, one job each:
   target    the compute capabilities / GPU an engine is built for
   profiles  optimization profiles (min/opt/max input shapes) from the manifest, with overrides
   network   ONNX -> strongly typed network; parser errors as one line; network I/O
-  logs      builder log file and progress monitor
+  logs      builder log file (created, never appended to) and progress monitor
   builder   one serialized engine from one network
-  record    engines.json and the cache key
-  files     atomic writes and the build lock
+  record    engines.json (validated on read) and the cache key
   engines   the build of every graph (what ``build-trt`` runs)
   check     engines.json against the running TensorRT, GPU and manifest before loading
   command   the ``build-trt`` click command

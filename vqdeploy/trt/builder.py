@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from vqdeploy.errors import ArtifactError
 from vqdeploy.files import atomic_write
-from vqdeploy.trt.logs import BuildLog, Echo, make_progress
+from vqdeploy.trt.logs import BuildLog, Echo, last_error, make_progress
 from vqdeploy.trt.profiles import Profiles
 from vqdeploy.trt.shim import TensorRT, trt
 from vqdeploy.trt.target import Target, sm_name
@@ -72,7 +72,7 @@ def build(api: TensorRT, builder: trt.Builder, network: trt.INetworkDefinition, 
     if log.interrupted:
         raise KeyboardInterrupt
     if plan is None:
-        last = log.errors[-1].strip() if log.errors else "no error message"
+        last = last_error(log.errors)
         raise ArtifactError(f"{label}: {api} could not build the engine: {last} (full log: engines/build.log)")
     return host_memory(plan)
 

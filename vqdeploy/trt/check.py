@@ -7,12 +7,15 @@ that fixes it. Pure functions over engines.json, so they are testable without a 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vqdeploy.artifact_paths import artifact_file
 from vqdeploy.errors import ArtifactError
 from vqdeploy.export import manifest as mf
+from vqdeploy.files import inside_dir
 from vqdeploy.trt import record
 from vqdeploy.trt.shim import FLAVOURS
 from vqdeploy.trt.target import sm_name
@@ -47,13 +50,17 @@ def problems(entry: dict[str, Any], graph: dict[str, Any], machine: Machine) -> 
 
 def engine_path(artifacts: Path, manifest: dict[str, Any], name: str, machine: Machine) -> tuple[Path, dict[str, Any]]:
     """The checked engine file of graph ``name`` and its engines.json entry; ArtifactError saying
-    what differs and how to rebuild otherwise."""
+    what differs and how to rebuild otherwise. engines.json is validated (``record.ENGINES``) and
+    the engine file resolved like every artifact file (inside ``engines/``, no symlink, regular)."""
     rebuild = f"rebuild: vqdeploy build-trt --artifacts {artifacts}"
-    directory = artifacts / record.ENGINES_DIR
+    none = (f"{artifacts}: no TensorRT engines (no readable {record.ENGINES_DIR}/{record.ENGINES_JSON}); "
+            f"build them: vqdeploy build-trt --artifacts {artifacts}")
+    if not os.path.lexists(artifacts / record.ENGINES_DIR):
+        raise ArtifactError(none)
+    directory = inside_dir(artifacts, record.ENGINES_DIR)
     data = record.read(directory)
     if data is None:
-        raise ArtifactError(f"{artifacts}: no TensorRT engines (no readable {record.ENGINES_DIR}/{record.ENGINES_JSON}); "
-                            f"build them: vqdeploy build-trt --artifacts {artifacts}")
+        raise ArtifactError(none)
     entry = data["engines"].get(name)
     if entry is None:
         raise ArtifactError(f"{directory}: no engine for the {name} graph; {rebuild}")
@@ -61,9 +68,13 @@ def engine_path(artifacts: Path, manifest: dict[str, Any], name: str, machine: M
     found = problems(entry, graph, machine)
     if found:
         raise ArtifactError(f"{directory / entry['file']}: {'; '.join(found)}; {rebuild}")
-    path = directory / entry["file"]
+    missing = [t["name"] for t in graph["inputs"] for p in entry["profiles"].values() if t["name"] not in p]
+    if missing:
+        raise ArtifactError(f"{directory / record.ENGINES_JSON}: engines.{name}.profiles has no shapes for input "
+                            f"'{missing[0]}'; {rebuild}")
+    path = artifact_file(directory, entry["file"], f"{record.ENGINES_JSON} engines.{name}.file", must_exist=False)
     if not path.is_file():
         raise ArtifactError(f"{path} is missing; {rebuild}")
-    if mf.sha256_file(path) != entry.get("sha256"):
+    if mf.sha256_file(path) != entry["sha256"]:
         raise ArtifactError(f"{path} does not match engines.json (modified or partly written); {rebuild}")
     return path, entry

@@ -1,5 +1,10 @@
 """``build-trt``: one engine per exported graph, into ``<artifacts>/engines/``, skipping every
-engine whose cache key (see ``record``) is unchanged."""
+engine whose cache key (see ``record``) is unchanged.
+
+Writes stay inside the artifacts directory (README, Safety): ``engines/`` is a real directory
+(``inside_dir``), engine files are ``<graph name>.engine`` written with ``atomic_write``, the
+build lock is ``exclusive_lock`` and the log a file this run creates (``logs.LogFile``); all of
+it is checked writable before TensorRT builds anything."""
 
 from __future__ import annotations
 
@@ -10,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqdeploy.errors import ConfigError
+from vqdeploy.artifact_paths import artifact_file, check_name
+from vqdeploy.errors import ArtifactError, ConfigError
 from vqdeploy.export import manifest as mf
-from vqdeploy.files import atomic_write
+from vqdeploy.export.graph_files import graph_file
+from vqdeploy.files import atomic_write, check_writable, exclusive_lock, inside_dir
 from vqdeploy.trt import profiles as pf
 from vqdeploy.trt import record, target
-from vqdeploy.trt.files import build_lock
-from vqdeploy.trt.logs import BuildLog, Echo
+from vqdeploy.trt.logs import LOG, BuildLog, Echo, LogFile
 from vqdeploy.trt.shim import TensorRT, load
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -58,43 +64,68 @@ def build_engines(artifacts: str | Path, options: BuildOptions = BuildOptions(),
     if unknown:
         raise ConfigError(f"no graph '{unknown[0]}' in {artifacts} (graphs: {', '.join(graphs)})")
     names = list(options.graphs) or list(graphs)
-    mf.verify_graph_files(artifacts, manifest)
     # resolve every profile before the (slow) builds, so that a bad --size fails at once
     resolved = {n: pf.resolve(graphs[n], n, options.batch, options.size) for n in names}
     api = load()
     tgt = target.resolve(api, options.target_cc)
-    out = artifacts / record.ENGINES_DIR
-    out.mkdir(exist_ok=True)
-    echo(f"{api}, target {tgt}, precision {precision}: {len(names)} engine(s) into {out}/ (log: {out / 'build.log'})")
     if options.workspace is not None and api.rtx and target.current_gpu() is None:
         # observed with TensorRT-RTX 1.7: a workspace limit makes the ahead-of-time build allocate it, and fail
         raise ConfigError("--workspace: TensorRT-RTX cannot apply a workspace limit without a GPU here; leave it out")
+    out = inside_dir(artifacts, record.ENGINES_DIR, create=True)
+    check_writable(out, "build-trt")
+    for n in names:  # a symlink or a directory in an engine's place fails now, not after its build
+        _engine_file(out, n)
+    mf.verify_graph_files(artifacts, manifest)
+    echo(f"{api}, target {tgt}, precision {precision}: {len(names)} engine(s) into {out}/ (log: {out / LOG})")
     if options.timing_cache is not None and api.rtx:
         echo("note: --timing-cache is ignored: TensorRT-RTX does not time tactics")
-    with build_lock(out), open(out / "build.log", "a") as stream:
-        log = BuildLog(stream, "verbose" if options.verbose else "info")
+    with exclusive_lock(out / ".build.lock", f"{out}: another build-trt is running on these artifacts"):
+        log_file = LogFile(out)
+        try:
+            return _build_all(api, artifacts, manifest, names, resolved, tgt, precision, options,
+                              BuildLog(log_file, "verbose" if options.verbose else "info"), echo)
+        finally:
+            log_file.close()
+
+
+def _build_all(api: TensorRT, artifacts: Path, manifest: dict[str, Any], names: list[str],
+               resolved: dict[str, pf.Profiles], tgt: target.Target, precision: str, options: BuildOptions,
+               log: BuildLog, echo: Echo) -> dict[str, Any]:
+    out = artifacts / record.ENGINES_DIR
+    try:
         data = record.read(out)
-        if data is None or data.get("model_fingerprint") != manifest.get("model_fingerprint"):
-            data = record.empty(manifest.get("model_fingerprint"))
-        t_all = time.perf_counter()
-        for i, name in enumerate(names, 1):
-            entry = _build_one(api, artifacts, name, graphs[name], resolved[name], tgt, precision, options, data, log,
-                               f"[{i}/{len(names)}] {name}", echo)
-            data["engines"][name] = entry
-            record.write(out, data)  # after every engine: a later failure keeps the finished ones
-        echo(f"done in {time.perf_counter() - t_all:.1f} s: {out / record.ENGINES_JSON}")
+    except ArtifactError as e:  # a damaged record only costs a rebuild: every engine is built again
+        echo(f"note: {e}; rebuilding every engine")
+        data = None
+    if data is None or data.get("model_fingerprint") != manifest["model_fingerprint"]:
+        data = record.empty(manifest["model_fingerprint"])
+    t_all = time.perf_counter()
+    for i, name in enumerate(names, 1):
+        entry = _build_one(api, artifacts, manifest, name, resolved[name], tgt, precision, options, data, log,
+                           f"[{i}/{len(names)}] {name}", echo)
+        data["engines"][name] = entry
+        record.write(out, data)  # after every engine: a later failure keeps the finished ones
+    echo(f"done in {time.perf_counter() - t_all:.1f} s: {out / record.ENGINES_JSON}")
     return data
 
 
-def _build_one(api: TensorRT, artifacts: Path, name: str, graph: dict[str, Any], profiles: pf.Profiles,
+def _engine_file(directory: Path, name: str) -> Path:
+    """``<name>.engine`` in ``directory``: absent or a regular file (the name is a plain identifier)."""
+    file = f"{check_name(name, f'manifest.json graphs.{name}')}.engine"
+    return artifact_file(directory, file, f"the engine of {name}", must_exist=False)
+
+
+def _build_one(api: TensorRT, artifacts: Path, manifest: dict[str, Any], name: str, profiles: pf.Profiles,
                tgt: target.Target, precision: str, options: BuildOptions, data: dict[str, Any], log: BuildLog,
                label: str, echo: Echo) -> dict[str, Any]:
     from vqdeploy.trt import builder as bd
     from vqdeploy.trt import network as nw
     from vqdeploy.trt.shim import trt
 
+    graph = manifest["graphs"][name]
     out = artifacts / record.ENGINES_DIR
-    file = f"{name}.engine"
+    engine = _engine_file(out, name)
+    file = engine.name
     key_inputs = {
         "graph": {"file": graph["file"], "sha256": graph["sha256"],
                   "external_data_sha256": (graph.get("external_data") or {}).get("sha256")},
@@ -106,15 +137,19 @@ def _build_one(api: TensorRT, artifacts: Path, name: str, graph: dict[str, Any],
     }
     key = record.cache_key(key_inputs)
     old = data["engines"].get(name)
-    if (not options.force and old is not None and old.get("cache_key") == key and (out / file).is_file()
-            and mf.sha256_file(out / file) == old.get("sha256")):
+    if (not options.force and old is not None and old["cache_key"] == key and engine.is_file()
+            and mf.sha256_file(engine) == old["sha256"]):
         echo(f"{label}: unchanged, kept {file}")
-        return dict(old)
+        # what the key covers is restated from this build, not trusted from the record (which the
+        # key does not protect: a renamed profile tensor there would survive every cached build)
+        return {**old, **key_inputs, "file": file, "cache_key": key, "bytes": engine.stat().st_size,
+                "profile_order": list(profiles)}
 
     log.section(f"{name}: {graph['file']} -> {file}")
     t0 = time.perf_counter()
     builder = trt.Builder(log.logger)
-    network, _parser = nw.parse(builder, log.logger, artifacts / graph["file"])  # the parser owns the weights: keep it
+    source = graph_file(artifacts, manifest, name)  # its external data checked before the parser follows it
+    network, _parser = nw.parse(builder, log.logger, source)  # the parser owns the weights: keep it
     inputs, outputs = nw.io(network)
     nw.check_io(name, inputs, outputs, graph)
     config = bd.configure(api, builder, profiles, tgt, options.workspace)
@@ -123,7 +158,7 @@ def _build_one(api: TensorRT, artifacts: Path, name: str, graph: dict[str, Any],
         bd.load_timing_cache(config, timing, echo)
     echo(f"{label}: building ({', '.join(profiles)}) ...")
     plan = bd.build(api, builder, network, config, log, label, echo)
-    atomic_write(out / file, plan)
+    atomic_write(engine, plan)
     bd.save_timing_cache(config, timing)
     seconds = time.perf_counter() - t0
     echo(f"{label}: built {file} ({plan.nbytes / 1e6:.1f} MB) in {seconds:.1f} s"

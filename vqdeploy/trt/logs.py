@@ -3,24 +3,103 @@
 The full TensorRT log goes to ``engines/build.log`` (a long build says a lot); the console gets
 one line per engine and, for long builds, a throttled progress line from TensorRT's
 IProgressMonitor (phase, step / steps). Errors are kept to explain a failed build.
+
+``build.log`` holds the log of the last build-trt run that built something, ``build.prev.log``
+the one before (rotation). The log is a file this run creates (``O_EXCL`` temp file renamed into
+place when the first line is written, then written through its own descriptor, so it can be
+followed live): an existing path, or a symlink planted there, is never opened for writing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+import tempfile
 import time
 from collections.abc import Callable
-from typing import IO, SupportsInt
+from pathlib import Path
+from typing import IO, Protocol, SupportsInt
 
+from vqdeploy.errors import ArtifactError
+from vqdeploy.files import default_mode
 from vqdeploy.trt.shim import trt
 
 Echo = Callable[[str], None]
+LOG = "build.log"
+PREVIOUS_LOG = "build.prev.log"
+
+
+class Sink(Protocol):
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class Discard:
+    """A sink that keeps nothing (the runtime's messages are folded into its errors)."""
+
+    def write(self, text: str, /) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class LogFile:
+    """``<directory>/build.log`` for this run, created on the first write (a run that only reuses
+    cached engines keeps the previous log); the previous log becomes ``build.prev.log``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOG
+        self.previous = directory / PREVIOUS_LOG
+        for p in (self.path, self.previous):  # fail before the build, not at its first line
+            if os.path.isdir(p) and not os.path.islink(p):
+                raise ArtifactError(f"{p}: is a directory; vqdeploy writes its build log there")
+        self.stream: IO[str] | None = None
+
+    def _open(self) -> IO[str]:
+        fd, tmp = tempfile.mkstemp(prefix=f".{LOG}.", suffix=".tmp", dir=self.path.parent)
+        stream = os.fdopen(fd, "w")
+        try:
+            os.fchmod(fd, default_mode())
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.lstat(self.path).st_mode):  # a symlink or anything else is replaced, not kept
+                    os.replace(self.path, self.previous)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            stream.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise ArtifactError(f"{self.path}: cannot install the build log ({e.strerror})") from None
+        return stream
+
+    def write(self, text: str, /) -> int:
+        if self.stream is None:
+            self.stream = self._open()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+
+def last_error(errors: list[str]) -> str:
+    """The last TensorRT error as one short line, for an error message."""
+    lines = errors[-1].strip().splitlines() if errors else []
+    return lines[0][:200] if lines else "no error message"
 
 
 class BuildLog:
-    """A TensorRT ILogger writing to an open file; counts warnings and keeps errors.
-    ``level``: "verbose", "info" (the build log) or "warning" (the runtime, on stderr)."""
+    """A TensorRT ILogger writing to a sink; counts warnings and keeps errors. ``level``:
+    "verbose", "info" (the build log), "warning" or "error" (the runtime)."""
 
-    def __init__(self, stream: IO[str], level: str = "info") -> None:
+    def __init__(self, stream: Sink, level: str = "info") -> None:
         self.stream = stream
         self.warnings = 0
         self.errors: list[str] = []
@@ -39,7 +118,8 @@ class BuildLog:
 def _make_logger(log: BuildLog, level: str) -> trt.ILogger:
     # the base class is TensorRT's: defined here so that importing this module does not import TensorRT
     Severity = trt.ILogger.Severity
-    limit = {"verbose": Severity.VERBOSE, "info": Severity.INFO, "warning": Severity.WARNING}[level]
+    limit = {"verbose": Severity.VERBOSE, "info": Severity.INFO, "warning": Severity.WARNING,
+             "error": Severity.ERROR}[level]
 
     class Logger(trt.ILogger):
         def __init__(self) -> None:
@@ -49,6 +129,7 @@ def _make_logger(log: BuildLog, level: str) -> trt.ILogger:
             try:
                 if severity <= Severity.ERROR:
                     log.errors.append(msg)
+                    del log.errors[:-16]  # the last ones explain a failure; a long run keeps no more
                 elif severity == Severity.WARNING and "Int64 binding" not in msg:  # that one is expected: our ids are int64
                     log.warnings += 1
                 if severity <= limit:

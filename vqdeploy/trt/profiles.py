@@ -1,7 +1,7 @@
 """Optimization profiles: for every profile of a graph, the (min, opt, max) shape of every input.
 
 The manifest gives each graph's profiles as ranges of its named dims (``batch``, ``latent_h``,
-``tokens``, ``past`` ...; spatial dims count latent cells); the input shapes follow from the
+``tokens`` ...; spatial dims count latent cells; the transformer's KV cache has a fixed capacity); the input shapes follow from the
 TensorSpecs (``latent_h*4`` pixels). ``--batch`` replaces the batch range of every profile;
 ``--size`` (pixels) replaces the spatial range of the image graphs.
 """

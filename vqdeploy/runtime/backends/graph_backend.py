@@ -3,8 +3,11 @@ by pointer, output shapes from the manifest, and the KV-cached transformer.
 
 A subclass only provides ``_executor(graph, profile)``: an object whose ``run(inputs, outputs)``
 binds contiguous torch tensors (host or device) by address and enqueues the graph. The KV
-cache lives in two preallocated buffer sets per layer (past / present, swapped after every
-call), so a step neither allocates nor copies the cache outside the graph.
+cache is one zeroed buffer per layer and part, (batch, n_head, block_size, head_dim), allocated
+when a batch first needs it: every call binds it as the graph's ``cache.*`` input and as its
+``cache_out.*`` output, and the graph's TensorScatter writes the new positions in place (ONNX
+Runtime skips the copy when the two are one buffer; TensorRT's KVCacheUpdate aliases them). A step
+neither allocates nor copies the cache, and its shapes are the same at every position.
 """
 
 from __future__ import annotations
@@ -98,17 +101,22 @@ class KVTransformer:
         self.n_layer, self.n_head = int(info["n_layer"]), int(info["n_head"])
         self.head_dim, self.block = int(info["head_dim"]), int(info["block_size"])
         self.vocab = int(info["vocab_size"])
-        past = next(t for t in backend.graph("transformer")["inputs"] if t["name"] == "past.0.key")
-        self.kv_dtype = TORCH_DTYPES[past["dtype"]]
-        self.names = [(f"past.{i}.{p}", f"present.{i}.{p}") for i in range(self.n_layer) for p in ("key", "value")]
+        cache = next((t for t in backend.graph("transformer")["inputs"] if t["name"] == "cache.0.key"), None)
+        if cache is None:
+            raise ArtifactError(f"{backend.artifacts}: the transformer graph has no in-place KV cache "
+                                "(exported by an older vqdeploy); re-export")
+        self.kv_dtype = TORCH_DTYPES[cache["dtype"]]
+        self.names = [(f"cache.{i}.{p}", f"cache_out.{i}.{p}") for i in range(self.n_layer) for p in ("key", "value")]
         self.capacity = 0
         self.batch = 0
         self.length = 0
 
     def _allocate(self, batch: int) -> None:
         dev = self.backend.torch_device
-        n = batch * self.n_head * self.block * self.head_dim
-        self.buffers = [[torch.empty(n, dtype=self.kv_dtype, device=dev) for _ in self.names] for _ in range(2)]
+        shape = (batch, self.n_head, self.block, self.head_dim)
+        # zeroed: masked positions still multiply their (finite) values by 0
+        self.buffers = [torch.zeros(shape, dtype=self.kv_dtype, device=dev) for _ in self.names]
+        self.position = torch.zeros(1, dtype=torch.int64, device=dev)
         self.logits = torch.empty(batch * self.block * self.vocab, dtype=torch.float32, device=dev)
         self.tokens = torch.empty(batch * self.block, dtype=torch.int64, device=dev)
         self.capacity = batch
@@ -121,7 +129,7 @@ class KVTransformer:
         if batch > self.capacity:
             self._allocate(batch)
         self.batch, self.length = batch, 0
-        self.current = 0  # which buffer set holds the past
+        self.cache = [buf[:batch] for buf in self.buffers]  # contiguous views, bound at every call
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         return self._run(self._upload(tokens)).to("cpu", copy=True).numpy()  # the buffer is reused next call
@@ -133,25 +141,21 @@ class KVTransformer:
         return tok
 
     def _run(self, tok: torch.Tensor) -> torch.Tensor:
-        """Append the (B,T) device tokens; the (B,T,V) logits view of a buffer reused by the next call."""
+        """Append the (B,T) device tokens at the cache's length; the (B,T,V) logits view of a buffer
+        reused by the next call. The cache is bound as input and output: written in place."""
         b, t = tok.shape
         if b != self.batch:
             raise InputError(f"transformer: batch {b} does not match the cache's batch {self.batch}")
         p = self.length
         if p + t > self.block:
             raise InputError(f"transformer: {p + t} tokens exceed the block size {self.block}")
-        kv_past = (b, self.n_head, p, self.head_dim)
-        kv_present = (b, self.n_head, p + t, self.head_dim)
-        src, dst = self.buffers[self.current], self.buffers[1 - self.current]
-        ins = {"tokens": tok}
+        self.position.fill_(p)
+        ins = {"tokens": tok, "position": self.position}
         outs = {"logits": self.logits[: b * t * self.vocab].view(b, t, self.vocab)}
-        size_past, size_present = int(np.prod(kv_past)), int(np.prod(kv_present))
-        for (past_name, present_name), s, d in zip(self.names, src, dst):
-            ins[past_name] = s[:size_past].view(kv_past)
-            outs[present_name] = d[:size_present].view(kv_present)
-        profile = "prefill" if p == 0 else "step"
+        for (in_name, out_name), buf in zip(self.names, self.cache):
+            ins[in_name] = outs[out_name] = buf
+        profile = "step" if t == 1 else "prefill"
         self.backend._executor("transformer", profile).run(ins, outs)
-        self.current = 1 - self.current
         self.length = p + t
         return outs["logits"]
 

@@ -1,6 +1,11 @@
 """ONNX Runtime backend (CPU by default, CUDA with onnxruntime-gpu): IO binding by address into
 the preallocated buffers of ``GraphBackend``; sessions are created once, on first use. bf16 graphs
-run on CPU through ``bf16_emulation`` (ONNX Runtime CPU has no bf16 kernels)."""
+run on CPU through ``bf16_emulation`` (ONNX Runtime CPU has no bf16 kernels).
+
+A graph file is resolved and its external data checked (``graph_files.graph_file``) before ONNX
+Runtime opens it, and the session's inputs and outputs must be the manifest's (the buffers bound by
+address are sized from the manifest). ONNX Runtime's own log is off (fatal only, or errors with
+VQDEPLOY_DEBUG=1): its errors arrive as exceptions, folded into one line here."""
 
 from __future__ import annotations
 
@@ -10,17 +15,50 @@ from typing import Any
 
 import torch
 
-from vqdeploy.errors import ArtifactError, BackendError
+from vqdeploy.errors import ArtifactError, BackendError, VQDeployError
+from vqdeploy.export.graph_files import graph_file
 from vqdeploy.runtime.backends.graph_backend import GraphBackend
 
 BF16_EMULATION = "bf16 graphs emulated on CPU: fp32 arithmetic, bf16 rounding at every node output"
 # ONNX TensorProto element types: IO binding takes these where numpy has no dtype (bfloat16)
 _ELEMENT_TYPE = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16, torch.int64: 7}
+# the manifest's dtype names as ONNX Runtime spells them
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "bfloat16": "tensor(bfloat16)",
+              "int64": "tensor(int64)"}
+
+
+def log_severity() -> int:
+    """ONNX Runtime's log level: 4 (fatal only) unless debugging (3: errors)."""
+    return 3 if os.environ.get("VQDEPLOY_DEBUG") else 4
+
+
+def one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__
+
+
+def check_io(session: Any, name: str, graph: dict[str, Any], path: Path) -> None:
+    """The session's tensors are the manifest's: names, dtypes, ranks and fixed extents."""
+    for kind, got in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        have = {a.name: a for a in got}
+        want = {t["name"]: t for t in graph[kind]}
+        if set(have) != set(want):
+            raise ArtifactError(f"{path}: the graph's {kind} {sorted(have)[:8]} differ from manifest.json "
+                                f"graphs.{name}.{kind} {sorted(want)[:8]}; re-export")
+        for t_name, t in want.items():
+            a = have[t_name]
+            shape = list(a.shape)
+            fixed_ok = len(shape) == len(t["shape"]) and all(
+                not isinstance(w, int) or not isinstance(g, int) or g == w for g, w in zip(shape, t["shape"]))
+            if a.type != _ORT_TYPES[t["dtype"]] or not fixed_ok:
+                raise ArtifactError(f"{path}: {kind[:-1]} '{t_name}' is {a.type} {shape} in the graph but {t['dtype']} "
+                                    f"{t['shape']} in manifest.json graphs.{name}; re-export")
 
 
 class OrtExecutor:
-    def __init__(self, session: Any, device: torch.device) -> None:
+    def __init__(self, session: Any, device: torch.device, label: str = "graph") -> None:
         self.session = session
+        self.label = label
         self.device = device
         self.kind = "cuda" if device.type == "cuda" else "cpu"
         self.index = (device.index or 0) if device.type == "cuda" else 0
@@ -33,7 +71,10 @@ class OrtExecutor:
             io.bind_output(name, self.kind, self.index, _ELEMENT_TYPE[t.dtype], list(t.shape), t.data_ptr())
         if self.kind == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch copies
-        self.session.run_with_iobinding(io)
+        try:
+            self.session.run_with_iobinding(io)
+        except Exception as e:  # noqa: BLE001 (onnxruntime raises its own, unexported exception types)
+            raise BackendError(f"{self.label}: onnxruntime failed to run it ({one_line(e)})") from None
 
 
 class OnnxRuntimeBackend(GraphBackend):
@@ -46,6 +87,7 @@ class OnnxRuntimeBackend(GraphBackend):
         except ImportError:
             raise BackendError("onnxruntime is not installed (pip install onnxruntime)") from None
         self.ort = ort
+        ort.set_default_logger_severity(log_severity())
         if self.torch_device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendError("onnxruntime has no CUDA provider here (pip install 'vqdeploy[gpu]' for onnxruntime-gpu)")
@@ -60,22 +102,23 @@ class OnnxRuntimeBackend(GraphBackend):
     def _executor(self, graph: str, profile: str | None = None) -> OrtExecutor:
         ex = self._executors.get(graph)
         if ex is None:
-            path = self.artifacts / self.graph(graph)["file"]
-            if not path.is_file():
-                raise ArtifactError(f"{path} is missing; re-export")
+            path = graph_file(self.artifacts, self.manifest, graph)
             opts = self.ort.SessionOptions()
             opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.log_severity_level = 3
+            opts.log_severity_level = log_severity()
             if self.torch_device.type == "cpu":
                 opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
-            source: str | bytes = str(path)
-            if self.emulation:
-                from vqdeploy.runtime.backends.bf16_emulation import load_emulated
-
-                source = load_emulated(path)
             try:
+                source: str | bytes = str(path)
+                if self.emulation:
+                    from vqdeploy.runtime.backends.bf16_emulation import load_emulated
+
+                    source = load_emulated(path)
                 session = self.ort.InferenceSession(source, opts, providers=self.providers)
-            except Exception as e:  # noqa: BLE001 (onnxruntime raises its own, unexported exception types)
-                raise ArtifactError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
-            ex = self._executors[graph] = OrtExecutor(session, self.torch_device)
+            except VQDeployError:
+                raise
+            except Exception as e:  # noqa: BLE001 (onnx and onnxruntime raise their own, unexported exception types)
+                raise ArtifactError(f"{path}: onnxruntime cannot load it ({one_line(e)[:200]})") from None
+            check_io(session, graph, self.graph(graph), path)
+            ex = self._executors[graph] = OrtExecutor(session, self.torch_device, graph)
         return ex

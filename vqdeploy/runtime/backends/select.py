@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,9 @@ def open_backend(name: str, artifacts: Path, manifest: dict[str, Any], device: s
 
 def auto_backend(artifacts: Path, device: str | None) -> str:
     """TensorRT when engines and a GPU are there, else ONNX Runtime."""
-    if (device in (None, "cuda")) and cuda_available() and (artifacts / "engines" / "engines.json").is_file():
+    # lexists: whatever is there (a symlink too) is the TensorRT backend's to check and refuse
+    engines = os.path.lexists(Path(artifacts) / "engines" / "engines.json")
+    if (device in (None, "cuda")) and cuda_available() and engines:
         import importlib.util
 
         if importlib.util.find_spec("tensorrt") or importlib.util.find_spec("tensorrt_rtx_bindings"):

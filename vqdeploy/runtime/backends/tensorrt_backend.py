@@ -13,17 +13,17 @@ What is TensorRT-specific, and kept here:
   while the contexts are not run concurrently on different streams: pass ``share_memory=False``
   for that.
 
-CUDA graphs: the step changes shape every token (past = 1, 2, ...) and the KV buffers swap every
-call, so a captured graph is valid for one (batch, past length, buffer parity) only; capturing
-per key would mean 2 x block_size captures per batch size, each replayed once per generated
-image, so capture cost and graph memory outweigh the launch overhead saved unless the same batch
-size is sampled many times. TensorRT-RTX has its own capture that handles shape changes
-(``cuda_graphs=True`` turns it on: IRuntimeConfig.cuda_graph_strategy); datacenter TensorRT runs
-without graphs.
+KV cache: the transformer's ``cache_out.*`` outputs come from TensorRT's KVCacheUpdate layer (the
+parsed ONNX TensorScatter) and alias the ``cache.*`` inputs; ``GraphBackend`` binds both names to the
+same buffer, so the update is in place and a step has the same shapes and addresses at every
+position (only the device-side ``position`` value changes). That is what a captured CUDA graph
+needs; capture is not wired up yet. TensorRT-RTX has its own capture (``cuda_graphs=True`` turns on
+IRuntimeConfig.cuda_graph_strategy); datacenter TensorRT runs without graphs.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import torch
 from vqdeploy.errors import ArtifactError, BackendError, InputError
 from vqdeploy.runtime.backends.graph_backend import GraphBackend
 from vqdeploy.trt import check
-from vqdeploy.trt.logs import BuildLog
+from vqdeploy.trt.logs import BuildLog, Discard, last_error
 from vqdeploy.trt.network import dims
 from vqdeploy.trt.shim import TensorRT, load, trt
 
@@ -73,8 +73,10 @@ class TrtExecutor:
     """One execution context of one engine, fixed to one optimization profile."""
 
     def __init__(self, label: str, ctx: trt.IExecutionContext, entry: dict[str, Any], profile: str,
-                 device: torch.device, memory: SharedActivations | None, rtx: bool) -> None:
+                 device: torch.device, memory: SharedActivations | None, rtx: bool,
+                 errors: list[str] | None = None) -> None:
         self.label = label
+        self.errors = errors if errors is not None else []  # the runtime logger's last errors
         self.ctx = ctx
         self.entry = entry
         self.profile = profile
@@ -82,7 +84,7 @@ class TrtExecutor:
         self.memory = memory
         self.rtx = rtx
         self.checked: set[tuple[tuple[int, ...], ...]] = set()  # input shapes whose output shapes were verified
-        self.empty = torch.empty(256, dtype=torch.uint8, device=device)  # address for zero-size tensors (past = 0)
+        self.empty = torch.empty(256, dtype=torch.uint8, device=device)  # address for zero-size tensors
 
     def _address(self, t: torch.Tensor) -> int:
         if not t.is_contiguous():
@@ -116,7 +118,7 @@ class TrtExecutor:
             self.memory.ensure(ctx.update_device_memory_size_for_shapes())
         with torch.cuda.device(self.device):
             if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-                raise BackendError(f"{self.label}: TensorRT failed to enqueue the engine (see the messages above)")
+                raise BackendError(f"{self.label}: TensorRT failed to enqueue the engine ({last_error(self.errors)})")
 
 
 class TensorRTBackend(GraphBackend):
@@ -133,7 +135,9 @@ class TensorRTBackend(GraphBackend):
         major, minor = torch.cuda.get_device_capability(self.torch_device)
         self.machine = check.Machine(self.api.flavour, self.api.version,
                                      torch.cuda.get_device_name(self.torch_device), f"{major}.{minor}")
-        self.log = BuildLog(sys.stderr, "warning")
+        # TensorRT's runtime messages: kept (the last errors explain a failure in its one error line),
+        # printed only when debugging
+        self.log = BuildLog(sys.stderr, "warning") if os.environ.get("VQDEPLOY_DEBUG") else BuildLog(Discard(), "error")
         with torch.cuda.device(self.torch_device):  # TensorRT uses the CUDA context torch created
             self.runtime = trt.Runtime(self.log.logger)
         self.cuda_graphs = cuda_graphs and self.api.rtx
@@ -143,8 +147,12 @@ class TensorRTBackend(GraphBackend):
         self._executors: dict[tuple[str, str], TrtExecutor] = {}
 
     def max_batch(self, graph: str) -> int:
+        """The smallest batch maximum over the profiles, of the inputs with a batch axis (not the
+        sampler's (1,) settings)."""
         _, entry = self._engine(graph)
-        return min(int(shapes["max"][0]) for prof in entry["profiles"].values() for shapes in prof.values())
+        batched = [t["name"] for t in self.graph(graph)["inputs"] if t["shape"][:1] == ["batch"]]
+        return min((int(prof[n]["max"][0]) for prof in entry["profiles"].values() for n in batched if prof[n]["max"]),
+                   default=super().max_batch(graph))
 
     def _engine(self, graph: str) -> tuple[trt.ICudaEngine, dict[str, Any]]:
         if graph not in self._engines:
@@ -163,7 +171,7 @@ class TensorRTBackend(GraphBackend):
             with torch.cuda.device(self.torch_device):
                 engine = self.runtime.deserialize_cuda_engine(blob)
             if engine is None:
-                why = self.log.errors[-1].strip() if self.log.errors else "no error message"
+                why = last_error(self.log.errors)
                 raise ArtifactError(f"{path}: {self.api} cannot load it ({why}); {rebuild}")
             self._engines[graph] = (engine, entry)
         return self._engines[graph]
@@ -199,5 +207,5 @@ class TensorRTBackend(GraphBackend):
                     self.memory.attach(ctx, engine.get_device_memory_size_for_profile_v2(index))
             label = graph if len(order) == 1 else f"{graph} ({profile})"
             ex = self._executors[(graph, profile)] = TrtExecutor(label, ctx, entry, profile, self.torch_device,
-                                                                 self.memory, self.api.rtx)
+                                                                 self.memory, self.api.rtx, self.log.errors)
         return ex

@@ -12,31 +12,39 @@ from torch import nn
 from vqdeploy.errors import ArtifactError, InputError
 from vqdeploy.export.graphs import DecoderGraph, EncoderGraph
 from vqdeploy.limits import MAX_SAMPLES
+from vqdeploy.models.kv_cache import KVCache
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.models.net2net import Net2NetTransformer
 from vqdeploy.models.vqgan import VQModel
 
 
 class TorchTransformer:
+    """The KV-cached GPT on a fixed-capacity cache (block size) written in place: the buffers are
+    allocated when a batch first needs them and reused by every later generation of that batch."""
+
     def __init__(self, gpt: GPT, device: torch.device) -> None:
         self.gpt = gpt
         self.device = device
-        self.past: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.length = 0
+        self.cache: KVCache | None = None
         self.batch = 0
 
+    @property
+    def length(self) -> int:
+        return 0 if self.cache is None else self.cache.length
+
     def reset(self, batch: int) -> None:
-        self.past, self.length, self.batch = None, 0, batch
+        if self.cache is None or self.cache.batch != batch:
+            self.cache = self.gpt.new_cache(batch, device=self.device)
+        self.cache.length, self.batch = 0, batch
 
     @torch.no_grad()
     def forward(self, tokens: np.ndarray) -> np.ndarray:
-        if tokens.shape[0] != self.batch:
+        if self.cache is None or tokens.shape[0] != self.batch:
             raise InputError(f"transformer: batch {tokens.shape[0]} does not match the cache's batch {self.batch}")
         if self.length + tokens.shape[1] > self.gpt.block_size:
             raise InputError(f"transformer: {self.length + tokens.shape[1]} tokens exceed the block size")
         idx = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(self.device)
-        logits, self.past = self.gpt.forward_cached(idx, self.past)
-        self.length += tokens.shape[1]
+        logits, self.cache = self.gpt.forward_cached(idx, self.cache)
         return logits.float().cpu().numpy()
 
 

@@ -1,0 +1,106 @@
+"""The in-place KV cache: buffers allocated once per generation, written in place (same data
+pointers at every step), the same input shapes at every position, and logits equal to full
+recomputation; on ONNX Runtime (the exported TensorScatter graph) and the torch backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from vqdeploy.models.mingpt import GPT
+from vqdeploy.runtime.backends.torch_backend import TorchTransformer
+from vqdeploy.runtime.generator import generate
+from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
+
+
+class Recorder:
+    """Wraps an executor: per call, the input shapes and the data pointer of every tensor."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[tuple[dict[str, tuple[int, ...]], dict[str, int], dict[str, int]]] = []
+
+    def run(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+        self.calls.append(({n: tuple(t.shape) for n, t in inputs.items()},
+                           {n: t.data_ptr() for n, t in inputs.items()}, {n: t.data_ptr() for n, t in outputs.items()}))
+        self.inner.run(inputs, outputs)
+
+
+def test_onnxruntime_cache_is_written_in_place_with_static_step_shapes(exported) -> None:
+    _, out, manifest = exported("seg")
+    backend = OnnxRuntimeBackend(out, manifest)
+    graph = onnx.load(str(out / "transformer.onnx"), load_external_data=False)
+    assert "TensorScatter" in {n.op_type for n in graph.graph.node}
+    assert {o.domain: o.version for o in graph.opset_import}[""] == 24
+
+    recorders: dict[str, Recorder] = {}
+    inner = backend._executor
+
+    def executor(name: str, profile: str | None = None) -> Any:
+        ex = inner(name, profile)
+        return recorders.setdefault(f"{name}/{profile}", Recorder(ex)) if name == "transformer" else ex
+
+    backend._executor = executor  # type: ignore[method-assign]
+    runner = backend.transformer()
+    tokens = manifest["model"]["tokens"]
+    batch, steps = 3, tokens["image"]
+    cond = np.random.default_rng(0).integers(0, manifest["model"]["transformer"]["vocab_size"], (batch, tokens["cond"]))
+    params = SamplingParams(temperature=1.0, top_k=8)
+    first = generate(runner, cond, steps, params, uniform_noise(3, batch, steps))
+    buffers = [b.data_ptr() for b in runner.buffers]
+    second = generate(runner, cond, steps, params, uniform_noise(3, batch, steps))
+    assert np.array_equal(first, second)  # stale entries of the last generation are masked
+    assert [b.data_ptr() for b in runner.buffers] == buffers  # allocated once, reused by the next generation
+
+    prefill, step = recorders["transformer/prefill"].calls, recorders["transformer/step"].calls
+    assert len(prefill) == 2 and len(step) == 2 * (steps - 1)
+    cache_names = [n for n in prefill[0][0] if n.startswith("cache.")]
+    for shapes, ins, outs in prefill + step:
+        for name in cache_names:
+            assert ins[name] == outs[name.replace("cache.", "cache_out.")]  # bound as input and output: in place
+            assert ins[name] == prefill[0][1][name]  # the same buffer at every call
+            assert shapes[name] == (batch, *manifest["graphs"]["transformer"]["inputs"][2]["shape"][1:])
+    assert all(shapes == step[0][0] for shapes, _, _ in step)  # identical step shapes at every position
+    assert all(ins == step[0][1] and outs == step[0][2] for _, ins, outs in step)  # and identical addresses
+
+
+def test_onnxruntime_steps_match_full_recomputation(exported) -> None:
+    """Teacher-forced steps at every position against one prefill of the whole sequence."""
+    _, out, manifest = exported("seg")
+    runner = OnnxRuntimeBackend(out, manifest).transformer()
+    info = manifest["model"]
+    gpt = info["transformer"]
+    seq = np.random.default_rng(1).integers(0, gpt["vocab_size"], (2, gpt["block_size"]))
+    runner.reset(2)
+    full = runner.forward(seq)
+    n = info["tokens"]["cond"]
+    runner.reset(2)
+    parts = [runner.forward(seq[:, :n])]
+    parts += [runner.forward(seq[:, i : i + 1]) for i in range(n, seq.shape[1])]
+    assert runner.length == seq.shape[1]
+    assert float(np.abs(np.concatenate(parts, axis=1) - full).max()) <= 1e-4 * max(1.0, float(np.abs(full).max()))
+
+
+def test_torch_cache_is_allocated_once_and_written_in_place() -> None:
+    torch.manual_seed(0)
+    gpt = GPT(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, n_unmasked=4).eval()
+    runner = TorchTransformer(gpt, torch.device("cpu"))
+    cond = np.random.default_rng(2).integers(0, gpt.vocab_size, (2, 4))
+    runner.reset(2)
+    assert runner.cache is not None
+    pointers = [(k.data_ptr(), v.data_ptr()) for k, v in runner.cache.layers]
+    logits = [runner.forward(cond)]
+    for k in range(6):
+        logits.append(runner.forward(np.full((2, 1), k, np.int64)))
+        assert [(a.data_ptr(), b.data_ptr()) for a, b in runner.cache.layers] == pointers
+        assert runner.cache.layers[0][0].shape == (2, 2, gpt.block_size, 8)
+    runner.reset(2)
+    assert [(k.data_ptr(), v.data_ptr()) for k, v in runner.cache.layers] == pointers and runner.length == 0
+    seq = np.concatenate([cond, np.arange(6)[None].repeat(2, 0)], axis=1)
+    with torch.no_grad():
+        full = gpt(torch.from_numpy(seq))[0].numpy()
+    assert float(np.abs(np.concatenate(logits, axis=1) - full).max()) <= 1e-5 * max(1.0, float(np.abs(full).max()))
