@@ -184,7 +184,7 @@ def _rename_graph(m: dict[str, Any]) -> None:
 MANIFEST_CASES: dict[str, tuple[Callable[[Any], Any], str]] = {
     "missing_key": (_delete("model", "conditioning", "preprocessing"), "model.conditioning.preprocessing: missing"),
     "wrong_type": (_set("model", "transformer", "vocab_size", value="x"),
-                   'model.transformer.vocab_size: expected a positive integer (at most 1048576), got "x"'),
+                   'model.transformer.vocab_size: expected a positive integer (at most 16777216), got "x"'),
     "bool_for_int": (_set("max_batch", value=True), "max_batch: expected a positive integer"),
     "negative": (_set("model", "first_stage", "resolution", value=-64), "model.first_stage.resolution"),
     "huge_number": (_set("model", "transformer", "n_layer", value=2**64), "model.transformer.n_layer"),

@@ -57,8 +57,8 @@ def demo(tmp_path_factory) -> Path:
 def _images(root: Path) -> dict[str, Path]:
     """Hostile or careless condition images."""
     root.mkdir(parents=True, exist_ok=True)
-    big = root / "big.png"  # 62 KB file, 64 megapixels: under the decode limit, far over the model's budget
-    Image.new("L", (7992, 7992), 255).save(big, optimize=True)
+    big = root / "big.png"  # a ~70 KB file of 67 megapixels: over the decode limit
+    Image.new("L", (8200, 8200), 255).save(big, optimize=True)
     nan = root / "nan.tif"
     arr = np.zeros((64, 64), np.float32)
     arr[3, 5] = np.nan
@@ -85,7 +85,7 @@ CASES = {
     "size_huge": (["--size", "16000x16000"], "over this model's budget"),
     "max_pixels_zero": (["--max-pixels", "0"], "--max-pixels must be in 1.."),
     "num_samples_not_int": (["--num-samples", "x"], "'x' is not a valid integer"),
-    "big_image": (["@big"], "7992x7992 is 63872064 pixels, over this model's budget of"),
+    "big_image": (["@big"], "64000000 pixels"),
     "nan_image": (["@nan"], "NaN or infinite values"),
     "inf_image": (["@inf"], "NaN or infinite values"),
     "out_is_directory": (["--out", "@dir"], "is a directory"),
@@ -148,6 +148,21 @@ def test_budget_follows_the_model_and_can_be_raised(demo):
         check_request(info, 1, (side + 16, side))
     check_request(info, 1, (side + 16, side), max_pixels=(side + 16) * side)
     assert DECODE_PIXELS >= AREA_FACTOR * res * res
+
+
+def test_a_large_image_is_resized_before_the_encoder_sees_it(demo, tmp_path):
+    """7992x7992 (under the decode limit) made the encoder ask for 8 GB when the grid followed the input;
+    now the encoder sees the trained size, and an image kept at its own size is held to the budget."""
+    from vqdeploy.export.manifest import read_manifest
+    from vqdeploy.runtime.images import load_condition
+
+    info = read_manifest(demo)["model"]
+    big = tmp_path / "big.png"
+    Image.new("L", (7992, 7992), 255).save(big, optimize=True)
+    pre = info["conditioning"]["preprocessing"]
+    assert load_condition(big, pre, (64, 64)).shape == (1, 1, 64, 64)
+    with pytest.raises(InputError, match="7992x7992 is 63872064 pixels, over this model's budget of 65536"):
+        load_condition(big, pre, None, budget=AREA_FACTOR * 64 * 64)
 
 
 def test_library_refuses_nan_conditions_and_bad_seeds(demo):

@@ -23,7 +23,7 @@ from vqdeploy.errors import ArtifactError
 from vqdeploy.schema import (all_of, at, fail, integer, list_of, mapping, nullable, obj, one_of, plain_file,
                              relative_file, sha256, string, tagged)
 
-MAX_VOCAB = 1 << 20
+MAX_VOCAB = 1 << 24  # as the loader (loading/sizes.py): whatever loads, exports and reads back
 MAX_BLOCK = 1 << 16  # transformer positions (and so image tokens)
 MAX_GRID = 1024  # latent cells per side
 MAX_RESOLUTION = 16384  # pixels per side of the trained image
