@@ -165,3 +165,18 @@ def test_inspect_of_a_file_that_is_no_checkpoint_says_so(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"error: {ROOT / 'README.md'}: not a checkpoint (expected a Lightning .ckpt, a "
                                    "torch state_dict file or .safetensors)")
+
+
+def test_parity_report_shows_condition_versions_date_and_machine(demo, tmp_path):
+    import json
+
+    from vqdeploy.runtime.parity_report import run_parity
+
+    out = tmp_path / "parity"
+    run_parity(demo, "onnxruntime", "cpu", 0, out, None, log=lambda m: None)
+    report = json.loads((out / "report.json").read_text())
+    assert report["condition"] == "condition.png" and Image.open(out / "condition.png").size == (64, 64)
+    assert report["versions"]["running"]["onnxruntime"] and report["versions"]["exported_with"]["onnx"]
+    assert report["machine"]["cpus"] >= 1 and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d", report["created"])
+    page = (out / "report.html").read_text()
+    assert "condition.png" in page and "&#10004; passed" in page and "&#10004; ok" in page

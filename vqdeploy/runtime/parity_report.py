@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
         raise ParityError("no backend to compare on this machine")
     check_output_dir(artifacts, out, "parity --out")
     labels = ["torch-cpu"] + [f"{n}-{d}" for n, d in candidates]
-    check_files([out / "report.json", out / "report.html",
+    check_files([out / "report.json", out / "report.html", out / "condition.png",
                  *(out / f"{label}-{i}.png" for label in labels for i in range(SAMPLES))], "parity --out")
     reference = TorchBackend(load_reference_model(manifest, ckpt), manifest, "cpu")
     files: dict[str, bytes | str] = {}  # written together at the end
@@ -77,7 +79,13 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
                 files[f"{label}-{i}.png"] = png_bytes(im)
                 row["images"].append(f"{label}-{i}.png")
         rows.append(row)
+    picture = _condition_picture(condition)
+    if picture is not None:
+        files["condition.png"] = png_bytes(picture)
     report = {"artifacts": str(artifacts), "precision": manifest["precision"], "seed": seed,
+              "created": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": _machine(),
+              "versions": {"exported_with": manifest.get("versions", {}), "running": _versions()},
+              "condition": "condition.png" if picture is not None else _condition_text(info),
               "sampling": {"temperature": params.temperature, "top_k": params.top_k},
               "passed": all(r.get("passed", True) for r in rows), "backends": rows}
     files["report.html"] = _html(report)
@@ -90,15 +98,66 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
     return report
 
 
+def _machine() -> dict[str, Any]:
+    import platform
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def _versions() -> dict[str, str]:
+    """The runtimes on this machine (the manifest holds the ones the graphs were exported with)."""
+    from importlib import metadata
+
+    out = {}
+    for dist in ("vqdeploy", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "tensorrt-rtx-cu13-bindings",
+                 "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _condition_picture(condition: np.ndarray | None) -> np.ndarray | None:
+    """The condition the samples were drawn for, as an image: (H,W,C) uint8, or None."""
+    if condition is None:
+        return None
+    x = np.asarray(condition)
+    if x.ndim == 3 and x.dtype.kind in "iu":  # label map: spread the class ids over grey levels
+        labels = x[0].astype(np.float64)
+        return (labels * (255.0 / max(float(labels.max()), 1.0))).astype(np.uint8)[..., None]
+    if x.ndim == 4 and x.shape[1] in (1, 3):
+        y = x[:1].astype(np.float32)
+        if float(y.min()) >= 0.0:  # coordinates in [0, 1]
+            y = y * 2.0 - 1.0
+        return to_uint8(y.clip(-1, 1))[0]
+    return None
+
+
+def _condition_text(info: dict[str, Any]) -> str:
+    kind = info.get("conditioning", {}).get("kind", "")
+    return {"class": "class 0", "sos": "none (unconditional)"}.get(kind, kind or "none")
+
+
 def _html(report: dict[str, Any]) -> str:
     def cell(v: Any) -> str:
         return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
 
     parts = ["<!doctype html><meta charset=utf-8><title>vqdeploy parity</title>",
              ("<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px}"
-             "img{image-rendering:pixelated;width:192px}.FAIL{color:#b00}</style>"),
+             "img{image-rendering:pixelated;width:192px}.FAIL{color:#fff;background:#b00;font-weight:bold}"
+              ".ok{color:#060;background:#dfd;font-weight:bold}</style>"),
              f"<h1>vqdeploy parity ({cell(report['precision'])}, seed {report['seed']})</h1>",
-             f"<p>Overall: <b>{'passed' if report['passed'] else 'FAILED'}</b>. Reference: torch-cpu (fp32).</p>",
+             f"<p class={'ok' if report['passed'] else 'FAIL'} style='font-size:1.3em'>Overall: "
+             f"<b>{'&#10004; passed' if report['passed'] else '&#10008; FAILED'}</b>. Reference: torch-cpu (fp32).</p>",
+             f"<p>{cell(report['created'])} on {cell(report['machine']['platform'])} "
+             f"({cell(report['machine']['processor'])}, {cell(report['machine']['cpus'])} CPUs). Running: "
+             + cell(", ".join(f"{k} {v}" for k, v in report["versions"]["running"].items()))
+             + ". Exported with: "
+             + cell(", ".join(f"{k} {v}" for k, v in report["versions"]["exported_with"].items())) + ".</p>",
+             (f"<p>Condition: <img src='condition.png' style='width:96px'></p>" if report["condition"] == "condition.png"
+              else f"<p>Condition: {cell(report['condition'])}</p>"),
              ("<h2>Samples (same seed, top-k 100)</h2><table><tr><th>backend</th><th>first diverging token</th>"
              "<th>samples</th></tr>")]
     for row in report["backends"]:
@@ -111,8 +170,9 @@ def _html(report: dict[str, Any]) -> str:
     for row in report["backends"]:
         for s in row.get("stages", []):
             status = "ok" if s["passed"] else "FAIL"
+            label = "&#10004; ok" if s["passed"] else "&#10008; FAIL"
             metrics = ", ".join(f"{k}={cell(v)}" for k, v in s["metrics"].items())
-            parts.append(f"<tr><td>{cell(row['backend'])}</td><td>{cell(s['stage'])}</td><td class={status}>{status}</td>"
+            parts.append(f"<tr><td>{cell(row['backend'])}</td><td>{cell(s['stage'])}</td><td class={status}>{label}</td>"
                          f"<td>{metrics}</td><td>{cell(s['tolerance'])}</td></tr>")
     parts.append("</table>")
     return "\n".join(parts)
