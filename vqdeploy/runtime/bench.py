@@ -167,7 +167,8 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
     runs: list[tuple[str, str, Backend | None]] = []
     torch_cpu: Backend | None = None
     if model is not None:
-        
+        from vqdeploy.runtime.backends.torch_backend import TorchBackend
+
         torch_cpu = TorchBackend(model, manifest, "cpu")
         runs.append(("torch", "cpu", torch_cpu))
     runs += [(b, d, None) for b, d in candidates]
