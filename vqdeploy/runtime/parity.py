@@ -209,7 +209,7 @@ def check_sampler(candidate: Any, vocab: int, seed: int, rounds: int = 8) -> Sta
         for params in SAMPLER_SETTINGS:
             host = next_tokens(logits[:, -1], u, params)
             inputs = {"logits": logits, "uniform": u, **sampler_inputs(params, vocab)}
-            graph = candidate.run_graph("sampler", inputs)["tokens"].cpu().numpy()[:, 0]
+            graph = candidate.run_graph("sampler", inputs)["tokens"][:, 0]
             draws += batch
             bad = graph != host
             if bad.any():
