@@ -84,6 +84,9 @@ Example:
 @click.option("--ckpt", default=None, help="Reference checkpoint (default: the exported one).")
 def parity(artifacts: Path, backends: str, device: str | None, seed: int, out: Path | None, ckpt: str | None) -> None:
     """Compare every available backend with the PyTorch reference, stage by stage (JSON + HTML)."""
+    from vqdeploy.needs_torch import require_torch
+
+    require_torch("parity compares against PyTorch and needs it")
     from vqdeploy.runtime.parity_report import run_parity
 
     run_parity(artifacts, backends, device, seed, out or artifacts / "parity", ckpt, log=lambda m: click.echo(m, err=True))

@@ -10,9 +10,10 @@ from typing import Any
 
 from vqdeploy.errors import ArtifactError, BackendError
 from vqdeploy.runtime.backends.base import Backend
+from vqdeploy.needs_torch import torch_installed
 from vqdeploy.runtime.backends.devices import BACKENDS, announce, check_name, gpu_present, resolve_device
 
-__all__ = ["BACKENDS", "auto_backend", "load_reference_model", "open_backend"]
+__all__ = ["BACKENDS", "auto_backend", "load_reference_model", "open_backend", "torch_installed"]
 
 
 def load_reference_model(manifest: dict[str, Any], ckpt: str | None = None, config: str | None = None) -> Any:
@@ -69,10 +70,6 @@ def open_backend(name: str, artifacts: Path, manifest: dict[str, Any], device: s
     except ImportError as e:
         raise BackendError(f"the tensorrt backend is not available ({e})") from None
     return TensorRTBackend(artifacts, manifest, resolved)
-
-
-def torch_installed() -> bool:
-    return importlib.util.find_spec("torch") is not None
 
 
 def tensorrt_installed() -> bool:
