@@ -47,12 +47,6 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t
 
 
-def _sync(be: Backend) -> None:
-    sync = getattr(be, "synchronize", None)
-    if sync is not None:
-        sync()
-
-
 class TimedRunner:
     """Wraps a transformer runner and records how long each call took (the first is the prefill)."""
 
@@ -91,7 +85,7 @@ def bench_backend(be: Backend, cond_input: Any, info: dict[str, Any], n: int, re
         tokens = generate(runner, cond, steps, PARAMS, noise)
         t2 = time.perf_counter()
         be.decode(tokens.reshape(n, *grid))
-        _sync(be)
+        be.synchronize()
         t3 = time.perf_counter()
         step = statistics.mean(runner.times[1:]) if steps > 1 else 0.0
         for key, v in zip(runs, (t1 - t0, runner.times[0], step, t2 - t1, t3 - t2, t3 - t0)):

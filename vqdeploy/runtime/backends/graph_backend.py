@@ -96,6 +96,9 @@ class GraphBackend:
             self._runner = KVTransformer(self)
         return self._runner
 
+    def device_sampler(self) -> KVTransformer:
+        return self.transformer()
+
 
 class KVTransformer:
     """The transformer graph with a device-resident, preallocated KV cache."""
