@@ -86,7 +86,10 @@ def test_transfers_views_and_errors() -> None:
         mem.empty((1,), "int64")
 
 
-def test_kv_transformer_on_cuda_memory_matches_host(tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("memory", ["cuda-python", "ortvalue"])
+def test_kv_transformer_on_device_memory_matches_host(tmp_path_factory: pytest.TempPathFactory, memory: str) -> None:
+    """The same loop on the two device memories: cuda-python (fake: host pointers) and OrtValues (on
+    ONNX Runtime's CPU allocator here; the CUDA ones take the same calls)."""
     from vqdeploy.export.exporter import export
     from vqdeploy.export.manifest import read_manifest
     from vqdeploy.runtime.backends.graph_backend import GraphBackend
@@ -99,7 +102,15 @@ def test_kv_transformer_on_cuda_memory_matches_host(tmp_path_factory: pytest.Tem
     export(demo, out, parity=False, log=lambda m: None)
     manifest = read_manifest(out)
     host = OnnxRuntimeBackend(out, manifest)
-    fake = GraphBackend(out, manifest, "cuda", CudaMemory(0, CudaRuntime(FakeCudart())))
+    if memory == "ortvalue":
+        import onnxruntime
+
+        from vqdeploy.runtime.backends.ort_memory import OrtDeviceMemory
+
+        mem: Any = OrtDeviceMemory(onnxruntime, "cpu", 0)
+    else:
+        mem = CudaMemory(0, CudaRuntime(FakeCudart()))
+    fake = GraphBackend(out, manifest, "cuda", mem)
     fake.executor = host.executor  # type: ignore[method-assign]  # CPU sessions reading the "device" memory
     tokens = manifest["model"]["tokens"]
     cond = np.random.default_rng(0).integers(0, 64, (2, tokens["cond"]))
