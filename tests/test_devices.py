@@ -36,7 +36,8 @@ def test_onnxruntime_auto_is_cpu_with_the_plain_wheel_on_a_gpu_machine(monkeypat
     assert logged == ["backend onnxruntime on cpu (no CUDAExecutionProvider: pip install 'vqdeploy[gpu]' for the GPU)"]
 
 
-@pytest.mark.parametrize("gpu,providers,want", [(True, GPU_ORT, "cuda"), (False, GPU_ORT, "cpu"), (False, CPU_ORT, "cpu")])
+@pytest.mark.parametrize("gpu,providers,want",
+                         [(True, GPU_ORT, "cuda"), (False, GPU_ORT, "cpu"), (False, CPU_ORT, "cpu")])
 def test_onnxruntime_auto(monkeypatch: pytest.MonkeyPatch, gpu: bool, providers: list[str], want: str) -> None:
     _machine(monkeypatch, gpu, providers)
     assert devices.resolve_device("onnxruntime", None) == (want, "")
