@@ -57,7 +57,7 @@ def demo(tmp_path_factory) -> Path:
 def _images(root: Path) -> dict[str, Path]:
     """Hostile or careless condition images."""
     root.mkdir(parents=True, exist_ok=True)
-    big = root / "big.png"  # 62 KB file, 64 megapixels: under the decode limit, far over the model's budget
+    big = root / "big.png"  # 62 KB file, 64 megapixels: under the decode limit, far over the model's own size
     Image.new("L", (7992, 7992), 255).save(big, optimize=True)
     nan = root / "nan.tif"
     arr = np.zeros((64, 64), np.float32)
@@ -85,7 +85,6 @@ CASES = {
     "size_huge": (["--size", "16000x16000"], "over this model's budget"),
     "max_pixels_zero": (["--max-pixels", "0"], "--max-pixels must be in 1.."),
     "num_samples_not_int": (["--num-samples", "x"], "'x' is not a valid integer"),
-    "big_image": (["@big"], "7992x7992 is 63872064 pixels, over this model's budget of"),
     "nan_image": (["@nan"], "NaN or infinite values"),
     "inf_image": (["@inf"], "NaN or infinite values"),
     "out_is_directory": (["--out", "@dir"], "is a directory"),
@@ -135,6 +134,15 @@ def test_run_refuses_bad_input_with_one_line_and_writes_nothing(run_results, nam
     assert_one_error(proc, CASES[name][1])
     assert "sampling" not in proc.stderr  # refused before any work
     assert after == before
+
+
+def test_big_image_under_the_decode_limit_is_resized_with_a_note(demo, tmp_path):
+    """Since the condition is resized to the trained size (issue 16), an input's own size is bounded by the
+    decode limit only (checked on the header, before decoding), not by the output budget."""
+    big = _images(tmp_path / "images")["big"]
+    proc = cli("run", str(big), "--artifacts", str(demo), "--out", str(tmp_path / "s.png"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "is 7992x7992; resized to 64x64" in proc.stderr and (tmp_path / "s.png").is_file()
 
 
 def test_budget_follows_the_model_and_can_be_raised(demo):
