@@ -132,3 +132,12 @@ def test_run_prints_the_device_choice_once(demo: Path, tmp_path: Path, monkeypat
     res = CliRunner().invoke(main, ["run", str(sketch), "--artifacts", str(demo), "--out", str(tmp_path / "s.png")])
     assert res.exit_code == 0, res.output
     assert res.output.count("backend onnxruntime on cpu (no CUDAExecutionProvider") == 1
+
+
+def test_no_note_on_a_machine_without_a_gpu(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqdeploy.export.manifest import read_manifest
+
+    _machine(monkeypatch, gpu=False, providers=CPU_ORT)
+    logged: list[str] = []
+    be = select.open_backend("auto", demo, read_manifest(demo), log=logged.append)
+    assert (be.name, be.device, logged) == ("onnxruntime", "cpu", [])

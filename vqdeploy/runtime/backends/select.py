@@ -44,12 +44,12 @@ def open_backend(name: str, artifacts: Path, manifest: dict[str, Any], device: s
                  ckpt: str | None = None, config: str | None = None, model: Any = None,
                  log: Callable[[str], None] | None = None) -> Backend:
     """``name`` (or ``auto``) on ``device`` (None: resolved by ``devices.resolve_device``, and the choice
-    reported on ``log``)."""
+    reported on ``log`` where there was one to make: a GPU, or a reason not to use it)."""
     if name == "auto":
         name = auto_backend(artifacts, device)
     check_name(name)
     resolved, why = resolve_device(name, device)
-    if device is None:
+    if device is None and (why or resolved != "cpu"):  # a GPU machine: say which way the choice went
         announce(name, resolved, why, log)
     if name == "torch":
         try:
