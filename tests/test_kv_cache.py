@@ -26,7 +26,7 @@ class Recorder:
 
     def run(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
         self.calls.append(({n: tuple(t.shape) for n, t in inputs.items()},
-                           {n: t.data_ptr() for n, t in inputs.items()}, {n: t.data_ptr() for n, t in outputs.items()}))
+                           {n: t.ptr for n, t in inputs.items()}, {n: t.ptr for n, t in outputs.items()}))
         self.inner.run(inputs, outputs)
 
 
@@ -38,23 +38,23 @@ def test_onnxruntime_cache_is_written_in_place_with_static_step_shapes(exported)
     assert {o.domain: o.version for o in graph.opset_import}[""] == 24
 
     recorders: dict[str, Recorder] = {}
-    inner = backend._executor
+    inner = backend.executor
 
     def executor(name: str, profile: str | None = None) -> Any:
         ex = inner(name, profile)
         return recorders.setdefault(f"{name}/{profile}", Recorder(ex)) if name == "transformer" else ex
 
-    backend._executor = executor  # type: ignore[method-assign]
+    backend.executor = executor  # type: ignore[method-assign]
     runner = backend.transformer()
     tokens = manifest["model"]["tokens"]
     batch, steps = 3, tokens["image"]
     cond = np.random.default_rng(0).integers(0, manifest["model"]["transformer"]["vocab_size"], (batch, tokens["cond"]))
     params = SamplingParams(temperature=1.0, top_k=8)
     first = generate(runner, cond, steps, params, uniform_noise(3, batch, steps))
-    buffers = [b.data_ptr() for b in runner.buffers]
+    buffers = [b.ptr for b in runner.buffers]
     second = generate(runner, cond, steps, params, uniform_noise(3, batch, steps))
     assert np.array_equal(first, second)  # stale entries of the last generation are masked
-    assert [b.data_ptr() for b in runner.buffers] == buffers  # allocated once, reused by the next generation
+    assert [b.ptr for b in runner.buffers] == buffers  # allocated once, reused by the next generation
 
     prefill, step = recorders["transformer/prefill"].calls, recorders["transformer/step"].calls
     assert len(prefill) == 2 and len(step) == 2 * (steps - 1)

@@ -35,6 +35,16 @@ class Corrupt:
         return self.inner.encode_cond(c)
 
     manifest = property(lambda s: s.inner.manifest)
+    emulation = None
+
+    def has_graph(self, name):
+        return self.inner.has_graph(name)
+
+    def synchronize(self):
+        self.inner.synchronize()
+
+    def device_sampler(self):
+        return None
 
     def max_batch(self, graph):
         return self.inner.max_batch(graph)

@@ -433,22 +433,19 @@ def test_executor_binds_the_kv_cache_by_address(trt_built: dict[str, Any], monke
     """The TensorRT glue without a GPU: shapes set per call, tensors bound by address, each layer's
     cache bound as its input and as its (aliased) output at the same address in every call, with
     the same shapes at every position; the profile picked by the number of new tokens, and enforced."""
-    import contextlib
-
     from vqdeploy.errors import InputError
     from vqdeploy.runtime.backends.graph_backend import GraphBackend, KVTransformer
     from vqdeploy.runtime.backends.tensorrt_backend import TrtExecutor
 
-    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: type("S", (), {"cuda_stream": 0})())
     art, data, _ = trt_built["fp32"]
     manifest = mf.read_manifest(art)
     entry = data["engines"]["transformer"]
-    backend = GraphBackend(art, manifest, "cpu")
+    backend = GraphBackend(art, manifest, "cpu")  # host memory: the fake contexts only record addresses
+    scratch = backend.memory.empty((256,), "uint8")
     contexts = {p: FakeContext(manifest, entry["profiles"][p]) for p in entry["profile_order"]}
-    executors = {p: TrtExecutor(f"transformer ({p})", contexts[p], entry, p, torch.device("cpu"), None, False)
+    executors = {p: TrtExecutor(f"transformer ({p})", contexts[p], entry, p, 0, scratch, None, False)
                  for p in contexts}
-    backend._executor = lambda graph, profile=None: executors[profile]
+    backend.executor = lambda graph, profile=None: executors[profile]  # type: ignore[method-assign]
 
     runner = KVTransformer(backend)
     runner.reset(2)
@@ -459,7 +456,7 @@ def test_executor_binds_the_kv_cache_by_address(trt_built: dict[str, Any], monke
     assert pre.addresses["cache.1.value"] == pre.addresses["cache_out.1.value"]  # in place: one buffer
     for k in range(2):
         runner.forward(torch.randint(0, 32, (2, 1)).numpy())
-        assert runner.position.item() == 3 + k  # the position is a value: same shapes at every step
+        assert backend.memory.download(runner.position)[0] == 3 + k  # a value: same shapes at every step
         assert step.shapes["cache.1.value"] == (2, 2, 32, 16) and step.shapes["position"] == (1,)
         assert step.addresses["cache.1.value"] == step.addresses["cache_out.1.value"] == pre.addresses["cache.1.value"]
         assert step.addresses["position"] == pre.addresses["position"]
@@ -468,4 +465,4 @@ def test_executor_binds_the_kv_cache_by_address(trt_built: dict[str, Any], monke
     assert pre.enqueued == 2 and pre.shapes["tokens"] == (2, 2) and runner.length == 7
 
     with pytest.raises(InputError, match=r"outside the engine's 'step' profile .*rebuild with vqdeploy build-trt"):
-        executors["step"].run({"tokens": torch.zeros((2, 2), dtype=torch.int64)}, {})
+        executors["step"].run({"tokens": backend.memory.zeros((2, 2), "int64")}, {})

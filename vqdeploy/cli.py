@@ -66,6 +66,9 @@ Example:
 @click.option("--config", type=click.Path(path_type=str), help="Model config YAML (default: <run>/configs/*-project.yaml).")
 def inspect(ckpt: str, config: str | None) -> None:
     """Load a checkpoint and print what it is (kind, conditioning, token grid) as JSON."""
+    from vqdeploy.needs_torch import require_torch
+
+    require_torch("inspect loads the checkpoint with PyTorch")
     from vqdeploy.describe import describe
     from vqdeploy.loading.load import load_model
 

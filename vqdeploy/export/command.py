@@ -20,6 +20,9 @@ Examples:
 @click.option("--parity/--no-parity", default=True, show_default=True, help="Check every graph against PyTorch (ONNX Runtime CPU).")
 def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool) -> None:
     """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest."""
+    from vqdeploy.needs_torch import require_torch
+
+    require_torch("export needs PyTorch")
     from vqdeploy.export.exporter import export as run_export
 
     run_export(ckpt, out, config, precision, opset, max_batch, parity, log=lambda m: click.echo(m, err=True))

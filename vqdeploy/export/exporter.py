@@ -17,6 +17,7 @@ from vqdeploy.describe import describe
 from vqdeploy.errors import ArtifactError, ConfigError, ParityError
 from vqdeploy.export import BF16_MIN_OPSET, default_opset
 from vqdeploy.export import manifest as mf
+from vqdeploy.export.fingerprint import model_fingerprint
 from vqdeploy.export.install import export_lock, install, temp_prefix
 from vqdeploy.export.onnx_export import export_graph
 from vqdeploy.export.specs import graph_specs
@@ -82,7 +83,7 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
     log(f"loading {ckpt}")
     model = load_model(ckpt, config)
     info = describe(model)
-    fingerprint = mf.model_fingerprint(model)
+    fingerprint = model_fingerprint(model)
     _check_destination(out, fingerprint)
     specs = graph_specs(model, precision, max_batch)
 

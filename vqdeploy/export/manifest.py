@@ -9,8 +9,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vqdeploy.artifact_paths import artifact_file
 from vqdeploy.errors import ArtifactError
 from vqdeploy.export.manifest_schema import validate
@@ -30,18 +28,10 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the weights (names, dtypes, shapes, bytes): identifies a model wherever its file lies."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def versions() -> dict[str, str]:
     import onnx
     import onnxscript
+    import torch
 
     import vqdeploy
 

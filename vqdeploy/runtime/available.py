@@ -1,37 +1,42 @@
-"""Which backends can run here, for ``parity`` and ``bench`` (``--backends auto``)."""
+"""Which backends can run here, for ``parity`` and ``bench`` (``--backends auto``), and the check of
+an explicit list: every requested backend is validated before anything runs."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from vqdeploy.errors import BackendError
-from vqdeploy.runtime.backends.select import cuda_available
+from vqdeploy.runtime.backends.devices import BACKENDS, gpu_present, ort_providers, torch_cuda
+from vqdeploy.runtime.backends.select import tensorrt_installed
 
 
 def available_backends(artifacts: Path, device: str | None) -> list[tuple[str, str]]:
     """(backend, device) pairs other than the torch-CPU reference itself."""
     out = [("onnxruntime", "cpu")] if device in (None, "cpu") else []
-    if device in (None, "cuda") and cuda_available():
-        import onnxruntime
-
-        out.append(("torch", "cuda"))
-        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+    if device in (None, "cuda") and gpu_present():
+        if torch_cuda():
+            out.append(("torch", "cuda"))
+        if "CUDAExecutionProvider" in ort_providers():
             out.append(("onnxruntime", "cuda"))
-        has_trt = importlib.util.find_spec("tensorrt") or importlib.util.find_spec("tensorrt_rtx_bindings")
-        if has_trt and (artifacts / "engines" / "engines.json").is_file():
+        if tensorrt_installed() and (artifacts / "engines" / "engines.json").is_file():
             out.append(("tensorrt", "cuda"))
     return out
 
 
 def parse_backends(text: str, artifacts: Path, device: str | None) -> list[tuple[str, str]]:
+    """``--backends``: 'auto' or a comma list, each resolved to its device here (so an impossible one
+    fails before any backend runs)."""
+    from vqdeploy.runtime.backends.devices import resolve_device
+
     if text == "auto":
         return available_backends(artifacts, device)
     out = []
     for name in text.split(","):
         name = name.strip()
-        if name not in ("torch", "onnxruntime", "tensorrt"):
-            raise BackendError(f"unknown backend '{name}'")
-        dev = device or ("cuda" if name == "tensorrt" or (cuda_available() and name != "onnxruntime") else "cpu")
-        out.append((name, dev))
+        if name not in BACKENDS:
+            raise BackendError(f"unknown backend '{name}' ({', '.join(BACKENDS)})")
+        resolved = resolve_device(name, device)[0]
+        if name == "tensorrt" and not tensorrt_installed():
+            raise BackendError("the tensorrt backend is not available (pip install 'vqdeploy[tensorrt]')")
+        out.append((name, resolved))
     return out

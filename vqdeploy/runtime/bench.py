@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from vqdeploy.errors import InputError
 from vqdeploy.export.manifest import read_manifest
@@ -21,8 +20,7 @@ from vqdeploy.files import atomic_write
 from vqdeploy.limits import check_int, check_num_samples
 from vqdeploy.runtime.available import parse_backends
 from vqdeploy.runtime.backends.base import Backend, TransformerRunner
-from vqdeploy.runtime.backends.select import load_reference_model, open_backend
-from vqdeploy.runtime.backends.torch_backend import TorchBackend
+from vqdeploy.runtime.backends.select import load_reference_model, open_backend, torch_installed
 from vqdeploy.runtime.conditions import condition_grid
 from vqdeploy.runtime.generator import generate
 from vqdeploy.runtime.outputs import check_files, check_output_dir, make_output_dir
@@ -47,12 +45,6 @@ def _timed(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
-
-
-def _sync(be: Backend) -> None:
-    sync = getattr(be, "synchronize", None)
-    if sync is not None:
-        sync()
 
 
 class TimedRunner:
@@ -93,7 +85,7 @@ def bench_backend(be: Backend, cond_input: Any, info: dict[str, Any], n: int, re
         tokens = generate(runner, cond, steps, PARAMS, noise)
         t2 = time.perf_counter()
         be.decode(tokens.reshape(n, *grid))
-        _sync(be)
+        be.synchronize()
         t3 = time.perf_counter()
         step = statistics.mean(runner.times[1:]) if steps > 1 else 0.0
         for key, v in zip(runs, (t1 - t0, runner.times[0], step, t2 - t1, t3 - t2, t3 - t0)):
@@ -103,7 +95,22 @@ def bench_backend(be: Backend, cond_input: Any, info: dict[str, Any], n: int, re
     return res
 
 
-@torch.no_grad()
+def reference_model(manifest: dict[str, Any], ckpt: str | None, log: Callable[[str], None]) -> Any:
+    """The PyTorch model for the torch columns, or None (with a note) where PyTorch is not installed."""
+    if not torch_installed():
+        log("bench: PyTorch is not installed: the torch-cpu and reference columns are skipped (pip install torch)")
+        return None
+    return load_reference_model(manifest, ckpt)
+
+
+def torch_threads() -> int | None:
+    if not torch_installed():
+        return None
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def bench_reference(model: Any, cond: np.ndarray, steps: int, full: bool) -> dict[str, Any]:
     """Upstream's sampler cost: one full forward over the whole sequence per token.
 
@@ -111,7 +118,15 @@ def bench_reference(model: Any, cond: np.ndarray, steps: int, full: bool) -> dic
     ``REFERENCE_POINTS`` sequence lengths and summed over all steps by linear interpolation
     (the cost of a full forward grows smoothly with length); the method is reported.
     """
-    c = torch.from_numpy(cond)
+    import torch
+
+    with torch.no_grad():
+        return _bench_reference(model, torch.from_numpy(cond), steps, full)
+
+
+def _bench_reference(model: Any, c: Any, steps: int, full: bool) -> dict[str, Any]:
+    import torch
+
     if full:
         x = torch.zeros((c.shape[0], 0), dtype=torch.long)
         k = min(PARAMS.top_k or 100, model.transformer.vocab_size)
@@ -139,19 +154,25 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
         raise InputError("bench needs a Net2NetTransformer (there is no sampling in a VQGAN)")
     check_output_dir(artifacts, out.parent, "bench --out")
     check_files([out], "bench --out")
-    model = load_reference_model(manifest, ckpt)
+    candidates = parse_backends(backends, artifacts, device)  # every requested backend can run, before any does
+    model = reference_model(manifest, ckpt, log)
     cond_input = sample_condition(info, 0)
     rows: dict[str, dict[str, Any]] = {}
-    torch_cpu = TorchBackend(model, manifest, "cpu")
-    runs: list[tuple[str, str, Backend | None]] = [("torch", "cpu", torch_cpu)]
-    runs += [(b, d, None) for b, d in parse_backends(backends, artifacts, device)]
+    runs: list[tuple[str, str, Backend | None]] = []
+    torch_cpu: Backend | None = None
+    if model is not None:
+        from vqdeploy.runtime.backends.torch_backend import TorchBackend
+
+        torch_cpu = TorchBackend(model, manifest, "cpu")
+        runs.append(("torch", "cpu", torch_cpu))
+    runs += [(b, d, None) for b, d in candidates]
     for name, dev, be in runs:
         label = f"{name}-{dev}" + (" (KV cache)" if name == "torch" else "")
         log(f"bench: {label} ...")
         be = be or open_backend(name, artifacts, manifest, dev, model=model if name == "torch" else None)
         rows[label] = bench_backend(be, cond_input, info, n, repeats)
     steps = int(info["tokens"]["image"])
-    if reference:
+    if reference and model is not None and torch_cpu is not None:
         log("bench: reference sampler (full recomputation per token) ...")
         cond = condition_grid(torch_cpu, info["conditioning"], n, cond_input, class_id=0).reshape(n, -1)
         rows["torch-cpu reference (no cache)"] = bench_reference(model, cond, steps, full=steps * cond.shape[1] <= 64 * 128)
@@ -160,7 +181,7 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
     result = {
         "artifacts": str(artifacts), "precision": manifest["precision"], "num_samples": n, "repeats": repeats,
         "image_tokens": steps, "cond_tokens": int(info["tokens"]["cond"]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch.get_num_threads()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch_threads()},
         "host_memory_bandwidth_GBps": bw / 1e9,
         "transformer_weight_bytes": weight_bytes,
         "step_floor_ms_cpu": 1e3 * weight_bytes / bw,

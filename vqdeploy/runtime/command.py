@@ -7,10 +7,14 @@ from pathlib import Path
 
 import click
 
-_BACKEND = click.Choice(["auto", "torch", "onnxruntime", "tensorrt"])
+from vqdeploy.runtime.backends.devices import BACKEND_CHOICES, DEVICES
+
+_BACKEND = click.Choice(BACKEND_CHOICES)
 
 
 _ARTIFACTS = "Artifacts directory written by `vqdeploy export`."
+_DEVICE_HELP = ("Default: per backend - onnxruntime on cuda only with onnxruntime-gpu and a GPU, tensorrt on cuda, "
+                "torch on cuda when torch sees a GPU; the choice is printed.")
 _BACKEND_HELP = "auto: TensorRT when engines and a GPU are there, else ONNX Runtime; torch runs the checkpoint."
 
 RUN_EXAMPLE = """\b
@@ -25,7 +29,7 @@ Examples:
 @click.argument("input", required=False, type=click.Path(path_type=Path))
 @click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path), help=_ARTIFACTS)
 @click.option("--backend", type=_BACKEND, default="auto", show_default=True, help=_BACKEND_HELP)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--device", type=click.Choice(DEVICES), default=None, help=_DEVICE_HELP)
 @click.option("--num-samples", type=int, default=1, show_default=True,
               help="Images to sample; beyond the backend's batch limit they run in batches (same images).")
 @click.option("--temperature", type=float, default=1.0, show_default=True,
@@ -74,12 +78,15 @@ Example:
 """)
 @click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path), help=_ARTIFACTS)
 @click.option("--backends", default="auto", show_default=True, help="Comma list, or 'auto' for every available one.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--device", type=click.Choice(DEVICES), default=None, help=_DEVICE_HELP)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the parity inputs and samples.")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Report directory (default: ARTIFACTS/parity).")
 @click.option("--ckpt", default=None, help="Reference checkpoint (default: the exported one).")
 def parity(artifacts: Path, backends: str, device: str | None, seed: int, out: Path | None, ckpt: str | None) -> None:
     """Compare every available backend with the PyTorch reference, stage by stage (JSON + HTML)."""
+    from vqdeploy.needs_torch import require_torch
+
+    require_torch("parity compares against PyTorch and needs it")
     from vqdeploy.runtime.parity_report import run_parity
 
     run_parity(artifacts, backends, device, seed, out or artifacts / "parity", ckpt, log=lambda m: click.echo(m, err=True))
@@ -91,7 +98,7 @@ Example:
 """)
 @click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path), help=_ARTIFACTS)
 @click.option("--backends", default="auto", show_default=True, help="Comma list, or 'auto' for every available one.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--device", type=click.Choice(DEVICES), default=None, help=_DEVICE_HELP)
 @click.option("--num-samples", type=int, default=1, show_default=True, help="Batch size of the timed runs.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per stage (the median is shown).")
 @click.option("--reference/--no-reference", default=True, show_default=True,

@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from vqdeploy.errors import InputError
 from vqdeploy.runtime.backends.base import Backend
@@ -21,10 +19,20 @@ def coord_map(height: int, width: int) -> np.ndarray:
     return (np.arange(height * width, dtype=np.float32) / (height * width)).reshape(1, 1, height, width)
 
 
+def area_downsample(x: np.ndarray, factor: int) -> np.ndarray:
+    """(B,C,H,W) -> (B,C,H//f,W//f) block means: torch's ``interpolate(mode="area")`` for an integer
+    factor (trailing rows/columns that fill no block are dropped, as there)."""
+    b, c, h, w = x.shape
+    hh, ww = h // factor, w // factor
+    blocks = x[:, :, : hh * factor, : ww * factor].reshape(b, c, hh, factor, ww, factor)
+    return blocks.mean(axis=(3, 5), dtype=np.float32)
+
+
 def coord_tokens(coords: np.ndarray, n_embed: int, down_factor: int) -> np.ndarray:
-    """taming CoordStage.encode: area-downsample, clamp to [0,1], scale by n_embed, round."""
-    c = F.interpolate(torch.from_numpy(coords), scale_factor=1 / down_factor, mode="area")
-    return (n_embed * c.clamp(0.0, 1.0)).round().long()[:, 0].numpy()
+    """taming CoordStage.encode: area-downsample, clamp to [0,1], scale by n_embed, round (half to even,
+    as torch.round)."""
+    c = area_downsample(coords.astype(np.float32), down_factor)
+    return np.round(n_embed * np.clip(c, 0.0, 1.0)).astype(np.int64)[:, 0]
 
 
 def condition_grid(backend: Backend, cond_info: dict[str, Any], batch: int, cond: np.ndarray | None = None,

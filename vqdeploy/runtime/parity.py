@@ -134,7 +134,7 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: dict[str, A
     cond_info = info["conditioning"]
     if cond_info["kind"] == "image":
         ref_c = reference.encode_cond(inputs["cond"])
-        dist, gumbel = _code_distances(model.cond_stage_model, inputs["cond"], reference._cond)  # type: ignore[arg-type]
+        dist, gumbel = _code_distances(model.cond_stage_model, inputs["cond"], reference.cond_graph)  # type: ignore[arg-type]
         reports.append(check_codes("cond_encoder", ref_c, candidate.encode_cond(inputs["cond"]), dist, gumbel, tol))
     batch = ref_z.shape[0]
     coord = None
@@ -184,7 +184,7 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: dict[str, A
         passed = gap <= 2 * step_err  # diverged at a near-tie of the reference itself
     reports.append(StageReport("greedy_tokens", passed, metrics,
                                "identical, or first divergence at a reference top-2 gap <= 2x the step logits error"))
-    if "sampler" in getattr(candidate, "manifest", {}).get("graphs", {}):
+    if candidate.has_graph("sampler"):
         reports.append(check_sampler(candidate, gpt.vocab_size, seed))
     return reports
 
@@ -197,7 +197,7 @@ SAMPLER_SETTINGS = (SamplingParams(1.0, 100, None), SamplingParams(0.7, None, 0.
 SAMPLER_CDF_MARGIN = 1e-4
 
 
-def check_sampler(candidate: Any, vocab: int, seed: int, rounds: int = 8) -> StageReport:
+def check_sampler(candidate: Backend, vocab: int, seed: int, rounds: int = 8) -> StageReport:
     rng = np.random.default_rng([seed, 0x5A])
     batch = min(4, candidate.max_batch("sampler"))
     draws = differ = 0
@@ -209,7 +209,7 @@ def check_sampler(candidate: Any, vocab: int, seed: int, rounds: int = 8) -> Sta
         for params in SAMPLER_SETTINGS:
             host = next_tokens(logits[:, -1], u, params)
             inputs = {"logits": logits, "uniform": u, **sampler_inputs(params, vocab)}
-            graph = candidate.run_graph("sampler", inputs)["tokens"].cpu().numpy()[:, 0]
+            graph = candidate.run_graph("sampler", inputs)["tokens"][:, 0]
             draws += batch
             bad = graph != host
             if bad.any():

@@ -56,7 +56,7 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
         label = f"{name}-{dev}"
         be = be or open_backend(name, artifacts, manifest, dev, model=reference.model if name == "torch" else None)
         row: dict[str, Any] = {"backend": label}
-        note = getattr(be, "emulation", None)
+        note = be.emulation
         if note:
             row["note"] = note
         if be is not reference:

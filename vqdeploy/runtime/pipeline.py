@@ -89,7 +89,7 @@ class Pipeline:
         check_request(manifest["model"])
         if sampler not in ("host", "graph"):
             raise InputError(f"--sampler {sampler}: expected host or graph")
-        if sampler == "graph" and not hasattr(backend.transformer(), "generate_on_device"):
+        if sampler == "graph" and backend.device_sampler() is None:
             raise InputError(f"--sampler graph needs a graph backend (onnxruntime or tensorrt), not {backend.name}")
         self.backend = backend
         self.manifest = manifest
@@ -198,8 +198,9 @@ class Pipeline:
             steps = grid[0] * grid[1]
             noise = uniform_noise(seed, num_samples, steps, first)
             prompt = cond.reshape(num_samples, -1)
-            if self.sampler == "graph":
-                seq = runner.generate_on_device(prompt, steps, params, noise, tick)  # type: ignore[attr-defined]
+            device_sampler = self.backend.device_sampler()
+            if self.sampler == "graph" and device_sampler is not None:
+                seq = device_sampler.generate_on_device(prompt, steps, params, noise, tick)
             else:
                 seq = generate(runner, prompt, steps, params, noise, tick)
             order = self.info["permuter"]["order"]

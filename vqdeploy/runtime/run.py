@@ -72,7 +72,7 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
         raise InputError(f"--class is for class-conditional models; this model is {what}")
     condition = read_condition(input, cond_info, hw, pixel_budget(manifest["model"], max_pixels), log)
     t = time.perf_counter()
-    be = open_backend(backend, artifacts, manifest, device, ckpt)
+    be = open_backend(backend, artifacts, manifest, device, ckpt, log=log)
     load_s = time.perf_counter() - t
     progress = TokenProgress(log)
     try:

@@ -3,9 +3,12 @@ benchmark drive torch, onnxruntime and TensorRT with the same code."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
+
+from vqdeploy.runtime.sampling import SamplingParams
 
 
 class TransformerRunner(Protocol):
@@ -22,9 +25,21 @@ class TransformerRunner(Protocol):
         """Append (B,T) int64 tokens to the cache; (B,T,V) fp32 logits of the new positions."""
 
 
+class DeviceSampler(Protocol):
+    """Token generation with the exported sampler graph on the backend's device."""
+
+    def generate_on_device(self, prompt: np.ndarray, steps: int, params: SamplingParams, noise: np.ndarray,
+                           progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """``generator.generate`` with logits and tokens kept on the device; (B, steps) int64 tokens."""
+
+
 class Backend(Protocol):
+    """Everything the pipeline, ``parity`` and ``bench`` use of a backend (nothing else is reached)."""
+
     name: str
     device: str
+    manifest: dict[str, Any]
+    emulation: str | None  # what this backend computes differently from the graphs (None: nothing)
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """First stage: (B,C,H,W) fp32 in [-1,1] -> (B,h,w) int64 token ids (raster order)."""
@@ -40,3 +55,15 @@ class Backend(Protocol):
 
     def max_batch(self, graph: str) -> int:
         """Largest batch ``graph`` takes here; the pipeline runs larger requests in chunks of it."""
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (timings)."""
+
+    def has_graph(self, name: str) -> bool:
+        """Whether ``run_graph(name)`` can run (graph backends: the artifacts hold it)."""
+
+    def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call of an exported graph on host arrays (graph backends only)."""
+
+    def device_sampler(self) -> DeviceSampler | None:
+        """The sampler-graph generation loop, or None where the backend has none (torch)."""

@@ -1,13 +1,14 @@
 """What the graph runtimes (onnxruntime on CPU/CUDA, TensorRT) share: preallocated buffers bound
-by pointer, output shapes from the manifest, and the KV-cached transformer.
+by address, output shapes from the manifest, and the KV-cached transformer.
 
-A subclass only provides ``_executor(graph, profile)``: an object whose ``run(inputs, outputs)``
-binds contiguous torch tensors (host or device) by address and enqueues the graph. The KV
-cache is one zeroed buffer per layer and part, (batch, n_head, block_size, head_dim), allocated
-when a batch first needs it: every call binds it as the graph's ``cache.*`` input and as its
-``cache_out.*`` output, and the graph's TensorScatter writes the new positions in place (ONNX
-Runtime skips the copy when the two are one buffer; TensorRT's KVCacheUpdate aliases them). A step
-neither allocates nor copies the cache, and its shapes are the same at every position.
+A subclass provides its ``Memory`` (``buffers``: numpy on the host, OrtValues or cuda-python on the
+GPU; no PyTorch) and ``executor(graph, profile)``: an object whose ``run(inputs, outputs)`` binds
+``Buffer``s by address and runs the graph. The KV cache is one zeroed buffer per layer and part,
+(batch, n_head, block_size, head_dim), allocated when a batch first needs it: every call binds it
+as the graph's ``cache.*`` input and as its ``cache_out.*`` output, and the graph's TensorScatter
+writes the new positions in place (ONNX Runtime skips the copy when the two are one buffer;
+TensorRT's KVCacheUpdate aliases them). A step neither allocates nor copies the cache, and its
+shapes and addresses are the same at every position.
 """
 
 from __future__ import annotations
@@ -17,36 +18,35 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from vqdeploy.errors import ArtifactError, InputError
+from vqdeploy.runtime.backends.buffers import Buffer, HostMemory, Memory
 from vqdeploy.runtime.sampling import SamplingParams, sampler_inputs
 from vqdeploy.tensor_spec import TensorSpec, bind_dims
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
-
 
 class Executor(Protocol):
-    def run(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None: ...
+    def run(self, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> None: ...
 
 
 class GraphBackend:
     name = "graph"
+    emulation: str | None = None  # what this backend does differently from the graphs' own arithmetic
 
-    def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str) -> None:
+    def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str, memory: Memory | None = None) -> None:
         self.artifacts = Path(artifacts)
         self.manifest = manifest
         self.device = device
-        self.torch_device = torch.device(device)
+        self.memory: Memory = memory if memory is not None else HostMemory()
         self._runner: KVTransformer | None = None
 
     # --- to implement -------------------------------------------------------------------
-    def _executor(self, graph: str, profile: str | None = None) -> Executor:
+    def executor(self, graph: str, profile: str | None = None) -> Executor:
+        """The runner of ``graph`` (fixed to ``profile`` where the engine has several)."""
         raise NotImplementedError
 
     def synchronize(self) -> None:
-        if self.torch_device.type == "cuda":
-            torch.cuda.synchronize(self.torch_device)
+        self.memory.synchronize()
 
     def max_batch(self, graph: str) -> int:
         """Largest batch the graph accepts here (engines may narrow or widen the exported range)."""
@@ -62,34 +62,42 @@ class GraphBackend:
     def specs(self, name: str, kind: str) -> list[TensorSpec]:
         return [TensorSpec.from_dict(t) for t in self.graph(name)[kind]]
 
-    def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    def has_graph(self, name: str) -> bool:
+        return name in self.manifest["graphs"]
+
+    def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call of graph ``name`` on host arrays; host outputs."""
         inputs = self.specs(name, "inputs")
         missing = [t.name for t in inputs if t.name not in arrays]
         if missing:
             raise InputError(f"{name}: missing input {missing[0]}")
         dims = bind_dims(inputs, [arrays[t.name].shape for t in inputs], name)
-        ins = {t.name: torch.as_tensor(np.ascontiguousarray(arrays[t.name], dtype=np.dtype(t.dtype))).to(self.torch_device)
-               for t in inputs}
-        outs = {t.name: torch.empty(t.concrete(dims), dtype=TORCH_DTYPES[t.dtype], device=self.torch_device)
-                for t in self.specs(name, "outputs")}
-        self._executor(name).run(ins, outs)
-        return outs
+        ins = {}
+        for t in inputs:
+            ins[t.name] = buf = self.memory.empty(tuple(arrays[t.name].shape), t.dtype)
+            self.memory.upload(arrays[t.name], buf)
+        outs = {t.name: self.memory.empty(tuple(t.concrete(dims)), t.dtype) for t in self.specs(name, "outputs")}
+        self.executor(name).run(ins, outs)
+        return {k: self.memory.download(b) for k, b in outs.items()}
 
     def encode(self, image: np.ndarray) -> np.ndarray:
-        return self.run_graph("encoder", {"image": image})["indices"].cpu().numpy()
+        return self.run_graph("encoder", {"image": image})["indices"]
 
     def encode_cond(self, cond: np.ndarray) -> np.ndarray:
         graph = "cond_encoder" if "cond_encoder" in self.manifest["graphs"] else "encoder"
         name = self.graph(graph)["inputs"][0]["name"]
-        return self.run_graph(graph, {name: cond})["indices"].cpu().numpy()
+        return self.run_graph(graph, {name: cond})["indices"]
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
-        return self.run_graph("decoder", {"indices": indices})["image"].cpu().numpy()
+        return self.run_graph("decoder", {"indices": indices})["image"]
 
     def transformer(self) -> KVTransformer:
         if self._runner is None:
             self._runner = KVTransformer(self)
         return self._runner
+
+    def device_sampler(self) -> KVTransformer:
+        return self.transformer()
 
 
 class KVTransformer:
@@ -105,20 +113,22 @@ class KVTransformer:
         if cache is None:
             raise ArtifactError(f"{backend.artifacts}: the transformer graph has no in-place KV cache "
                                 "(exported by an older vqdeploy); re-export")
-        self.kv_dtype = TORCH_DTYPES[cache["dtype"]]
+        self.kv_dtype = str(cache["dtype"])
         self.names = [(f"cache.{i}.{p}", f"cache_out.{i}.{p}") for i in range(self.n_layer) for p in ("key", "value")]
+        self.memory = backend.memory
         self.capacity = 0
         self.batch = 0
         self.length = 0
+        self.buffers: list[Buffer] = []
+        self.cache: list[Buffer] = []
+        self.io: dict[tuple[int, int], tuple[Buffer, Buffer]] = {}  # (B,T) -> token and logits buffers
 
     def _allocate(self, batch: int) -> None:
-        dev = self.backend.torch_device
         shape = (batch, self.n_head, self.block, self.head_dim)
         # zeroed: masked positions still multiply their (finite) values by 0
-        self.buffers = [torch.zeros(shape, dtype=self.kv_dtype, device=dev) for _ in self.names]
-        self.position = torch.zeros(1, dtype=torch.int64, device=dev)
-        self.logits = torch.empty(batch * self.block * self.vocab, dtype=torch.float32, device=dev)
-        self.tokens = torch.empty(batch * self.block, dtype=torch.int64, device=dev)
+        self.buffers = [self.memory.zeros(shape, self.kv_dtype) for _ in self.names]
+        self.position = self.memory.empty((1,), "int64")
+        self.io = {}
         self.capacity = batch
 
     def reset(self, batch: int) -> None:
@@ -129,35 +139,43 @@ class KVTransformer:
         if batch > self.capacity:
             self._allocate(batch)
         self.batch, self.length = batch, 0
-        self.cache = [buf[:batch] for buf in self.buffers]  # contiguous views, bound at every call
+        # the leading rows of each buffer: contiguous, bound at every call
+        self.cache = [buf.view((batch, self.n_head, self.block, self.head_dim)) for buf in self.buffers]
+
+    def _io(self, batch: int, t: int) -> tuple[Buffer, Buffer]:
+        """The (B,T) token and (B,T,V) logits buffers, allocated once per shape (prefill, step)."""
+        pair = self.io.get((batch, t))
+        if pair is None:
+            pair = self.io[(batch, t)] = (self.memory.empty((batch, t), "int64"),
+                                          self.memory.empty((batch, t, self.vocab), "float32"))
+        return pair
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
-        return self._run(self._upload(tokens)).to("cpu", copy=True).numpy()  # the buffer is reused next call
+        if tokens.ndim != 2:
+            raise InputError(f"transformer: tokens must be (batch, length), got shape {tokens.shape}")
+        tok, _ = self._io(*tokens.shape)
+        self.memory.upload(tokens, tok)
+        return self.memory.download(self._run(tok))  # a copy: the buffer is reused next call
 
-    def _upload(self, tokens: np.ndarray) -> torch.Tensor:
-        """Host (B,T) tokens into the preallocated device token buffer."""
-        tok = self.tokens[: tokens.size].view(tokens.shape)
-        tok.copy_(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)))
-        return tok
-
-    def _run(self, tok: torch.Tensor) -> torch.Tensor:
-        """Append the (B,T) device tokens at the cache's length; the (B,T,V) logits view of a buffer
-        reused by the next call. The cache is bound as input and output: written in place."""
+    def _run(self, tok: Buffer) -> Buffer:
+        """Append the (B,T) device tokens at the cache's length; the (B,T,V) logits buffer, reused by
+        the next call of that shape. The cache is bound as input and output: written in place."""
         b, t = tok.shape
         if b != self.batch:
             raise InputError(f"transformer: batch {b} does not match the cache's batch {self.batch}")
         p = self.length
         if p + t > self.block:
             raise InputError(f"transformer: {p + t} tokens exceed the block size {self.block}")
-        self.position.fill_(p)
+        self.memory.upload(np.array([p], dtype=np.int64), self.position)
+        logits = self._io(b, t)[1]
         ins = {"tokens": tok, "position": self.position}
-        outs = {"logits": self.logits[: b * t * self.vocab].view(b, t, self.vocab)}
+        outs = {"logits": logits}
         for (in_name, out_name), buf in zip(self.names, self.cache):
             ins[in_name] = outs[out_name] = buf
         profile = "step" if t == 1 else "prefill"
-        self.backend._executor("transformer", profile).run(ins, outs)
+        self.backend.executor("transformer", profile).run(ins, outs)
         self.length = p + t
-        return outs["logits"]
+        return logits
 
     def generate_on_device(self, prompt: np.ndarray, steps: int, params: SamplingParams, noise: np.ndarray,
                            progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -168,16 +186,25 @@ class KVTransformer:
             raise ArtifactError("these artifacts have no sampler graph (vocabulary over 3840?): use the host sampler")
         batch = prompt.shape[0]
         self.reset(batch)
-        dev = self.backend.torch_device
-        sampler = self.backend._executor("sampler")
-        settings = {k: torch.from_numpy(v).to(dev) for k, v in sampler_inputs(params, self.vocab).items()}
-        uniform = torch.from_numpy(np.ascontiguousarray(noise[:steps], dtype=np.float32)).to(dev)  # (steps, B)
-        tokens = torch.empty((steps, batch, 1), dtype=torch.int64, device=dev)
-        logits = self._run(self._upload(prompt))
+        mem = self.memory
+        sampler = self.backend.executor("sampler")
+        dtypes = {t["name"]: str(t["dtype"]) for t in self.backend.graph("sampler")["inputs"]}
+        settings = {}
+        for name, value in sampler_inputs(params, self.vocab).items():
+            settings[name] = buf = mem.empty(tuple(value.shape), dtypes[name])
+            mem.upload(value, buf)
+        uniform = mem.empty((steps, batch), "float32")
+        mem.upload(np.ascontiguousarray(noise[:steps], dtype=np.float32), uniform)
+        tokens = mem.empty((steps, batch, 1), "int64")
+        tok, _ = self._io(batch, prompt.shape[1])
+        mem.upload(prompt, tok)
+        logits = self._run(tok)
         for k in range(steps):
-            sampler.run({"logits": logits, "uniform": uniform[k], **settings}, {"tokens": tokens[k]})
+            token = tokens.view((batch, 1), k * batch)
+            sampler.run({"logits": logits, "uniform": uniform.view((batch,), k * batch), **settings}, {"tokens": token})
             if progress is not None:
                 progress(1)
             if k + 1 < steps:
-                logits = self._run(tokens[k])
-        return tokens[:, :, 0].T.cpu().numpy()
+                logits = self._run(token)
+        return mem.download(tokens)[:, :, 0].T.copy()
+

@@ -13,15 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vqdeploy.errors import ArtifactError, BackendError, VQDeployError
 from vqdeploy.export.graph_files import graph_file
+from vqdeploy.runtime.backends.buffers import ELEMENT_TYPE, Buffer, HostMemory
 from vqdeploy.runtime.backends.graph_backend import GraphBackend
 
 BF16_EMULATION = "bf16 graphs emulated on CPU: fp32 arithmetic, bf16 rounding at every node output"
-# ONNX TensorProto element types: IO binding takes these where numpy has no dtype (bfloat16)
-_ELEMENT_TYPE = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16, torch.int64: 7}
 # the manifest's dtype names as ONNX Runtime spells them
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "bfloat16": "tensor(bfloat16)",
               "int64": "tensor(int64)"}
@@ -56,21 +53,20 @@ def check_io(session: Any, name: str, graph: dict[str, Any], path: Path) -> None
 
 
 class OrtExecutor:
-    def __init__(self, session: Any, device: torch.device, label: str = "graph") -> None:
+    """One session; ``run`` binds the buffers by address (IO binding) and runs it."""
+
+    def __init__(self, session: Any, device: str = "cpu", index: int = 0, label: str = "graph") -> None:
         self.session = session
         self.label = label
-        self.device = device
-        self.kind = "cuda" if device.type == "cuda" else "cpu"
-        self.index = (device.index or 0) if device.type == "cuda" else 0
+        self.kind = device
+        self.index = index
 
-    def run(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+    def run(self, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> None:
         io = self.session.io_binding()
         for name, t in inputs.items():
-            io.bind_input(name, self.kind, self.index, _ELEMENT_TYPE[t.dtype], list(t.shape), t.data_ptr())
+            io.bind_input(name, self.kind, self.index, ELEMENT_TYPE[t.dtype], list(t.shape), t.ptr)
         for name, t in outputs.items():
-            io.bind_output(name, self.kind, self.index, _ELEMENT_TYPE[t.dtype], list(t.shape), t.data_ptr())
-        if self.kind == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch copies
+            io.bind_output(name, self.kind, self.index, ELEMENT_TYPE[t.dtype], list(t.shape), t.ptr)
         try:
             self.session.run_with_iobinding(io)
         except Exception as e:  # noqa: BLE001 (onnxruntime raises its own, unexported exception types)
@@ -81,32 +77,36 @@ class OnnxRuntimeBackend(GraphBackend):
     name = "onnxruntime"
 
     def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str = "cpu") -> None:
-        super().__init__(artifacts, manifest, device)
         try:
             import onnxruntime as ort
         except ImportError:
             raise BackendError("onnxruntime is not installed (pip install onnxruntime)") from None
-        self.ort = ort
-        ort.set_default_logger_severity(log_severity())
-        if self.torch_device.type == "cuda":
+        kind, _, index = device.partition(":")
+        self.index = int(index or 0)
+        if kind == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendError("onnxruntime has no CUDA provider here (pip install 'vqdeploy[gpu]' for onnxruntime-gpu)")
-            self.providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self.torch_device.index or 0}),
-                                         "CPUExecutionProvider"]
-        else:
-            self.providers = ["CPUExecutionProvider"]
-        self._executors: dict[str, OrtExecutor] = {}
-        # what this backend does differently from the graphs' own arithmetic (None: nothing)
-        self.emulation = BF16_EMULATION if manifest.get("precision") == "bf16" and self.torch_device.type == "cpu" else None
+            from vqdeploy.runtime.backends.ort_memory import OrtDeviceMemory
 
-    def _executor(self, graph: str, profile: str | None = None) -> OrtExecutor:
+            super().__init__(artifacts, manifest, device, OrtDeviceMemory(ort, "cuda", self.index))
+            self.providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self.index}), "CPUExecutionProvider"]
+        else:
+            super().__init__(artifacts, manifest, device, HostMemory())
+            self.providers = ["CPUExecutionProvider"]
+        self.kind = kind
+        self.ort = ort
+        ort.set_default_logger_severity(log_severity())
+        self._executors: dict[str, OrtExecutor] = {}
+        self.emulation = BF16_EMULATION if manifest.get("precision") == "bf16" and kind == "cpu" else None
+
+    def executor(self, graph: str, profile: str | None = None) -> OrtExecutor:
         ex = self._executors.get(graph)
         if ex is None:
             path = graph_file(self.artifacts, self.manifest, graph)
             opts = self.ort.SessionOptions()
             opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.log_severity_level = log_severity()
-            if self.torch_device.type == "cpu":
+            if self.kind == "cpu":
                 opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
             try:
                 source: str | bytes = str(path)
@@ -120,5 +120,5 @@ class OnnxRuntimeBackend(GraphBackend):
             except Exception as e:  # noqa: BLE001 (onnx and onnxruntime raise their own, unexported exception types)
                 raise ArtifactError(f"{path}: onnxruntime cannot load it ({one_line(e)[:200]})") from None
             check_io(session, graph, self.graph(graph), path)
-            ex = self._executors[graph] = OrtExecutor(session, self.torch_device, graph)
+            ex = self._executors[graph] = OrtExecutor(session, self.kind, self.index, graph)
         return ex

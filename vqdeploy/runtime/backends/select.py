@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vqdeploy.errors import ArtifactError, BackendError
 from vqdeploy.runtime.backends.base import Backend
+from vqdeploy.needs_torch import torch_installed
+from vqdeploy.runtime.backends.devices import BACKENDS, announce, check_name, gpu_present, resolve_device
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def default_device() -> str:
-    return "cuda" if cuda_available() else "cpu"
+__all__ = ["BACKENDS", "auto_backend", "load_reference_model", "open_backend", "torch_installed"]
 
 
 def load_reference_model(manifest: dict[str, Any], ckpt: str | None = None, config: str | None = None) -> Any:
     """The PyTorch model the artifacts were exported from (or ``ckpt``), checked by fingerprint."""
-    from vqdeploy.export.manifest import model_fingerprint
-    from vqdeploy.loading.load import load_model
+    try:
+        from vqdeploy.export.fingerprint import model_fingerprint
+        from vqdeploy.loading.load import load_model
+    except ImportError as e:
+        if (e.name or "").split(".")[0] == "torch":
+            raise BackendError("the PyTorch reference needs PyTorch: pip install torch") from None
+        raise
 
     src = manifest.get("source", {})
     path, cfg = ckpt, config
@@ -42,40 +41,45 @@ def load_reference_model(manifest: dict[str, Any], ckpt: str | None = None, conf
 
 
 def open_backend(name: str, artifacts: Path, manifest: dict[str, Any], device: str | None = None,
-                 ckpt: str | None = None, config: str | None = None, model: Any = None) -> Backend:
+                 ckpt: str | None = None, config: str | None = None, model: Any = None,
+                 log: Callable[[str], None] | None = None) -> Backend:
+    """``name`` (or ``auto``) on ``device`` (None: resolved by ``devices.resolve_device``, and the choice
+    reported on ``log`` where there was one to make: a GPU, or a reason not to use it)."""
     if name == "auto":
         name = auto_backend(artifacts, device)
-    device = device or ("cuda" if name == "tensorrt" else default_device())
-    if device == "cuda" and not cuda_available():
-        raise BackendError("--device cuda: no CUDA device is available here")
+    check_name(name)
+    resolved, why = resolve_device(name, device)
+    if device is None and (why or resolved != "cpu"):  # a GPU machine: say which way the choice went
+        announce(name, resolved, why, log)
     if name == "torch":
-        from vqdeploy.runtime.backends.torch_backend import TorchBackend
+        try:
+            from vqdeploy.runtime.backends.torch_backend import TorchBackend
+        except ImportError:
+            raise BackendError("the torch backend needs PyTorch: pip install torch") from None
 
-        return TorchBackend(model if model is not None else load_reference_model(manifest, ckpt, config), manifest, device)
+        return TorchBackend(model if model is not None else load_reference_model(manifest, ckpt, config), manifest,
+                            resolved)
     if name == "onnxruntime":
         from vqdeploy.export.manifest import verify_graph_files
         from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         verify_graph_files(artifacts, manifest)
-        return OnnxRuntimeBackend(artifacts, manifest, device)
-    if name == "tensorrt":
-        if device != "cuda":
-            raise BackendError("the tensorrt backend runs on a CUDA GPU only")
-        try:
-            from vqdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
-        except ImportError as e:
-            raise BackendError(f"the tensorrt backend is not available ({e})") from None
-        return TensorRTBackend(artifacts, manifest, device)  # type: ignore[return-value]
-    raise BackendError(f"unknown backend '{name}' (auto, {', '.join(BACKENDS)})")
+        return OnnxRuntimeBackend(artifacts, manifest, resolved)
+    try:
+        from vqdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
+    except ImportError as e:
+        raise BackendError(f"the tensorrt backend is not available ({e})") from None
+    return TensorRTBackend(artifacts, manifest, resolved)
+
+
+def tensorrt_installed() -> bool:
+    return bool(importlib.util.find_spec("tensorrt") or importlib.util.find_spec("tensorrt_rtx_bindings"))
 
 
 def auto_backend(artifacts: Path, device: str | None) -> str:
     """TensorRT when engines and a GPU are there, else ONNX Runtime."""
     # lexists: whatever is there (a symlink too) is the TensorRT backend's to check and refuse
     engines = os.path.lexists(Path(artifacts) / "engines" / "engines.json")
-    if (device in (None, "cuda")) and cuda_available() and engines:
-        import importlib.util
-
-        if importlib.util.find_spec("tensorrt") or importlib.util.find_spec("tensorrt_rtx_bindings"):
-            return "tensorrt"
+    if device in (None, "cuda") and engines and gpu_present() and tensorrt_installed():
+        return "tensorrt"
     return "onnxruntime"

@@ -7,7 +7,8 @@ What is TensorRT-specific, and kept here:
 - one execution context per (engine, optimization profile), the profile selected once at
   creation: the transformer engine has "prefill" and "step", so neither call switches profiles;
 - ``run``: set the input shapes, bind every tensor by address (``set_tensor_address``) and
-  enqueue ``execute_async_v3`` on torch's current CUDA stream; nothing is copied or synchronized.
+  enqueue ``execute_async_v3`` on the backend's CUDA stream; nothing is copied or synchronized.
+- memory and the stream come from cuda-python (``cuda_memory``): no PyTorch.
 - activation memory: the stages run one after another on one stream, so every context shares one
   device buffer (the largest any of them needs) instead of holding its own. This is valid only
   while the contexts are not run concurrently on different streams: pass ``share_memory=False``
@@ -28,9 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vqdeploy.errors import ArtifactError, BackendError, InputError
+from vqdeploy.runtime.backends.buffers import Buffer, Memory
 from vqdeploy.runtime.backends.graph_backend import GraphBackend
 from vqdeploy.trt import check
 from vqdeploy.trt.logs import BuildLog, Discard, last_error
@@ -42,23 +42,23 @@ class SharedActivations:
     """One device buffer bound to every execution context as its activation memory; it grows to
     the largest request, and growing rebinds the contexts already attached."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.buffer: torch.Tensor | None = None
+    def __init__(self, memory: Memory) -> None:
+        self.memory = memory
+        self.buffer: Buffer | None = None
         self.contexts: list[trt.IExecutionContext] = []
 
     @property
     def size(self) -> int:
-        return 0 if self.buffer is None else self.buffer.numel()
+        return 0 if self.buffer is None else self.buffer.nbytes
 
     def ensure(self, size: int) -> None:
         if size <= self.size:
             return
-        # the old buffer is freed in stream order (torch's caching allocator): work already
-        # enqueued on this stream finishes with it before the memory is reused
-        self.buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
+        # the old buffer may still be used by work enqueued on the stream: wait before it is freed
+        self.memory.synchronize()
+        self.buffer = self.memory.empty((size,), "uint8")
         for ctx in self.contexts:
-            ctx.set_device_memory(self.buffer.data_ptr(), size)
+            ctx.set_device_memory(self.buffer.ptr, size)
 
     def attach(self, ctx: trt.IExecutionContext, size: int) -> None:
         self.contexts.append(ctx)
@@ -66,30 +66,28 @@ class SharedActivations:
             self.ensure(max(size, 256))
         else:
             assert self.buffer is not None
-            ctx.set_device_memory(self.buffer.data_ptr(), self.size)
+            ctx.set_device_memory(self.buffer.ptr, self.size)
 
 
 class TrtExecutor:
     """One execution context of one engine, fixed to one optimization profile."""
 
     def __init__(self, label: str, ctx: trt.IExecutionContext, entry: dict[str, Any], profile: str,
-                 device: torch.device, memory: SharedActivations | None, rtx: bool,
+                 stream: int, scratch: Buffer, memory: SharedActivations | None, rtx: bool,
                  errors: list[str] | None = None) -> None:
         self.label = label
         self.errors = errors if errors is not None else []  # the runtime logger's last errors
         self.ctx = ctx
         self.entry = entry
         self.profile = profile
-        self.device = device
+        self.stream = stream
+        self.scratch = scratch  # an address for zero-size tensors
         self.memory = memory
         self.rtx = rtx
         self.checked: set[tuple[tuple[int, ...], ...]] = set()  # input shapes whose output shapes were verified
-        self.empty = torch.empty(256, dtype=torch.uint8, device=device)  # address for zero-size tensors
 
-    def _address(self, t: torch.Tensor) -> int:
-        if not t.is_contiguous():
-            raise BackendError(f"{self.label}: tensors must be contiguous")
-        return t.data_ptr() or self.empty.data_ptr()
+    def _address(self, t: Buffer) -> int:
+        return t.ptr if t.nbytes else self.scratch.ptr
 
     def _shape_error(self, name: str, shape: tuple[int, ...]) -> InputError:
         rng = self.entry["profiles"][self.profile].get(name, {})
@@ -97,7 +95,7 @@ class TrtExecutor:
                           f"profile (min {tuple(rng.get('min', ()))}, max {tuple(rng.get('max', ()))}); rebuild with "
                           "vqdeploy build-trt --batch/--size to cover it")
 
-    def run(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+    def run(self, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> None:
         ctx = self.ctx
         for name, t in inputs.items():
             if not ctx.set_input_shape(name, tuple(t.shape)):
@@ -116,9 +114,8 @@ class TrtExecutor:
         if self.memory is not None and self.rtx:
             # TensorRT-RTX sizes activations per shape; datacenter TensorRT's per-profile size is an upper bound
             self.memory.ensure(ctx.update_device_memory_size_for_shapes())
-        with torch.cuda.device(self.device):
-            if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-                raise BackendError(f"{self.label}: TensorRT failed to enqueue the engine ({last_error(self.errors)})")
+        if not ctx.execute_async_v3(self.stream):
+            raise BackendError(f"{self.label}: TensorRT failed to enqueue the engine ({last_error(self.errors)})")
 
 
 class TensorRTBackend(GraphBackend):
@@ -126,23 +123,30 @@ class TensorRTBackend(GraphBackend):
 
     def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str = "cuda",
                  share_memory: bool = True, cuda_graphs: bool = False) -> None:
-        super().__init__(artifacts, manifest, device)
-        if self.torch_device.type != "cuda" or not torch.cuda.is_available():
-            raise BackendError("the tensorrt backend runs on a CUDA GPU only, and torch sees none here")
-        if self.torch_device.index is None:
-            self.torch_device = torch.device("cuda", torch.cuda.current_device())
+        kind, _, index = device.partition(":")
+        if kind != "cuda":
+            raise BackendError("the tensorrt backend runs on a CUDA GPU only")
+        from vqdeploy.runtime.backends.cuda_memory import CudaMemory, CudaRuntime
+        from vqdeploy.runtime.backends.devices import gpu_present
+
+        if not gpu_present():
+            raise BackendError("the tensorrt backend runs on a CUDA GPU only, and none is available here")
+        cuda = CudaRuntime()
+        self.index = int(index or 0)
+        memory = CudaMemory(self.index, cuda)  # current device, its primary context and our stream
+        super().__init__(artifacts, manifest, f"cuda:{self.index}" if index else "cuda", memory)
+        self.stream = memory.stream
+        self.scratch = memory.empty((256,), "uint8")
         self.api: TensorRT = load()
-        major, minor = torch.cuda.get_device_capability(self.torch_device)
-        self.machine = check.Machine(self.api.flavour, self.api.version,
-                                     torch.cuda.get_device_name(self.torch_device), f"{major}.{minor}")
+        name, cc = cuda.device(self.index)
+        self.machine = check.Machine(self.api.flavour, self.api.version, name, cc)
         # TensorRT's runtime messages: kept (the last errors explain a failure in its one error line),
         # printed only when debugging
         self.log = BuildLog(sys.stderr, "warning") if os.environ.get("VQDEPLOY_DEBUG") else BuildLog(Discard(), "error")
-        with torch.cuda.device(self.torch_device):  # TensorRT uses the CUDA context torch created
-            self.runtime = trt.Runtime(self.log.logger)
+        self.runtime = trt.Runtime(self.log.logger)
         self.cuda_graphs = cuda_graphs and self.api.rtx
         # RTX's own graph capture records buffer addresses: give each context its own memory then
-        self.memory = SharedActivations(self.torch_device) if share_memory and not self.cuda_graphs else None
+        self.memory_pool = SharedActivations(memory) if share_memory and not self.cuda_graphs else None
         self._engines: dict[str, tuple[trt.ICudaEngine, dict[str, Any]]] = {}
         self._executors: dict[tuple[str, str], TrtExecutor] = {}
 
@@ -168,8 +172,7 @@ class TensorRTBackend(GraphBackend):
                     raise ArtifactError(f"{path}: {self.api} reports the engine invalid here "
                                         f"({', '.join(reasons) or 'no reason given'}); {rebuild}")
             self.log.errors.clear()
-            with torch.cuda.device(self.torch_device):
-                engine = self.runtime.deserialize_cuda_engine(blob)
+            engine = self.runtime.deserialize_cuda_engine(blob)
             if engine is None:
                 why = last_error(self.log.errors)
                 raise ArtifactError(f"{path}: {self.api} cannot load it ({why}); {rebuild}")
@@ -177,7 +180,7 @@ class TensorRTBackend(GraphBackend):
         return self._engines[graph]
 
     def _context(self, engine: trt.ICudaEngine) -> trt.IExecutionContext:
-        strategy = (trt.ExecutionContextAllocationStrategy.USER_MANAGED if self.memory is not None
+        strategy = (trt.ExecutionContextAllocationStrategy.USER_MANAGED if self.memory_pool is not None
                     else trt.ExecutionContextAllocationStrategy.STATIC)
         if self.cuda_graphs:
             config = engine.create_runtime_config()
@@ -190,7 +193,7 @@ class TensorRTBackend(GraphBackend):
             raise BackendError(f"{self.api} could not create an execution context (out of GPU memory?)")
         return ctx
 
-    def _executor(self, graph: str, profile: str | None = None) -> TrtExecutor:
+    def executor(self, graph: str, profile: str | None = None) -> TrtExecutor:
         engine, entry = self._engine(graph)
         order: list[str] = entry["profile_order"]
         profile = profile or order[0]
@@ -200,12 +203,11 @@ class TensorRTBackend(GraphBackend):
                 raise ArtifactError(f"{graph}: the engine has no '{profile}' profile (it has {', '.join(order)}); "
                                     f"rebuild: vqdeploy build-trt --artifacts {self.artifacts}")
             index = order.index(profile)
-            with torch.cuda.device(self.torch_device):
-                ctx = self._context(engine)
-                ctx.set_optimization_profile_async(index, torch.cuda.current_stream(self.torch_device).cuda_stream)
-                if self.memory is not None:
-                    self.memory.attach(ctx, engine.get_device_memory_size_for_profile_v2(index))
+            ctx = self._context(engine)
+            ctx.set_optimization_profile_async(index, self.stream)
+            if self.memory_pool is not None:
+                self.memory_pool.attach(ctx, engine.get_device_memory_size_for_profile_v2(index))
             label = graph if len(order) == 1 else f"{graph} ({profile})"
-            ex = self._executors[(graph, profile)] = TrtExecutor(label, ctx, entry, profile, self.torch_device,
-                                                                 self.memory, self.api.rtx, self.log.errors)
+            ex = self._executors[(graph, profile)] = TrtExecutor(label, ctx, entry, profile, self.stream, self.scratch,
+                                                                 self.memory_pool, self.api.rtx, self.log.errors)
         return ex

@@ -50,9 +50,11 @@ class TorchTransformer:
 
 class TorchBackend:
     name = "torch"
+    emulation: str | None = None
 
     def __init__(self, model: nn.Module, manifest: dict[str, Any], device: str = "cpu") -> None:
         self.device = device
+        self.manifest = manifest
         self.torch_device = torch.device(device)
         self.model = model.to(self.torch_device)
         first = model.first_stage_model if isinstance(model, Net2NetTransformer) else model
@@ -60,14 +62,14 @@ class TorchBackend:
             raise ArtifactError("the torch backend needs a VQModel or Net2NetTransformer checkpoint")
         self._encoder = EncoderGraph(first, torch.float32)
         self._decoder = DecoderGraph(first, torch.float32)
-        self._cond: EncoderGraph | None = None
+        self.cond_graph: EncoderGraph | None = None
         cond = manifest["model"].get("conditioning", {})
         if cond.get("kind") == "first_stage":
-            self._cond = self._encoder
+            self.cond_graph = self._encoder
         elif cond.get("kind") == "image":
             assert isinstance(model, Net2NetTransformer) and isinstance(model.cond_stage_model, VQModel)
             pre = cond["preprocessing"]
-            self._cond = EncoderGraph(model.cond_stage_model, torch.float32,
+            self.cond_graph = EncoderGraph(model.cond_stage_model, torch.float32,
                                       pre["num_classes"] if pre["kind"] == "onehot" else None,
                                       int(cond.get("downsample_cond_size", -1)))
         self._runner = TorchTransformer(model.transformer, self.torch_device) if isinstance(model, Net2NetTransformer) else None
@@ -80,6 +82,16 @@ class TorchBackend:
         if self.torch_device.type == "cuda":
             torch.cuda.synchronize(self.torch_device)
 
+    def has_graph(self, name: str) -> bool:
+        return False
+
+    def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise InputError(f"the torch backend runs the checkpoint, not the exported '{name}' graph")
+
+    def device_sampler(self) -> None:
+        """No sampler graph here: the host sampler."""
+        return None
+
     @torch.no_grad()
     def _run(self, module: nn.Module, x: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(np.ascontiguousarray(x)).to(self.torch_device)).cpu().numpy()
@@ -88,9 +100,9 @@ class TorchBackend:
         return self._run(self._encoder, image.astype(np.float32))
 
     def encode_cond(self, cond: np.ndarray) -> np.ndarray:
-        if self._cond is None:
+        if self.cond_graph is None:
             raise InputError("this model has no image condition")
-        return self._run(self._cond, cond)
+        return self._run(self.cond_graph, cond)
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
         return self._run(self._decoder, indices.astype(np.int64))

@@ -1,0 +1,143 @@
+"""Device resolution (issue 12 item 4, issue 16 item 2): one place decides, from the providers and
+GPUs really there, and says why; a backend that cannot run fails before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vqdeploy.errors import BackendError
+from vqdeploy.runtime.backends import devices, select
+from vqdeploy.runtime import available
+
+
+def _machine(monkeypatch: pytest.MonkeyPatch, gpu: bool, providers: list[str], torch_gpu: bool | None = None) -> None:
+    monkeypatch.setattr(devices, "gpu_present", lambda: gpu)
+    monkeypatch.setattr(devices, "ort_providers", lambda: providers)
+    monkeypatch.setattr(devices, "torch_cuda", lambda: gpu if torch_gpu is None else torch_gpu)
+    monkeypatch.setattr(select, "gpu_present", lambda: gpu)
+    monkeypatch.setattr(available, "gpu_present", lambda: gpu)
+    monkeypatch.setattr(available, "ort_providers", lambda: providers)
+    monkeypatch.setattr(available, "torch_cuda", lambda: gpu if torch_gpu is None else torch_gpu)
+
+
+CPU_ORT = ["CPUExecutionProvider"]
+GPU_ORT = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_onnxruntime_auto_is_cpu_with_the_plain_wheel_on_a_gpu_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bug: a CUDA torch and the plain onnxruntime wheel made `run` fail; now it runs on CPU and says why."""
+    _machine(monkeypatch, gpu=True, providers=CPU_ORT)
+    device, why = devices.resolve_device("onnxruntime", None)
+    assert device == "cpu" and "no CUDAExecutionProvider" in why and "vqdeploy[gpu]" in why
+    logged: list[str] = []
+    devices.announce("onnxruntime", device, why, logged.append)
+    assert logged == ["backend onnxruntime on cpu (no CUDAExecutionProvider: pip install 'vqdeploy[gpu]' for the GPU)"]
+
+
+@pytest.mark.parametrize("gpu,providers,want",
+                         [(True, GPU_ORT, "cuda"), (False, GPU_ORT, "cpu"), (False, CPU_ORT, "cpu")])
+def test_onnxruntime_auto(monkeypatch: pytest.MonkeyPatch, gpu: bool, providers: list[str], want: str) -> None:
+    _machine(monkeypatch, gpu, providers)
+    assert devices.resolve_device("onnxruntime", None) == (want, "")
+
+
+def test_explicit_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    _machine(monkeypatch, gpu=True, providers=CPU_ORT)
+    with pytest.raises(BackendError, match=r"--device cuda: onnxruntime has no CUDA provider here"):
+        devices.resolve_device("onnxruntime", "cuda")
+    assert devices.resolve_device("onnxruntime", "cpu") == ("cpu", "")
+    assert devices.resolve_device("torch", None) == ("cuda", "")
+    _machine(monkeypatch, gpu=False, providers=GPU_ORT)
+    with pytest.raises(BackendError, match=r"^--device cuda: no CUDA device is available here$"):
+        devices.resolve_device("onnxruntime", "cuda")
+    assert devices.resolve_device("torch", None) == ("cpu", "")
+
+
+def test_tensorrt_needs_a_gpu_and_says_so_without_mentioning_an_unpassed_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    _machine(monkeypatch, gpu=False, providers=CPU_ORT)
+    with pytest.raises(BackendError) as e:
+        devices.resolve_device("tensorrt", None)
+    assert str(e.value) == "the tensorrt backend needs a CUDA GPU; none is available here"
+    with pytest.raises(BackendError, match=r"^--device cuda: the tensorrt backend needs a CUDA GPU"):
+        devices.resolve_device("tensorrt", "cuda")
+    with pytest.raises(BackendError, match=r"^--device cpu: the tensorrt backend runs on a CUDA GPU only"):
+        devices.resolve_device("tensorrt", "cpu")
+    _machine(monkeypatch, gpu=True, providers=CPU_ORT)
+    assert devices.resolve_device("tensorrt", None) == ("cuda", "")
+
+
+def test_parse_backends_validates_every_backend_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _machine(monkeypatch, gpu=False, providers=CPU_ORT)
+    with pytest.raises(BackendError, match="^the tensorrt backend needs a CUDA GPU; none is available here$"):
+        available.parse_backends("onnxruntime,tensorrt", tmp_path, None)
+    with pytest.raises(BackendError, match="unknown backend 'onnx'"):
+        available.parse_backends("onnx", tmp_path, None)
+    assert available.parse_backends("onnxruntime", tmp_path, None) == [("onnxruntime", "cpu")]
+    assert available.parse_backends("auto", tmp_path, None) == [("onnxruntime", "cpu")]
+    _machine(monkeypatch, gpu=True, providers=GPU_ORT, torch_gpu=False)
+    assert available.parse_backends("auto", tmp_path, None) == [("onnxruntime", "cpu"), ("onnxruntime", "cuda")]
+
+
+def test_cli_choices_are_the_backend_list() -> None:
+    from vqdeploy.runtime.command import run
+
+    choice = next(p for p in run.params if p.name == "backend").type
+    assert tuple(choice.choices) == devices.BACKEND_CHOICES == ("auto", *select.BACKENDS)
+
+
+def test_gpu_present_without_a_driver_is_false() -> None:
+    assert isinstance(devices.gpu_present(), bool)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "models" / "demo"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vqdeploy.export.exporter import export
+
+    out = tmp_path_factory.mktemp("demo") / "artifacts"
+    export(DEMO / "checkpoints" / "last.ckpt", out, parity=False, log=lambda m: None)
+    return out
+
+
+@pytest.mark.parametrize("args", [["run", "--backend", "tensorrt"], ["parity", "--backends", "tensorrt"],
+                                  ["bench", "--backends", "onnxruntime,tensorrt", "--no-reference"]])
+def test_cli_tensorrt_without_a_gpu_names_the_backend_not_the_flag(demo: Path, args: list[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before any work: bench does not run its CPU benchmarks first and then fail."""
+    from click.testing import CliRunner
+
+    from vqdeploy.cli import main
+
+    _machine(monkeypatch, gpu=False, providers=CPU_ORT)
+    extra = [str(DEMO / "sketches" / "07_house-square-circle_horizon.png")] if args[0] == "run" else []
+    res = CliRunner().invoke(main, [*args, *extra, "--artifacts", str(demo)])
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert lines == ["error: the tensorrt backend needs a CUDA GPU; none is available here"], res.output
+    assert not (demo / "bench.json").exists()
+
+
+def test_run_prints_the_device_choice_once(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from vqdeploy.cli import main
+
+    _machine(monkeypatch, gpu=True, providers=CPU_ORT)  # a GPU, but the plain onnxruntime wheel
+    sketch = DEMO / "sketches" / "07_house-square-circle_horizon.png"
+    res = CliRunner().invoke(main, ["run", str(sketch), "--artifacts", str(demo), "--out", str(tmp_path / "s.png")])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("backend onnxruntime on cpu (no CUDAExecutionProvider") == 1
+
+
+def test_no_note_on_a_machine_without_a_gpu(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqdeploy.export.manifest import read_manifest
+
+    _machine(monkeypatch, gpu=False, providers=CPU_ORT)
+    logged: list[str] = []
+    be = select.open_backend("auto", demo, read_manifest(demo), log=logged.append)
+    assert (be.name, be.device, logged) == ("onnxruntime", "cpu", [])
