@@ -180,3 +180,18 @@ def test_parity_report_shows_condition_versions_date_and_machine(demo, tmp_path)
     assert report["machine"]["cpus"] >= 1 and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d", report["created"])
     page = (out / "report.html").read_text()
     assert "condition.png" in page and "&#10004; passed" in page and "&#10004; ok" in page
+
+
+def test_parity_report_says_which_installed_backends_were_skipped_and_why(demo, tmp_path, monkeypatch):
+    import json
+
+    from vqdeploy.runtime import available
+    from vqdeploy.runtime.parity_report import run_parity
+
+    monkeypatch.setattr(available, "gpu_present", lambda: False)
+    monkeypatch.setattr(available, "tensorrt_installed", lambda: True)
+    out = tmp_path / "parity"
+    run_parity(demo, "auto", None, 0, out, None, log=lambda m: None)
+    report = json.loads((out / "report.json").read_text())
+    assert "tensorrt: installed, but no CUDA GPU here" in report["skipped"]
+    assert "Not compared here" in (out / "report.html").read_text()

@@ -23,6 +23,27 @@ def available_backends(artifacts: Path, device: str | None) -> list[tuple[str, s
     return out
 
 
+def skipped_backends(artifacts: Path, device: str | None) -> list[str]:
+    """What ``--backends auto`` leaves out on this machine, and why (for the parity report)."""
+    out = []
+    gpu = device in (None, "cuda") and gpu_present()
+    if device == "cpu":
+        return ["GPU backends: --device cpu"]
+    if tensorrt_installed():
+        if not gpu:
+            out.append("tensorrt: installed, but no CUDA GPU here")
+        elif not (artifacts / "engines" / "engines.json").is_file():
+            out.append(f"tensorrt: no engines (vqdeploy build-trt --artifacts {artifacts})")
+    if not gpu:
+        out.append("onnxruntime-cuda, torch-cuda: no CUDA GPU here")
+    else:
+        if "CUDAExecutionProvider" not in ort_providers():
+            out.append("onnxruntime-cuda: no CUDAExecutionProvider (pip install 'vqdeploy[gpu]')")
+        if not torch_cuda():
+            out.append("torch-cuda: this torch has no CUDA")
+    return out
+
+
 def parse_backends(text: str, artifacts: Path, device: str | None) -> list[tuple[str, str]]:
     """``--backends``: 'auto' or a comma list, each resolved to its device here (so an impossible one
     fails before any backend runs)."""

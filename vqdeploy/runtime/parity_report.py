@@ -19,7 +19,7 @@ import numpy as np
 from vqdeploy.errors import ParityError
 from vqdeploy.export.manifest import read_manifest
 from vqdeploy.files import atomic_write_many
-from vqdeploy.runtime.available import parse_backends
+from vqdeploy.runtime.available import parse_backends, skipped_backends
 from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.backends.select import load_reference_model, open_backend
 from vqdeploy.runtime.backends.torch_backend import TorchBackend
@@ -87,6 +87,7 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
               "versions": {"exported_with": manifest.get("versions", {}), "running": _versions()},
               "condition": "condition.png" if picture is not None else _condition_text(info),
               "sampling": {"temperature": params.temperature, "top_k": params.top_k},
+              "skipped": skipped_backends(artifacts, device) if backends == "auto" else [],
               "passed": all(r.get("passed", True) for r in rows), "backends": rows}
     files["report.html"] = _html(report)
     files["report.json"] = json.dumps(report, indent=2) + "\n"
@@ -175,4 +176,7 @@ def _html(report: dict[str, Any]) -> str:
             parts.append(f"<tr><td>{cell(row['backend'])}</td><td>{cell(s['stage'])}</td><td class={status}>{label}</td>"
                          f"<td>{metrics}</td><td>{cell(s['tolerance'])}</td></tr>")
     parts.append("</table>")
+    if report["skipped"]:
+        parts.append("<h2>Not compared here</h2><ul>"
+                     + "".join(f"<li>{cell(s)}</li>" for s in report["skipped"]) + "</ul>")
     return "\n".join(parts)
