@@ -19,13 +19,12 @@ from vqdeploy.export import BF16_MIN_OPSET, default_opset
 from vqdeploy.export import manifest as mf
 from vqdeploy.export.fingerprint import model_fingerprint
 from vqdeploy.export.install import export_lock, install, temp_prefix
+from vqdeploy.export.manifest_schema import MAX_BATCH  # what is exported must read back
 from vqdeploy.export.onnx_export import export_graph
 from vqdeploy.export.specs import graph_specs
 from vqdeploy.files import atomic_write, check_writable, default_mode
 from vqdeploy.limits import check_int
 from vqdeploy.schema import read_json
-
-MAX_BATCH = 1024
 
 Log = Callable[[str], None]
 
