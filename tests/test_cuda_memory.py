@@ -94,7 +94,7 @@ def test_kv_transformer_on_device_memory_matches_host(tmp_path_factory: pytest.T
     from vqdeploy.export.manifest import read_manifest
     from vqdeploy.runtime.backends.graph_backend import GraphBackend
     from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from vqdeploy.runtime.generator import generate
+    from vqdeploy.runtime.generator import generate, sample_tokens, start_decoding
     from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
     demo = Path(__file__).resolve().parent.parent / "models" / "demo" / "checkpoints" / "last.ckpt"
@@ -116,9 +116,10 @@ def test_kv_transformer_on_device_memory_matches_host(tmp_path_factory: pytest.T
     cond = np.random.default_rng(0).integers(0, 64, (2, tokens["cond"]))
     params = SamplingParams(top_k=8)
     noise = uniform_noise(1, 2, tokens["image"])
-    want = generate(host.transformer(), cond, tokens["image"], params, noise)
-    assert np.array_equal(generate(fake.transformer(), cond, tokens["image"], params, noise), want)
-    assert np.array_equal(fake.transformer().generate_on_device(cond, tokens["image"], params, noise),
-                          host.transformer().generate_on_device(cond, tokens["image"], params, noise))
+    want = sample_tokens(host.transformer(), cond, tokens["image"], params, noise)
+    assert np.array_equal(sample_tokens(fake.transformer(), cond, tokens["image"], params, noise), want)
+    on_device = [generate(start_decoding(be, "graph", params, noise), cond, tokens["image"]) for be in (fake, host)]
+    assert np.array_equal(on_device[0], on_device[1])
+    assert np.array_equal(on_device[0], want)  # the sampler graph draws what the host sampler draws
     z = np.random.default_rng(1).integers(0, 64, (1, *manifest["model"]["first_stage"]["latent_grid"]))
     assert np.array_equal(fake.decode(z), host.decode(z))

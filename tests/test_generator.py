@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vqdeploy.runtime.generator import _local, generate, generate_sliding
+from vqdeploy.runtime.generator import HostDecoding, _local, generate_sliding, sample_tokens
 from vqdeploy.runtime.sampling import SamplingParams, next_tokens, uniform_noise
 
 VOCAB = 11
@@ -45,7 +45,7 @@ PARAMS = SamplingParams(temperature=1.0, top_k=5)
 def test_generate_equals_recomputation() -> None:
     cond = np.array([[1, 2, 3], [4, 5, 6]])
     noise = uniform_noise(3, 2, 9)
-    got = generate(FakeRunner(64), cond, 9, PARAMS, noise)
+    got = sample_tokens(FakeRunner(64), cond, 9, PARAMS, noise)
     seq = cond.copy()
     for k in range(9):
         tok = next_tokens(causal_logits(seq), noise[k], PARAMS)
@@ -82,7 +82,7 @@ def test_sliding_window_matches_upstream_loop_and_reuses_cache() -> None:
     cond = np.random.default_rng(0).integers(0, VOCAB, size=(2, *grid))
     noise = uniform_noise(5, 2, grid[0] * grid[1])
     runner = FakeRunner(64)
-    got = generate_sliding(runner, cond, grid, window, PARAMS, noise)
+    got = generate_sliding(HostDecoding(runner, PARAMS, noise), cond, grid, window)
     np.testing.assert_array_equal(got, upstream_sliding(cond, grid, window, noise))
     assert runner.calls < grid[0] * grid[1] + 10  # steps reuse the cache while the window stays
     # more than one prefill: the window really slides
@@ -92,6 +92,6 @@ def test_sliding_window_matches_upstream_loop_and_reuses_cache() -> None:
 def test_sliding_window_on_the_trained_grid_is_plain_generation() -> None:
     cond = np.random.default_rng(1).integers(0, VOCAB, size=(1, 4, 4))
     noise = uniform_noise(2, 1, 16)
-    sliding = generate_sliding(FakeRunner(64), cond, (4, 4), (4, 4), PARAMS, noise)
-    plain = generate(FakeRunner(64), cond.reshape(1, -1), 16, PARAMS, noise)
+    sliding = generate_sliding(HostDecoding(FakeRunner(64), PARAMS, noise), cond, (4, 4), (4, 4))
+    plain = sample_tokens(FakeRunner(64), cond.reshape(1, -1), 16, PARAMS, noise)
     np.testing.assert_array_equal(sliding.reshape(1, -1), plain)

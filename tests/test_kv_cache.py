@@ -13,7 +13,7 @@ import torch
 from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.runtime.backends.torch_backend import TorchTransformer
-from vqdeploy.runtime.generator import generate
+from vqdeploy.runtime.generator import sample_tokens
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
 
@@ -50,9 +50,9 @@ def test_onnxruntime_cache_is_written_in_place_with_static_step_shapes(exported)
     batch, steps = 3, tokens["image"]
     cond = np.random.default_rng(0).integers(0, manifest["model"]["transformer"]["vocab_size"], (batch, tokens["cond"]))
     params = SamplingParams(temperature=1.0, top_k=8)
-    first = generate(runner, cond, steps, params, uniform_noise(3, batch, steps))
+    first = sample_tokens(runner, cond, steps, params, uniform_noise(3, batch, steps))
     buffers = [b.ptr for b in runner.buffers]
-    second = generate(runner, cond, steps, params, uniform_noise(3, batch, steps))
+    second = sample_tokens(runner, cond, steps, params, uniform_noise(3, batch, steps))
     assert np.array_equal(first, second)  # stale entries of the last generation are masked
     assert [b.ptr for b in runner.buffers] == buffers  # allocated once, reused by the next generation
 

@@ -43,7 +43,7 @@ class Corrupt:
     def synchronize(self):
         self.inner.synchronize()
 
-    def device_sampler(self):
+    def device_decoding(self, params, noise):
         return None
 
     def max_batch(self, graph):

@@ -186,8 +186,16 @@ def test_cli_bench_table_and_json(exported, tmp_path: Path) -> None:
     r = _cli("bench", "--artifacts", str(out), "--repeats", "1", "--out", str(tmp_path / "b.json"))
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "b.json").read_text())
-    assert set(result["backends"]) == {"torch-cpu (KV cache)", "onnxruntime-cpu", "torch-cpu reference (no cache)"}
+    assert set(result["backends"]) == {"torch-cpu fp32 KV cache", "onnxruntime-cpu fp32",
+                                       "onnxruntime-cpu fp32, sampler graph", "upstream sampler, torch-cpu fp32 (no cache)"}
     for row in result["backends"].values():
         assert row["tokens_per_s"] > 0
+    # both strategies of the one token loop are timed, each per position in the sequence
+    rows = result["backends"]
+    assert rows["onnxruntime-cpu fp32"]["sampler"] == "host"
+    assert rows["onnxruntime-cpu fp32, sampler graph"]["sampler"] == "graph"
+    assert len(rows["onnxruntime-cpu fp32"]["step_ms_at_position"]) >= 2
+    # every ratio says what it is relative to
+    assert "x upstream: tokens/s over upstream's sampler" in r.stderr and "x torch: over PyTorch eager fp32" in r.stderr
     assert "tokens/s" in r.stderr and result["host_memory_bandwidth_GBps"] > 0
     assert read_manifest(out)  # bench does not touch the artifacts

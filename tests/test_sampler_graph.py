@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-from vqdeploy.runtime.generator import generate
+from vqdeploy.runtime.generator import sample_tokens
 from vqdeploy.runtime.parity import check_sampler
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
@@ -30,7 +30,7 @@ def test_graph_only_loop_samples_what_the_host_sampler_samples(exported) -> None
     cond = rng.integers(0, vocab, (batch, manifest["model"]["tokens"]["cond"]))
     params = SamplingParams(temperature=0.9, top_k=8, top_p=0.95)
     noise = uniform_noise(7, batch, steps)
-    host = generate(backend.transformer(), cond, steps, params, noise)
+    host = sample_tokens(backend.transformer(), cond, steps, params, noise)
 
     cache = {t["name"]: np.zeros([batch, *t["shape"][1:]], np.float32) for t in tr["inputs"][2:]}
     tokens = cond
@@ -64,7 +64,9 @@ def test_run_with_the_graph_sampler_gives_the_host_samplers_tokens(exported) -> 
         assert np.array_equal(host.images, graph.images)
 
 
-def test_graph_sampler_needs_a_graph_backend_and_a_trained_size_grid(exported) -> None:
+def test_graph_sampler_needs_a_graph_backend_and_runs_the_sliding_window(exported) -> None:
+    """One loop for both strategies: the sliding window (a larger grid) samples the same tokens with the
+    sampler graph as with the host sampler."""
     import pytest
 
     from vqdeploy.errors import InputError
@@ -76,6 +78,9 @@ def test_graph_sampler_needs_a_graph_backend_and_a_trained_size_grid(exported) -
     _, out, manifest = exported("coord_identity")
     with pytest.raises(InputError, match="needs a graph backend"):
         Pipeline(TorchBackend(load_reference_model(manifest), manifest), manifest, sampler="graph")
-    pipe = Pipeline(OnnxRuntimeBackend(out, manifest), manifest, sampler="graph")
-    with pytest.raises(InputError, match="sliding-window sampling runs on the host sampler"):
-        pipe(coord_map(32, 32), num_samples=1)
+    backend = OnnxRuntimeBackend(out, manifest)
+    params = SamplingParams(temperature=1.1, top_k=6)
+    graph = Pipeline(backend, manifest, sampler="graph")(coord_map(32, 32), num_samples=2, params=params, seed=4)
+    host = Pipeline(backend, manifest)(coord_map(32, 32), num_samples=2, params=params, seed=4)
+    assert graph.sliding_window and graph.tokens.shape[1:] != tuple(manifest["model"]["first_stage"]["latent_grid"])
+    assert np.array_equal(graph.tokens, host.tokens)

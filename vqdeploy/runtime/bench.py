@@ -19,10 +19,10 @@ from vqdeploy.export.manifest import read_manifest
 from vqdeploy.files import atomic_write
 from vqdeploy.limits import check_int, check_num_samples
 from vqdeploy.runtime.available import parse_backends
-from vqdeploy.runtime.backends.base import Backend, TransformerRunner
+from vqdeploy.runtime.backends.base import Backend, Decoding
 from vqdeploy.runtime.backends.select import load_reference_model, open_backend, torch_installed
 from vqdeploy.runtime.conditions import condition_grid
-from vqdeploy.runtime.generator import generate
+from vqdeploy.runtime.generator import generate, start_decoding
 from vqdeploy.runtime.outputs import check_files, check_output_dir, make_output_dir
 from vqdeploy.runtime.parity_inputs import sample_condition
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
@@ -30,6 +30,8 @@ from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 PARAMS = SamplingParams(temperature=1.0, top_k=100)
 REFERENCE_POINTS = 8  # sequence lengths timed for the reference sampler when it is too slow to run whole
 MAX_REPEATS = 1000
+REFERENCE = "upstream sampler, torch-cpu fp32 (no cache)"
+BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}  # per transformer weight
 
 
 def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
@@ -47,51 +49,72 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t
 
 
-class TimedRunner:
-    """Wraps a transformer runner and records how long each call took (the first is the prefill)."""
+class TimedDecoding:
+    """Wraps a decoding and records the prefill (synchronized) and the time from each step to the next
+    one's start, which covers the draw (host or sampler graph) and the step: per-token cost as the loop
+    pays it. Steps are not synchronized one by one, so a GPU keeps its queue; the last draw waits in
+    ``tokens()``."""
 
-    def __init__(self, inner: TransformerRunner) -> None:
-        self.inner = inner
-        self.times: list[float] = []
+    def __init__(self, inner: Decoding, synchronize: Callable[[], None]) -> None:
+        self.inner, self.synchronize = inner, synchronize
+        self.prefill_s = 0.0
+        self.marks: list[float] = []
 
-    @property
-    def length(self) -> int:
-        return self.inner.length
-
-    def reset(self, batch: int) -> None:
-        self.inner.reset(batch)
-        self.times = []
-
-    def forward(self, tokens: np.ndarray) -> np.ndarray:
+    def prefill(self, prompt: np.ndarray) -> None:
         t = time.perf_counter()
-        out = self.inner.forward(tokens)  # returns host logits: the device work is finished
-        self.times.append(time.perf_counter() - t)
+        self.inner.prefill(prompt)
+        self.synchronize()
+        self.prefill_s = time.perf_counter() - t
+        self.marks = [time.perf_counter()]
+
+    def draw(self) -> None:
+        self.inner.draw()
+
+    def extend(self) -> None:
+        self.inner.extend()
+        self.marks.append(time.perf_counter())
+
+    def tokens(self) -> np.ndarray:
+        out = self.inner.tokens()
+        self.marks.append(time.perf_counter())
         return out
 
+    @property
+    def step_times(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
-def bench_backend(be: Backend, cond_input: Any, info: dict[str, Any], n: int, repeats: int) -> dict[str, float]:
-    """Median over ``repeats`` of each stage; ``step`` is the mean transformer call per token, and
-    tokens/s counts the whole token loop (prefill, steps and host sampling)."""
+
+def bench_backend(be: Backend, cond_input: Any, info: dict[str, Any], n: int, repeats: int,
+                  sampler: str = "host") -> dict[str, Any]:
+    """Median over ``repeats`` of each stage; ``step`` is the mean cost of one token after the prefill
+    (the draw and one cached step), tokens/s counts the whole token loop."""
     cond_info = info["conditioning"]
     steps = int(info["tokens"]["image"])
     grid = info["first_stage"]["latent_grid"]
     noise = uniform_noise(0, n, steps)
-    runner = TimedRunner(be.transformer())
     runs: dict[str, list[float]] = {k: [] for k in ("cond_encoder", "prefill", "step", "sampling", "decoder", "total")}
+    per_step: list[list[float]] = []
     for _ in range(repeats + 1):  # the first run warms up (session init, allocator, caches)
         t0 = time.perf_counter()
         cond = condition_grid(be, cond_info, n, cond_input, class_id=0).reshape(n, -1)
         t1 = time.perf_counter()
-        tokens = generate(runner, cond, steps, PARAMS, noise)
+        timed = TimedDecoding(start_decoding(be, sampler, PARAMS, noise), be.synchronize)
+        tokens = generate(timed, cond, steps)
         t2 = time.perf_counter()
         be.decode(tokens.reshape(n, *grid))
         be.synchronize()
         t3 = time.perf_counter()
-        step = statistics.mean(runner.times[1:]) if steps > 1 else 0.0
-        for key, v in zip(runs, (t1 - t0, runner.times[0], step, t2 - t1, t3 - t2, t3 - t0)):
+        step = statistics.mean(timed.step_times) if steps > 1 else 0.0
+        for key, v in zip(runs, (t1 - t0, timed.prefill_s, step, t2 - t1, t3 - t2, t3 - t0)):
             runs[key].append(v)
-    res = {k: statistics.median(v[1:]) for k, v in runs.items()}
+        per_step.append(timed.step_times)
+    res: dict[str, Any] = {k: statistics.median(v[1:]) for k, v in runs.items()}
     res["tokens_per_s"] = n * steps / res["sampling"]
+    res["sampler"] = sampler
+    if steps > 1:  # per-token time where in the sequence it is drawn (flat with the in-place cache)
+        tc = int(info["tokens"]["cond"])
+        at = sorted({0, (steps - 1) // 4, (steps - 1) // 2, steps - 2})
+        res["step_ms_at_position"] = {str(tc + k): 1e3 * statistics.median(t[k] for t in per_step[1:]) for k in at}
     return res
 
 
@@ -165,19 +188,24 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
 
         torch_cpu = TorchBackend(model, manifest, "cpu")
         runs.append(("torch", "cpu", torch_cpu))
-    runs += [(b, d, None) for b, d in candidates]
+    runs += [(b, d, None) for b, d in candidates if (b, d) != ("torch", "cpu") or torch_cpu is None]
     for name, dev, be in runs:
-        label = f"{name}-{dev}" + (" (KV cache)" if name == "torch" else "")
-        log(f"bench: {label} ...")
         be = be or open_backend(name, artifacts, manifest, dev, model=model if name == "torch" else None)
-        rows[label] = bench_backend(be, cond_input, info, n, repeats)
+        precision = "fp32" if name == "torch" else manifest["precision"]  # torch runs the checkpoint's fp32
+        for sampler in ("host", "graph") if be.has_graph("sampler") else ("host",):
+            label = f"{name}-{dev} {precision}" + (" KV cache" if name == "torch" else "") + \
+                (", sampler graph" if sampler == "graph" else "")
+            log(f"bench: {label} ...")
+            rows[label] = {"backend": name, "device": dev, "precision": precision,
+                           **bench_backend(be, cond_input, info, n, repeats, sampler)}
     steps = int(info["tokens"]["image"])
     if reference and model is not None and torch_cpu is not None:
-        log("bench: reference sampler (full recomputation per token) ...")
+        log("bench: upstream's sampler (full recomputation per token) ...")
         cond = condition_grid(torch_cpu, info["conditioning"], n, cond_input, class_id=0).reshape(n, -1)
-        rows["torch-cpu reference (no cache)"] = bench_reference(model, cond, steps, full=steps * cond.shape[1] <= 64 * 128)
+        rows[REFERENCE] = {"backend": "torch", "device": "cpu", "precision": "fp32",
+                           **bench_reference(model, cond, steps, full=steps * cond.shape[1] <= 64 * 128)}
     bw = memory_bandwidth()
-    weight_bytes = int(info["transformer"]["parameters"]) * (4 if manifest["precision"] == "fp32" else 2)
+    weight_bytes = int(info["transformer"]["parameters"]) * BYTES[manifest["precision"]]
     result = {
         "artifacts": str(artifacts), "precision": manifest["precision"], "num_samples": n, "repeats": repeats,
         "image_tokens": steps, "cond_tokens": int(info["tokens"]["cond"]),
@@ -195,22 +223,39 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
 
 
 def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Every ratio compares tokens/s of whole token loops at the same batch: "x upstream" against upstream's
+    sampler (PyTorch fp32 on CPU, no cache: what a taming user runs today), "x torch" against PyTorch eager
+    fp32 with our KV cache on the same device (where it ran), and per token against the time this
+    precision's transformer weights take to stream once at the host's measured bandwidth (CPU rows)."""
     rows = result["backends"]
-    ref = rows.get("torch-cpu reference (no cache)")
-    eager = rows.get("torch-cpu (KV cache)")
+    ref = rows.get(REFERENCE)
+    torch_on = {r["device"]: r for r in rows.values() if r["backend"] == "torch" and "step" in r}
     log("")
-    log(f"{'backend':<32}{'cond ms':>9}{'prefill ms':>11}{'step ms':>9}{'decode ms':>10}{'tokens/s':>10}"
-        f"{'vs ref':>8}{'vs eager':>9}{'step/floor':>11}")
+    log(f"{'backend':<44}{'cond ms':>9}{'prefill ms':>11}{'token ms':>9}{'decode ms':>10}{'tokens/s':>10}"
+        f"{'x upstream':>11}{'x torch':>8}{'token/floor':>12}")
     for label, r in rows.items():
         if "step" not in r:
-            log(f"{label:<32}{'':>9}{'':>11}{'':>9}{'':>10}{r['tokens_per_s']:>10.1f}{1.0:>8.2f}{'':>9}{'':>11}  ({r['method']})")
+            log(f"{label:<44}{'':>9}{'':>11}{'':>9}{'':>10}{r['tokens_per_s']:>10.1f}{'1.0x':>11}{'':>8}{'':>12}"
+                f"  ({r['method']})")
             continue
         vs_ref = f"{r['tokens_per_s'] / ref['tokens_per_s']:.1f}x" if ref else "-"
-        vs_eager = f"{r['tokens_per_s'] / eager['tokens_per_s']:.2f}x" if eager else "-"
-        on_cpu = label.endswith("cpu") or "cpu " in label  # the floor is the host's bandwidth
-        floor = f"{r['step'] * 1e3 / result['step_floor_ms_cpu']:.2f}x" if on_cpu else "-"
-        log(f"{label:<32}{r['cond_encoder'] * 1e3:>9.1f}{r['prefill'] * 1e3:>11.1f}{r['step'] * 1e3:>9.2f}"
-            f"{r['decoder'] * 1e3:>10.1f}{r['tokens_per_s']:>10.1f}{vs_ref:>8}{vs_eager:>9}"
-            f"{floor:>11}")
+        base = torch_on.get(r["device"])
+        vs_torch = f"{r['tokens_per_s'] / base['tokens_per_s']:.1f}x" if base else "-"
+        floor = "-"
+        if r["device"] == "cpu":  # the floor is the host's bandwidth
+            floor_ms = result["step_floor_ms_cpu"] * BYTES[r["precision"]] / BYTES[result["precision"]]
+            floor = f"{r['step'] * 1e3 / floor_ms:.2f}x"
+        log(f"{label:<44}{r['cond_encoder'] * 1e3:>9.1f}{r['prefill'] * 1e3:>11.1f}{r['step'] * 1e3:>9.2f}"
+            f"{r['decoder'] * 1e3:>10.1f}{r['tokens_per_s']:>10.1f}{vs_ref:>11}{vs_torch:>8}{floor:>12}")
+    log(f"batch {result['num_samples']}, medians of {result['repeats']} runs after a warm-up. token ms: one token after "
+        "the prefill (draw + cached step). x upstream: tokens/s over upstream's sampler (PyTorch fp32, CPU, full "
+        "recomputation per token). x torch: over PyTorch eager fp32 with a KV cache on the same device"
+        + (f" (the artifacts are {result['precision']}: precisions differ)" if result["precision"] != "fp32" else "")
+        + ". token/floor: token ms over the time the weights take to stream once.")
     log(f"host memory bandwidth {result['host_memory_bandwidth_GBps']:.1f} GB/s; transformer weights "
-        f"{result['transformer_weight_bytes'] / 1e6:.0f} MB -> CPU step floor {result['step_floor_ms_cpu']:.2f} ms")
+        f"{result['transformer_weight_bytes'] / 1e6:.0f} MB ({result['precision']}) -> CPU floor "
+        f"{result['step_floor_ms_cpu']:.2f} ms per token")
+    for label, r in rows.items():
+        if "step_ms_at_position" in r:
+            at = ", ".join(f"{p}: {ms:.2f}" for p, ms in r["step_ms_at_position"].items())
+            log(f"  {label}: token ms at sequence position {at}")

@@ -1,50 +1,89 @@
-"""The token loop: prefill the condition, then one cached step per image token.
+"""The token loop, once: prefill the condition, then one cached step per image token.
 
-The caller owns the loop state through a ``TransformerRunner`` (the KV cache) and gets tokens
-back in sequence order. Larger-than-trained latent grids use taming's sliding-window sampling
-(``scripts/sample_conditional.py``), batched across samples, reusing the cache while the window
-stays put.
+A generation in progress is a small state object (``Decoding``, as in onnxruntime-genai's
+generator): the KV cache, the logits of the last position and the tokens drawn so far. How a token
+is drawn is the decoding's strategy: ``HostDecoding`` brings the logits to numpy and draws there
+(every backend); the graph backends' device decoding runs the exported sampler graph where the
+logits are, so that they never leave the GPU. ``generate`` and ``generate_sliding`` (taming's
+sliding window for grids larger than the trained one) drive either, so ``run``, ``parity``,
+``bench`` and the tools share one loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
 import numpy as np
 
 from vqdeploy.errors import InputError
-from vqdeploy.runtime.backends.base import TransformerRunner
+from vqdeploy.runtime.backends.base import Backend, Decoding, TransformerRunner
 from vqdeploy.runtime.sampling import SamplingParams, next_tokens
 
 Progress = Callable[[int], None]
 
 
-def generate(
-    runner: TransformerRunner,
-    prompt: np.ndarray,
-    steps: int,
-    params: SamplingParams,
-    noise: np.ndarray,
-    progress: Progress | None = None,
-    logits_out: list[np.ndarray] | None = None,
-) -> np.ndarray:
-    """(B,T0) prompt (cond tokens, optionally followed by image tokens) -> (B,steps) new tokens.
+class HostDecoding:
+    """Logits to the host, numpy sampler: any ``TransformerRunner``. ``logits_out`` collects the
+    (B,V) logits each token was drawn from (parity checks)."""
 
-    ``logits_out`` collects the (B,V) logits each token was drawn from (for parity checks).
-    """
-    batch = prompt.shape[0]
-    runner.reset(batch)
-    logits = runner.forward(prompt)[:, -1]
-    out = np.empty((batch, steps), dtype=np.int64)
+    def __init__(self, runner: TransformerRunner, params: SamplingParams, noise: np.ndarray,
+                 logits_out: list[np.ndarray] | None = None) -> None:
+        self.runner, self.params, self.noise, self.logits_out = runner, params, noise, logits_out
+        self.out = np.zeros((noise.shape[1], noise.shape[0]), dtype=np.int64)
+        self.drawn = 0
+        self.logits = np.empty(0)
+
+    def prefill(self, prompt: np.ndarray) -> None:
+        self.runner.reset(prompt.shape[0])
+        self.logits = self.runner.forward(prompt)[:, -1]
+
+    def draw(self) -> None:
+        if self.logits_out is not None:
+            self.logits_out.append(self.logits)
+        self.out[:, self.drawn] = next_tokens(self.logits, self.noise[self.drawn], self.params)
+        self.drawn += 1
+
+    def extend(self) -> None:
+        self.logits = self.runner.forward(self.out[:, self.drawn - 1 : self.drawn])[:, -1]
+
+    def tokens(self) -> np.ndarray:
+        return self.out[:, : self.drawn].copy()
+
+
+SAMPLERS = ("host", "graph")
+
+
+def start_decoding(backend: Backend, sampler: str, params: SamplingParams, noise: np.ndarray,
+          logits_out: list[np.ndarray] | None = None) -> Decoding:
+    """A decoding on ``backend`` with the ``sampler`` strategy: "host" (numpy, every backend) or
+    "graph" (the exported sampler graph on the backend's device)."""
+    if sampler == "host":
+        return HostDecoding(backend.transformer(), params, noise, logits_out)
+    if sampler != "graph":
+        raise InputError(f"--sampler {sampler}: expected one of {', '.join(SAMPLERS)}")
+    device = backend.device_decoding(params, noise)
+    if device is None:
+        raise InputError(f"--sampler graph needs a graph backend (onnxruntime or tensorrt) and artifacts with a "
+                         f"sampler graph; {backend.name} here has none")
+    return device
+
+
+def generate(decoding: Decoding, prompt: np.ndarray, steps: int, progress: Progress | None = None) -> np.ndarray:
+    """(B,T0) prompt (cond tokens, optionally followed by image tokens) -> (B,steps) new tokens."""
+    decoding.prefill(prompt)
     for k in range(steps):
-        if logits_out is not None:
-            logits_out.append(logits)
-        out[:, k] = next_tokens(logits, noise[k], params)
+        decoding.draw()
         if progress is not None:
             progress(1)
         if k + 1 < steps:
-            logits = runner.forward(out[:, k : k + 1])[:, -1]
-    return out
+            decoding.extend()
+    return decoding.tokens()
+
+
+def sample_tokens(runner: TransformerRunner, prompt: np.ndarray, steps: int, params: SamplingParams,
+                  noise: np.ndarray, progress: Progress | None = None,
+                  logits_out: list[np.ndarray] | None = None) -> np.ndarray:
+    """``generate`` with the host sampler (the common case, and the reference for the others)."""
+    return generate(HostDecoding(runner, params, noise, logits_out), prompt, steps, progress)
 
 
 def _local(i: int, size: int, window: int) -> int:
@@ -58,15 +97,14 @@ def _local(i: int, size: int, window: int) -> int:
 
 
 def generate_sliding(
-    runner: TransformerRunner,
+    decoding: Decoding,
     cond: np.ndarray,
     grid: tuple[int, int],
     window: tuple[int, int],
-    params: SamplingParams,
-    noise: np.ndarray,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """Sample a (B,h,w) raster grid larger than the trained ``window`` (wh,ww).
+    """Sample a (B,h,w) raster grid larger than the trained ``window`` (wh,ww), reusing the cache
+    while the window stays put (taming's ``scripts/sample_conditional.py``, batched across samples).
 
     ``cond`` is either a (B,h,w) grid of cond tokens aligned with the image grid (cropped with the
     window) or (B,Tc) tokens used for every window (SOS / class conditioning).
@@ -78,25 +116,23 @@ def generate_sliding(
     if cond.ndim == 3 and cond.shape[1:] != (h, w):
         raise InputError(f"the condition grid {cond.shape[1:]} does not match the image grid {(h, w)}")
     batch = cond.shape[0]
-    idx = np.zeros((batch, h, w), dtype=np.int64)
     at: tuple[int, int, int] | None = None  # (i0, j0, next local position) the cache is ready for
-    logits = np.empty(0)
-    k = 0
     for i in range(h):
         i0 = i - _local(i, h, wh)
         for j in range(w):
             j0 = j - _local(j, w, ww)
             pos = (i - i0) * ww + (j - j0)
             if at == (i0, j0, pos):
-                logits = runner.forward(idx[:, i, j - 1 : j] if j > 0 else idx[:, i - 1, -1:])[:, -1]
+                decoding.extend()
             else:
                 c = cond[:, i0 : i0 + wh, j0 : j0 + ww].reshape(batch, -1) if cond.ndim == 3 else cond
-                prefix = idx[:, i0 : i0 + wh, j0 : j0 + ww].reshape(batch, -1)[:, :pos]
-                runner.reset(batch)
-                logits = runner.forward(np.concatenate([c, prefix], axis=1))[:, -1]
-            idx[:, i, j] = next_tokens(logits, noise[k], params)
-            k += 1
+                done = decoding.tokens()  # raster order: the window's prefix is read from the grid so far
+                idx = np.zeros((batch, h * w), dtype=np.int64)
+                idx[:, : done.shape[1]] = done
+                prefix = idx.reshape(batch, h, w)[:, i0 : i0 + wh, j0 : j0 + ww].reshape(batch, -1)[:, :pos]
+                decoding.prefill(np.concatenate([c, prefix], axis=1))
+            decoding.draw()
             at = (i0, j0, pos + 1)
             if progress is not None:
                 progress(1)
-    return idx
+    return decoding.tokens().reshape(batch, h, w)

@@ -21,7 +21,7 @@ from vqdeploy.models.vqgan import VQModel
 from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.backends.torch_backend import TorchBackend
 from vqdeploy.runtime.conditions import condition_grid
-from vqdeploy.runtime.generator import generate
+from vqdeploy.runtime.generator import sample_tokens
 from vqdeploy.runtime.parity_inputs import parity_inputs
 from vqdeploy.runtime.sampling import SamplingParams, filtered_probs, next_tokens, sampler_inputs
 
@@ -165,7 +165,7 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: dict[str, A
     # at every step, the reference's own greedy decoding produces the same sequence (by induction).
     steps = z.shape[1] if greedy_steps is None else min(greedy_steps, z.shape[1])
     step_logits: list[np.ndarray] = []
-    tokens = generate(runner, cond, steps, SamplingParams(top_k=1), np.zeros((steps, batch)), logits_out=step_logits)
+    tokens = sample_tokens(runner, cond, steps, SamplingParams(top_k=1), np.zeros((steps, batch)), logits_out=step_logits)
     with torch.no_grad():
         ref = gpt(torch.from_numpy(np.concatenate([cond, tokens[:, :-1]], axis=1)).to(reference.torch_device))[0]
     ref = ref[:, tc - 1 :].float().cpu().numpy()  # (B, steps, V): logits predicting each new token

@@ -20,7 +20,7 @@ from vqdeploy.limits import check_num_samples, check_pixels, check_seed, pixel_b
 from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.conditions import condition_grid
 from vqdeploy.runtime.images import as_condition, to_uint8
-from vqdeploy.runtime.generator import generate, generate_sliding
+from vqdeploy.runtime.generator import SAMPLERS, generate, generate_sliding, start_decoding
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
 
@@ -87,10 +87,11 @@ class Pipeline:
         """``sampler``: "host" (numpy, every backend) or "graph" (the exported sampler graph on the
         backend's device, so a GPU backend never copies logits to the host)."""
         check_request(manifest["model"])
-        if sampler not in ("host", "graph"):
-            raise InputError(f"--sampler {sampler}: expected host or graph")
-        if sampler == "graph" and backend.device_sampler() is None:
-            raise InputError(f"--sampler graph needs a graph backend (onnxruntime or tensorrt), not {backend.name}")
+        if sampler not in SAMPLERS:
+            raise InputError(f"--sampler {sampler}: expected one of {', '.join(SAMPLERS)}")
+        if sampler == "graph" and not backend.has_graph("sampler"):
+            raise InputError(f"--sampler graph needs a graph backend (onnxruntime or tensorrt) and artifacts with a "
+                             f"sampler graph; {backend.name} here has none")
         self.backend = backend
         self.manifest = manifest
         self.sampler = sampler
@@ -192,17 +193,12 @@ class Pipeline:
         trained = tuple(self.first["latent_grid"])
         sliding = grid != trained
         tick = announce(grid[0] * grid[1], sliding)
-        runner = self.backend.transformer()
+        steps = grid[0] * grid[1]
+        noise = uniform_noise(seed, num_samples, steps, first)
         t = time.perf_counter()
+        decoding = start_decoding(self.backend, self.sampler, params, noise)
         if not sliding:
-            steps = grid[0] * grid[1]
-            noise = uniform_noise(seed, num_samples, steps, first)
-            prompt = cond.reshape(num_samples, -1)
-            device_sampler = self.backend.device_sampler()
-            if self.sampler == "graph" and device_sampler is not None:
-                seq = device_sampler.generate_on_device(prompt, steps, params, noise, tick)
-            else:
-                seq = generate(runner, prompt, steps, params, noise, tick)
+            seq = generate(decoding, cond.reshape(num_samples, -1), steps, tick)
             order = self.info["permuter"]["order"]
             raster = np.empty_like(seq)
             if order is None:
@@ -213,13 +209,10 @@ class Pipeline:
         else:
             if self.info["permuter"]["order"] is not None:
                 raise InputError("sliding-window sampling needs a raster-order (Identity permuter) model")
-            if self.sampler == "graph":
-                raise InputError("sliding-window sampling runs on the host sampler: drop --sampler graph")
             if grid[0] < trained[0] or grid[1] < trained[1]:
                 raise InputError(f"the image grid {grid[0]}x{grid[1]} is smaller than the trained {trained[0]}x{trained[1]}")
-            noise = uniform_noise(seed, num_samples, grid[0] * grid[1], first)
             c = cond if cond.ndim == 3 else cond.reshape(num_samples, -1)
-            tokens = generate_sliding(runner, c, grid, trained, params, noise, tick)  # type: ignore[arg-type]
+            tokens = generate_sliding(decoding, c, grid, trained, tick)
         timings["sampling"] = time.perf_counter() - t
         t = time.perf_counter()
         images = self.backend.decode(tokens)

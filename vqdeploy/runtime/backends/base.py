@@ -3,7 +3,6 @@ benchmark drive torch, onnxruntime and TensorRT with the same code."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,12 +24,22 @@ class TransformerRunner(Protocol):
         """Append (B,T) int64 tokens to the cache; (B,T,V) fp32 logits of the new positions."""
 
 
-class DeviceSampler(Protocol):
-    """Token generation with the exported sampler graph on the backend's device."""
+class Decoding(Protocol):
+    """One generation in progress (``runtime.generator`` drives it): B rows, the KV cache, the latest
+    logits and the tokens drawn so far; the k-th draw uses noise row k. A prefill empties the cache
+    but keeps the drawn tokens (the sliding window re-fills the cache from them)."""
 
-    def generate_on_device(self, prompt: np.ndarray, steps: int, params: SamplingParams, noise: np.ndarray,
-                           progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """``generator.generate`` with logits and tokens kept on the device; (B, steps) int64 tokens."""
+    def prefill(self, prompt: np.ndarray) -> None:
+        """Empty the cache and run the (B,T) prompt; its last logits are the next draw's."""
+
+    def draw(self) -> None:
+        """Draw the next token of every row from the latest logits."""
+
+    def extend(self) -> None:
+        """Append the last drawn token to the cache (one step): new latest logits."""
+
+    def tokens(self) -> np.ndarray:
+        """(B, drawn) int64 tokens so far, in draw order, on the host."""
 
 
 class Backend(Protocol):
@@ -65,5 +74,6 @@ class Backend(Protocol):
     def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call of an exported graph on host arrays (graph backends only)."""
 
-    def device_sampler(self) -> DeviceSampler | None:
-        """The sampler-graph generation loop, or None where the backend has none (torch)."""
+    def device_decoding(self, params: SamplingParams, noise: np.ndarray) -> Decoding | None:
+        """A decoding that draws with the exported sampler graph on the backend's device (logits never
+        leave it), or None where there is none (torch; artifacts without a sampler graph)."""

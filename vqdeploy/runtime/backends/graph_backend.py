@@ -13,7 +13,6 @@ shapes and addresses are the same at every position.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -96,8 +95,12 @@ class GraphBackend:
             self._runner = KVTransformer(self)
         return self._runner
 
-    def device_sampler(self) -> KVTransformer:
-        return self.transformer()
+    def device_decoding(self, params: SamplingParams, noise: np.ndarray) -> DeviceDecoding | None:
+        """The sampler graph's loop on this backend's memory (None: artifacts without a sampler graph,
+        a vocabulary beyond TensorRT's TopK limit)."""
+        if not self.has_graph("sampler"):
+            return None
+        return DeviceDecoding(self.transformer(), params, noise)
 
 
 class KVTransformer:
@@ -142,7 +145,7 @@ class KVTransformer:
         # the leading rows of each buffer: contiguous, bound at every call
         self.cache = [buf.view((batch, self.n_head, self.block, self.head_dim)) for buf in self.buffers]
 
-    def _io(self, batch: int, t: int) -> tuple[Buffer, Buffer]:
+    def io_buffers(self, batch: int, t: int) -> tuple[Buffer, Buffer]:
         """The (B,T) token and (B,T,V) logits buffers, allocated once per shape (prefill, step)."""
         pair = self.io.get((batch, t))
         if pair is None:
@@ -153,11 +156,11 @@ class KVTransformer:
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         if tokens.ndim != 2:
             raise InputError(f"transformer: tokens must be (batch, length), got shape {tokens.shape}")
-        tok, _ = self._io(*tokens.shape)
+        tok, _ = self.io_buffers(*tokens.shape)
         self.memory.upload(tokens, tok)
-        return self.memory.download(self._run(tok))  # a copy: the buffer is reused next call
+        return self.memory.download(self.run(tok))  # a copy: the buffer is reused next call
 
-    def _run(self, tok: Buffer) -> Buffer:
+    def run(self, tok: Buffer) -> Buffer:
         """Append the (B,T) device tokens at the cache's length; the (B,T,V) logits buffer, reused by
         the next call of that shape. The cache is bound as input and output: written in place."""
         b, t = tok.shape
@@ -167,7 +170,7 @@ class KVTransformer:
         if p + t > self.block:
             raise InputError(f"transformer: {p + t} tokens exceed the block size {self.block}")
         self.memory.upload(np.array([p], dtype=np.int64), self.position)
-        logits = self._io(b, t)[1]
+        logits = self.io_buffers(b, t)[1]
         ins = {"tokens": tok, "position": self.position}
         outs = {"logits": logits}
         for (in_name, out_name), buf in zip(self.names, self.cache):
@@ -177,34 +180,46 @@ class KVTransformer:
         self.length = p + t
         return logits
 
-    def generate_on_device(self, prompt: np.ndarray, steps: int, params: SamplingParams, noise: np.ndarray,
-                           progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """``generator.generate`` with the exported sampler graph: logits and tokens stay on the device
-        (each sampled token is bound as the next step's input) and the tokens come back once, at the
-        end. Same rules as the host sampler, in fp32 (parity checks them against each other)."""
-        if "sampler" not in self.backend.manifest["graphs"]:
-            raise ArtifactError("these artifacts have no sampler graph (vocabulary over 3840?): use the host sampler")
-        batch = prompt.shape[0]
-        self.reset(batch)
-        mem = self.memory
-        sampler = self.backend.executor("sampler")
-        dtypes = {t["name"]: str(t["dtype"]) for t in self.backend.graph("sampler")["inputs"]}
-        settings = {}
-        for name, value in sampler_inputs(params, self.vocab).items():
-            settings[name] = buf = mem.empty(tuple(value.shape), dtypes[name])
-            mem.upload(value, buf)
-        uniform = mem.empty((steps, batch), "float32")
-        mem.upload(np.ascontiguousarray(noise[:steps], dtype=np.float32), uniform)
-        tokens = mem.empty((steps, batch, 1), "int64")
-        tok, _ = self._io(batch, prompt.shape[1])
-        mem.upload(prompt, tok)
-        logits = self._run(tok)
-        for k in range(steps):
-            token = tokens.view((batch, 1), k * batch)
-            sampler.run({"logits": logits, "uniform": uniform.view((batch,), k * batch), **settings}, {"tokens": token})
-            if progress is not None:
-                progress(1)
-            if k + 1 < steps:
-                logits = self._run(token)
-        return mem.download(tokens)[:, :, 0].T.copy()
 
+class DeviceDecoding:
+    """The graph-only loop: transformer -> sampler graph -> transformer, with the logits and the drawn
+    tokens in device memory (each token is bound as the next step's input) and the tokens read back
+    only when asked. Same rules as the host sampler, in fp32 (parity checks them against each other);
+    this is the loop an app that loads only engine files runs."""
+
+    def __init__(self, kv: KVTransformer, params: SamplingParams, noise: np.ndarray) -> None:
+        backend = kv.backend
+        self.kv, self.memory = kv, kv.memory
+        steps, self.batch = noise.shape
+        self.sampler = backend.executor("sampler")
+        dtypes = {t["name"]: str(t["dtype"]) for t in backend.graph("sampler")["inputs"]}
+        self.settings: dict[str, Buffer] = {}
+        for name, value in sampler_inputs(params, kv.vocab).items():
+            self.settings[name] = buf = self.memory.empty(tuple(value.shape), dtypes[name])
+            self.memory.upload(value, buf)
+        self.uniform = self.memory.empty((steps, self.batch), "float32")
+        self.memory.upload(np.ascontiguousarray(noise, dtype=np.float32), self.uniform)
+        self.history = self.memory.empty((steps, self.batch, 1), "int64")
+        self.drawn = 0
+        self.logits: Buffer | None = None
+
+    def prefill(self, prompt: np.ndarray) -> None:
+        if prompt.shape[0] != self.batch:
+            raise InputError(f"transformer: batch {prompt.shape[0]} does not match the decoding's {self.batch}")
+        self.kv.reset(self.batch)
+        tok = self.kv.io_buffers(*prompt.shape)[0]
+        self.memory.upload(prompt, tok)
+        self.logits = self.kv.run(tok)
+
+    def draw(self) -> None:
+        b, k = self.batch, self.drawn
+        assert self.logits is not None, "prefill first"
+        self.sampler.run({"logits": self.logits, "uniform": self.uniform.view((b,), k * b), **self.settings},
+                         {"tokens": self.history.view((b, 1), k * b)})
+        self.drawn = k + 1
+
+    def extend(self) -> None:
+        self.logits = self.kv.run(self.history.view((self.batch, 1), (self.drawn - 1) * self.batch))
+
+    def tokens(self) -> np.ndarray:
+        return self.memory.download(self.history)[: self.drawn, :, 0].T.copy()

@@ -88,7 +88,7 @@ class TorchBackend:
     def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise InputError(f"the torch backend runs the checkpoint, not the exported '{name}' graph")
 
-    def device_sampler(self) -> None:
+    def device_decoding(self, params: Any, noise: np.ndarray) -> None:
         """No sampler graph here: the host sampler."""
         return None
 
