@@ -55,9 +55,14 @@ Examples:
 @click.option("--max-pixels", type=int, default=None,
               help="Largest condition or output image in pixels (default: 16x the trained area).")
 @click.option("--cuda-graphs", is_flag=True, help=_CUDA_GRAPHS_HELP)
+@click.option("--build-engines/--no-build-engines", default=False, envvar="VQDEPLOY_BUILD_ENGINES",
+              show_envvar=True,
+              help="With a GPU and TensorRT, first build the TensorRT engines into ARTIFACTS/engines/ when they are "
+                   "missing or outdated (the GPU image's first start); current engines are reused.")
 def run(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int, temperature: float,
         top_k: int, top_p: float | None, seed: int, class_id: int | None, size: str | None, out: Path, grid: bool,
-        as_json: bool, ckpt: str | None, sampler: str, max_pixels: int | None, cuda_graphs: bool) -> None:
+        as_json: bool, ckpt: str | None, sampler: str, max_pixels: int | None, cuda_graphs: bool,
+        build_engines: bool) -> None:
     """Sample images: encode the condition INPUT, sample tokens with the KV cache, decode.
 
     INPUT is the condition image the model was trained on (`vqdeploy inspect` or manifest.json
@@ -68,6 +73,10 @@ def run(input: Path | None, artifacts: Path, backend: str, device: str | None, n
 
     if max_pixels is not None:
         check_int(max_pixels, "--max-pixels", 1, 2**40)
+    if build_engines:
+        from vqdeploy.trt.ensure import ensure_engines
+
+        ensure_engines(artifacts, backend, device, echo=lambda m: click.echo(m, err=True))
     summary = run_pipeline(input, artifacts, backend, device, num_samples, temperature, top_k, top_p, seed,
                            class_id, size, out, grid, ckpt, log=lambda m: click.echo(m, err=True), sampler=sampler,
                            max_pixels=max_pixels, cuda_graphs=cuda_graphs)
