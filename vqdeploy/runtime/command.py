@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from vqdeploy.runtime.backends.devices import BACKEND_CHOICES, DEVICES
+from vqdeploy.runtime.generator import SAMPLERS
 
 _BACKEND = click.Choice(BACKEND_CHOICES)
 
@@ -50,7 +51,7 @@ Examples:
 @click.option("--grid", is_flag=True, help="Write all samples into one grid image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (timings, tokens/s, backend, seed).")
 @click.option("--ckpt", default=None, help="torch backend: checkpoint to use instead of the exported one.")
-@click.option("--sampler", type=click.Choice(["host", "graph"]), default="host", show_default=True,
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="host", show_default=True,
               help="graph: the exported sampler graph on the backend's device (logits never leave it).")
 @click.option("--max-pixels", type=int, default=None,
               help="Largest condition or output image in pixels (default: 16x the trained area).")

@@ -86,7 +86,8 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     write_pngs({paths[0]: grid_image(images)} if grid else dict(zip(paths, images)))
     log("wrote " + ", ".join(str(p) for p in paths))
     return {
-        "backend": be.name, "device": be.device, "sampler": sampler, "cuda_graphs": cuda_graphs, "seed": seed, "num_samples": num_samples,
+        "backend": be.name, "device": be.device, "sampler": sampler, "cuda_graphs": cuda_graphs, "seed": seed,
+        "num_samples": num_samples,
         "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
         "tokens_per_sample": int(result.tokens[0].size), "sliding_window": result.sliding_window,
         "timings_s": {"load": round(load_s, 4), **{k: round(v, 4) for k, v in result.timings.items()}},

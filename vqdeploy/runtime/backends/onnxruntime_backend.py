@@ -55,7 +55,7 @@ def check_io(session: Any, name: str, graph: dict[str, Any], path: Path) -> None
 class OrtExecutor:
     """One session; ``run`` binds the buffers by address (IO binding) and runs it.
 
-    ``graph_ids``: the session captures CUDA graphs (``enable_cuda_graph``); a captured graph replays
+    ``capture`` (not None): the session captures CUDA graphs (``enable_cuda_graph``); a captured graph replays
     the addresses and shapes it was captured with, so each batch size gets its own ``gpu_graph_id``
     (the step's buffers are allocated once per batch) and ``capture=False`` calls (the prefill, whose
     length varies) run uncaptured (id -1)."""

@@ -119,8 +119,8 @@ class TrtExecutor:
         if self.captured is None:
             self._enqueue()
         else:
-            key = tuple((n, tuple(t.shape), t.ptr) for n, t in (*inputs.items(), *outputs.items()))
-            self.captured.launch(key, self._enqueue)
+            bound = tuple((n, tuple(t.shape), t.ptr) for n, t in (*inputs.items(), *outputs.items()))
+            self.captured.launch(bound, self._enqueue)
 
     def _enqueue(self) -> None:
         if not self.ctx.execute_async_v3(self.stream):
