@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from vqdeploy.cli import main
-from vqdeploy.errors import ArtifactError, ConfigError, ParityError
+from vqdeploy.errors import ArtifactError, ConfigError, InputError, ParityError
 from vqdeploy.export import quantize as qz
 from vqdeploy.export.exporter import export
 from vqdeploy.export.manifest import read_manifest, sha256_file, write_manifest
@@ -219,3 +219,27 @@ def test_quantized_transformer_builds_with_tensorrt_rtx(demo_q, scheme: str, tmp
     data = build_engines(art, BuildOptions(target_cc=["8.6"], graphs=["transformer"]), echo=lambda m: None)
     engine = art / "engines" / data["engines"]["transformer"]["file"]
     assert engine.stat().st_size > 0
+
+
+# --- bench -----------------------------------------------------------------------------------------
+def test_bench_compares_quantized_exports_side_by_side(demo_q, tmp_path: Path) -> None:
+    from vqdeploy.runtime.bench import run_bench
+
+    int8, m8 = demo_q("int8")
+    int4, m4 = demo_q("int4")
+    result = run_bench(int8, "onnxruntime", None, 1, 1, False, tmp_path / "bench.json", None, log=lambda m: None,
+                       compare=[int4])
+    rows = result["backends"]
+    assert set(rows) == {"torch-cpu (KV cache)", "onnxruntime-cpu int8", "onnxruntime-cpu int4"}
+    assert result["transformer_weight_bytes"] == m8["quantization"]["weight_bytes"]
+    assert rows["onnxruntime-cpu int4"]["floor_ms"] < rows["onnxruntime-cpu int8"]["floor_ms"]
+    assert all(r["tokens_per_s"] > 0 for r in rows.values())
+    # another model's artifacts are refused before anything runs
+    other = tmp_path / "other"
+    shutil.copytree(int4, other)
+    m = json.loads(json.dumps(m4))
+    m["model_fingerprint"] = "0" * 64
+    write_manifest(other, m)
+    with pytest.raises(InputError, match="another model"):
+        run_bench(int8, "onnxruntime", None, 1, 1, False, tmp_path / "b2.json", None, log=lambda m: None,
+                  compare=[other])

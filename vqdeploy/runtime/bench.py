@@ -144,17 +144,47 @@ def _bench_reference(model: Any, c: Any, steps: int, full: bool) -> dict[str, An
             "method": f"forward timed at {len(lengths)} sequence lengths, interpolated over {steps} steps"}
 
 
+def variant(manifest: dict[str, Any]) -> str:
+    """fp32 / fp16 / bf16, or the weight quantization (int8, int4; int4/fp16 with fp16 activations)."""
+    q = manifest.get("quantization")
+    if q is None:
+        return str(manifest["precision"])
+    return str(q["scheme"]) + ("" if manifest["precision"] == "fp32" else f"/{manifest['precision']}")
+
+
+def transformer_weight_bytes(manifest: dict[str, Any]) -> int:
+    """What one token step reads at least: the transformer's weights as exported."""
+    q = manifest.get("quantization")
+    if q is not None:
+        return int(q["weight_bytes"])
+    return int(manifest["model"]["transformer"]["parameters"]) * (4 if manifest["precision"] == "fp32" else 2)
+
+
+def compared_manifests(artifacts: Path, compare: list[Path], fingerprint: str) -> list[tuple[Path, dict[str, Any]]]:
+    """``bench --compare DIR``: other exports of the same model (another precision or quantization),
+    benchmarked in the same run, next to the main artifacts."""
+    out = []
+    for d in compare:
+        m = read_manifest(d)
+        if m["model_fingerprint"] != fingerprint:
+            raise InputError(f"--compare {d}: the artifacts of another model than {artifacts}")
+        out.append((d, m))
+    return out
+
+
 def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeats: int, reference: bool, out: Path,
-              ckpt: str | None, log: Callable[[str], None] = print) -> dict[str, Any]:
+              ckpt: str | None, log: Callable[[str], None] = print, compare: list[Path] | None = None) -> dict[str, Any]:
     check_num_samples(n)
     check_int(repeats, "--repeats", 1, MAX_REPEATS)
     manifest = read_manifest(artifacts)
+    others = compared_manifests(artifacts, compare or [], manifest["model_fingerprint"])
     info = manifest["model"]
     if info["kind"] != "net2net":
         raise InputError("bench needs a Net2NetTransformer (there is no sampling in a VQGAN)")
     check_output_dir(artifacts, out.parent, "bench --out")
     check_files([out], "bench --out")
     candidates = parse_backends(backends, artifacts, device)  # every requested backend can run, before any does
+    other_candidates = [[c for c in parse_backends(backends, d, device) if c[0] != "torch"] for d, _ in others]
     model = reference_model(manifest, ckpt, log)
     cond_input = sample_condition(info, 0)
     rows: dict[str, dict[str, Any]] = {}
@@ -166,18 +196,28 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
         torch_cpu = TorchBackend(model, manifest, "cpu")
         runs.append(("torch", "cpu", torch_cpu))
     runs += [(b, d, None) for b, d in candidates]
+    bw = memory_bandwidth()
     for name, dev, be in runs:
         label = f"{name}-{dev}" + (" (KV cache)" if name == "torch" else "")
+        if name != "torch" and variant(manifest) != "fp32":
+            label += f" {variant(manifest)}"
         log(f"bench: {label} ...")
         be = be or open_backend(name, artifacts, manifest, dev, model=model if name == "torch" else None)
         rows[label] = bench_backend(be, cond_input, info, n, repeats)
+        if name != "torch":
+            rows[label]["floor_ms"] = 1e3 * transformer_weight_bytes(manifest) / bw
+    for (d, m), cands in zip(others, other_candidates):  # bench --compare: same model, other graphs
+        for name, dev in cands:
+            label = f"{name}-{dev} {variant(m)}"
+            log(f"bench: {label} ({d}) ...")
+            rows[label] = bench_backend(open_backend(name, d, m, dev), cond_input, info, n, repeats)
+            rows[label]["floor_ms"] = 1e3 * transformer_weight_bytes(m) / bw
     steps = int(info["tokens"]["image"])
     if reference and model is not None and torch_cpu is not None:
         log("bench: reference sampler (full recomputation per token) ...")
         cond = condition_grid(torch_cpu, info["conditioning"], n, cond_input, class_id=0).reshape(n, -1)
         rows["torch-cpu reference (no cache)"] = bench_reference(model, cond, steps, full=steps * cond.shape[1] <= 64 * 128)
-    bw = memory_bandwidth()
-    weight_bytes = int(info["transformer"]["parameters"]) * (4 if manifest["precision"] == "fp32" else 2)
+    weight_bytes = transformer_weight_bytes(manifest)
     result = {
         "artifacts": str(artifacts), "precision": manifest["precision"], "num_samples": n, "repeats": repeats,
         "image_tokens": steps, "cond_tokens": int(info["tokens"]["cond"]),
@@ -208,7 +248,7 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
         vs_ref = f"{r['tokens_per_s'] / ref['tokens_per_s']:.1f}x" if ref else "-"
         vs_eager = f"{r['tokens_per_s'] / eager['tokens_per_s']:.2f}x" if eager else "-"
         on_cpu = label.endswith("cpu") or "cpu " in label  # the floor is the host's bandwidth
-        floor = f"{r['step'] * 1e3 / result['step_floor_ms_cpu']:.2f}x" if on_cpu else "-"
+        floor = f"{r['step'] * 1e3 / r.get('floor_ms', result['step_floor_ms_cpu']):.2f}x" if on_cpu else "-"
         log(f"{label:<32}{r['cond_encoder'] * 1e3:>9.1f}{r['prefill'] * 1e3:>11.1f}{r['step'] * 1e3:>9.2f}"
             f"{r['decoder'] * 1e3:>10.1f}{r['tokens_per_s']:>10.1f}{vs_ref:>8}{vs_eager:>9}"
             f"{floor:>11}")

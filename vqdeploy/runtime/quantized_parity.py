@@ -13,8 +13,11 @@ model on the same sequence:
 - ``transformer_kv_steps``: the graph's one-token steps against the same graph's teacher-forced
   logits over the same tokens: the KV cache must not add error of its own (quantization cancels).
   Not to float rounding, though: ONNX Runtime's CPU ``MatMulNBits`` takes other kernels for one row
-  (steps) than for many (prefill), which round differently (demo: 4.8e-3 x the largest logit for
-  int8, 4.1e-3 for int4); a cache bug shows as errors of the logits' own size.
+  (steps) than for many (prefill), which round differently: demo 0.071 (int8) / 0.060 (int4), 0.5x /
+  0.04x the graph's own error against fp32; S-FLCKR-sized (random weights, logits within +-2.1) 0.063
+  against 0.096 for int8. So the bound is the larger of 2e-2 x max(1, max |logit|) and the graph's max
+  error against fp32: the cache may not add more than quantization already did; a cache bug shows as
+  errors of the logits' own size.
 - ``greedy_tokens``: the graph decodes greedily; the fp32 model's argmax over the graph's own
   prefix is compared at every step (agreement, and the first step where they differ = where the two
   greedy decodings part). Reported, not thresholded: after one flip the sequences differ anyway.
@@ -29,17 +32,19 @@ import torch
 
 from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.generator import generate
-from vqdeploy.runtime.parity import StageReport, _logits_report
+from vqdeploy.runtime.parity import StageReport
 from vqdeploy.runtime.sampling import SamplingParams
 
 # Mean KL(p_fp32 || p_quantized) per position at temperature 1, in nats: the export refuses above it.
-# Measured (README, "Weight-only int8/int4"): see the numbers there; the bounds leave ~3x headroom over
-# the worst model we measured while failing a graph whose weights are off (e.g. a wrong scale).
+# Measured on the demo (the only trained model here): int8 4.8e-4, int4 1.6e-2, where sketch following
+# stays within 0.2 points of fp32 (tools/eval_demo.py --artifacts; README "Weight-only int8/int4"). The
+# bounds are ~3x (int4) and ~20x (int8) those numbers: a model that quantizes clearly worse than the demo
+# is refused, and a graph with wrong weights (every scale 1.5x: KL ~ 0.1 on int8) fails by far.
 QUANTIZED_TOLERANCES: dict[str, dict[str, float]] = {
     "int8": {"kl_mean": 0.01},
-    "int4": {"kl_mean": 0.1},
+    "int4": {"kl_mean": 0.05},
 }
-KV_STEPS_REL = 2e-2  # steps vs the same graph's prefill, x max(1, max |logit|): 4x the demo's 4.8e-3
+KV_STEPS_REL = 2e-2  # floor of the steps-vs-prefill bound, x max(1, max |logit|)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -81,8 +86,11 @@ def check_quantized_transformer(gpt: torch.nn.Module, device: Any, candidate: Ba
     own = runner.forward(prefix)[:, tc - 1 :]  # the graph's teacher-forced logits over its own tokens
     cand = np.stack(step_logits, axis=1)
     scale = float(np.abs(own).max())
-    reports.append(_logits_report("transformer_kv_steps", float(np.abs(cand - own).max()), scale,
-                                  {"logits_rel": KV_STEPS_REL}))
+    bound = max(KV_STEPS_REL * max(1.0, scale), m["max_abs"])
+    err = float(np.abs(cand - own).max())
+    reports.append(StageReport("transformer_kv_steps", err <= bound, {"max_abs": err, "bound": bound},
+                               f"max |dlogit| vs the graph's prefill <= max({KV_STEPS_REL:g} * max(1, max|logit|), "
+                               f"its max |dlogit| vs fp32)"))
 
     with torch.no_grad():
         ref = gpt(torch.from_numpy(prefix).to(device))[0][:, tc - 1 :].float().cpu().numpy()
