@@ -39,7 +39,7 @@ from vqdeploy.runtime.sampling import SamplingParams
 # Measured on the demo (the only trained model here): int8 4.8e-4, int4 1.6e-2, where sketch following
 # stays within 0.2 points of fp32 (tools/eval_demo.py --artifacts; README "Weight-only int8/int4"). The
 # bounds are ~3x (int4) and ~20x (int8) those numbers: a model that quantizes clearly worse than the demo
-# is refused, and a graph with wrong weights (every scale 1.5x: KL ~ 0.1 on int8) fails by far.
+# is refused, and a graph with wrong weights (every scale 1.5x) fails it (tests/test_quantize.py).
 QUANTIZED_TOLERANCES: dict[str, dict[str, float]] = {
     "int8": {"kl_mean": 0.01},
     "int4": {"kl_mean": 0.05},
