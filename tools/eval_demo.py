@@ -10,6 +10,12 @@ Writes ``metrics.json``, ``TRAINING.md`` and ``contact_sheet.png`` into the run 
     with the same outputs as vqdeploy (when taming is installed).
 
     python tools/eval_demo.py [--run models/demo]
+
+With ``--artifacts A [B ...]`` it measures exported graphs instead (nothing is written into the run):
+the same sketches and samples, drawn by ONNX Runtime with the same seeds, sketch following for each, and
+the PSNR of each one's samples against the first's (e.g. an fp32 export against ``--quantize int8/int4``):
+
+    python tools/eval_demo.py --artifacts artifacts/demo artifacts/demo-int8 artifacts/demo-int4
 """
 
 from __future__ import annotations
@@ -113,6 +119,40 @@ def sample(model: Net2NetTransformer, sketches: np.ndarray, n: int) -> np.ndarra
     embed_dim = model.first_stage_model.embed_dim
     imgs = model.decode_to_img(idx, (len(c), embed_dim, 8, 8))
     return to_uint8(imgs).reshape(len(sketches), n, 64, 64, 3)
+
+
+def sample_artifacts(artifacts: Path, sketches: np.ndarray, n: int) -> np.ndarray:
+    """(S,64,64) sketches -> (S,n,64,64,3) samples of an exported model (ONNX Runtime, host sampler:
+    sample i of seed s draws the same uniforms on every export, so the exports differ only by their logits)."""
+    pipe = vqdeploy.Pipeline.from_artifacts(artifacts, backend="onnxruntime")
+    params = vqdeploy.SamplingParams(temperature=TEMPERATURE, top_k=TOP_K)
+    out = [to_uint8(torch.from_numpy(pipe(s, num_samples=n, seed=SAMPLE_SEED, params=params).images))
+           for s in sketches]
+    return np.stack(out)
+
+
+def eval_artifacts(run: Path, dirs: list[Path]) -> dict[str, Any]:
+    """Sketch following per export and sample PSNR against the first export (same seeds)."""
+    train = json.loads((run / "training.json").read_text())
+    d = train["data"]
+    sketches = demo_data.make_split(demo_data.split_seed(d["seed"], "val"), d["n_val"], d["n_renders"])["sketch"][:N_SKETCHES]
+    results: dict[str, Any] = {"n_sketches": N_SKETCHES, "n_samples": N_SAMPLES, "top_k": TOP_K,
+                               "temperature": TEMPERATURE, "seed": SAMPLE_SEED, "exports": {}}
+    first = None
+    for a in dirs:
+        samples = sample_artifacts(a, sketches, N_SAMPLES)
+        row: dict[str, Any] = {"sketch_following": follow_scores(sketches, samples)}
+        if first is None:
+            first = samples
+            # baseline: two samples of the same sketch with different seeds (what "different samples" scores)
+            ps = psnr_per_image(samples[:, 0], samples[:, 1])
+            row["psnr_between_samples"] = {"mean": float(ps.mean()), "median": float(np.median(ps))}
+        else:
+            ps = psnr_per_image(samples.reshape(-1, 64, 64, 3), first.reshape(-1, 64, 64, 3))
+            row["psnr_vs_first"] = {"mean": float(np.mean(np.minimum(ps, 100))), "median": float(np.median(ps)),
+                                    "identical_samples": int((ps >= 100).sum()), "n": len(ps)}
+        results["exports"][str(a)] = row
+    return results
 
 
 def upstream_check(model: Net2NetTransformer, ckpt: Path, sketches: np.ndarray, images: np.ndarray) -> str:
@@ -234,8 +274,12 @@ grid features at a sketch token and at the position predicting the image token o
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=ROOT / "models" / "demo")
+    ap.add_argument("--artifacts", type=Path, nargs="+", help="exports of the run to compare (first = reference)")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.artifacts:
+        print(json.dumps(eval_artifacts(args.run, args.artifacts), indent=2))
+        return
     train = json.loads((args.run / "training.json").read_text())
     ckpt = args.run / "checkpoints" / "last.ckpt"
     model = vqdeploy.load_model(ckpt)  # config found in <run>/configs/

@@ -9,6 +9,7 @@ import click
 Examples:
   vqdeploy export --ckpt logs/2020-11-09T13-31-51_sflckr/checkpoints/last.ckpt --out artifacts/sflckr
   vqdeploy export --ckpt models/demo/checkpoints/last.ckpt --out artifacts/demo-fp16 --precision fp16
+  vqdeploy export --ckpt models/demo/checkpoints/last.ckpt --out artifacts/demo-int4 --quantize int4
 """)
 @click.option("--ckpt", required=True, type=click.Path(path_type=str), help="Lightning last.ckpt, run directory, state_dict or .safetensors.")
 @click.option("--config", type=click.Path(path_type=str), help="Model config YAML (default: <run>/configs/*-project.yaml).")
@@ -17,12 +18,17 @@ Examples:
               help="Graph precision; fp16/bf16 keep normalisation, softmax and the quantizer in fp32.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (18..23); default: 18, or 22 for bf16.")
 @click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch the graphs' profiles cover.")
+@click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
+              help="Weight-only quantized transformer (linear layers; activations and KV cache at --precision); "
+                   "refused below a measured quality threshold against fp32.")
 @click.option("--parity/--no-parity", default=True, show_default=True, help="Check every graph against PyTorch (ONNX Runtime CPU).")
-def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool) -> None:
+def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool,
+           quantize: str | None) -> None:
     """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest."""
     from vqdeploy.needs_torch import require_torch
 
     require_torch("export needs PyTorch")
     from vqdeploy.export.exporter import export as run_export
 
-    run_export(ckpt, out, config, precision, opset, max_batch, parity, log=lambda m: click.echo(m, err=True))
+    run_export(ckpt, out, config, precision, opset, max_batch, parity, log=lambda m: click.echo(m, err=True),
+               quantize=quantize)

@@ -21,6 +21,7 @@ from vqdeploy.export.fingerprint import model_fingerprint
 from vqdeploy.export.install import export_lock, install, temp_prefix
 from vqdeploy.export.manifest_schema import MAX_BATCH  # what is exported must read back
 from vqdeploy.export.onnx_export import export_graph
+from vqdeploy.export.quantize import SCHEMES, quantization_entry
 from vqdeploy.export.specs import graph_specs
 from vqdeploy.files import atomic_write, check_writable, default_mode
 from vqdeploy.limits import check_int
@@ -56,10 +57,13 @@ def export(
     max_batch: int = 8,
     parity: bool = True,
     log: Log = print,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """Export ``ckpt`` to ``out``; returns the manifest. Raises ParityError beyond tolerance
     (after writing the report, without installing the artifacts). ``out`` is locked for the whole
-    export and replaced atomically (``install``)."""
+    export and replaced atomically (``install``). ``quantize`` (int8/int4): the transformer's
+    linear layers weight-only quantized (``export/quantize.py``), its quality checked against the
+    fp32 model (``runtime/quantized_parity.py``)."""
     t0 = time.perf_counter()
     out = Path(out)
     if not out.name or out.name in (".", ".."):
@@ -69,14 +73,16 @@ def export(
         raise ConfigError(f"--opset {opset}: bf16 graphs need opset {BF16_MIN_OPSET} or later (ONNX Conv and Gemm accept "
                           f"bfloat16 from opset {BF16_MIN_OPSET})")
     check_int(max_batch, "--max-batch", 1, MAX_BATCH)
+    if quantize is not None and quantize not in SCHEMES:
+        raise ConfigError(f"--quantize {str(quantize)[:20]!r}: expected one of {', '.join(SCHEMES)}")
     check_writable(out.parent, "--out")
     out.parent.mkdir(parents=True, exist_ok=True)
     with export_lock(out, log):
-        return _export_locked(ckpt, out, config, precision, opset, max_batch, parity, log, t0)
+        return _export_locked(ckpt, out, config, precision, opset, max_batch, parity, log, t0, quantize)
 
 
 def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, precision: str, opset: int,
-                   max_batch: int, parity: bool, log: Log, t0: float) -> dict[str, Any]:
+                   max_batch: int, parity: bool, log: Log, t0: float, quantize: str | None = None) -> dict[str, Any]:
     from vqdeploy.loading.load import load_model
 
     log(f"loading {ckpt}")
@@ -84,16 +90,23 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
     info = describe(model)
     fingerprint = model_fingerprint(model)
     _check_destination(out, fingerprint)
+    if quantize is not None and info["kind"] != "net2net":
+        raise ConfigError(f"--quantize {quantize}: {ckpt} is a VQGAN without a transformer; only the transformer's "
+                          f"weights are quantized")
     specs = graph_specs(model, precision, max_batch)
 
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
     tmp.chmod(default_mode(directory=True))  # mkdtemp makes it private; artifacts are ordinary files
     try:
         graphs: dict[str, Any] = {}
+        quantization: dict[str, Any] | None = None
         for n, spec in enumerate(specs, 1):
             t = time.perf_counter()
-            log(f"[{n}/{len(specs)}] exporting {spec.file} ...")
-            export_graph(spec, tmp / spec.file, opset)
+            q = quantize if spec.name == "transformer" else None
+            log(f"[{n}/{len(specs)}] exporting {spec.file}" + (f" (weights {q})" if q else "") + " ...")
+            layers = export_graph(spec, tmp / spec.file, opset, q)
+            if q:
+                quantization = quantization_entry(q, layers, int(info["transformer"]["parameters"]), precision)
             entry = spec.to_manifest()
             entry["sha256"] = mf.sha256_file(tmp / spec.file)
             data = tmp / f"{spec.file}.data"
@@ -111,6 +124,7 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
             "model_fingerprint": fingerprint,
             "source": {"checkpoint": src.checkpoint, "config": src.config},
             "precision": precision,
+            **({"quantization": quantization} if quantization else {}),
             "opset": opset,
             "custom_domains": {"vqdeploy": 1},
             "max_batch": max_batch,
@@ -129,7 +143,9 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
         if parity and not manifest["parity"]["passed"]:
             report = out.parent / f"{out.name}.parity-failed.json"
             atomic_write(report, json.dumps(manifest["parity"], indent=2) + "\n")
-            raise ParityError(f"exported graphs do not match PyTorch within tolerance (report: {report})")
+            what = (f"the --quantize {quantization['scheme']} transformer is below the quality threshold or "
+                    if quantization else "")
+            raise ParityError(f"{what}exported graphs do not match PyTorch within tolerance (report: {report})")
         install(tmp, out, log=log)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -146,7 +162,8 @@ def _export_parity(model: Any, directory: Path, manifest: dict[str, Any], precis
     candidate = OnnxRuntimeBackend(directory, manifest)
     log("parity: onnxruntime (CPU) vs PyTorch ..." + (f" ({candidate.emulation})" if candidate.emulation else ""))
     t = time.perf_counter()
-    reports = check_backend(TorchBackend(model, manifest), candidate, manifest["model"], precision)
+    scheme = (manifest.get("quantization") or {}).get("scheme")
+    reports = check_backend(TorchBackend(model, manifest), candidate, manifest["model"], precision, quantization=scheme)
     for r in reports:
         log("  " + r.line())
     backend = "onnxruntime-cpu (bf16 emulated)" if candidate.emulation else "onnxruntime-cpu"

@@ -38,6 +38,8 @@ MAX_RANK = 8
 MAX_GRAPHS = 32
 MAX_TENSORS = 2 * MAX_LAYERS + 8
 PRECISIONS = ("fp32", "fp16", "bf16")
+QUANTIZATION_SCHEMES = ("int8", "int4")  # export --quantize (weight-only, transformer graph)
+MAX_QUANT_BLOCK = 1 << 16
 DTYPES = ("float32", "float16", "bfloat16", "int64")  # what the runtimes bind
 
 TENSOR_NAME = r"[A-Za-z_][A-Za-z0-9_.]{0,127}"
@@ -99,10 +101,15 @@ MODEL = tagged("kind", {
                     "permuter": obj({"order": nullable(list_of(integer(0, MAX_BLOCK - 1), 1, MAX_BLOCK))}),
                     "tokens": obj({"cond": TOKENS, "image": TOKENS})}),
 })
+# weight-only quantization (export --quantize): which scheme, of which graphs; the bench reads the byte count
+QUANTIZATION = obj({"scheme": one_of(*QUANTIZATION_SCHEMES), "graphs": list_of(one_of("transformer"), 1, 1),
+                    "block_size": integer(16, MAX_QUANT_BLOCK), "layers": integer(0, 16 * MAX_LAYERS),
+                    "weight_bytes": integer(0, 1 << 48)})
 MANIFEST = obj(
     {"model": MODEL, "model_fingerprint": sha256, "precision": one_of(*PRECISIONS),
      "max_batch": integer(1, MAX_BATCH), "graphs": mapping(GRAPH, lo=1, hi=MAX_GRAPHS)},
-    {"source": obj({}, {"checkpoint": nullable(string(4096)), "config": list_of(string(4096), 0, 16)})},
+    {"source": obj({}, {"checkpoint": nullable(string(4096)), "config": list_of(string(4096), 0, 16)}),
+     "quantization": nullable(QUANTIZATION)},
 )
 
 

@@ -16,6 +16,7 @@ from vqdeploy.errors import ConfigError
 from vqdeploy.export import DEFAULT_OPSET
 from vqdeploy.export import kv_cache_onnx
 from vqdeploy.export.nearest_code_onnx import attach_function, translate
+from vqdeploy.export.quantize import QuantizedLayer, quantize_model
 from vqdeploy.export.specs import GraphSpec
 from vqdeploy.models.kv_cache import kv_write_op
 from vqdeploy.models.nearest_code import nearest_code
@@ -39,8 +40,11 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(lvl)
 
 
-def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """Write ``spec`` to ``path`` (plus ``<path>.data`` for graphs over ~1.8 GB) and check it."""
+def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET,
+                 quantize: str | None = None) -> list[QuantizedLayer]:
+    """Write ``spec`` to ``path`` (plus ``<path>.data`` for graphs over ~1.8 GB) and check it.
+    ``quantize`` (int8/int4): its constant-weight MatMuls become weight-only quantized
+    (``export/quantize.py``); returns the layers it quantized."""
     if not 18 <= opset <= 23:
         raise ConfigError(f"--opset {opset} is not supported (18..23)")
     args = spec.sample_inputs()
@@ -62,8 +66,10 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> Non
         raise RuntimeError("torch.onnx.export returned no program")
     attach_function(program.model)
     kv_cache_onnx.to_tensor_scatter(program.model)  # the transformer graph: opset 24
+    layers = quantize_model(program.model, quantize) if quantize else []
     program.model.graph.name = spec.name
     weight_bytes = sum(p.numel() * p.element_size() for p in spec.module.parameters())
     external = weight_bytes > _EXTERNAL_DATA_BYTES
     program.save(str(path), external_data=external)
     onnx.checker.check_model(str(path), full_check=False)
+    return layers

@@ -167,17 +167,48 @@ def _bench_reference(model: Any, c: Any, steps: int, full: bool) -> dict[str, An
             "method": f"forward timed at {len(lengths)} sequence lengths, interpolated over {steps} steps"}
 
 
+def variant(manifest: dict[str, Any]) -> str:
+    """fp32 / fp16 / bf16, or the weight quantization (int8, int4; int4/fp16 with fp16 activations)."""
+    q = manifest.get("quantization")
+    if q is None:
+        return str(manifest["precision"])
+    return str(q["scheme"]) + ("" if manifest["precision"] == "fp32" else f"/{manifest['precision']}")
+
+
+def transformer_weight_bytes(manifest: dict[str, Any]) -> int:
+    """What one token step reads at least: the transformer's weights as exported."""
+    q = manifest.get("quantization")
+    if q is not None:
+        return int(q["weight_bytes"])
+    return int(manifest["model"]["transformer"]["parameters"]) * BYTES[manifest["precision"]]
+
+
+def compared_manifests(artifacts: Path, compare: list[Path], fingerprint: str) -> list[tuple[Path, dict[str, Any]]]:
+    """``bench --compare DIR``: other exports of the same model (another precision or quantization),
+    benchmarked in the same run, next to the main artifacts."""
+    out = []
+    for d in compare:
+        m = read_manifest(d)
+        if m["model_fingerprint"] != fingerprint:
+            raise InputError(f"--compare {d}: the artifacts of another model than {artifacts}")
+        out.append((d, m))
+    return out
+
+
 def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeats: int, reference: bool, out: Path,
-              ckpt: str | None, log: Callable[[str], None] = print, cuda_graphs: bool = False) -> dict[str, Any]:
+              ckpt: str | None, log: Callable[[str], None] = print, cuda_graphs: bool = False,
+              compare: list[Path] | None = None) -> dict[str, Any]:
     check_num_samples(n)
     check_int(repeats, "--repeats", 1, MAX_REPEATS)
     manifest = read_manifest(artifacts)
+    others = compared_manifests(artifacts, compare or [], manifest["model_fingerprint"])
     info = manifest["model"]
     if info["kind"] != "net2net":
         raise InputError("bench needs a Net2NetTransformer (there is no sampling in a VQGAN)")
     check_output_dir(artifacts, out.parent, "bench --out")
     check_files([out], "bench --out")
     candidates = parse_backends(backends, artifacts, device)  # every requested backend can run, before any does
+    other_candidates = [[c for c in parse_backends(backends, d, device) if c[0] != "torch"] for d, _ in others]
     model = reference_model(manifest, ckpt, log)
     cond_input = sample_condition(info, 0)
     rows: dict[str, dict[str, Any]] = {}
@@ -193,15 +224,19 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
     for b, d in candidates:
         if (b, d) != ("torch", "cpu") or torch_cpu is None:
             runs += [(b, d, False, None)] + ([(b, d, True, None)] if cuda_graphs and d.startswith("cuda") else [])
-    for name, dev, graphs, be in runs:
-        be = be or open_backend(name, artifacts, manifest, dev, model=model if name == "torch" else None,
-                                cuda_graphs=graphs)
-        precision = "fp32" if name == "torch" else manifest["precision"]  # torch runs the checkpoint's fp32
+    bw = memory_bandwidth()
+    fp32_bytes = int(info["transformer"]["parameters"]) * 4
+    jobs = [(name, dev, graphs, be, artifacts, manifest) for name, dev, graphs, be in runs]
+    jobs += [(name, dev, False, None, d, m) for (d, m), cands in zip(others, other_candidates) for name, dev in cands]
+    for name, dev, graphs, be, where, m in jobs:  # --compare: the same model's other exports, in the same run
+        be = be or open_backend(name, where, m, dev, model=model if name == "torch" else None, cuda_graphs=graphs)
+        precision = "fp32" if name == "torch" else variant(m)  # torch runs the checkpoint's fp32
         for sampler in ("host", "graph") if be.has_graph("sampler") else ("host",):
             label = f"{name}-{dev} {precision}" + (" KV cache" if name == "torch" else "") + \
                 (", sampler graph" if sampler == "graph" else "") + (", CUDA graphs" if graphs else "")
-            log(f"bench: {label} ...")
+            log(f"bench: {label}" + (f" ({where})" if where != artifacts else "") + " ...")
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": graphs,
+                           "floor_ms": 1e3 * (fp32_bytes if name == "torch" else transformer_weight_bytes(m)) / bw,
                            **bench_backend(be, cond_input, info, n, repeats, sampler)}
     steps = int(info["tokens"]["image"])
     if reference and model is not None and torch_cpu is not None:
@@ -209,8 +244,7 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
         cond = condition_grid(torch_cpu, info["conditioning"], n, cond_input, class_id=0).reshape(n, -1)
         rows[REFERENCE] = {"backend": "torch", "device": "cpu", "precision": "fp32",
                            **bench_reference(model, cond, steps, full=steps * cond.shape[1] <= 64 * 128)}
-    bw = memory_bandwidth()
-    weight_bytes = int(info["transformer"]["parameters"]) * BYTES[manifest["precision"]]
+    weight_bytes = transformer_weight_bytes(manifest)
     result = {
         "artifacts": str(artifacts), "precision": manifest["precision"], "num_samples": n, "repeats": repeats,
         "image_tokens": steps, "cond_tokens": int(info["tokens"]["cond"]),
@@ -246,17 +280,14 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
         vs_ref = f"{r['tokens_per_s'] / ref['tokens_per_s']:.1f}x" if ref else "-"
         base = torch_on.get(r["device"])
         vs_torch = f"{r['tokens_per_s'] / base['tokens_per_s']:.1f}x" if base else "-"
-        floor = "-"
-        if r["device"] == "cpu":  # the floor is the host's bandwidth
-            floor_ms = result["step_floor_ms_cpu"] * BYTES[r["precision"]] / BYTES[result["precision"]]
-            floor = f"{r['step'] * 1e3 / floor_ms:.2f}x"
+        floor = f"{r['step'] * 1e3 / r['floor_ms']:.2f}x" if r["device"] == "cpu" else "-"  # the host's bandwidth
         log(f"{label:<44}{r['cond_encoder'] * 1e3:>9.1f}{r['prefill'] * 1e3:>11.1f}{r['step'] * 1e3:>9.2f}"
             f"{r['decoder'] * 1e3:>10.1f}{r['tokens_per_s']:>10.1f}{vs_ref:>11}{vs_torch:>8}{floor:>12}")
     log(f"batch {result['num_samples']}, medians of {result['repeats']} runs after a warm-up. token ms: one token after "
         "the prefill (draw + cached step). x upstream: tokens/s over upstream's sampler (PyTorch fp32, CPU, full "
         "recomputation per token). x torch: over PyTorch eager fp32 with a KV cache on the same device"
         + (f" (the artifacts are {result['precision']}: precisions differ)" if result["precision"] != "fp32" else "")
-        + ". token/floor: token ms over the time the weights take to stream once.")
+        + ". token/floor: token ms over the time that row's transformer weights take to stream once.")
     log(f"host memory bandwidth {result['host_memory_bandwidth_GBps']:.1f} GB/s; transformer weights "
         f"{result['transformer_weight_bytes'] / 1e6:.0f} MB ({result['precision']}) -> CPU floor "
         f"{result['step_floor_ms_cpu']:.2f} ms per token")

@@ -116,8 +116,9 @@ def _logits_report(stage: str, err: float, scale: float, tol: dict[str, float]) 
 
 
 def check_backend(reference: TorchBackend, candidate: Backend, info: dict[str, Any], precision: str,
-                  seed: int = 0, greedy_steps: int | None = None) -> list[StageReport]:
-    """Every stage of ``candidate`` against ``reference`` on the same seeded inputs."""
+                  seed: int = 0, greedy_steps: int | None = None, quantization: str | None = None) -> list[StageReport]:
+    """Every stage of ``candidate`` against ``reference`` on the same seeded inputs; ``quantization``
+    (the manifest's scheme): the transformer is checked by ``quantized_parity`` instead."""
     tol = TOLERANCES[precision]
     model = reference.model
     first = model.first_stage_model if isinstance(model, Net2NetTransformer) else model
@@ -151,6 +152,14 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: dict[str, A
     tc = cond.shape[1]
 
     gpt = model.transformer
+    if quantization is not None:  # weight-only int8/int4 graph: quality against fp32, not float rounding
+        from vqdeploy.runtime.quantized_parity import check_quantized_transformer
+
+        steps = z.shape[1] if greedy_steps is None else min(greedy_steps, z.shape[1])
+        reports += check_quantized_transformer(gpt, reference.torch_device, candidate, cond, seq, steps, quantization)
+        if candidate.has_graph("sampler"):
+            reports.append(check_sampler(candidate, gpt.vocab_size, seed))
+        return reports
     with torch.no_grad():
         full = gpt(torch.from_numpy(seq[:, :-1]).to(reference.torch_device))[0].float().cpu().numpy()
     scale = float(np.abs(full).max())

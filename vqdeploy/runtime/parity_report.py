@@ -27,6 +27,7 @@ from vqdeploy.runtime.images import png_bytes, to_uint8
 from vqdeploy.runtime.outputs import check_files, check_output_dir, make_output_dir
 from vqdeploy.runtime.parity import check_backend
 from vqdeploy.runtime.parity_inputs import sample_condition
+from vqdeploy.runtime.quantized_parity import quantized_scheme
 from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.sampling import SamplingParams
 
@@ -61,7 +62,8 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
             row["note"] = note
         if be is not reference:
             log(f"parity: {label} vs torch-cpu ..." + (f" ({row['note']})" if "note" in row else ""))
-            reports = check_backend(reference, be, info, manifest["precision"], seed)
+            reports = check_backend(reference, be, info, manifest["precision"], seed,
+                                    quantization=quantized_scheme(manifest, name))
             for r in reports:
                 log("  " + r.line())
             row["stages"] = [r.to_dict() for r in reports]

@@ -1,0 +1,246 @@
+"""``export --quantize int8|int4``: the weight-only quantized transformer graph (blocked
+DequantizeLinear -> MatMul), its parity against fp32, the refusal below the quality threshold, ONNX
+Runtime's MatMulNBits fusion, the TensorRT-RTX build, and the manifest/bench plumbing."""
+
+from __future__ import annotations
+
+import collections
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from vqdeploy.cli import main
+from vqdeploy.errors import ArtifactError, ConfigError, InputError, ParityError
+from vqdeploy.export import quantize as qz
+from vqdeploy.export.exporter import export
+from vqdeploy.export.manifest import read_manifest, sha256_file, write_manifest
+from vqdeploy.runtime import quantized_parity
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "models" / "demo" / "checkpoints" / "last.ckpt"
+QUIET = {"log": lambda m: None}
+
+
+@pytest.fixture(scope="module")
+def demo_q(tmp_path_factory: pytest.TempPathFactory):
+    """``demo_q(scheme)``: the demo model exported with ``--quantize scheme`` (parity on), cached."""
+    root = tmp_path_factory.mktemp("demo_q")
+    cache: dict[str, tuple[Path, dict]] = {}
+
+    def get(scheme: str) -> tuple[Path, dict]:
+        if scheme not in cache:
+            out = root / scheme
+            cache[scheme] = (out, export(DEMO, out, quantize=scheme, **QUIET))
+        return cache[scheme]
+
+    return get
+
+
+def _stages(manifest: dict) -> dict[str, dict]:
+    return {s["stage"]: s for s in manifest["parity"]["stages"]}
+
+
+# --- the quantizer itself --------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [8, 4])
+def test_blocked_round_trip_is_within_half_a_step(bits: int) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((256, 96)).astype(np.float32) * rng.uniform(0.01, 1, size=(1, 96)).astype(np.float32)
+    codes, scales = qz.quantize_blocks(w, bits, 32, clip_search=False)
+    assert codes.dtype == np.int8 and scales.shape == (8, 96)
+    assert codes.min() >= -(2 ** (bits - 1)) and codes.max() <= 2 ** (bits - 1) - 1
+    err = np.abs(qz.dequantize_blocks(codes, scales) - w)
+    assert (err <= np.repeat(scales, 32, axis=0) / 2 + 1e-7).all()
+    # the clipping search never does worse than max-abs scaling, block by block
+    c2, s2 = qz.quantize_blocks(w, bits, 32)
+    sq = lambda c, s: ((qz.dequantize_blocks(c, s) - w) ** 2).reshape(8, 32, 96).sum(1)  # noqa: E731
+    assert (sq(c2, s2) <= sq(codes, scales) + 1e-9).all()
+
+
+def test_block_for_falls_back_to_a_divisor_or_skips() -> None:
+    assert qz.block_for(1024, 128) == 128
+    assert qz.block_for(192, 128) == 64  # the demo's width
+    assert qz.block_for(32, 128) == 32
+    assert qz.block_for(24, 128) is None  # no power of two >= 16 divides it: left unquantized
+
+
+# --- export --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_export_of_the_demo(demo_q, scheme: str) -> None:
+    out, manifest = demo_q(scheme)
+    assert manifest == read_manifest(out)
+    q = manifest["quantization"]
+    assert q["scheme"] == scheme and q["graphs"] == ["transformer"] and q["block_size"] == qz.DEFAULT_BLOCK[scheme]
+    assert q["layers"] == 4 * 6 + 1  # per block q, k, v, proj, fc1, fc2; plus the head
+    assert manifest["parity"]["passed"], manifest["parity"]
+    stages = _stages(manifest)
+    tq = stages["transformer_quantized"]["metrics"]
+    assert tq["kl_mean"] <= quantized_parity.QUANTIZED_TOLERANCES[scheme]["kl_mean"]
+    assert tq["top1_agreement"] > (0.9 if scheme == "int8" else 0.8)
+    assert 0 < stages["greedy_tokens"]["metrics"]["agreement"] <= 1
+    assert {"encoder", "decoder", "cond_encoder", "transformer_kv_steps", "sampler_graph"} <= set(stages)
+
+    model = onnx.load(str(out / "transformer.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dqs) == q["layers"]
+    code_type = onnx.TensorProto.INT4 if scheme == "int4" else onnx.TensorProto.INT8
+    for n in dqs:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs["axis"] == 0 and attrs["block_size"] in (32, 64, 128)
+        assert len(n.input) == 2  # symmetric: no zero point (TensorRT takes only zero offsets)
+        assert inits[n.input[0]].data_type == code_type
+        assert inits[n.input[1]].data_type == onnx.TensorProto.FLOAT  # activations stay fp32
+    # no float weight is left on any MatMul; the embeddings (Gather) keep their fp32 tables
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and n.input[1] in inits:
+            pytest.fail(f"MatMul {n.name} still has a constant float weight")
+    assert inits["gpt.tok_emb.weight"].data_type == onnx.TensorProto.FLOAT
+
+
+def test_vqgan_graphs_are_unchanged_and_the_transformer_shrinks(demo_q, exported_demo_fp32) -> None:
+    fp32_out, fp32 = exported_demo_fp32
+    for scheme in ("int8", "int4"):
+        out, manifest = demo_q(scheme)
+        for name in ("encoder", "cond_encoder", "decoder", "sampler"):
+            assert manifest["graphs"][name]["sha256"] == fp32["graphs"][name]["sha256"], name
+        ratio = manifest["graphs"]["transformer"]["bytes"] / fp32["graphs"]["transformer"]["bytes"]
+        assert ratio < (0.45 if scheme == "int8" else 0.3), ratio
+
+
+@pytest.fixture(scope="module")
+def exported_demo_fp32(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("demo_fp32") / "fp32"
+    return out, export(DEMO, out, parity=False, **QUIET)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_onnxruntime_fuses_every_quantized_matmul(demo_q, scheme: str, tmp_path: Path) -> None:
+    """ONNX Runtime's QDQ fusion turns DequantizeLinear -> MatMul into MatMulNBits (the fast kernel);
+    without it each step would dequantize the whole weight first."""
+    import onnxruntime as ort
+
+    out, manifest = demo_q(scheme)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out / "transformer.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    assert ops["MatMulNBits"] == manifest["quantization"]["layers"]
+    assert ops["DequantizeLinear"] == 0
+
+
+def test_fp16_activations_with_int8_weights(runs, tmp_path: Path) -> None:
+    run = runs("seg")
+    manifest = export(run.ckpt, tmp_path / "seg", precision="fp16", quantize="int8", **QUIET)
+    assert manifest["parity"]["passed"], manifest["parity"]
+    model = onnx.load(str(tmp_path / "seg" / "transformer.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    scales = [inits[n.input[1]] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert scales and all(s.data_type == onnx.TensorProto.FLOAT16 for s in scales)
+
+
+# --- refusal ---------------------------------------------------------------------------------------
+def test_export_refuses_below_the_quality_threshold(runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = runs("seg")
+    monkeypatch.setitem(quantized_parity.QUANTIZED_TOLERANCES, "int4", {"kl_mean": 0.0})
+    out = tmp_path / "seg-int4"
+    with pytest.raises(ParityError, match="--quantize int4"):
+        export(run.ckpt, out, quantize="int4", **QUIET)
+    assert not out.exists()  # nothing installed
+    report = json.loads((tmp_path / "seg-int4.parity-failed.json").read_text())
+    failed = [s["stage"] for s in report["stages"] if not s["passed"]]
+    assert failed == ["transformer_quantized"]
+
+
+def test_wrong_scales_fail_the_quality_check(demo_q, tmp_path: Path) -> None:
+    """A quantized graph whose weights are off (every scale 1.5x: a plausible packing or scale bug)
+    fails the threshold, so the check can tell a broken graph from quantization noise."""
+    from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from vqdeploy.runtime.backends.select import load_reference_model
+    from vqdeploy.runtime.backends.torch_backend import TorchBackend
+    from vqdeploy.runtime.parity import check_backend
+
+    src, manifest = demo_q("int8")
+    art = tmp_path / "broken"
+    shutil.copytree(src, art)
+    model = onnx.load(str(art / "transformer.onnx"))
+    scales = {n.input[1] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    for init in model.graph.initializer:
+        if init.name in scales:
+            init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * 1.5, init.name))
+    onnx.save(model, str(art / "transformer.onnx"))
+    manifest = json.loads(json.dumps(manifest))
+    manifest["graphs"]["transformer"]["sha256"] = sha256_file(art / "transformer.onnx")
+    write_manifest(art, manifest)
+    reference = TorchBackend(load_reference_model(manifest, None), manifest, "cpu")
+    reports = {r.stage: r for r in check_backend(reference, OnnxRuntimeBackend(art, manifest), manifest["model"],
+                                                 "fp32", greedy_steps=4, quantization="int8")}
+    assert not reports["transformer_quantized"].passed, reports["transformer_quantized"].metrics
+
+
+# --- bad input -------------------------------------------------------------------------------------
+def test_bad_quantize_values_are_one_line(runs, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["export", "--ckpt", str(DEMO), "--out", str(tmp_path / "x"), "--quantize", "int3"])
+    assert result.exit_code != 0 and result.output.startswith("error:") and len(result.output.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match="int3"):
+        export(DEMO, tmp_path / "y", quantize="int3", **QUIET)
+    with pytest.raises(ConfigError, match="VQGAN"):
+        export(runs("vq_remap").ckpt, tmp_path / "z", quantize="int8", **QUIET)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+@pytest.mark.parametrize("bad", [{"scheme": "int2"}, {"block_size": 3}, {"graphs": ["decoder"]}, {"weight_bytes": -1}])
+def test_manifest_quantization_is_validated(demo_q, tmp_path: Path, bad: dict) -> None:
+    src, manifest = demo_q("int4")
+    art = tmp_path / "art"
+    shutil.copytree(src, art)
+    m = json.loads(json.dumps(manifest))
+    m["quantization"].update(bad)
+    write_manifest(art, m)
+    with pytest.raises(ArtifactError, match="quantization"):
+        read_manifest(art)
+
+
+# --- TensorRT-RTX ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_transformer_builds_with_tensorrt_rtx(demo_q, scheme: str, tmp_path: Path) -> None:
+    """The same graph builds ahead of time with the real TensorRT-RTX builder (no GPU needed)."""
+    pytest.importorskip("tensorrt_rtx_bindings")
+    from vqdeploy.trt.engines import BuildOptions, build_engines
+
+    src, _ = demo_q(scheme)
+    art = tmp_path / "art"
+    shutil.copytree(src, art)
+    data = build_engines(art, BuildOptions(target_cc=["8.6"], graphs=["transformer"]), echo=lambda m: None)
+    engine = art / "engines" / data["engines"]["transformer"]["file"]
+    assert engine.stat().st_size > 0
+
+
+# --- bench -----------------------------------------------------------------------------------------
+def test_bench_compares_quantized_exports_side_by_side(demo_q, tmp_path: Path) -> None:
+    from vqdeploy.runtime.bench import run_bench
+
+    int8, m8 = demo_q("int8")
+    int4, m4 = demo_q("int4")
+    result = run_bench(int8, "onnxruntime", None, 1, 1, False, tmp_path / "bench.json", None, log=lambda m: None,
+                       compare=[int4])
+    rows = result["backends"]
+    assert set(rows) == {"torch-cpu fp32 KV cache", "onnxruntime-cpu int8", "onnxruntime-cpu int8, sampler graph",
+                         "onnxruntime-cpu int4", "onnxruntime-cpu int4, sampler graph"}
+    assert result["transformer_weight_bytes"] == m8["quantization"]["weight_bytes"]
+    assert rows["onnxruntime-cpu int4"]["floor_ms"] < rows["onnxruntime-cpu int8"]["floor_ms"]
+    assert all(r["tokens_per_s"] > 0 for r in rows.values())
+    # another model's artifacts are refused before anything runs
+    other = tmp_path / "other"
+    shutil.copytree(int4, other)
+    m = json.loads(json.dumps(m4))
+    m["model_fingerprint"] = "0" * 64
+    write_manifest(other, m)
+    with pytest.raises(InputError, match="another model"):
+        run_bench(int8, "onnxruntime", None, 1, 1, False, tmp_path / "b2.json", None, log=lambda m: None,
+                  compare=[other])
