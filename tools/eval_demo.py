@@ -110,14 +110,19 @@ def reconstruct(model: Net2NetTransformer, images: np.ndarray, batch: int = 100)
 
 @torch.no_grad()
 def sample(model: Net2NetTransformer, sketches: np.ndarray, n: int) -> np.ndarray:
-    """(S,64,64) sketches -> (S,n,64,64,3) samples (temperature 1, top-k, fixed torch seed)."""
-    torch.manual_seed(SAMPLE_SEED)
+    """(S,64,64) sketches -> (S,n,64,64,3) samples (temperature 1, top-k): the runtime's token loop on the
+    PyTorch model (KV cache, host sampler), sample i of sketch s drawing from ``default_rng([seed, s*n+i])``."""
+    from vqdeploy.runtime.backends.torch_backend import TorchTransformer
+    from vqdeploy.runtime.generator import sample_tokens
+    from vqdeploy.runtime.sampling import uniform_noise
+
     c = to_unit(np.repeat(sketches, n, axis=0))
     _, c_idx = model.encode_to_c(c)
-    x = torch.zeros(len(c), 0, dtype=torch.long)
-    idx = model.sample_cached(x, c_idx, steps=64, temperature=TEMPERATURE, sample=True, top_k=TOP_K)
+    runner = TorchTransformer(model.transformer, torch.device("cpu"))
+    params = vqdeploy.SamplingParams(temperature=TEMPERATURE, top_k=TOP_K)
+    idx = sample_tokens(runner, c_idx.numpy(), 64, params, uniform_noise(SAMPLE_SEED, len(c), 64))
     embed_dim = model.first_stage_model.embed_dim
-    imgs = model.decode_to_img(idx, (len(c), embed_dim, 8, 8))
+    imgs = model.decode_to_img(torch.from_numpy(idx), (len(c), embed_dim, 8, 8))
     return to_uint8(imgs).reshape(len(sketches), n, 64, 64, 3)
 
 
@@ -256,7 +261,7 @@ grid features at a sketch token and at the position predicting the image token o
 - First-stage reconstruction PSNR: **{metrics['psnr_first_stage']['mean']:.2f} dB** (mean over {metrics['psnr_first_stage']['n']}
   images; median {metrics['psnr_first_stage']['median']:.2f}, 10th percentile {metrics['psnr_first_stage']['p10']:.2f}).
 - Sketch following, {metrics['n_sketches']} sketches x {metrics['n_samples']} samples (temperature {TEMPERATURE}, top-k {TOP_K},
-  torch seed {SAMPLE_SEED}): fraction of stroke pixels on an edge of the sample (Sobel > {EDGE_THRESHOLD}, dilated 1 px)
+  seed {SAMPLE_SEED}): fraction of stroke pixels on an edge of the sample (Sobel > {EDGE_THRESHOLD}, dilated 1 px)
 
 | images | matched sketch | mismatched sketch |
 |---|---|---|

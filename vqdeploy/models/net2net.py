@@ -100,33 +100,6 @@ class Net2NetTransformer(nn.Module):
         return x[:, c.shape[1] :]
 
     @torch.no_grad()
-    def sample_cached(
-        self,
-        x: torch.Tensor,
-        c: torch.Tensor,
-        steps: int,
-        temperature: float = 1.0,
-        sample: bool = False,
-        top_k: int | None = None,
-        callback: Callable[[int], None] = lambda k: None,
-    ) -> torch.Tensor:
-        """Same tokens as ``sample`` (greedy), one transformer step per token with a KV cache."""
-        seq = torch.cat((c, x), dim=1)
-        if seq.shape[1] + steps - 1 > self.transformer.get_block_size():
-            raise ValueError("the sequence does not fit the transformer's block size")
-        if seq.shape[1] < self.transformer.n_unmasked:
-            raise ValueError("the prefill must cover the transformer's n_unmasked positions")
-        logits, past = self.transformer.forward_cached(seq)
-        out = []
-        for k in range(steps):
-            callback(k)
-            ix = self._pick(logits[:, -1, :], temperature, sample, top_k)
-            out.append(ix)
-            if k + 1 < steps:
-                logits, past = self.transformer.forward_cached(ix, past)
-        return torch.cat([x] + out, dim=1)
-
-    @torch.no_grad()
     def encode_to_z(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         quant_z, _, info = self.first_stage_model.encode(x)
         indices = info[2].view(quant_z.shape[0], -1)
