@@ -111,7 +111,8 @@ def reconstruct(model: Net2NetTransformer, images: np.ndarray, batch: int = 100)
 @torch.no_grad()
 def sample(model: Net2NetTransformer, sketches: np.ndarray, n: int) -> np.ndarray:
     """(S,64,64) sketches -> (S,n,64,64,3) samples (temperature 1, top-k): the runtime's token loop on the
-    PyTorch model (KV cache, host sampler), sample i of sketch s drawing from ``default_rng([seed, s*n+i])``."""
+    PyTorch model (KV cache, host sampler), sample i of every sketch drawing from ``default_rng([seed, i])``, as
+    ``vqdeploy run`` draws sample i (so ``--artifacts`` of an fp32 export samples the same images up to rounding)."""
     from vqdeploy.runtime.backends.torch_backend import TorchTransformer
     from vqdeploy.runtime.generator import sample_tokens
     from vqdeploy.runtime.sampling import uniform_noise
@@ -120,7 +121,7 @@ def sample(model: Net2NetTransformer, sketches: np.ndarray, n: int) -> np.ndarra
     _, c_idx = model.encode_to_c(c)
     runner = TorchTransformer(model.transformer, torch.device("cpu"))
     params = vqdeploy.SamplingParams(temperature=TEMPERATURE, top_k=TOP_K)
-    idx = sample_tokens(runner, c_idx.numpy(), 64, params, uniform_noise(SAMPLE_SEED, len(c), 64))
+    idx = sample_tokens(runner, c_idx.numpy(), 64, params, np.tile(uniform_noise(SAMPLE_SEED, n, 64), (1, len(sketches))))
     embed_dim = model.first_stage_model.embed_dim
     imgs = model.decode_to_img(torch.from_numpy(idx), (len(c), embed_dim, 8, 8))
     return to_uint8(imgs).reshape(len(sketches), n, 64, 64, 3)
