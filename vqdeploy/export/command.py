@@ -18,11 +18,15 @@ Examples:
 @click.option("--opset", type=int, default=None, help="ONNX opset (18..23); default: 18, or 22 for bf16.")
 @click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch the graphs' profiles cover.")
 @click.option("--parity/--no-parity", default=True, show_default=True, help="Check every graph against PyTorch (ONNX Runtime CPU).")
-def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool) -> None:
+@click.option("--object-classes", type=click.IntRange(1, 1 << 24), default=None,
+              help="Object-layout models whose data config states no no_object_classes: the number of categories.")
+def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool,
+           object_classes: int | None) -> None:
     """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest."""
     from vqdeploy.needs_torch import require_torch
 
     require_torch("export needs PyTorch")
     from vqdeploy.export.exporter import export as run_export
 
-    run_export(ckpt, out, config, precision, opset, max_batch, parity, log=lambda m: click.echo(m, err=True))
+    run_export(ckpt, out, config, precision, opset, max_batch, parity, log=lambda m: click.echo(m, err=True),
+               object_classes=object_classes)

@@ -56,8 +56,9 @@ def export(
     max_batch: int = 8,
     parity: bool = True,
     log: Log = print,
+    object_classes: int | None = None,
 ) -> dict[str, Any]:
-    """Export ``ckpt`` to ``out``; returns the manifest. Raises ParityError beyond tolerance
+    """Export ``ckpt`` to ``out``; returns the manifest. ``object_classes``: see ``load_model``. Raises ParityError beyond tolerance
     (after writing the report, without installing the artifacts). ``out`` is locked for the whole
     export and replaced atomically (``install``)."""
     t0 = time.perf_counter()
@@ -72,15 +73,16 @@ def export(
     check_writable(out.parent, "--out")
     out.parent.mkdir(parents=True, exist_ok=True)
     with export_lock(out, log):
-        return _export_locked(ckpt, out, config, precision, opset, max_batch, parity, log, t0)
+        return _export_locked(ckpt, out, config, precision, opset, max_batch, parity, log, t0, object_classes)
 
 
 def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, precision: str, opset: int,
-                   max_batch: int, parity: bool, log: Log, t0: float) -> dict[str, Any]:
+                   max_batch: int, parity: bool, log: Log, t0: float,
+                   object_classes: int | None = None) -> dict[str, Any]:
     from vqdeploy.loading.load import load_model
 
     log(f"loading {ckpt}")
-    model = load_model(ckpt, config)
+    model = load_model(ckpt, config, object_classes=object_classes)
     info = describe(model)
     fingerprint = model_fingerprint(model)
     _check_destination(out, fingerprint)
