@@ -149,6 +149,22 @@ def test_export_describes_the_builder_and_passes_parity(artifacts) -> None:
     assert stages["sampler_graph"]["metrics"]["differing"] == 0
 
 
+def test_onnx_graphs_match_upstreams_outputs(artifacts, reference) -> None:
+    """The exported graphs under ONNX Runtime against upstream's numbers directly (not only against our torch)."""
+    from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    out, manifest = artifacts
+    ort = OnnxRuntimeBackend(out, manifest)
+    z = ort.encode(reference["x"].numpy())
+    assert np.array_equal(z.reshape(2, -1), reference["z_indices"].numpy())
+    assert float(np.abs(ort.decode(z) - reference["x_rec"].numpy()).max()) <= 1e-5  # measured 2.8e-6
+    seq = np.concatenate([reference["c_indices"].numpy(), reference["z_indices"].numpy()], axis=1)
+    runner = ort.transformer()
+    runner.reset(2)
+    logits = runner.forward(seq[:, :-1])[:, 91:99]
+    assert float(np.abs(logits - reference["logits_first8"].numpy()).max()) <= 1e-4  # measured 3.3e-6
+
+
 def test_run_gives_identical_tokens_on_torch_and_onnxruntime_and_upstreams_greedy(artifacts, model, reference,
                                                                                     tmp_path: Path) -> None:
     from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -342,3 +358,23 @@ def test_tensorrt_rtx_builds_every_graph_of_the_scene_model(artifacts, tmp_path:
     shutil.copytree(out, art)
     data = build_engines(art, BuildOptions(target_cc=("8.6",)), echo=lambda m: None)
     assert set(data["engines"]) == set(manifest["graphs"]) >= {"encoder", "transformer", "sampler", "decoder"}
+
+
+def test_library_takes_a_scene_mapping_or_its_tokens(artifacts) -> None:
+    from vqdeploy.runtime.pipeline import Pipeline
+    from vqdeploy.runtime.sampling import SamplingParams
+
+    out, _ = artifacts
+    pipe = Pipeline.from_artifacts(out, backend="onnxruntime")
+    scene = _scene(_cases()["cases"][2])
+    tokens = np.array(_cases()["cases"][2]["tokens"])
+    a = pipe(scene, num_samples=2, params=SamplingParams(top_k=20), seed=1)
+    b = pipe(tokens, num_samples=2, params=SamplingParams(top_k=20), seed=1)
+    assert np.array_equal(a.tokens, b.tokens) and a.images.shape == (2, 3, 32, 32)
+    for bad in (np.stack([tokens, tokens]), tokens[:-1], tokens.astype(np.float32), np.full(92, 8192)):
+        with pytest.raises(InputError):
+            pipe(bad)
+    with pytest.raises(InputError, match="an object layout: pass a scene file, a scene mapping or tokens, not Image"):
+        from PIL import Image
+
+        pipe(Image.new("RGB", (32, 32)))

@@ -250,11 +250,14 @@ class ObjectLayout:
         return np.array([b.build(objects, crop)], dtype=np.int64)
 
     def check_tokens(self, tokens: np.ndarray, where: str = "the condition") -> np.ndarray:
-        """A token array handed to the library: (B, tokens) ids below no_tokens."""
+        """The tokens of one layout handed to the library: (tokens,) or (1, tokens) ids below no_tokens
+        (every sample of a request has the same condition, as with an image)."""
         b = self.builder
-        if not isinstance(tokens, np.ndarray) or tokens.dtype.kind not in "iu" or tokens.ndim != 2 \
-                or tokens.shape[1] != b.tokens:
-            raise InputError(f"{where}: expected a scene file, a scene mapping or (B, {b.tokens}) integer tokens")
+        if isinstance(tokens, np.ndarray) and tokens.ndim == 1:
+            tokens = tokens[None]
+        if not isinstance(tokens, np.ndarray) or tokens.dtype.kind not in "iu" or tokens.shape != (1, b.tokens):
+            raise InputError(f"{where}: expected a scene file, a scene mapping or the {b.tokens} integer tokens "
+                             "of one layout")
         if tokens.size and (tokens.min() < 0 or tokens.max() >= b.no_tokens):
             raise InputError(f"{where}: layout tokens must be in 0..{b.no_tokens - 1}")
         return tokens.astype(np.int64)
