@@ -378,3 +378,20 @@ def test_library_takes_a_scene_mapping_or_its_tokens(artifacts) -> None:
         from PIL import Image
 
         pipe(Image.new("RGB", (32, 32)))
+
+
+def test_scene_run_needs_no_torch(artifacts, tmp_path: Path) -> None:
+    """The tokens come from the scene file on the host: `run` on ONNX Runtime imports no torch."""
+    import subprocess
+    import sys
+
+    out, _ = artifacts
+    scene = tmp_path / "scene.json"
+    scene.write_text(json.dumps(_scene(_cases()["cases"][1])))
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from vqdeploy.cli import main\n"
+            f"main(['run', {str(scene)!r}, '--artifacts', {str(out)!r}, '--backend', 'onnxruntime', '--sampler', "
+            f"'graph', '--save-layout', '--out', {str(tmp_path / 'x.png')!r}])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "x.png").is_file() and (tmp_path / "x-layout.png").is_file()
