@@ -165,6 +165,34 @@ def test_onnx_graphs_match_upstreams_outputs(artifacts, reference) -> None:
     assert float(np.abs(logits - reference["logits_first8"].numpy()).max()) <= 1e-4  # measured 3.3e-6
 
 
+def test_the_manifests_rule_alone_builds_upstreams_tokens(artifacts) -> None:
+    """What an app without Python does: only manifest.json's builder numbers and the rule it states."""
+    _, manifest = artifacts
+    cond = manifest["model"]["conditioning"]
+    b = cond["builder"]
+    assert cond["rule"].startswith("S = floor(sqrt(no_tokens))")
+    s = b["no_sections"]
+
+    def point(x: float, y: float) -> int:
+        return round(y * (s - 1)) * s + round(x * (s - 1))
+
+    for case in _cases()["cases"]:
+        cx, cy, cw, ch = case["crop"] or (0.0, 0.0, 1.0, 1.0)
+        tokens: list[int] = []
+        for o in case["objects"][: b["no_max_objects"]]:
+            x0, y0, w, h = o["bbox"]
+            if max(0.0, min(x0 + w, cx + cw) - max(x0, cx)) * max(0.0, min(y0 + h, cy + ch) - max(y0, cy)) <= 0:
+                continue
+            fx, fy, fw, fh = (0.0, 0.0, 1.0, 1.0) if b["encode_crop"] else (cx, cy, cw, ch)
+            x0, y0 = min(max((x0 - fx) / fw, 0.0), 1.0), min(max((y0 - fy) / fh, 0.0), 1.0)
+            w, h = min(w / fw, 1 - x0), min(h / fh, 1 - y0)
+            m = 1 if b["use_group_parameter"] and o["is_group_of"] else 0
+            tokens += [o["category_no"] + b["no_object_classes"] * m, point(x0, y0), point(x0 + w, y0 + h)]
+        tokens += [b["none_token"]] * (3 * b["no_max_objects"] - len(tokens))
+        tokens += [point(cx, cy), point(cx + cw, cy + ch)] if b["encode_crop"] else []
+        assert tokens == case["tokens"]
+
+
 def test_run_gives_identical_tokens_on_torch_and_onnxruntime_and_upstreams_greedy(artifacts, model, reference,
                                                                                     tmp_path: Path) -> None:
     from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend

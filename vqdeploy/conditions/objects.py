@@ -38,6 +38,19 @@ DATASETS = {
 }
 
 
+# the token rule as the manifest states it (for apps without Python; layout_builder.py implements it)
+BUILDER_RULE = (
+    "S = floor(sqrt(no_tokens)); point(x, y) = round(y*(S-1))*S + round(x*(S-1)), round half to even, in double "
+    "precision; none = no_tokens - 1. object = category + no_object_classes * m, m = 1 if is_group_of (when "
+    "use_group_parameter) | 2 occluded | 4 depiction | 8 inside (when use_additional_parameters). Keep the first "
+    "no_max_objects objects, in the order given; drop those whose box has no area in common with the crop (none: "
+    "[0,0,1,1]); rescale the rest into the crop, or into [0,0,1,1] when encode_crop: x0' = clamp((x0-cx)/cw, 0, 1), "
+    "y0' likewise, w' = min(w/cw, 1-x0'), h' = min(h/ch, 1-y0'). Per object the descriptor's tokens (objects_bbox: "
+    "object, point(x0',y0'), point(x0'+w',y0'+h'); objects_center_points: object, point(x0'+w'/2, y0'+h'/2)); pad "
+    "with none to no_max_objects objects; when encode_crop append point(cx,cy), point(cx+cw,cy+ch)."
+)
+
+
 def _known_classes(dataset: str | None, params: Mapping[str, Any]) -> int | None:
     """What upstream's data set would count, where that follows from public facts alone: COCO 2017
     without an allow list or mapping loads the 80 "things" and 92 "stuff" categories of
@@ -130,6 +143,7 @@ class ObjectLayout:
                         "descriptor": ["object", "point(x0,y0)", "point(x0+w,y0+h)"] if b.kind == "objects_bbox"
                         else ["object", "point(x0+w/2,y0+h/2)"]},
             "input": self.input_help(),
+            "rule": BUILDER_RULE,
             "categories": self.names,
         }
 
