@@ -4,6 +4,7 @@ engine files) samples the same tokens as ``vqdeploy run``."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from vqdeploy.runtime.generator import sample_tokens
@@ -67,8 +68,6 @@ def test_run_with_the_graph_sampler_gives_the_host_samplers_tokens(exported) -> 
 def test_graph_sampler_needs_a_graph_backend_and_runs_the_sliding_window(exported) -> None:
     """One loop for both strategies: the sliding window (a larger grid) samples the same tokens with the
     sampler graph as with the host sampler."""
-    import pytest
-
     from vqdeploy.errors import InputError
     from vqdeploy.runtime.backends.select import load_reference_model
     from vqdeploy.runtime.backends.torch_backend import TorchBackend
@@ -84,3 +83,80 @@ def test_graph_sampler_needs_a_graph_backend_and_runs_the_sliding_window(exporte
     host = Pipeline(backend, manifest)(coord_map(32, 32), num_samples=2, params=params, seed=4)
     assert graph.sliding_window and graph.tokens.shape[1:] != tuple(manifest["model"]["first_stage"]["latent_grid"])
     assert np.array_equal(graph.tokens, host.tokens)
+
+
+class _OneGraph:
+    """What ``check_sampler`` needs of a backend, over one sampler.onnx under ONNX Runtime."""
+
+    def __init__(self, path) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def max_batch(self, graph: str) -> int:
+        return 4
+
+    def run_graph(self, graph: str, inputs: dict) -> dict:
+        return dict(zip(["tokens"], self.session.run(None, inputs)))
+
+
+# settings beyond check_sampler's: top-k at TensorRT's TopK limit and beyond it, top-p without top-k
+LARGE_VOCAB_SETTINGS = (SamplingParams(1.0, 3840, 0.95), SamplingParams(1.0, 5000, None),
+                        SamplingParams(0.8, 3841, 0.7), SamplingParams(1.0, None, 0.99))
+
+
+@pytest.fixture(scope="module")
+def large_samplers(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from vqdeploy.export.onnx_export import export_graph
+    from vqdeploy.export.specs import sampler_spec
+
+    out = {}
+    for vocab in (8192, 16384):
+        path = tmp_path_factory.mktemp(f"sampler{vocab}") / "sampler.onnx"
+        export_graph(sampler_spec(vocab, 16, 4), path)
+        out[vocab] = path
+    return out
+
+
+@pytest.mark.parametrize("vocab", [8192, 16384])
+def test_sampler_graph_matches_the_host_sampler_at_large_vocabularies(large_samplers, vocab: int) -> None:
+    """Beyond 3840 tokens the graph sorts in rounds of TopK(3840): every setting stays exact."""
+    import onnx
+
+    from vqdeploy.runtime.sampling import next_tokens, sampler_inputs
+
+    path = large_samplers[vocab]
+    graph = _OneGraph(path)
+    report = check_sampler(graph, vocab, seed=1, rounds=10)
+    assert report.passed and report.metrics == {"draws": 240, "differing": 0}, report
+    rng = np.random.default_rng([vocab, 1])
+    draws = 0
+    for _ in range(10):
+        logits = (np.round(rng.normal(size=(4, 1, vocab)) * 6) / 2).astype(np.float32)  # many exact ties
+        u = rng.random(4).astype(np.float32)
+        for params in LARGE_VOCAB_SETTINGS:
+            got = graph.run_graph("sampler", {"logits": logits, "uniform": u, **sampler_inputs(params, vocab)})
+            assert np.array_equal(got["tokens"][:, 0], next_tokens(logits[:, -1], u, params)), params
+            draws += 4
+    assert draws == 160
+    topk = [n for n in onnx.load(str(path)).graph.node if n.op_type == "TopK"]
+    assert len(topk) == -(-vocab // 3840)  # one TopK(<= 3840) per round
+
+
+@pytest.mark.parametrize("vocab", [8192, 16384])
+def test_tensorrt_rtx_builds_the_large_vocabulary_sampler(large_samplers, vocab: int) -> None:
+    trt = pytest.importorskip("tensorrt_rtx_bindings")
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse_from_file(str(large_samplers[vocab]))
+    assert ok, [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    config = builder.create_builder_config()
+    config.num_compute_capabilities = 1
+    config.set_compute_capability(trt.ComputeCapability.SM86, 0)
+    profile = builder.create_optimization_profile()
+    profile.set_shape("logits", trt.Dims([1, 1, vocab]), trt.Dims([4, 1, vocab]), trt.Dims([4, 16, vocab]))
+    profile.set_shape("uniform", trt.Dims([1]), trt.Dims([4]), trt.Dims([4]))
+    config.add_optimization_profile(profile)
+    assert builder.build_serialized_network(network, config) is not None

@@ -64,15 +64,18 @@ Example:
 """)
 @click.argument("ckpt", type=click.Path(path_type=str))
 @click.option("--config", type=click.Path(path_type=str), help="Model config YAML (default: <run>/configs/*-project.yaml).")
-def inspect(ckpt: str, config: str | None) -> None:
-    """Load a checkpoint and print what it is (kind, conditioning, token grid) as JSON."""
+@click.option("--object-classes", type=click.IntRange(1, 1 << 24), default=None,
+              help="Object-layout models whose data config states no no_object_classes: the number of categories.")
+def inspect(ckpt: str, config: str | None, object_classes: int | None) -> None:
+    """Load a checkpoint and print what it is (kind, conditioning, token grid) as JSON; for an object-layout
+    model, conditioning.input says what a scene file must contain."""
     from vqdeploy.needs_torch import require_torch
 
     require_torch("inspect loads the checkpoint with PyTorch")
     from vqdeploy.describe import describe
     from vqdeploy.loading.load import load_model
 
-    model = load_model(ckpt, config)
+    model = load_model(ckpt, config, object_classes=object_classes)
     click.echo(json.dumps(describe(model), indent=2))
 
 

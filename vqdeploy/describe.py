@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from vqdeploy.errors import ConfigError
-from vqdeploy.models.conditioning import CoordStage, Labelator, SOSProvider
+from vqdeploy.models.conditioning import CoordStage, DummyCondStage, Labelator, SOSProvider
 from vqdeploy.models.net2net import Net2NetTransformer
 from vqdeploy.models.permuter import Identity
 from vqdeploy.models.quantize import GumbelQuantize
@@ -54,6 +54,9 @@ def describe_conditioning(model: Net2NetTransformer) -> dict[str, Any]:
         return {"kind": "sos", "sos_token": cond.sos_token, "tokens": 1}
     if isinstance(cond, Labelator):
         return {"kind": "class", "n_classes": cond.n_classes, "tokens": 1}
+    if isinstance(cond, DummyCondStage):  # object layouts: the kind describes itself
+        cond.layout.check(model.transformer.vocab_size)
+        return cond.layout.describe()
     if isinstance(cond, CoordStage):
         res = int(model.first_stage_model.ddconfig["resolution"])
         grid = res // cond.down_factor

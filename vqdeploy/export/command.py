@@ -22,8 +22,10 @@ Examples:
               help="Weight-only quantized transformer (linear layers; activations and KV cache at --precision); "
                    "refused below a measured quality threshold against fp32.")
 @click.option("--parity/--no-parity", default=True, show_default=True, help="Check every graph against PyTorch (ONNX Runtime CPU).")
+@click.option("--object-classes", type=click.IntRange(1, 1 << 24), default=None,
+              help="Object-layout models whose data config states no no_object_classes: the number of categories.")
 def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool,
-           quantize: str | None) -> None:
+           quantize: str | None, object_classes: int | None) -> None:
     """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest."""
     from vqdeploy.needs_torch import require_torch
 
@@ -31,4 +33,4 @@ def export(ckpt: str, config: str | None, out: str, precision: str, opset: int |
     from vqdeploy.export.exporter import export as run_export
 
     run_export(ckpt, out, config, precision, opset, max_batch, parity, log=lambda m: click.echo(m, err=True),
-               quantize=quantize)
+               quantize=quantize, object_classes=object_classes)

@@ -58,9 +58,10 @@ def export(
     parity: bool = True,
     log: Log = print,
     quantize: str | None = None,
+    object_classes: int | None = None,
 ) -> dict[str, Any]:
-    """Export ``ckpt`` to ``out``; returns the manifest. Raises ParityError beyond tolerance
-    (after writing the report, without installing the artifacts). ``out`` is locked for the whole
+    """Export ``ckpt`` to ``out``; returns the manifest. ``object_classes``: see ``load_model``. Raises
+    ParityError beyond tolerance (after writing the report, without installing the artifacts). ``out`` is locked for the whole
     export and replaced atomically (``install``). ``quantize`` (int8/int4): the transformer's
     linear layers weight-only quantized (``export/quantize.py``), its quality checked against the
     fp32 model (``runtime/quantized_parity.py``)."""
@@ -78,15 +79,17 @@ def export(
     check_writable(out.parent, "--out")
     out.parent.mkdir(parents=True, exist_ok=True)
     with export_lock(out, log):
-        return _export_locked(ckpt, out, config, precision, opset, max_batch, parity, log, t0, quantize)
+        return _export_locked(ckpt, out, config, precision, opset, max_batch, parity, log, t0, quantize,
+                              object_classes)
 
 
 def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, precision: str, opset: int,
-                   max_batch: int, parity: bool, log: Log, t0: float, quantize: str | None = None) -> dict[str, Any]:
+                   max_batch: int, parity: bool, log: Log, t0: float, quantize: str | None = None,
+                   object_classes: int | None = None) -> dict[str, Any]:
     from vqdeploy.loading.load import load_model
 
     log(f"loading {ckpt}")
-    model = load_model(ckpt, config)
+    model = load_model(ckpt, config, object_classes=object_classes)
     info = describe(model)
     fingerprint = model_fingerprint(model)
     _check_destination(out, fingerprint)

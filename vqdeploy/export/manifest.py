@@ -65,7 +65,8 @@ SAMPLING_DOC = {
              "-> inverse-CDF draw in token-id order with one uniform number per sample and step",
     "greedy": "top_k == 1 or temperature == 0: argmax (first maximum)",
     "noise": "numpy PCG64: sample b of seed s draws its uniforms from default_rng([s, b]).random(steps)",
-    "graph": "sampler.onnx (when the vocabulary is <= 3840, TensorRT's TopK limit) applies these rules in fp32: "
+    "graph": "sampler.onnx (vocabularies up to 61440: it sorts with TopKs of K <= 3840, TensorRT's limit, in "
+             "ceil(vocab / 3840) rounds beyond 3840 tokens, so every setting is exact) applies these rules in fp32: "
              "logits (batch, tokens, vocab) of which the last position is used, uniform (batch), temperature (1), "
              "top_k (1) int64, top_p (1) -> tokens (batch, 1) int64, ready to feed the next step; temperature <= 0 "
              "or top_k == 1 is greedy, top_k >= vocab and top_p >= 1 disable those filters",

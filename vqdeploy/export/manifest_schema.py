@@ -83,7 +83,20 @@ PREPROCESSING = tagged("kind", {"onehot": obj({"num_classes": integer(1, MAX_CHA
                                 "rgb": obj({})})
 IMAGE_CONDITION = obj({**VQ, "tokens": TOKENS, "preprocessing": PREPROCESSING},
                       {"key": string(64), "downsample_cond_size": integer(-1, MAX_RESOLUTION)})
+def BOOL(v: Any, where: str) -> None:  # noqa: N802  (a rule, named like the others)
+    if not isinstance(v, bool):
+        fail(where, "true or false", v)
+
+
+# object layouts: the token builder's parameters (``conditions/layout_builder.py`` states the rule);
+# ObjectLayout.from_manifest checks what one number says about another
+OBJECTS_CONDITION = obj({"key": one_of("objects_bbox", "objects_center_points"), "tokens": TOKENS, "builder": obj({
+    "name": one_of("objects_bbox", "objects_center_points"), "no_object_classes": integer(1, MAX_VOCAB),
+    "no_max_objects": integer(1, 4096), "no_tokens": integer(4, MAX_VOCAB), "encode_crop": BOOL,
+    "use_group_parameter": BOOL, "use_additional_parameters": BOOL})},
+    {"dataset": nullable(string(64)), "categories": nullable(list_of(string(128), 1, 4096))})
 CONDITIONING = tagged("kind", {
+    "objects": OBJECTS_CONDITION,
     "sos": obj({"sos_token": integer(0, MAX_VOCAB - 1), "tokens": one_of(1)}),
     "class": obj({"n_classes": integer(1, MAX_VOCAB), "tokens": one_of(1)}),
     "coord": obj({"n_embed": integer(1, MAX_VOCAB), "down_factor": integer(1, MAX_FACTOR),
@@ -154,6 +167,12 @@ def _tokens(m: dict[str, Any], root: str) -> None:
     if cond["kind"] == "sos":
         _require(cond["sos_token"] < vocab, at(root, "model.conditioning.sos_token"),
                  f"not below the vocabulary {vocab}")
+    if cond["kind"] == "objects":
+        from vqdeploy.conditions.objects import ObjectLayout
+
+        ObjectLayout.from_manifest(cond)
+        _require(cond["builder"]["no_tokens"] <= vocab, at(root, "model.conditioning.builder.no_tokens"),
+                 f"over the vocabulary {vocab}")
     if cond["kind"] == "class":
         _require(cond["n_classes"] <= vocab, at(root, "model.conditioning.n_classes"), f"over the vocabulary {vocab}")
     pre = cond.get("preprocessing", {})

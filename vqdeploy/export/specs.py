@@ -15,7 +15,7 @@ from torch import nn
 
 from vqdeploy.describe import describe
 from vqdeploy.errors import ConfigError
-from vqdeploy.export.graphs import DecoderGraph, EncoderGraph, SamplerGraph, TransformerGraph
+from vqdeploy.export.graphs import TOPK_MAX, DecoderGraph, EncoderGraph, SamplerGraph, TransformerGraph
 from vqdeploy.models.net2net import Net2NetTransformer
 from vqdeploy.models.vqgan import VQModel
 from vqdeploy.tensor_spec import Dim, TensorSpec
@@ -195,8 +195,10 @@ def transformer_spec(model: Net2NetTransformer, dtype: torch.dtype, max_batch: i
     return spec
 
 
-# TensorRT's TopK takes K <= 3840, and the sampler sorts the whole vocabulary
-SAMPLER_MAX_VOCAB = 3840
+# the sampler graph sorts the vocabulary with TopKs of K <= 3840 (TensorRT's limit), in
+# ceil(V / 3840) rounds beyond 3840 tokens (``graphs.ranked_desc``); 16 rounds is where we stop
+# exporting it (every released taming model has at most 16384 tokens: 5 rounds)
+SAMPLER_MAX_VOCAB = 16 * TOPK_MAX
 
 
 def sampler_spec(vocab_size: int, block_size: int, max_batch: int) -> GraphSpec:

@@ -31,6 +31,12 @@ def find_run_configs(checkpoint: Path) -> list[Path]:
 
 def read_config(source: str | Path | Mapping[str, Any] | list[Path]) -> dict[str, Any]:
     """The ``model`` node (``{target, params}``) of a taming config, as plain containers."""
+    return read_run_config(source)[0]
+
+
+def read_run_config(source: str | Path | Mapping[str, Any] | list[Path]) -> tuple[dict[str, Any], Any]:
+    """The ``model`` node and the ``data`` node (None where the config has none), both resolved:
+    object-layout models take their token builder's parameters from the data sets' params."""
     budget = Budget()
     try:
         if isinstance(source, Mapping):
@@ -47,11 +53,18 @@ def read_config(source: str | Path | Mapping[str, Any] | list[Path]) -> dict[str
         if not isinstance(data, dict):
             raise ConfigError("invalid config: expected a mapping with a 'model' key")
         loc: tuple[str, ...] = ("model",) if "model" in data else ()
-        model = Resolver(data, budget).resolve(loc)
+        resolver = Resolver(data, budget)
+        model = resolver.resolve(loc)
+        data_node = None
+        if loc and isinstance(data.get("data"), dict):
+            try:  # only object-layout models read it: a broken data section must not stop the others
+                data_node = resolver.resolve(("data",))
+            except ConfigError:
+                data_node = None
     except RecursionError:  # the limits above keep well inside the stack; this is a last line
         raise ConfigError("invalid config: nested too deeply") from None
     if loc == () and "target" not in model:
         model = None
     if not isinstance(model, dict) or "target" not in model:
         raise ConfigError("invalid config: no 'model.target' (is this a taming *-project.yaml?)")
-    return model
+    return model, data_node

@@ -19,7 +19,7 @@ from torch import nn
 
 from vqdeploy.errors import CheckpointError, ConfigError
 from vqdeploy.loading.checkpoint import check_format, read_state_dict
-from vqdeploy.loading.config import find_run_configs, read_config
+from vqdeploy.loading.config import find_run_configs, read_run_config
 from vqdeploy.loading.targets import BuildContext, build_module
 
 # training-only weights (discriminator, LPIPS) that taming checkpoints carry
@@ -45,18 +45,20 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def _resolve_config(ckpt: Path, config: str | Path | Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str] | None]:
+def _resolve_config(ckpt: Path, config: str | Path | Mapping[str, Any] | None) \
+        -> tuple[tuple[dict[str, Any], Any], list[str] | None]:
+    """((model node, data node), the config files read)."""
     if config is not None:
         if isinstance(config, Mapping):
-            return read_config(config), None
-        return read_config(Path(config)), [str(Path(config).resolve())]
+            return read_run_config(config), None
+        return read_run_config(Path(config)), [str(Path(config).resolve())]
     found = find_run_configs(ckpt)
     if not found:
         raise ConfigError(
             f"no config for {ckpt}: expected <run>/configs/*-project.yaml beside <run>/checkpoints/, "
             "or pass one explicitly (--config)"
         )
-    return read_config(found), [str(p) for p in found]
+    return read_run_config(found), [str(p) for p in found]
 
 
 def _assign(model: nn.Module, state_dict: Mapping[str, torch.Tensor], where: str) -> None:
@@ -89,12 +91,14 @@ def load_model(
     path: str | Path,
     config: str | Path | Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
+    object_classes: int | None = None,
 ) -> nn.Module:
     """Load a taming model (Net2NetTransformer, VQModel, GumbelVQ, ...) in eval mode.
 
     ``path`` is a Lightning ``last.ckpt`` (config found in ``<run>/configs/*-project.yaml``), a
     run directory, a plain state_dict file or a ``.safetensors`` file; ``config`` overrides the
-    lookup. The model carries ``model.source`` (a ``ModelSource``).
+    lookup. ``object_classes`` is the number of object categories of an object-layout model whose
+    data config does not state it (``--object-classes``). The model carries ``model.source`` (a ``ModelSource``).
     """
     ckpt = resolve_checkpoint(path)
     if not ckpt.exists():
@@ -102,10 +106,10 @@ def load_model(
     if ckpt.is_dir():
         raise CheckpointError(f"not a checkpoint file or run directory (no checkpoints/last.ckpt): {ckpt}")
     check_format(ckpt)
-    node, config_paths = _resolve_config(ckpt, config)
+    (node, data), config_paths = _resolve_config(ckpt, config)
     state_dict = read_state_dict(ckpt, skip=_IGNORED.search)
     with torch.device("meta"):
-        model = build_module(node, BuildContext(state_dict))
+        model = build_module(node, BuildContext(state_dict, data=data, object_classes=object_classes))
     _assign(model, state_dict, str(ckpt))
     model.eval().requires_grad_(False)
     if torch.device(device).type != "cpu":

@@ -26,9 +26,11 @@ from vqdeploy.models import conditioning, mingpt, net2net, permuter, vqgan
 class BuildContext:
     state_dict: Mapping[str, torch.Tensor]
     prefix: str = ""
+    data: Any = None  # the run config's ``data:`` node (object-layout builders read it)
+    object_classes: int | None = None  # --object-classes, where the data config does not say
 
     def child(self, name: str) -> BuildContext:
-        return BuildContext(self.state_dict, f"{self.prefix}{name}.")
+        return BuildContext(self.state_dict, f"{self.prefix}{name}.", self.data, self.object_classes)
 
 
 Builder = Callable[[dict[str, Any], BuildContext], nn.Module]
@@ -105,6 +107,15 @@ def _net2net(params: dict[str, Any], ctx: BuildContext) -> nn.Module:
     return net2net.Net2NetTransformer(gpt, first, cond, perm, **params)  # type: ignore[arg-type]
 
 
+def _dummy_cond(params: dict[str, Any], ctx: BuildContext) -> nn.Module:
+    from vqdeploy.conditions.objects import ObjectLayout
+
+    key = params.pop("conditional_key", None)
+    if params:
+        raise ConfigError(f"invalid params for DummyCondStage: unexpected '{sorted(params)[0]}'")
+    return conditioning.DummyCondStage(ObjectLayout.from_config(key, ctx.data, ctx.object_classes))
+
+
 def _required(params: dict[str, Any], key: str, owner: str) -> Any:
     if key not in params:
         raise ConfigError(f"config of {owner} misses '{key}'")
@@ -122,6 +133,7 @@ TARGETS: dict[str, Builder] = {
     "taming.modules.util.SOSProvider": lambda p, c: conditioning.SOSProvider(**p),
     "taming.modules.util.Labelator": lambda p, c: conditioning.Labelator(**p),
     "taming.modules.misc.coord.CoordStage": lambda p, c: conditioning.CoordStage(**p),
+    "taming.models.dummy_cond_stage.DummyCondStage": _dummy_cond,
     **{_P + name: _permuter(getattr(permuter, name)) for name in (
         "Identity", "Subsample", "ZCurve", "SpiralOut", "SpiralIn", "Random", "AlternateParsing")},
 }

@@ -1,4 +1,4 @@
-"""Non-image cond stages of taming: SOS token (unconditional), class label, coordinates.
+"""Non-image cond stages of taming: SOS token (unconditional), class label, coordinates, object layouts.
 
 They expose upstream's ``encode`` interface (``quant, loss, (_, _, indices)``) and carry no
 weights; ``CoordStage`` is an ``nn.Module`` here (a plain object upstream) so it moves with the
@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vqdeploy.conditions.objects import ObjectLayout
 
 Encoded = tuple[torch.Tensor, None, tuple[None, None, torch.Tensor]]
 
@@ -63,3 +65,16 @@ class CoordStage(nn.Module):
 
     def decode(self, c: torch.Tensor) -> torch.Tensor:
         return F.interpolate(c / self.n_embed, scale_factor=self.down_factor, mode="nearest")
+
+
+class DummyCondStage(nn.Module):
+    """Object layouts (upstream ``taming.models.dummy_cond_stage.DummyCondStage``): the condition
+    *is* the tokens, built on the host from a scene by ``layout`` (parameters from the run's data set)."""
+
+    def __init__(self, layout: ObjectLayout) -> None:
+        super().__init__()
+        self.layout = layout
+        self.conditional_key = layout.builder.kind
+
+    def encode(self, c: torch.Tensor) -> Encoded:
+        return c, None, (None, None, c)

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqdeploy.models.conditioning import CoordStage, Labelator, SOSProvider
+from vqdeploy.models.conditioning import CoordStage, DummyCondStage, Labelator, SOSProvider
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.models.permuter import AbstractPermuter, Identity
 from vqdeploy.models.vqgan import VQModel
 
-CondStage = VQModel | SOSProvider | Labelator | CoordStage
+CondStage = VQModel | SOSProvider | Labelator | CoordStage | DummyCondStage
 
 
 class Net2NetTransformer(nn.Module):

@@ -56,6 +56,9 @@ Examples:
 @click.option("--max-pixels", type=int, default=None,
               help="Largest condition or output image in pixels (default: 16x the trained area).")
 @click.option("--cuda-graphs", is_flag=True, help=_CUDA_GRAPHS_HELP)
+@click.option("--save-layout", is_flag=True,
+              help="Object-layout models: also write the layout the model got (boxes or points with category "
+                   "numbers) as OUT's name + '-layout.png'.")
 @click.option("--build-engines/--no-build-engines", default=False, envvar="VQDEPLOY_BUILD_ENGINES",
               show_envvar=True,
               help="With a GPU and TensorRT, first build the TensorRT engines into ARTIFACTS/engines/ when they are "
@@ -63,12 +66,13 @@ Examples:
 def run(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int, temperature: float,
         top_k: int, top_p: float | None, seed: int, class_id: int | None, size: str | None, out: Path, grid: bool,
         as_json: bool, ckpt: str | None, sampler: str, max_pixels: int | None, cuda_graphs: bool,
-        build_engines: bool) -> None:
+        save_layout: bool, build_engines: bool) -> None:
     """Sample images: encode the condition INPUT, sample tokens with the KV cache, decode.
 
     INPUT is the condition image the model was trained on (`vqdeploy inspect` or manifest.json
     model.conditioning.preprocessing.input says which: e.g. a label PNG of class ids, or a sketch of dark
-    strokes on a white background); class-conditional and unconditional models take none."""
+    strokes on a white background); object-layout (scene) models take a scene JSON file (`vqdeploy inspect`
+    shows what it holds); class-conditional and unconditional models take none."""
     from vqdeploy.limits import check_int
     from vqdeploy.runtime.run import run_pipeline
 
@@ -80,7 +84,7 @@ def run(input: Path | None, artifacts: Path, backend: str, device: str | None, n
         ensure_engines(artifacts, backend, device, echo=lambda m: click.echo(m, err=True))
     summary = run_pipeline(input, artifacts, backend, device, num_samples, temperature, top_k, top_p, seed,
                            class_id, size, out, grid, ckpt, log=lambda m: click.echo(m, err=True), sampler=sampler,
-                           max_pixels=max_pixels, cuda_graphs=cuda_graphs)
+                           max_pixels=max_pixels, cuda_graphs=cuda_graphs, save_layout=save_layout)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
 

@@ -50,7 +50,9 @@ def condition_grid(backend: Backend, cond_info: dict[str, Any], batch: int, cond
         return np.full((batch, 1), class_id, dtype=np.int64)
     if cond is None:
         raise InputError("this model needs a condition input")
-    if kind == "coord":
+    if kind == "objects":  # the tokens themselves (ObjectLayout built them on the host)
+        grid = cond
+    elif kind == "coord":
         grid = coord_tokens(cond.astype(np.float32), int(cond_info["n_embed"]), int(cond_info["down_factor"]))
     else:
         grid = backend.encode_cond(cond)

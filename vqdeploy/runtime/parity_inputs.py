@@ -51,6 +51,10 @@ def parity_inputs(model_info: dict[str, Any], seed: int = 0, batch: int = 2) -> 
             out["cond"] = smooth_field(rng, batch, cond["in_channels"], size)
     elif cond.get("kind") == "first_stage":
         out["cond"] = out["image"]
+    elif cond.get("kind") == "objects":
+        from vqdeploy.conditions.objects import ObjectLayout
+
+        out["cond"] = ObjectLayout.from_manifest(cond).parity_condition(rng, batch)
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from vqdeploy.conditions.objects import layout_of
 from vqdeploy.errors import ParityError
 from vqdeploy.export.manifest import read_manifest
 from vqdeploy.files import atomic_write_many
@@ -81,13 +82,16 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
                 files[f"{label}-{i}.png"] = png_bytes(im)
                 row["images"].append(f"{label}-{i}.png")
         rows.append(row)
-    picture = _condition_picture(condition)
+    layout = layout_of(info.get("conditioning", {}))
+    picture = layout.picture(condition[0]) if layout is not None and condition is not None \
+        else _condition_picture(condition)
     if picture is not None:
         files["condition.png"] = png_bytes(picture)
     report = {"artifacts": str(artifacts), "precision": manifest["precision"], "seed": seed,
               "created": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": _machine(),
               "versions": {"exported_with": manifest.get("versions", {}), "running": _versions()},
               "condition": "condition.png" if picture is not None else _condition_text(info),
+              "condition_kind": info.get("conditioning", {}).get("kind"),
               "sampling": {"temperature": params.temperature, "top_k": params.top_k},
               "skipped": skipped_backends(artifacts, device) if backends == "auto" else [],
               "passed": all(r.get("passed", True) for r in rows), "backends": rows}
@@ -159,7 +163,9 @@ def _html(report: dict[str, Any]) -> str:
              + cell(", ".join(f"{k} {v}" for k, v in report["versions"]["running"].items()))
              + ". Exported with: "
              + cell(", ".join(f"{k} {v}" for k, v in report["versions"]["exported_with"].items())) + ".</p>",
-             (f"<p>Condition: <img src='condition.png' style='width:96px'></p>" if report["condition"] == "condition.png"
+             (f"<p>Condition: <img src='condition.png' style='width:"
+              f"{256 if report.get('condition_kind') == 'objects' else 96}px;image-rendering:auto'></p>"
+              if report["condition"] == "condition.png"
               else f"<p>Condition: {cell(report['condition'])}</p>"),
              ("<h2>Samples (same seed, top-k 100)</h2><table><tr><th>backend</th><th>first diverging token</th>"
              "<th>samples</th></tr>")]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vqdeploy.conditions.objects import layout_of
 from vqdeploy.errors import InputError
 from vqdeploy.limits import check_num_samples, check_pixels, check_seed, pixel_budget
 from vqdeploy.runtime.backends.base import Backend
@@ -40,6 +41,9 @@ def check_size(info: dict[str, Any], size: tuple[int, int], max_pixels: int | No
     condition is read at that size."""
     check_pixels(size[0], size[1], pixel_budget(info, max_pixels), f"--size {size[1]}x{size[0]}")
     res = int(info["first_stage"]["resolution"])
+    if info["conditioning"]["kind"] == "objects" and size != (res, res):
+        raise InputError(f"--size {size[1]}x{size[0]}: an object-layout model samples its trained {res}x{res} "
+                         "(the layout is relative to the whole image)")
     if size[0] < res or size[1] < res:
         raise InputError(f"--size {size[1]}x{size[0]} is smaller than the trained {res}x{res}: the transformer "
                          "samples the trained grid or larger (sliding window)")
@@ -98,6 +102,7 @@ class Pipeline:
         self.info = manifest["model"]
         self.cond = self.info["conditioning"]
         self.first = self.info["first_stage"]
+        self.layout = layout_of(self.cond)
 
     def _grid(self, cond_grid: np.ndarray, size: tuple[int, int] | None) -> tuple[int, int]:
         """The image latent grid implied by the condition (image-like) or by --size."""
@@ -166,6 +171,8 @@ class Pipeline:
     def _condition(self, x: Any, size: tuple[int, int] | None, max_pixels: int | None) -> np.ndarray | None:
         """A path, PIL image or raw (H,W[,C]) array becomes the preprocessed condition, resized to ``size``
         or the trained size; a preprocessed array (what ``load_condition`` returns) is used as is."""
+        if self.layout is not None and x is not None:
+            return self.layout.as_condition(x)
         if x is None or self.cond["kind"] not in ("image", "first_stage"):
             return x
         pre = self.cond["preprocessing"]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vqdeploy.conditions.objects import is_scene_file, layout_of
 from vqdeploy.errors import InputError
 from vqdeploy.export.manifest import read_manifest
 from vqdeploy.files import check_writable
@@ -23,6 +24,12 @@ def read_condition(input: Path | None, cond_info: dict[str, Any], size: tuple[in
     """The preprocessed condition. An image is resized to the trained size unless ``size`` asks for
     another (a larger one is sampled with the sliding window), and the resize is reported."""
     kind = cond_info["kind"]
+    layout = layout_of(cond_info)
+    if layout is not None:
+        return layout.read_input(input, log)
+    if input is not None and is_scene_file(input):
+        what = "an image" if kind in ("image", "first_stage") else ("nothing" if kind == "sos" else kind + " ids")
+        raise InputError(f"{input}: a scene file is for layout-conditioned models; this model is conditioned on {what}")
     if kind in ("image", "first_stage"):
         if input is None:
             raise InputError("this model is conditioned on an image: pass INPUT (e.g. a sketch or label map PNG)")
@@ -52,7 +59,8 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
                  temperature: float, top_k: int | None, top_p: float | None, seed: int, class_id: int | None,
                  size: str | None, out: Path, grid: bool, ckpt: str | None = None,
                  log: Callable[[str], None] = print, sampler: str = "host",
-                 max_pixels: int | None = None, cuda_graphs: bool = False) -> dict[str, Any]:
+                 max_pixels: int | None = None, cuda_graphs: bool = False,
+                 save_layout: bool = False) -> dict[str, Any]:
     manifest = read_manifest(artifacts)
     params = SamplingParams(temperature, top_k, top_p)
     check_seed(seed)
@@ -64,8 +72,12 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     hw = parse_size(size)
     check_request(manifest["model"], num_samples, hw, max_pixels)
     paths = output_paths(out, num_samples, grid)
-    check_outputs(paths)
     cond_info = manifest["model"]["conditioning"]
+    layout = layout_of(cond_info)
+    if save_layout and layout is None:
+        raise InputError("--save-layout is for object-layout (scene) models")
+    layout_path = out.with_name(f"{out.stem}-layout.png") if save_layout else None
+    check_outputs(paths + ([layout_path] if layout_path else []))
     if class_id is not None and cond_info["kind"] != "class":
         kind = cond_info["kind"]
         what = "unconditional" if kind == "sos" else f"conditioned on '{cond_info.get('key', kind)}' ({kind})"
@@ -83,8 +95,12 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     images = to_uint8(result.images)
     for directory in {p.parent for p in paths}:
         directory.mkdir(parents=True, exist_ok=True)
-    write_pngs({paths[0]: grid_image(images)} if grid else dict(zip(paths, images)))
-    log("wrote " + ", ".join(str(p) for p in paths))
+    pictures = {paths[0]: grid_image(images)} if grid else dict(zip(paths, images))
+    if layout is not None and layout_path is not None:  # the layout the model got, decoded from its tokens
+        h, w = images.shape[1:3]
+        pictures[layout_path] = layout.picture(condition[0], (max(h, 256), max(w, 256)))
+    write_pngs(pictures)
+    log("wrote " + ", ".join(str(p) for p in pictures))
     return {
         "backend": be.name, "device": be.device, "sampler": sampler, "cuda_graphs": cuda_graphs, "seed": seed,
         "num_samples": num_samples,
@@ -93,4 +109,5 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
         "timings_s": {"load": round(load_s, 4), **{k: round(v, 4) for k, v in result.timings.items()}},
         "tokens_per_s": round(result.tokens_per_second, 2),
         "outputs": [str(p) for p in paths],
+        **({"layout": str(layout_path)} if layout_path else {}),
     }

@@ -34,7 +34,9 @@ def load_reference_model(manifest: dict[str, Any], ckpt: str | None = None, conf
         cfg = config or (recorded[0] if len(recorded) == 1 else None)
     if path is None:
         raise ArtifactError("the manifest records no checkpoint: pass --ckpt")
-    model = load_model(path, cfg)
+    cond = manifest.get("model", {}).get("conditioning", {})
+    classes = cond["builder"]["no_object_classes"] if cond.get("kind") == "objects" else None
+    model = load_model(path, cfg, object_classes=classes)
     if model_fingerprint(model) != manifest.get("model_fingerprint"):
         raise ArtifactError(f"{path} holds different weights than the exported artifacts; re-export or pass the right --ckpt")
     return model
