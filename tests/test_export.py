@@ -151,7 +151,7 @@ def test_refuses_non_empty_foreign_directory_and_file_destination(runs, tmp_path
 def test_failure_leaves_no_half_written_artifacts(runs, tmp_path: Path, monkeypatch) -> None:
     calls = []
 
-    def boom(spec, path, opset):
+    def boom(spec, path, opset, quantization=None):
         calls.append(spec.name)
         if len(calls) == 2:
             raise RuntimeError("simulated crash in the middle of the export")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from vqdeploy.runtime.backends.base import Backend
-from vqdeploy.runtime.generator import generate
+from vqdeploy.runtime.generator import sample_tokens
 from vqdeploy.runtime.parity import StageReport
 from vqdeploy.runtime.sampling import SamplingParams
 
@@ -79,8 +79,8 @@ def check_quantized_transformer(gpt: torch.nn.Module, device: Any, candidate: Ba
 
     step_logits: list[np.ndarray] = []
     tc = cond.shape[1]
-    tokens = generate(runner, cond, steps, SamplingParams(top_k=1), np.zeros((steps, cond.shape[0])),
-                      logits_out=step_logits)
+    tokens = sample_tokens(runner, cond, steps, SamplingParams(top_k=1), np.zeros((steps, cond.shape[0])),
+                           logits_out=step_logits)
     prefix = np.concatenate([cond, tokens[:, :-1]], axis=1)
     runner.reset(prefix.shape[0])
     own = runner.forward(prefix)[:, tc - 1 :]  # the graph's teacher-forced logits over its own tokens
