@@ -142,6 +142,39 @@ def baseline(args: argparse.Namespace, condition_path: Path | None, steps: int) 
             "tokens_per_s": round(images * steps / wall, 1), "seconds_per_run": round(wall / args.baseline_runs, 2)}
 
 
+def engine_breakdown(args: argparse.Namespace, condition_path: Path | None, sizes: list[int]) -> list[dict]:
+    """Per-image stage times of one engine batch of each size, in this process (no HTTP): what batching can
+    save at most on this machine (pin with taskset to compare with a pinned server)."""
+    from vqdeploy.runtime.pipeline import Pipeline
+    from vqdeploy.serve.engine import Engine, Item, Job
+    from vqdeploy.serve.requests import read_condition, parse_fields
+
+    engine = Engine(Pipeline.from_artifacts(args.artifacts, args.backend))
+    info = engine.info
+    data = condition_path.read_bytes() if condition_path else None
+    rows = []
+    for n in sizes:
+        if n > engine.max_batch:
+            print(f"engine batch {n}: over these artifacts' batch limit {engine.max_batch} (export --max-batch)",
+                  file=sys.stderr)
+            continue
+        best: dict[str, float] = {}
+        for _ in range(3):  # the fastest of three (the first also warms up)
+            items = []
+            for k in range(n):
+                req = parse_fields({"seed": str(k), **({"class_id": "0"} if info["conditioning"]["kind"] == "class"
+                                                       else {})}, info, 1)
+                req.condition, _ = read_condition(data, info)
+                items.append(Item(Job(req), 0, 1))
+            t = engine.run(items)
+            if not best or sum(t.values()) < sum(best.values()):
+                best = t
+        rows.append({"batch": n, **{f"{k}_ms_per_image": round(1000 * v / n, 1) for k, v in best.items()},
+                     "total_ms_per_image": round(1000 * sum(best.values()) / n, 1)})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
 def markdown(result: dict) -> str:
     rows = ["| clients | images/s | tokens/s | p50 latency (s) | p99 latency (s) | mean batch | requests | rejected | failed |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -152,6 +185,12 @@ def markdown(result: dict) -> str:
     if b:
         rows.append(f"| `vqdeploy run` x{b['runs']}, sequential | {b['images_per_s']} | {b['tokens_per_s']} | "
                     f"{b['seconds_per_run']} | | 1 | {b['runs']} | | |")
+    if result.get("engine"):
+        rows += ["", "| engine batch | cond encoder ms/image | sampling ms/image | decoder ms/image | total ms/image |",
+                 "|---:|---:|---:|---:|---:|"]
+        for e in result["engine"]:
+            rows.append(f"| {e['batch']} | {e['cond_encoder_ms_per_image']} | {e['sampling_ms_per_image']} | "
+                        f"{e['decoder_ms_per_image']} | {e['total_ms_per_image']} |")
     return "\n".join(rows)
 
 
@@ -169,6 +208,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=None, help="Server --max-batch.")
     ap.add_argument("--max-queue", type=int, default=64, help="Server --max-queue.")
     ap.add_argument("--max-wait-ms", type=float, default=20.0, help="Server --max-wait-ms.")
+    ap.add_argument("--engine-batches", default="1,8", help="Also time engine batches of these sizes in this "
+                                                             "process, pinned like the server ('' for none).")
     ap.add_argument("--server-cpus", default=None, help="Pin the server to these CPUs (comma list), e.g. 1.")
     ap.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
     args = ap.parse_args()
@@ -199,6 +240,10 @@ def main() -> None:
               "levels": levels}
     if args.baseline_runs:
         result["baseline"] = baseline(args, cond_path, steps)
+    if args.engine_batches:
+        if args.server_cpus:
+            os.sched_setaffinity(0, {int(c) for c in args.server_cpus.split(",")})
+        result["engine"] = engine_breakdown(args, cond_path, [int(v) for v in args.engine_batches.split(",")])
     one = levels[0]["images_per_s"] if levels and levels[0]["clients"] == 1 else None
     if one:
         result["speedup_vs_1_client"] = {str(r["clients"]): round(r["images_per_s"] / one, 2) for r in levels}

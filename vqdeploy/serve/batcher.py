@@ -118,6 +118,7 @@ class Batcher:
             except Exception as e:  # noqa: BLE001 (answered as an error to each request; the thread keeps going)
                 timings = {}
                 for it in batch:
+                    it.job.cancelled.set()  # its other items, if any, are not run
                     it.job.on_done(e)
             self._batch_s = time.perf_counter() - t
             if self.on_batch is not None:
