@@ -217,7 +217,8 @@ def test_a_client_that_disconnects_frees_its_place(gated):
     assert gate.entered.wait(30)
     # a raw client that queues a request and hangs up
     body = (b"--b\r\nContent-Disposition: form-data; name=\"seed\"\r\n\r\n7\r\n--b\r\nContent-Disposition: form-data; "
-            b"name=\"condition\"; filename=\"s.png\"\r\nContent-Type: image/png\r\n\r\n" + sketch_bytes(0) + b"\r\n--b--\r\n")
+            b"name=\"condition\"; filename=\"s.png\"\r\nContent-Type: image/png\r\n\r\n" + sketch_bytes(0)
+            + b"\r\n--b--\r\n")
     host, port = base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:
         s.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"

@@ -18,7 +18,8 @@ from vqdeploy.runtime.pipeline import Pipeline  # noqa: E402
 from vqdeploy.serve.app import create_app  # noqa: E402
 
 CHROMIUM = os.environ.get("VQDEPLOY_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium (or set VQDEPLOY_CHROMIUM)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None,
+                                reason="no chromium: apt-get install chromium (or set VQDEPLOY_CHROMIUM)")
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,8 @@ def free_port() -> int:
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "vqdeploy", "serve", "--artifacts", str(args.artifacts), "--backend", args.backend,
-           "--port", str(port), "--max-queue", str(args.max_queue), "--max-wait-ms", str(args.max_wait_ms)]
+           "--port", str(port), "--max-queue", str(args.max_queue), "--max-wait-ms", str(args.max_wait_ms),
+           "--timeout", str(args.timeout)]
     if args.max_batch:
         cmd += ["--max-batch", str(args.max_batch)]
     cpus = {int(c) for c in args.server_cpus.split(",")} if args.server_cpus else None
@@ -88,7 +89,7 @@ def level(url: str, model: dict, condition: bytes | None, clients: int, duration
     deadline = start + duration
 
     def client() -> None:
-        with httpx.Client(timeout=300) as http:
+        with httpx.Client(timeout=None) as http:  # the server's --timeout bounds every request
             while time.perf_counter() < deadline:
                 with lock:
                     seed = next(seeds)
@@ -176,7 +177,8 @@ def engine_breakdown(args: argparse.Namespace, condition_path: Path | None, size
 
 
 def markdown(result: dict) -> str:
-    rows = ["| clients | images/s | tokens/s | p50 latency (s) | p99 latency (s) | mean batch | requests | rejected | failed |",
+    rows = ["| clients | images/s | tokens/s | p50 latency (s) | p99 latency (s) | mean batch | requests | rejected "
+            "| failed |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["levels"]:
         rows.append(f"| {r['clients']} | {r['images_per_s']} | {r['tokens_per_s']} | {r['p50_s']} | {r['p99_s']} | "
@@ -211,6 +213,7 @@ def main() -> None:
     ap.add_argument("--engine-batches", default="1,8", help="Also time engine batches of these sizes in this "
                                                              "process, pinned like the server ('' for none).")
     ap.add_argument("--server-cpus", default=None, help="Pin the server to these CPUs (comma list), e.g. 1.")
+    ap.add_argument("--timeout", type=float, default=120.0, help="Server --timeout (large models need more).")
     ap.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
     args = ap.parse_args()
     proc = None

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -308,8 +307,8 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
                 while True:
                     if call.remaining <= 0:
                         call.cancel("timeout")
-                        yield sse("error", {"error": {"field": None, "status": 504, "message":
-                                                      f"the request took longer than {server.config.request_timeout_s}s"}})
+                        message = f"the request took longer than {server.config.request_timeout_s}s"
+                        yield sse("error", {"error": {"field": None, "status": 504, "message": message}})
                         return
                     try:
                         kind, data = await asyncio.wait_for(call.events.get(), timeout=min(1.0, call.remaining))
@@ -345,7 +344,8 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "backend": server.pipeline.backend.name,
-                             "queue": server.batcher.waiting_jobs(), "uptime_s": round(time.time() - server.started, 1)})
+                             "queue": server.batcher.waiting_jobs(),
+                             "uptime_s": round(time.time() - server.started, 1)})
 
     async def metrics(request: Request) -> Response:
         server._queue_gauges()
@@ -404,6 +404,3 @@ class CountRequests:
 
         await self.app(scope, receive, counting_send)
 
-
-def config_dict(config: ServeConfig) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(config).items()}

@@ -35,7 +35,8 @@ def require_serve_extra() -> None:
               help="Artifacts directory written by `vqdeploy export`.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="auto: TensorRT when engines and a GPU are there, else ONNX Runtime; torch runs the checkpoint.")
-@click.option("--device", type=click.Choice(DEVICES), default=None, help="Device of the backend (default: per backend).")
+@click.option("--device", type=click.Choice(DEVICES), default=None,
+              help="Device of the backend (default: per backend).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 exposes the server to the network (there is no authentication).")
 @click.option("--port", type=int, default=8000, show_default=True, help="TCP port to listen on.")

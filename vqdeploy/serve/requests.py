@@ -99,7 +99,8 @@ def parse_fields(fields: dict[str, Any], info: dict[str, Any], max_samples: int)
                                          f"{cond['kind']}")
         req.class_id = _int(fields["class_id"], "class_id", 0, int(cond["n_classes"]) - 1)
     elif cond["kind"] == "class":
-        raise FieldError("class_id", f"this model is class-conditional: pass class_id (0..{int(cond['n_classes']) - 1})")
+        last = int(cond["n_classes"]) - 1
+        raise FieldError("class_id", f"this model is class-conditional: pass class_id (0..{last})")
     return req
 
 
@@ -139,7 +140,8 @@ def read_condition(data: bytes | None, info: dict[str, Any], max_pixels: int | N
     try:
         img = decode_image(io.BytesIO(data), "condition", budget)
     except InputError as e:
-        status = 413 if "pixels" in str(e) and "budget" in str(e) or "too large" in str(e) else 400
+        oversized = ("budget" in str(e) and "pixels" in str(e)) or "too large" in str(e) or "bomb" in str(e)
+        status = 413 if oversized else 400
         raise FieldError("condition", str(e), status) from None
     if img.mode not in IMAGE_MODES:
         raise FieldError("condition", f"condition: image mode {img.mode} is not accepted; send one of "
