@@ -229,3 +229,20 @@ def test_a_client_that_disconnects_frees_its_place(gated):
     first.join(60)
     wait_for(lambda: server.batcher.waiting_jobs() == 0)
     assert gate.ran == 1  # only the first request ran: the one that hung up was dropped from the queue
+
+
+def test_a_stream_that_is_closed_frees_its_place(gated):
+    base, gate, server = gated
+    results: list = []
+    first = send(base, results, seed=0)
+    assert gate.entered.wait(30)
+    files = {"condition": ("s.png", sketch_bytes(0), "image/png")}
+    with httpx.stream("POST", f"{base}/v1/generate/stream", files=files, data={"seed": "3"}, timeout=60) as r:
+        lines = r.iter_lines()
+        assert next(lines) == "event: queued"
+        assert server.batcher.waiting_jobs() == 1
+    wait_for(lambda: 'reason="disconnected"' in httpx.get(f"{base}/metrics").text, timeout=10)
+    gate.open.set()
+    first.join(60)
+    wait_for(lambda: server.batcher.waiting_jobs() == 0)
+    assert gate.ran == 1
