@@ -23,16 +23,23 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None,
 
 
 @pytest.fixture(scope="module")
-def page(demo_export: Path):
+def browser():
+    """One chromium for the module (Playwright's sync API runs one instance per thread)."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, demo_export: Path):
     with running(create_app(Pipeline.from_artifacts(demo_export, "onnxruntime"))) as base:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            context = browser.new_context(viewport={"width": 900, "height": 720}, has_touch=True)
-            page = context.new_page()
-            page.goto(base + "/")
-            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-            yield page
-            browser.close()
+        context = browser.new_context(viewport={"width": 900, "height": 720}, has_touch=True)
+        page = context.new_page()
+        page.goto(base + "/")
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        yield page
+        context.close()
 
 
 def dark_pixels(page) -> int:
@@ -97,5 +104,39 @@ def test_bad_input_is_shown_and_the_page_keeps_working(page):
     page.wait_for_function("() => document.getElementById('status').classList.contains('error')", timeout=30_000)
     assert page.inner_text("#status").startswith("seed:")
     page.fill("#seed", "1")
+    page.fill("#top_k", "100000")  # over the vocabulary: the browser refuses the form, the page says why
+    page.get_by_test_id("generate").click()
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('top_k:')",
+                           timeout=10_000)
+    page.fill("#top_k", "100")
     page.get_by_test_id("generate").click()
     page.wait_for_function("() => document.getElementById('status').textContent.startsWith('done')", timeout=60_000)
+
+
+@pytest.mark.parametrize("variant", ["class_subsample", "seg"])
+def test_class_picker_and_label_map_upload(browser, exported, variant, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    _, out, manifest = exported(variant)
+    with running(create_app(Pipeline.from_artifacts(out, "onnxruntime"))) as base:
+        page = browser.new_page()
+        page.goto(base + "/")
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        assert not page.is_visible("#pad")
+        cond = manifest["model"]["conditioning"]
+        if variant == "class_subsample":
+            assert page.is_visible("#class_id")
+            page.fill("#class_id", str(int(cond["n_classes"]) - 1))
+        else:
+            assert page.is_visible("#label-file")
+            res = int(cond["resolution"])
+            Image.fromarray(np.full((res, res), 1, np.uint8), "L").save(tmp_path / "labels.png")
+            page.set_input_files("#label-file", str(tmp_path / "labels.png"))
+        page.fill("#num_samples", "2")
+        page.get_by_test_id("generate").click()
+        page.wait_for_function("() => document.querySelector('[data-testid=result]') || "
+                               "document.getElementById('status').classList.contains('error')", timeout=60_000)
+        assert page.get_by_test_id("result").count() == 1, page.inner_text("#status")
+        assert page.get_by_test_id("result").first.locator("img").count() == 2
+        page.close()
