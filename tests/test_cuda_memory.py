@@ -123,3 +123,69 @@ def test_kv_transformer_on_device_memory_matches_host(tmp_path_factory: pytest.T
     assert np.array_equal(on_device[0], want)  # the sampler graph draws what the host sampler draws
     z = np.random.default_rng(1).integers(0, 64, (1, *manifest["model"]["first_stage"]["latent_grid"]))
     assert np.array_equal(fake.decode(z), host.decode(z))
+
+
+class CaptureCudart(FakeCudart):
+    """Adds stream capture: enqueues between begin and end are recorded, not run; a launch runs them."""
+
+    class cudaStreamCaptureMode(enum.IntEnum):  # noqa: N801
+        cudaStreamCaptureModeThreadLocal = 1
+
+    class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+        cudaMemcpyDeviceToDevice = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capturing = False
+
+    def cudaStreamBeginCapture(self, stream: int, mode: Any) -> tuple[Any, ...]:  # noqa: N802
+        assert stream == 7 and not self.capturing
+        self.capturing = True
+        return self._ok("cudaStreamBeginCapture")
+
+    def cudaStreamEndCapture(self, stream: int) -> tuple[Any, ...]:  # noqa: N802
+        self.capturing = False
+        return self._ok("cudaStreamEndCapture", "graph")
+
+    def cudaGraphInstantiate(self, graph: Any, flags: int) -> tuple[Any, ...]:  # noqa: N802
+        return self._ok("cudaGraphInstantiate", f"exec-{self.calls.count('cudaGraphInstantiate')}")
+
+    def cudaGraphLaunch(self, exe: Any, stream: int) -> tuple[Any, ...]:  # noqa: N802
+        return self._ok("cudaGraphLaunch")
+
+    def cudaGraphExecDestroy(self, exe: Any) -> tuple[Any, ...]:  # noqa: N802
+        return self._ok("cudaGraphExecDestroy")
+
+    def cudaGraphDestroy(self, graph: Any) -> tuple[Any, ...]:  # noqa: N802
+        return self._ok("cudaGraphDestroy")
+
+
+def test_captured_launches_run_once_capture_once_then_replay() -> None:
+    from vqdeploy.runtime.backends.cuda_graphs import CapturedLaunches
+
+    rt = CaptureCudart()
+    launches = CapturedLaunches(CudaRuntime(rt), 7)
+    enqueued: list[bool] = []  # whether each enqueue happened inside a capture
+    for key in ["a", "a", "a", "a", "b", "b", "a"]:
+        launches.launch(key, lambda: enqueued.append(rt.capturing))
+    # a: eager, captured, replay x2 (+1 at the end); b: eager, captured
+    assert enqueued == [False, True, False, True]
+    assert launches.captures == 2 and rt.calls.count("cudaGraphLaunch") == launches.replays == 5
+    with pytest.raises(BackendError):  # a failing enqueue ends the capture and leaves the stream usable
+        launches.launch("c", lambda: None)
+        launches.launch("c", lambda: (_ for _ in ()).throw(BackendError("enqueue failed")))
+    assert not rt.capturing
+    del launches
+    assert rt.calls.count("cudaGraphExecDestroy") == 2
+
+
+def test_device_copy_on_the_stream() -> None:
+    mem = CudaMemory(0, CudaRuntime(CaptureCudart()))
+    src, dst = mem.empty((2, 1), "int64"), mem.zeros((4, 2, 1), "int64")
+    mem.upload(np.array([[5], [6]]), src)
+    mem.copy(src, dst.view((2, 1), 4))
+    assert mem.download(dst)[:, :, 0].tolist() == [[0, 0], [0, 0], [5, 6], [0, 0]]
+    with pytest.raises(ValueError):
+        mem.copy(src, dst)

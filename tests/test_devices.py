@@ -141,3 +141,16 @@ def test_no_note_on_a_machine_without_a_gpu(demo: Path, monkeypatch: pytest.Monk
     logged: list[str] = []
     be = select.open_backend("auto", demo, read_manifest(demo), log=logged.append)
     assert (be.name, be.device, logged) == ("onnxruntime", "cpu", [])
+
+
+def test_cuda_graphs_on_a_cpu_backend_is_one_error_line(demo: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from vqdeploy.cli import main
+
+    sketch = str(DEMO / "sketches" / "07_house-square-circle_horizon.png")
+    res = CliRunner().invoke(main, ["run", sketch, "--artifacts", str(demo), "--backend", "onnxruntime", "--device",
+                                    "cpu", "--cuda-graphs", "--out", str(tmp_path / "s.png")])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code != 0 and lines == ["error: --cuda-graphs needs a CUDA device; onnxruntime runs on the CPU here"]
+    assert not (tmp_path / "s.png").exists()

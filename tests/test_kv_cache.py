@@ -104,3 +104,87 @@ def test_torch_cache_is_allocated_once_and_written_in_place() -> None:
     with torch.no_grad():
         full = gpt(torch.from_numpy(seq))[0].numpy()
     assert float(np.abs(np.concatenate(logits, axis=1) - full).max()) <= 1e-5 * max(1.0, float(np.abs(full).max()))
+
+
+# --- CUDA graphs: what a captured step needs, checked on CPU ---------------------------------------
+def test_device_side_position_writer_matches_the_eager_step() -> None:
+    """The torch backend's captured step writes at a position tensor (``write_at``), so one capture
+    serves every position: bit-identical logits and caches to the eager slice writes."""
+    from vqdeploy.models.kv_cache import write_at
+
+    torch.manual_seed(1)
+    gpt = GPT(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, n_unmasked=4).eval()
+    seq = torch.from_numpy(np.random.default_rng(3).integers(0, 40, (2, 12)))
+    with torch.no_grad():
+        eager = gpt.new_cache(2)
+        eager_logits = [gpt.forward_cached(seq[:, :4], eager)[0]]
+        tensor = gpt.new_cache(2)
+        gpt.forward_cached(seq[:, :4], tensor)
+        position = torch.zeros(1, dtype=torch.int64)
+        tensor_logits = [eager_logits[0]]
+        for i in range(4, 12):
+            eager_logits.append(gpt.forward_cached(seq[:, i : i + 1], eager)[0])
+            position.fill_(i)  # a value in a tensor, as a replay sets it
+            tensor_logits.append(gpt.forward_at(seq[:, i : i + 1], position, tensor.layers, write_at(position))[0])
+    assert all(torch.equal(a, b) for a, b in zip(eager_logits, tensor_logits))
+    assert all(torch.equal(a, b) for la, lb in zip(eager.layers, tensor.layers) for a, b in zip(la, lb))
+
+
+def test_cuda_graph_steps_bind_the_same_addresses_with_either_sampler(exported) -> None:
+    """With CUDA graphs on, every step of a generation binds the same buffers (the sampler graph writes
+    the step's fixed token buffer, and the token is copied to the history), so one captured step
+    replays at every position; and the tokens are unchanged."""
+    from vqdeploy.runtime.generator import generate, start_decoding
+
+    _, out, manifest = exported("seg")
+    backend = OnnxRuntimeBackend(out, manifest)
+    backend.cuda_graphs = True  # the address discipline, on CPU (capture itself needs a GPU)
+    recorders: dict[str, Recorder] = {}
+    inner = backend.executor
+
+    def executor(name: str, profile: str | None = None) -> Any:
+        ex = inner(name, profile)
+        return recorders.setdefault(f"{name}/{profile}", Recorder(ex)) if name == "transformer" else ex
+
+    backend.executor = executor  # type: ignore[method-assign]
+    tokens = manifest["model"]["tokens"]
+    batch, steps = 2, tokens["image"]
+    cond = np.random.default_rng(4).integers(0, manifest["model"]["transformer"]["vocab_size"], (batch, tokens["cond"]))
+    params = SamplingParams(temperature=1.0, top_k=8)
+    noise = uniform_noise(9, batch, steps)
+    host = sample_tokens(backend.transformer(), cond, steps, params, noise)
+    device = generate(start_decoding(backend, "graph", params, noise), cond, steps)
+    assert np.array_equal(host, device)
+    step = recorders["transformer/step"].calls
+    assert len(step) == 2 * (steps - 1)
+    assert all(ins == step[0][1] and outs == step[0][2] for _, ins, outs in step)
+
+
+def test_onnxruntime_captures_the_step_per_batch_and_never_the_prefill() -> None:
+    """``gpu_graph_id``: one captured graph per batch size (its buffers), -1 (uncaptured) for the prefill,
+    nothing for sessions that do not capture."""
+    import onnxruntime
+
+    from vqdeploy.runtime.backends.buffers import HostMemory
+    from vqdeploy.runtime.backends.onnxruntime_backend import OrtExecutor
+
+    mem = HostMemory()
+    ex = OrtExecutor(None, "cuda", 0, "transformer", onnxruntime, capture=False)
+    for batch in (1, 4):
+        inputs = {"tokens": mem.empty((batch, 1), "int64")}
+        assert ex.profile(True).run_options(inputs).get_run_config_entry("gpu_graph_id") == str(batch)
+        assert ex.profile(False).run_options(inputs).get_run_config_entry("gpu_graph_id") == "-1"
+    plain = OrtExecutor(None, "cpu", 0, "decoder", onnxruntime)
+    assert plain.profile(True) is plain and plain.run_options({}) is None
+
+
+def test_cuda_graphs_need_a_cuda_device(exported) -> None:
+    import pytest
+
+    from vqdeploy.errors import BackendError
+
+    _, out, manifest = exported("seg")
+    with pytest.raises(BackendError, match="CUDA graphs need a CUDA device"):
+        OnnxRuntimeBackend(out, manifest, "cpu", cuda_graphs=True)
+    with pytest.raises(BackendError, match="CUDA graphs need a CUDA device"):
+        TorchTransformer(GPT(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=4), torch.device("cpu"), True)

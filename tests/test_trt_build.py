@@ -466,3 +466,33 @@ def test_executor_binds_the_kv_cache_by_address(trt_built: dict[str, Any], monke
 
     with pytest.raises(InputError, match=r"outside the engine's 'step' profile .*rebuild with vqdeploy build-trt"):
         executors["step"].run({"tokens": backend.memory.zeros((2, 2), "int64")}, {})
+
+
+def test_datacenter_step_is_captured_once_and_replayed(trt_built: dict[str, Any]) -> None:
+    """Explicit CUDA-graph capture of the step enqueue (datacenter TensorRT): the first step runs,
+    the second is captured, every later step (at any position) replays it; the prefill is never captured."""
+    from test_cuda_memory import CaptureCudart
+
+    from vqdeploy.runtime.backends.cuda_graphs import CapturedLaunches
+    from vqdeploy.runtime.backends.cuda_memory import CudaRuntime
+    from vqdeploy.runtime.backends.graph_backend import GraphBackend, KVTransformer
+    from vqdeploy.runtime.backends.tensorrt_backend import TrtExecutor
+
+    art, data, _ = trt_built["fp32"]
+    manifest = mf.read_manifest(art)
+    entry = data["engines"]["transformer"]
+    backend = GraphBackend(art, manifest, "cpu")
+    scratch = backend.memory.empty((256,), "uint8")
+    rt = CaptureCudart()
+    launches = CapturedLaunches(CudaRuntime(rt), 7)
+    contexts = {p: FakeContext(manifest, entry["profiles"][p]) for p in entry["profile_order"]}
+    executors = {p: TrtExecutor(f"transformer ({p})", contexts[p], entry, p, 0, scratch, None, False, None,
+                                launches if p == "step" else None) for p in contexts}
+    backend.executor = lambda graph, profile=None: executors[profile]  # type: ignore[method-assign]
+    runner = KVTransformer(backend)
+    runner.reset(2)
+    runner.forward(torch.randint(0, 32, (2, 3)).numpy())
+    for _ in range(5):
+        runner.forward(torch.randint(0, 32, (2, 1)).numpy())
+    assert contexts["prefill"].enqueued == 1 and contexts["step"].enqueued == 2  # eager, then inside the capture
+    assert launches.captures == 1 and launches.replays == 4 and runner.length == 8

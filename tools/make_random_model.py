@@ -3,7 +3,8 @@
 Used to measure export time, memory and sampling speed at production scale without a
 download; ``--preset sflckr`` matches taming's S-FLCKR segmentation -> image model
 (f16 VQGAN with 1024 codes, 182-class segmentation cond stage, GPT 24 layers x 16 heads x 1024
-wide, block 512).
+wide, block 512); ``--preset medium`` is the same layout with a GPT of 8 layers x 512 and
+64-channel VQGANs (256 cond + 256 image tokens), the size issue 12's end-to-end comparison uses.
 
     python tools/make_random_model.py --preset sflckr --out /tmp/sflckr_random
 """
@@ -36,6 +37,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "vocab_size": 1024, "block_size": 512, "n_layer": 24, "n_head": 16, "n_embd": 1024}},
         "first_stage_config": vq_config(3, "image", 128, [1, 1, 2, 2, 4], 1024, 256, 256, [16]),
         "cond_stage_config": vq_config(182, "segmentation", 128, [1, 1, 2, 2, 4], 1024, 256, 256, [16]),
+    }},
+    "medium": {"target": "taming.models.cond_transformer.Net2NetTransformer", "params": {
+        "cond_stage_key": "segmentation",
+        "transformer_config": {"target": "taming.modules.transformer.mingpt.GPT", "params": {
+            "vocab_size": 1024, "block_size": 512, "n_layer": 8, "n_head": 8, "n_embd": 512}},
+        "first_stage_config": vq_config(3, "image", 64, [1, 1, 2, 2, 4], 1024, 256, 256, [16]),
+        "cond_stage_config": vq_config(182, "segmentation", 64, [1, 1, 2, 2, 4], 1024, 256, 256, [16]),
     }},
 }
 

@@ -61,6 +61,17 @@ def write_in_place(start: int) -> Writer:
     return write
 
 
+def write_at(position: torch.Tensor) -> Writer:
+    """Eager in-place writer at a device-side (1,) int64 ``position``: no host value is baked in, so a
+    step captured as a CUDA graph writes wherever the position tensor says at replay."""
+
+    def write(cache: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        index = position.reshape(1) + torch.arange(update.shape[2], device=cache.device)
+        return cache.index_copy_(2, index, update)
+
+    return write
+
+
 @torch.library.custom_op("vqdeploy::kv_write", mutates_args=())
 def kv_write_op(cache: torch.Tensor, update: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """Functional form (a new tensor) of the write; exported as ONNX TensorScatter."""

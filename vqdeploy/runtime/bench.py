@@ -168,7 +168,7 @@ def _bench_reference(model: Any, c: Any, steps: int, full: bool) -> dict[str, An
 
 
 def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeats: int, reference: bool, out: Path,
-              ckpt: str | None, log: Callable[[str], None] = print) -> dict[str, Any]:
+              ckpt: str | None, log: Callable[[str], None] = print, cuda_graphs: bool = False) -> dict[str, Any]:
     check_num_samples(n)
     check_int(repeats, "--repeats", 1, MAX_REPEATS)
     manifest = read_manifest(artifacts)
@@ -181,22 +181,27 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
     model = reference_model(manifest, ckpt, log)
     cond_input = sample_condition(info, 0)
     rows: dict[str, dict[str, Any]] = {}
-    runs: list[tuple[str, str, Backend | None]] = []
+    runs: list[tuple[str, str, bool, Backend | None]] = []
     torch_cpu: Backend | None = None
     if model is not None:
         from vqdeploy.runtime.backends.torch_backend import TorchBackend
 
         torch_cpu = TorchBackend(model, manifest, "cpu")
-        runs.append(("torch", "cpu", torch_cpu))
-    runs += [(b, d, None) for b, d in candidates if (b, d) != ("torch", "cpu") or torch_cpu is None]
-    for name, dev, be in runs:
-        be = be or open_backend(name, artifacts, manifest, dev, model=model if name == "torch" else None)
+        runs.append(("torch", "cpu", False, torch_cpu))
+    if cuda_graphs and not any(d.startswith("cuda") for _, d in candidates):
+        log("bench: --cuda-graphs: no backend runs on a GPU here; there is nothing to time with CUDA graphs")
+    for b, d in candidates:
+        if (b, d) != ("torch", "cpu") or torch_cpu is None:
+            runs += [(b, d, False, None)] + ([(b, d, True, None)] if cuda_graphs and d.startswith("cuda") else [])
+    for name, dev, graphs, be in runs:
+        be = be or open_backend(name, artifacts, manifest, dev, model=model if name == "torch" else None,
+                                cuda_graphs=graphs)
         precision = "fp32" if name == "torch" else manifest["precision"]  # torch runs the checkpoint's fp32
         for sampler in ("host", "graph") if be.has_graph("sampler") else ("host",):
             label = f"{name}-{dev} {precision}" + (" KV cache" if name == "torch" else "") + \
-                (", sampler graph" if sampler == "graph" else "")
+                (", sampler graph" if sampler == "graph" else "") + (", CUDA graphs" if graphs else "")
             log(f"bench: {label} ...")
-            rows[label] = {"backend": name, "device": dev, "precision": precision,
+            rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": graphs,
                            **bench_backend(be, cond_input, info, n, repeats, sampler)}
     steps = int(info["tokens"]["image"])
     if reference and model is not None and torch_cpu is not None:
@@ -229,7 +234,7 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
     precision's transformer weights take to stream once at the host's measured bandwidth (CPU rows)."""
     rows = result["backends"]
     ref = rows.get(REFERENCE)
-    torch_on = {r["device"]: r for r in rows.values() if r["backend"] == "torch" and "step" in r}
+    torch_on = {r["device"]: r for r in rows.values() if r["backend"] == "torch" and "step" in r and not r["cuda_graphs"]}
     log("")
     log(f"{'backend':<44}{'cond ms':>9}{'prefill ms':>11}{'token ms':>9}{'decode ms':>10}{'tokens/s':>10}"
         f"{'x upstream':>11}{'x torch':>8}{'token/floor':>12}")

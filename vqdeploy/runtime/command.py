@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from vqdeploy.runtime.backends.devices import BACKEND_CHOICES, DEVICES
+from vqdeploy.runtime.generator import SAMPLERS
 from vqdeploy.runtime.sampling import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 
 _BACKEND = click.Choice(BACKEND_CHOICES)
@@ -16,6 +17,8 @@ _BACKEND = click.Choice(BACKEND_CHOICES)
 _ARTIFACTS = "Artifacts directory written by `vqdeploy export`."
 _DEVICE_HELP = ("Default: per backend - onnxruntime on cuda only with onnxruntime-gpu and a GPU, tensorrt on cuda, "
                 "torch on cuda when torch sees a GPU; the choice is printed.")
+_CUDA_GRAPHS_HELP = ("GPU: capture the one-token step as a CUDA graph once per batch size and replay it "
+                     "(ONNX Runtime CUDA, TensorRT, torch); not yet measured on a GPU, so off by default.")
 _BACKEND_HELP = "auto: TensorRT when engines and a GPU are there, else ONNX Runtime; torch runs the checkpoint."
 
 RUN_EXAMPLE = """\b
@@ -49,13 +52,19 @@ Examples:
 @click.option("--grid", is_flag=True, help="Write all samples into one grid image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (timings, tokens/s, backend, seed).")
 @click.option("--ckpt", default=None, help="torch backend: checkpoint to use instead of the exported one.")
-@click.option("--sampler", type=click.Choice(["host", "graph"]), default="host", show_default=True,
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="host", show_default=True,
               help="graph: the exported sampler graph on the backend's device (logits never leave it).")
 @click.option("--max-pixels", type=int, default=None,
               help="Largest condition or output image in pixels (default: 16x the trained area).")
+@click.option("--cuda-graphs", is_flag=True, help=_CUDA_GRAPHS_HELP)
+@click.option("--build-engines/--no-build-engines", default=False, envvar="VQDEPLOY_BUILD_ENGINES",
+              show_envvar=True,
+              help="With a GPU and TensorRT, first build the TensorRT engines into ARTIFACTS/engines/ when they are "
+                   "missing or outdated (the GPU image's first start); current engines are reused.")
 def run(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int, temperature: float,
         top_k: int, top_p: float | None, seed: int, class_id: int | None, size: str | None, out: Path, grid: bool,
-        as_json: bool, ckpt: str | None, sampler: str, max_pixels: int | None) -> None:
+        as_json: bool, ckpt: str | None, sampler: str, max_pixels: int | None, cuda_graphs: bool,
+        build_engines: bool) -> None:
     """Sample images: encode the condition INPUT, sample tokens with the KV cache, decode.
 
     INPUT is the condition image the model was trained on (`vqdeploy inspect` or manifest.json
@@ -66,9 +75,13 @@ def run(input: Path | None, artifacts: Path, backend: str, device: str | None, n
 
     if max_pixels is not None:
         check_int(max_pixels, "--max-pixels", 1, 2**40)
+    if build_engines:
+        from vqdeploy.trt.ensure import ensure_engines
+
+        ensure_engines(artifacts, backend, device, echo=lambda m: click.echo(m, err=True))
     summary = run_pipeline(input, artifacts, backend, device, num_samples, temperature, top_k, top_p, seed,
                            class_id, size, out, grid, ckpt, log=lambda m: click.echo(m, err=True), sampler=sampler,
-                           max_pixels=max_pixels)
+                           max_pixels=max_pixels, cuda_graphs=cuda_graphs)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
 
@@ -106,10 +119,11 @@ Example:
               help="Time the upstream-style sampler (full recomputation per token).")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="JSON results (default: ARTIFACTS/bench.json).")
 @click.option("--ckpt", default=None, help="Reference checkpoint (default: the exported one).")
+@click.option("--cuda-graphs", is_flag=True, help="GPU backends: also time them with CUDA graphs (rows side by side).")
 def bench(artifacts: Path, backends: str, device: str | None, num_samples: int, repeats: int, reference: bool,
-          out: Path | None, ckpt: str | None) -> None:
+          out: Path | None, ckpt: str | None, cuda_graphs: bool) -> None:
     """Per-stage latency and tokens/s for each backend, next to the reference sampler, in one run."""
     from vqdeploy.runtime.bench import run_bench
 
     run_bench(artifacts, backends, device, num_samples, repeats, reference, out or artifacts / "bench.json", ckpt,
-              log=lambda m: click.echo(m, err=True))
+              log=lambda m: click.echo(m, err=True), cuda_graphs=cuda_graphs)

@@ -154,14 +154,14 @@ class Pipeline:
 
     @classmethod
     def from_artifacts(cls, artifacts: str | Path, backend: str = "auto", device: str | None = None,
-                       sampler: str = "host") -> Pipeline:
+                       sampler: str = "host", cuda_graphs: bool = False) -> Pipeline:
         """The pipeline of an artifacts directory on a backend (``auto``: TensorRT where engines and a GPU
-        are there, else ONNX Runtime)."""
+        are there, else ONNX Runtime); ``cuda_graphs`` replays each captured token step (GPU only)."""
         from vqdeploy.export.manifest import read_manifest
         from vqdeploy.runtime.backends.select import open_backend
 
         manifest = read_manifest(artifacts)
-        return cls(open_backend(backend, Path(artifacts), manifest, device), manifest, sampler)
+        return cls(open_backend(backend, Path(artifacts), manifest, device, cuda_graphs=cuda_graphs), manifest, sampler)
 
     def _condition(self, x: Any, size: tuple[int, int] | None, max_pixels: int | None) -> np.ndarray | None:
         """A path, PIL image or raw (H,W[,C]) array becomes the preprocessed condition, resized to ``size``

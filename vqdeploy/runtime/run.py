@@ -52,7 +52,7 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
                  temperature: float, top_k: int | None, top_p: float | None, seed: int, class_id: int | None,
                  size: str | None, out: Path, grid: bool, ckpt: str | None = None,
                  log: Callable[[str], None] = print, sampler: str = "host",
-                 max_pixels: int | None = None) -> dict[str, Any]:
+                 max_pixels: int | None = None, cuda_graphs: bool = False) -> dict[str, Any]:
     manifest = read_manifest(artifacts)
     params = SamplingParams(temperature, top_k, top_p)
     check_seed(seed)
@@ -72,7 +72,7 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
         raise InputError(f"--class is for class-conditional models; this model is {what}")
     condition = read_condition(input, cond_info, hw, pixel_budget(manifest["model"], max_pixels), log)
     t = time.perf_counter()
-    be = open_backend(backend, artifacts, manifest, device, ckpt, log=log)
+    be = open_backend(backend, artifacts, manifest, device, ckpt, log=log, cuda_graphs=cuda_graphs)
     load_s = time.perf_counter() - t
     progress = TokenProgress(log)
     try:
@@ -86,7 +86,8 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     write_pngs({paths[0]: grid_image(images)} if grid else dict(zip(paths, images)))
     log("wrote " + ", ".join(str(p) for p in paths))
     return {
-        "backend": be.name, "device": be.device, "sampler": sampler, "seed": seed, "num_samples": num_samples,
+        "backend": be.name, "device": be.device, "sampler": sampler, "cuda_graphs": cuda_graphs, "seed": seed,
+        "num_samples": num_samples,
         "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
         "tokens_per_sample": int(result.tokens[0].size), "sliding_window": result.sliding_window,
         "timings_s": {"load": round(load_s, 4), **{k: round(v, 4) for k, v in result.timings.items()}},

@@ -61,6 +61,9 @@ class Memory(Protocol):
     def download(self, buf: Buffer) -> np.ndarray:
         """A host copy of ``buf``."""
 
+    def copy(self, src: Buffer, dst: Buffer) -> None:
+        """Device to device, ordered after the work already queued (views allowed)."""
+
     def synchronize(self) -> None: ...
 
 
@@ -96,8 +99,17 @@ class HostMemory:
             ctypes.memmove(out.ctypes.data, buf.ptr, out.nbytes)
         return out
 
+    def copy(self, src: Buffer, dst: Buffer) -> None:
+        check_copy(src, dst)
+        ctypes.memmove(dst.ptr, src.ptr, src.nbytes)
+
     def synchronize(self) -> None:
         pass
+
+
+def check_copy(src: Buffer, dst: Buffer) -> None:
+    if src.nbytes != dst.nbytes or src.dtype != dst.dtype:
+        raise ValueError(f"copy of {src.shape} {src.dtype} into {dst.shape} {dst.dtype}")
 
 
 _EMPTY = np.zeros(64, dtype=np.uint8)  # an address for zero-size tensors

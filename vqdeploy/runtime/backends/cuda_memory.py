@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from vqdeploy.errors import BackendError
-from vqdeploy.runtime.backends.buffers import STORAGE, Buffer, host_array
+from vqdeploy.runtime.backends.buffers import STORAGE, Buffer, check_copy, host_array
 
 CUDA_PYTHON = "pip install cuda-python (or 'vqdeploy[tensorrt]')"
 
@@ -112,6 +112,11 @@ class CudaMemory:
         self.cuda.call("cudaMemcpyAsync", out.ctypes.data, buf.ptr, out.nbytes, kind, self.stream)
         self.synchronize()
         return out
+
+    def copy(self, src: Buffer, dst: Buffer) -> None:
+        check_copy(src, dst)
+        kind = self.cuda.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        self.cuda.call("cudaMemcpyAsync", dst.ptr, src.ptr, src.nbytes, kind, self.stream)
 
     def synchronize(self) -> None:
         self.cuda.call("cudaStreamSynchronize", self.stream)

@@ -31,6 +31,9 @@ class Executor(Protocol):
 class GraphBackend:
     name = "graph"
     emulation: str | None = None  # what this backend does differently from the graphs' own arithmetic
+    # every step binds the same addresses (the drawn token is copied out of one fixed buffer), so that
+    # a step can be captured as a CUDA graph once and replayed; set by backends that capture
+    cuda_graphs = False
 
     def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str, memory: Memory | None = None) -> None:
         self.artifacts = Path(artifacts)
@@ -200,6 +203,8 @@ class DeviceDecoding:
         self.uniform = self.memory.empty((steps, self.batch), "float32")
         self.memory.upload(np.ascontiguousarray(noise, dtype=np.float32), self.uniform)
         self.history = self.memory.empty((steps, self.batch, 1), "int64")
+        # CUDA graphs: the sampler writes the step's fixed token buffer, and the token is copied to the history
+        self.fixed = backend.cuda_graphs
         self.drawn = 0
         self.logits: Buffer | None = None
 
@@ -214,12 +219,18 @@ class DeviceDecoding:
     def draw(self) -> None:
         b, k = self.batch, self.drawn
         assert self.logits is not None, "prefill first"
+        drawn = self.history.view((b, 1), k * b)
+        into = self.kv.io_buffers(b, 1)[0] if self.fixed else drawn
         self.sampler.run({"logits": self.logits, "uniform": self.uniform.view((b,), k * b), **self.settings},
-                         {"tokens": self.history.view((b, 1), k * b)})
+                         {"tokens": into})
+        if self.fixed:
+            self.memory.copy(into, drawn)
         self.drawn = k + 1
 
     def extend(self) -> None:
-        self.logits = self.kv.run(self.history.view((self.batch, 1), (self.drawn - 1) * self.batch))
+        b = self.batch
+        self.logits = self.kv.run(self.kv.io_buffers(b, 1)[0] if self.fixed else
+                                  self.history.view((b, 1), (self.drawn - 1) * b))
 
     def tokens(self) -> np.ndarray:
         return self.memory.download(self.history)[: self.drawn, :, 0].T.copy()

@@ -53,13 +53,35 @@ def check_io(session: Any, name: str, graph: dict[str, Any], path: Path) -> None
 
 
 class OrtExecutor:
-    """One session; ``run`` binds the buffers by address (IO binding) and runs it."""
+    """One session; ``run`` binds the buffers by address (IO binding) and runs it.
 
-    def __init__(self, session: Any, device: str = "cpu", index: int = 0, label: str = "graph") -> None:
+    ``capture`` (not None): the session captures CUDA graphs (``enable_cuda_graph``); a captured graph replays
+    the addresses and shapes it was captured with, so each batch size gets its own ``gpu_graph_id``
+    (the step's buffers are allocated once per batch) and ``capture=False`` calls (the prefill, whose
+    length varies) run uncaptured (id -1)."""
+
+    def __init__(self, session: Any, device: str = "cpu", index: int = 0, label: str = "graph",
+                 ort: Any = None, capture: bool | None = None) -> None:
         self.session = session
         self.label = label
         self.kind = device
         self.index = index
+        self.ort = ort
+        self.capture = capture  # None: the session does not capture
+
+    def profile(self, capture: bool) -> OrtExecutor:
+        """This session, run captured (the step) or uncaptured (the prefill)."""
+        if self.capture is None:
+            return self
+        return OrtExecutor(self.session, self.kind, self.index, self.label, self.ort, capture)
+
+    def run_options(self, inputs: dict[str, Buffer]) -> Any:
+        if self.capture is None:
+            return None
+        opts = self.ort.RunOptions()
+        batch = next(iter(inputs.values())).shape[0] if self.capture else -1
+        opts.add_run_config_entry("gpu_graph_id", str(batch))  # >= 1 per batch size; -1: not captured
+        return opts
 
     def run(self, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> None:
         io = self.session.io_binding()
@@ -68,7 +90,7 @@ class OrtExecutor:
         for name, t in outputs.items():
             io.bind_output(name, self.kind, self.index, ELEMENT_TYPE[t.dtype], list(t.shape), t.ptr)
         try:
-            self.session.run_with_iobinding(io)
+            self.session.run_with_iobinding(io, self.run_options(inputs))
         except Exception as e:  # noqa: BLE001 (onnxruntime raises its own, unexported exception types)
             raise BackendError(f"{self.label}: onnxruntime failed to run it ({one_line(e)})") from None
 
@@ -76,7 +98,7 @@ class OrtExecutor:
 class OnnxRuntimeBackend(GraphBackend):
     name = "onnxruntime"
 
-    def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str = "cpu") -> None:
+    def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str = "cpu", cuda_graphs: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -95,6 +117,9 @@ class OnnxRuntimeBackend(GraphBackend):
             self.providers = ["CPUExecutionProvider"]
         self.kind = kind
         self.ort = ort
+        if cuda_graphs and kind != "cuda":
+            raise BackendError("CUDA graphs need a CUDA device (onnxruntime runs on the CPU here)")
+        self.cuda_graphs = cuda_graphs
         ort.set_default_logger_severity(log_severity())
         self._executors: dict[str, OrtExecutor] = {}
         self.emulation = BF16_EMULATION if manifest.get("precision") == "bf16" and kind == "cpu" else None
@@ -102,23 +127,40 @@ class OnnxRuntimeBackend(GraphBackend):
     def executor(self, graph: str, profile: str | None = None) -> OrtExecutor:
         ex = self._executors.get(graph)
         if ex is None:
-            path = graph_file(self.artifacts, self.manifest, graph)
-            opts = self.ort.SessionOptions()
-            opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.log_severity_level = log_severity()
-            if self.kind == "cpu":
-                opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
-            try:
-                source: str | bytes = str(path)
-                if self.emulation:
-                    from vqdeploy.runtime.backends.bf16_emulation import load_emulated
+            ex = self._executors[graph] = self._session(graph)
+        return ex.profile(profile == "step")
 
-                    source = load_emulated(path)
-                session = self.ort.InferenceSession(source, opts, providers=self.providers)
-            except VQDeployError:
-                raise
-            except Exception as e:  # noqa: BLE001 (onnx and onnxruntime raise their own, unexported exception types)
-                raise ArtifactError(f"{path}: onnxruntime cannot load it ({one_line(e)[:200]})") from None
-            check_io(session, graph, self.graph(graph), path)
-            ex = self._executors[graph] = OrtExecutor(session, self.kind, self.index, graph)
-        return ex
+    def captures(self, graph: str) -> bool:
+        return self.cuda_graphs and self.kind == "cuda" and graph == "transformer"
+
+    def _providers(self, graph: str) -> list[Any]:
+        """The transformer captures its step as a CUDA graph where asked (the other graphs run once
+        per image: nothing to gain)."""
+        if self.captures(graph):
+            return [("CUDAExecutionProvider", {"device_id": self.index, "enable_cuda_graph": "1"})]
+        return self.providers
+
+    def _session(self, graph: str) -> OrtExecutor:
+        path = graph_file(self.artifacts, self.manifest, graph)
+        opts = self.ort.SessionOptions()
+        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = log_severity()
+        if self.kind == "cpu":
+            opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        try:
+            source: str | bytes = str(path)
+            if self.emulation:
+                from vqdeploy.runtime.backends.bf16_emulation import load_emulated
+
+                source = load_emulated(path)
+            session = self.ort.InferenceSession(source, opts, providers=self._providers(graph))
+        except VQDeployError:
+            raise
+        except Exception as e:  # noqa: BLE001 (onnx and onnxruntime raise their own, unexported exception types)
+            if self.captures(graph):
+                raise BackendError(f"{path}: onnxruntime cannot run it with CUDA graphs ({one_line(e)[:200]}); "
+                                   "run without --cuda-graphs") from None
+            raise ArtifactError(f"{path}: onnxruntime cannot load it ({one_line(e)[:200]})") from None
+        check_io(session, graph, self.graph(graph), path)
+        capture = False if self.captures(graph) else None
+        return OrtExecutor(session, self.kind, self.index, graph, self.ort, capture)

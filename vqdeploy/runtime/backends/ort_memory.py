@@ -4,11 +4,12 @@ no other GPU library. Each allocation is one OrtValue of the buffer's storage ty
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import numpy as np
 
-from vqdeploy.runtime.backends.buffers import STORAGE, Buffer, host_array
+from vqdeploy.runtime.backends.buffers import STORAGE, Buffer, check_copy, host_array
 
 
 class OrtDeviceMemory:
@@ -16,6 +17,7 @@ class OrtDeviceMemory:
         self.ort = ort
         self.device = device
         self.index = index
+        self.cuda: Any = None  # cuda-python, for device copies (CUDA graphs with the sampler graph)
 
     def empty(self, shape: tuple[int, ...], dtype: str) -> Buffer:
         value = self.ort.OrtValue.ortvalue_from_shape_and_type(list(shape), STORAGE[dtype], self.device, self.index)
@@ -36,6 +38,20 @@ class OrtDeviceMemory:
 
     def download(self, buf: Buffer) -> np.ndarray:
         return np.asarray(self._owner(buf).numpy())
+
+    def copy(self, src: Buffer, dst: Buffer) -> None:
+        """ONNX Runtime's Python API copies whole OrtValues at best, not a token into a row of a larger
+        buffer: cuda-python does it (``run_with_iobinding`` has returned, so the device is idle)."""
+        check_copy(src, dst)
+        if self.device == "cpu":
+            ctypes.memmove(dst.ptr, src.ptr, src.nbytes)
+            return
+        from vqdeploy.runtime.backends.cuda_memory import CudaRuntime
+
+        if self.cuda is None:
+            self.cuda = CudaRuntime()
+        cuda = self.cuda
+        cuda.call("cudaMemcpy", dst.ptr, src.ptr, src.nbytes, cuda.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice)
 
     def synchronize(self) -> None:
         pass  # update_inplace and numpy() are synchronous; run_with_iobinding returns when done

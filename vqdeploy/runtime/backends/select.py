@@ -42,7 +42,7 @@ def load_reference_model(manifest: dict[str, Any], ckpt: str | None = None, conf
 
 def open_backend(name: str, artifacts: Path, manifest: dict[str, Any], device: str | None = None,
                  ckpt: str | None = None, config: str | None = None, model: Any = None,
-                 log: Callable[[str], None] | None = None) -> Backend:
+                 log: Callable[[str], None] | None = None, cuda_graphs: bool = False) -> Backend:
     """``name`` (or ``auto``) on ``device`` (None: resolved by ``devices.resolve_device``, and the choice
     reported on ``log`` where there was one to make: a GPU, or a reason not to use it)."""
     if name == "auto":
@@ -51,6 +51,8 @@ def open_backend(name: str, artifacts: Path, manifest: dict[str, Any], device: s
     resolved, why = resolve_device(name, device)
     if device is None and (why or resolved != "cpu"):  # a GPU machine: say which way the choice went
         announce(name, resolved, why, log)
+    if cuda_graphs and not resolved.startswith("cuda"):
+        raise BackendError(f"--cuda-graphs needs a CUDA device; {name} runs on the CPU here")
     if name == "torch":
         try:
             from vqdeploy.runtime.backends.torch_backend import TorchBackend
@@ -58,18 +60,18 @@ def open_backend(name: str, artifacts: Path, manifest: dict[str, Any], device: s
             raise BackendError("the torch backend needs PyTorch: pip install torch") from None
 
         return TorchBackend(model if model is not None else load_reference_model(manifest, ckpt, config), manifest,
-                            resolved)
+                            resolved, cuda_graphs)
     if name == "onnxruntime":
         from vqdeploy.export.manifest import verify_graph_files
         from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         verify_graph_files(artifacts, manifest)
-        return OnnxRuntimeBackend(artifacts, manifest, resolved)
+        return OnnxRuntimeBackend(artifacts, manifest, resolved, cuda_graphs)
     try:
         from vqdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
     except ImportError as e:
         raise BackendError(f"the tensorrt backend is not available ({e})") from None
-    return TensorRTBackend(artifacts, manifest, resolved)
+    return TensorRTBackend(artifacts, manifest, resolved, cuda_graphs=cuda_graphs)
 
 
 def tensorrt_installed() -> bool:

@@ -18,8 +18,8 @@ KV cache: the transformer's ``cache_out.*`` outputs come from TensorRT's KVCache
 parsed ONNX TensorScatter) and alias the ``cache.*`` inputs; ``GraphBackend`` binds both names to the
 same buffer, so the update is in place and a step has the same shapes and addresses at every
 position (only the device-side ``position`` value changes). That is what a captured CUDA graph
-needs; capture is not wired up yet. TensorRT-RTX has its own capture (``cuda_graphs=True`` turns on
-IRuntimeConfig.cuda_graph_strategy); datacenter TensorRT runs without graphs.
+needs: with ``cuda_graphs=True`` TensorRT-RTX captures by itself (IRuntimeConfig.cuda_graph_strategy)
+and datacenter TensorRT's step enqueue is captured explicitly and replayed (``cuda_graphs.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 
 from vqdeploy.errors import ArtifactError, BackendError, InputError
 from vqdeploy.runtime.backends.buffers import Buffer, Memory
+from vqdeploy.runtime.backends.cuda_graphs import CapturedLaunches
 from vqdeploy.runtime.backends.graph_backend import GraphBackend
 from vqdeploy.trt import check
 from vqdeploy.trt.logs import BuildLog, Discard, last_error
@@ -74,7 +75,7 @@ class TrtExecutor:
 
     def __init__(self, label: str, ctx: trt.IExecutionContext, entry: dict[str, Any], profile: str,
                  stream: int, scratch: Buffer, memory: SharedActivations | None, rtx: bool,
-                 errors: list[str] | None = None) -> None:
+                 errors: list[str] | None = None, captured: CapturedLaunches | None = None) -> None:
         self.label = label
         self.errors = errors if errors is not None else []  # the runtime logger's last errors
         self.ctx = ctx
@@ -84,6 +85,7 @@ class TrtExecutor:
         self.scratch = scratch  # an address for zero-size tensors
         self.memory = memory
         self.rtx = rtx
+        self.captured = captured  # explicit CUDA-graph capture (datacenter TensorRT's step)
         self.checked: set[tuple[tuple[int, ...], ...]] = set()  # input shapes whose output shapes were verified
 
     def _address(self, t: Buffer) -> int:
@@ -114,7 +116,14 @@ class TrtExecutor:
         if self.memory is not None and self.rtx:
             # TensorRT-RTX sizes activations per shape; datacenter TensorRT's per-profile size is an upper bound
             self.memory.ensure(ctx.update_device_memory_size_for_shapes())
-        if not ctx.execute_async_v3(self.stream):
+        if self.captured is None:
+            self._enqueue()
+        else:
+            bound = tuple((n, tuple(t.shape), t.ptr) for n, t in (*inputs.items(), *outputs.items()))
+            self.captured.launch(bound, self._enqueue)
+
+    def _enqueue(self) -> None:
+        if not self.ctx.execute_async_v3(self.stream):
             raise BackendError(f"{self.label}: TensorRT failed to enqueue the engine ({last_error(self.errors)})")
 
 
@@ -144,8 +153,10 @@ class TensorRTBackend(GraphBackend):
         # printed only when debugging
         self.log = BuildLog(sys.stderr, "warning") if os.environ.get("VQDEPLOY_DEBUG") else BuildLog(Discard(), "error")
         self.runtime = trt.Runtime(self.log.logger)
-        self.cuda_graphs = cuda_graphs and self.api.rtx
-        # RTX's own graph capture records buffer addresses: give each context its own memory then
+        # TensorRT-RTX captures by itself; datacenter TensorRT's step enqueue is captured explicitly
+        self.cuda = cuda
+        self.cuda_graphs = cuda_graphs
+        # a captured graph records buffer addresses: give each context its own activation memory then
         self.memory_pool = SharedActivations(memory) if share_memory and not self.cuda_graphs else None
         self._engines: dict[str, tuple[trt.ICudaEngine, dict[str, Any]]] = {}
         self._executors: dict[tuple[str, str], TrtExecutor] = {}
@@ -182,7 +193,7 @@ class TensorRTBackend(GraphBackend):
     def _context(self, engine: trt.ICudaEngine) -> trt.IExecutionContext:
         strategy = (trt.ExecutionContextAllocationStrategy.USER_MANAGED if self.memory_pool is not None
                     else trt.ExecutionContextAllocationStrategy.STATIC)
-        if self.cuda_graphs:
+        if self.cuda_graphs and self.api.rtx:
             config = engine.create_runtime_config()
             config.set_execution_context_allocation_strategy(strategy)
             config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
@@ -208,6 +219,10 @@ class TensorRTBackend(GraphBackend):
             if self.memory_pool is not None:
                 self.memory_pool.attach(ctx, engine.get_device_memory_size_for_profile_v2(index))
             label = graph if len(order) == 1 else f"{graph} ({profile})"
+            captured = None
+            if self.cuda_graphs and not self.api.rtx and profile == "step":
+                captured = CapturedLaunches(self.cuda, self.stream)
             ex = self._executors[(graph, profile)] = TrtExecutor(label, ctx, entry, profile, self.stream, self.scratch,
-                                                                 self.memory_pool, self.api.rtx, self.log.errors)
+                                                                 self.memory_pool, self.api.rtx, self.log.errors,
+                                                                 captured)
         return ex

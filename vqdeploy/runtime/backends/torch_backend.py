@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from vqdeploy.errors import ArtifactError, InputError
+from vqdeploy.errors import ArtifactError, BackendError, InputError
 from vqdeploy.export.graphs import DecoderGraph, EncoderGraph
 from vqdeploy.limits import MAX_SAMPLES
-from vqdeploy.models.kv_cache import KVCache
+from vqdeploy.models.kv_cache import KVCache, write_at
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.models.net2net import Net2NetTransformer
 from vqdeploy.models.vqgan import VQModel
@@ -20,13 +20,22 @@ from vqdeploy.models.vqgan import VQModel
 
 class TorchTransformer:
     """The KV-cached GPT on a fixed-capacity cache (block size) written in place: the buffers are
-    allocated when a batch first needs them and reused by every later generation of that batch."""
+    allocated when a batch first needs them and reused by every later generation of that batch.
 
-    def __init__(self, gpt: GPT, device: torch.device) -> None:
+    ``cuda_graphs`` (CUDA only): the one-token step is captured once per batch size as a CUDA graph
+    (``torch.cuda.CUDAGraph``) over static token and position tensors and replayed at every later
+    step; the position is read on the device (``kv_cache.write_at``), so one capture serves every
+    position. The prefill runs eagerly."""
+
+    def __init__(self, gpt: GPT, device: torch.device, cuda_graphs: bool = False) -> None:
+        if cuda_graphs and device.type != "cuda":
+            raise BackendError("CUDA graphs need a CUDA device (the torch backend runs on the CPU here)")
         self.gpt = gpt
         self.device = device
         self.cache: KVCache | None = None
         self.batch = 0
+        self.cuda_graphs = cuda_graphs
+        self.graphs: dict[int, StepGraph] = {}
 
     @property
     def length(self) -> int:
@@ -35,6 +44,7 @@ class TorchTransformer:
     def reset(self, batch: int) -> None:
         if self.cache is None or self.cache.batch != batch:
             self.cache = self.gpt.new_cache(batch, device=self.device)
+            self.graphs = {}  # captured over the old buffers
         self.cache.length, self.batch = 0, batch
 
     @torch.no_grad()
@@ -44,15 +54,52 @@ class TorchTransformer:
         if self.length + tokens.shape[1] > self.gpt.block_size:
             raise InputError(f"transformer: {self.length + tokens.shape[1]} tokens exceed the block size")
         idx = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(self.device)
-        logits, self.cache = self.gpt.forward_cached(idx, self.cache)
+        if self.cuda_graphs and tokens.shape[1] == 1:
+            graph = self.graphs.get(self.batch)
+            if graph is None:
+                graph = self.graphs[self.batch] = StepGraph(self.gpt, self.cache, idx, self.length)
+            logits = graph.replay(idx, self.length)
+            self.cache.length += 1
+        else:
+            logits, self.cache = self.gpt.forward_cached(idx, self.cache)
         return logits.float().cpu().numpy()
+
+
+class StepGraph:
+    """One-token steps of one batch size, captured once (after warm-up runs on a side stream, as
+    PyTorch's CUDA-graph notes prescribe) and replayed with new token and position values."""
+
+    def __init__(self, gpt: GPT, cache: KVCache, idx: torch.Tensor, position: int) -> None:
+        self.idx = idx.clone()
+        self.position = torch.tensor([position], dtype=torch.int64, device=idx.device)
+        layers = cache.layers
+
+        def step() -> torch.Tensor:
+            return gpt.forward_at(self.idx, self.position, layers, write_at(self.position))[0]
+
+        # the warm-up runs compute this very step (same token, same position): their cache writes are the real ones
+        side = torch.cuda.Stream(device=idx.device)
+        side.wait_stream(torch.cuda.current_stream(idx.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream(idx.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = step()
+
+    def replay(self, idx: torch.Tensor, position: int) -> torch.Tensor:
+        self.idx.copy_(idx)
+        self.position.fill_(position)
+        self.graph.replay()
+        return self.logits
 
 
 class TorchBackend:
     name = "torch"
     emulation: str | None = None
 
-    def __init__(self, model: nn.Module, manifest: dict[str, Any], device: str = "cpu") -> None:
+    def __init__(self, model: nn.Module, manifest: dict[str, Any], device: str = "cpu", cuda_graphs: bool = False) -> None:
         self.device = device
         self.manifest = manifest
         self.torch_device = torch.device(device)
@@ -72,7 +119,9 @@ class TorchBackend:
             self.cond_graph = EncoderGraph(model.cond_stage_model, torch.float32,
                                       pre["num_classes"] if pre["kind"] == "onehot" else None,
                                       int(cond.get("downsample_cond_size", -1)))
-        self._runner = TorchTransformer(model.transformer, self.torch_device) if isinstance(model, Net2NetTransformer) else None
+        self.cuda_graphs = cuda_graphs
+        self._runner = (TorchTransformer(model.transformer, self.torch_device, cuda_graphs)
+                        if isinstance(model, Net2NetTransformer) else None)
 
     def max_batch(self, graph: str) -> int:
         """PyTorch takes any batch; the request limit applies."""
