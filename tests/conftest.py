@@ -60,3 +60,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.section("fixture sanity: measured minima")
         for name in sorted(MINIMA):
             terminalreporter.write_line(f"{name:70s} {MINIMA[name]:.3e}")
+
+
+@pytest.fixture(scope="session")
+def demo_export(tmp_path_factory) -> Path:
+    """The bundled demo model exported once per session (fp32, no parity check): artifacts dir."""
+    from vqdeploy.export.exporter import export
+
+    out = tmp_path_factory.mktemp("demo-export") / "artifacts"
+    export(Path(__file__).resolve().parent.parent / "models" / "demo" / "checkpoints" / "last.ckpt", out,
+           parity=False, log=lambda m: None)
+    return out

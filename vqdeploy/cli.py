@@ -92,3 +92,7 @@ main.add_command(bench)
 from vqdeploy.trt.command import build_trt
 
 main.add_command(build_trt)
+
+from vqdeploy.serve.command import serve
+
+main.add_command(serve)

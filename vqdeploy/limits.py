@@ -18,6 +18,7 @@ AREA_FACTOR = 16  # default image budget: 16x the trained area (4x each side; sl
 MAX_SEED = 2**63  # seeds are 0 <= seed < 2^63 (numpy's SeedSequence takes non-negative integers)
 MAX_SAMPLES = 4096  # per call; a backend's batch limit applies on top
 MAX_TOP_K = 2**31 - 1
+MAX_UPLOAD_BYTES = 4 * 2**20  # `serve`: a whole request body (condition image included), read into memory only
 
 
 def trained_pixels(info: dict[str, Any]) -> int:

@@ -9,6 +9,7 @@ import click
 
 from vqdeploy.runtime.backends.devices import BACKEND_CHOICES, DEVICES
 from vqdeploy.runtime.generator import SAMPLERS
+from vqdeploy.runtime.sampling import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 
 _BACKEND = click.Choice(BACKEND_CHOICES)
 
@@ -33,14 +34,14 @@ Examples:
 @click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path), help=_ARTIFACTS)
 @click.option("--backend", type=_BACKEND, default="auto", show_default=True, help=_BACKEND_HELP)
 @click.option("--device", type=click.Choice(DEVICES), default=None, help=_DEVICE_HELP)
-@click.option("--num-samples", type=int, default=1, show_default=True,
+@click.option("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES, show_default=True,
               help="Images to sample; beyond the backend's batch limit they run in batches (same images).")
-@click.option("--temperature", type=float, default=1.0, show_default=True,
+@click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True,
               help="Divides the logits: < 1 sharper, > 1 more varied; 0 = greedy (always the most likely token).")
-@click.option("--top-k", type=int, default=100, show_default=True,
+@click.option("--top-k", type=int, default=DEFAULT_TOP_K, show_default=True,
               help="Sample among the k most likely tokens; 1 = greedy; more than the vocabulary keeps all.")
 @click.option("--top-p", type=float, default=None, help="Nucleus sampling: the most likely tokens with mass p, in (0, 1].")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
               help="0 <= seed < 2^63; sample i of a seed is the same on every backend and batch size.")
 @click.option("--class", "class_id", type=int, default=None, help="Class id for class-conditional models.")
 @click.option("--size", default=None,

@@ -49,6 +49,22 @@ class HostDecoding:
         return self.out[:, : self.drawn].copy()
 
 
+class RowParamsDecoding(HostDecoding):
+    """``HostDecoding`` whose rows may use different sampling parameters (``serve`` batches requests
+    with different temperature / top-k / top-p): each group of rows is drawn with its own params.
+    ``next_tokens`` works row by row, so a row's tokens are those of a batch of its params alone."""
+
+    def __init__(self, runner: TransformerRunner, groups: list[tuple[SamplingParams, np.ndarray]],
+                 noise: np.ndarray) -> None:
+        super().__init__(runner, groups[0][0], noise)
+        self.groups = groups
+
+    def draw(self) -> None:
+        for params, rows in self.groups:
+            self.out[rows, self.drawn] = next_tokens(self.logits[rows], self.noise[self.drawn, rows], params)
+        self.drawn += 1
+
+
 SAMPLERS = ("host", "graph")
 
 

@@ -18,26 +18,32 @@ MAX_PIXELS = DECODE_PIXELS  # beyond this a PNG is treated as a decompression bo
 
 def _open(path: Path, budget: int | None = None) -> Any:
     """Open and decode ``path``; ``budget`` (pixels) is checked on the header, before decoding."""
-    from PIL import Image, UnidentifiedImageError
-
     if not path.is_file():
         raise InputError(f"input image not found: {path}")
+    return decode_image(path, str(path), budget)
+
+
+def decode_image(source: Any, what: str, budget: int | None = None) -> Any:
+    """Decode a path or a binary file object (e.g. ``io.BytesIO`` of an upload: nothing touches the disk)
+    into a PIL image; ``budget`` (pixels) and the decompression-bomb limit are checked on the header."""
+    from PIL import Image, UnidentifiedImageError
+
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
             if img.width * img.height > MAX_PIXELS:
-                raise InputError(f"{path}: {img.width}x{img.height} is too large (limit {MAX_PIXELS} pixels)")
+                raise InputError(f"{what}: {img.width}x{img.height} is too large (limit {MAX_PIXELS} pixels)")
             if budget is not None:
-                check_pixels(img.height, img.width, budget, str(path))
+                check_pixels(img.height, img.width, budget, what)
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{path}: refused: the image is a decompression bomb (over {MAX_PIXELS} pixels)") from None
+        raise InputError(f"{what}: refused: the image is a decompression bomb (over {MAX_PIXELS} pixels)") from None
     except UnidentifiedImageError:
-        raise InputError(f"{path}: not an image PIL can read") from None
+        raise InputError(f"{what}: not an image PIL can read") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise InputError(f"{path}: corrupt image ({e})") from None
+        raise InputError(f"{what}: corrupt image ({e})") from None
     return img
 
 

@@ -16,10 +16,17 @@ import numpy as np
 from vqdeploy.limits import MAX_TOP_K, check_finite, check_int, check_seed
 
 
+# ``vqdeploy run``'s and ``vqdeploy serve``'s defaults (one place, so both give the same images)
+DEFAULT_SEED = 0
+DEFAULT_NUM_SAMPLES = 1
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_K = 100
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 1.0
-    top_k: int | None = 100
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int | None = DEFAULT_TOP_K
     top_p: float | None = None
 
     def __post_init__(self) -> None:

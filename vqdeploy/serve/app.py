@@ -1,0 +1,406 @@
+"""The HTTP application (Starlette): generate (JSON or a server-sent event stream), model, health,
+metrics and the sketch pad page. One backend per process, driven by the ``Batcher``'s engine thread;
+the event loop only parses, queues and answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from vqdeploy.errors import InputError, VQDeployError
+from vqdeploy.limits import MAX_UPLOAD_BYTES, pixel_budget
+from vqdeploy.runtime.pipeline import Pipeline
+from vqdeploy.serve.batcher import Batcher, QueueFull
+from vqdeploy.serve.engine import Abandoned, Engine, Item, Job, JobResult
+from vqdeploy.serve.metrics import Metrics
+from vqdeploy.serve.requests import FIELDS, FieldError, GenerateRequest, condition_bytes, encode_pngs, parse_fields, \
+    read_condition
+
+ROUTES = ("/", "/v1/generate", "/v1/generate/stream", "/v1/model", "/healthz", "/metrics")
+PROGRESS_EVERY_S = 0.05  # progress events are coalesced to at most one per 50 ms
+
+
+@dataclass
+class ServeConfig:
+    """Limits of one server; each is an option of ``vqdeploy serve``."""
+
+    max_batch: int | None = None  # rows per engine batch (default and cap: the backend's batch limit)
+    max_wait_s: float = 0.02  # how long the oldest request waits for others to share its batch
+    max_queue: int = 32  # requests waiting beyond the running batch; more get 429
+    request_timeout_s: float = 120.0  # arrival to answer; then 504 and the request's rows are dropped
+    max_upload_bytes: int = MAX_UPLOAD_BYTES  # a whole request body
+    max_samples: int = 16  # num_samples per request
+    max_pixels: int | None = None  # condition image budget (default: 16x the trained area)
+
+
+class Server:
+    """What the routes share: the pipeline, its engine and batcher, the metrics, the limits."""
+
+    def __init__(self, pipeline: Pipeline, config: ServeConfig) -> None:
+        self.pipeline = pipeline
+        self.info = pipeline.info
+        self.config = config
+        self.metrics = Metrics()
+        self.engine = Engine(pipeline)
+        self.batcher = Batcher(self.engine, config.max_batch, config.max_wait_s, config.max_queue, self._on_batch)
+        self.started = time.time()
+
+    def _on_batch(self, batch: list[Item], timings: dict[str, float]) -> None:
+        rows = sum(it.count for it in batch)
+        self.metrics.batch(rows, len({id(it.job) for it in batch}), rows * self.engine.steps, timings)
+        self._queue_gauges()
+
+    def _queue_gauges(self) -> None:
+        self.metrics.queue_jobs.set(self.batcher.waiting_jobs())
+        self.metrics.queue_rows.set(self.batcher.waiting_rows())
+
+    def model(self) -> dict[str, Any]:
+        """What a client needs to build a request: the manifest's model description and the limits."""
+        info = {k: v for k, v in self.info.items() if k != "permuter"}
+        info["permuter"] = {"name": self.info["permuter"]["name"]}
+        from vqdeploy.runtime.sampling import SamplingParams
+
+        d = SamplingParams()
+        return {
+            "model": info,
+            "backend": {"name": self.pipeline.backend.name, "device": self.pipeline.backend.device},
+            "defaults": {"seed": GenerateRequest().seed, "num_samples": GenerateRequest().num_samples,
+                         "temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p},
+            "limits": {"max_samples": self.config.max_samples, "max_upload_bytes": self.config.max_upload_bytes,
+                       "max_pixels": pixel_budget(self.info, self.config.max_pixels),
+                       "max_batch": self.batcher.max_batch, "max_queue": self.config.max_queue,
+                       "request_timeout_s": self.config.request_timeout_s},
+            "fields": list(FIELDS),
+        }
+
+
+def error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": {"field": field, "message": message, "status": status}}, status, headers=headers)
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The whole body, refused (413) past ``limit`` bytes whether or not Content-Length says so."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise FieldError("body", f"the request body is {declared} bytes, over the limit of {limit}", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise FieldError("body", f"the request body is over the limit of {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_body(request: Any, limit: int) -> tuple[dict[str, Any], bytes | None]:
+    """(fields, condition bytes) of a multipart/form-data or JSON body, parsed in memory (the file
+    part is never spooled to disk: the spool limit is above the body limit)."""
+    body = await read_body(request, limit)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not body and ctype in ("", "multipart/form-data", "application/json"):
+        return {}, None
+    if ctype == "application/json":
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FieldError("body", f"malformed JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise FieldError("body", "the JSON body must be an object of fields")
+        cond = data.pop("condition", None)
+        return data, (None if cond is None else condition_bytes(cond))
+    if ctype == "application/x-www-form-urlencoded":  # an HTML form without a file
+        from urllib.parse import parse_qsl
+
+        fields = {}
+        for name, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=len(FIELDS) + 1):
+            if name in fields:
+                raise FieldError(name, f"field {name!r} is given more than once")
+            fields[name] = value
+        if "condition" in fields:
+            raise FieldError("condition", "condition must be a file part (an image): send multipart/form-data")
+        return fields, None
+    if ctype != "multipart/form-data":
+        raise FieldError("body", f"Content-Type {ctype or '(none)'}: send multipart/form-data, "
+                                 "application/x-www-form-urlencoded or application/json", 415)
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+        yield b""
+
+    parser = MultiPartParser(request.headers, stream(), max_files=1, max_fields=len(FIELDS), max_part_size=limit)
+    parser.spool_max_size = limit + 1
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise FieldError("body", f"malformed multipart body: {e.message}") from None
+    fields: dict[str, Any] = {}
+    condition = None
+    try:
+        for name, value in form.multi_items():
+            if name in fields or (name == "condition" and condition is not None):
+                raise FieldError(name, f"field {name!r} is given more than once")
+            if hasattr(value, "read"):  # an UploadFile
+                if name != "condition":
+                    raise FieldError(name, f"field {name!r} is not a file; only 'condition' is")
+                condition = await value.read()
+            elif name == "condition":
+                raise FieldError("condition", "condition must be a file part (an image), not a text field")
+            else:
+                fields[name] = value
+    finally:
+        await form.close()
+    return fields, condition
+
+
+def result_json(result: JobResult, req: GenerateRequest) -> dict[str, Any]:
+    p = req.params
+    return {"images": encode_pngs(result.images), "seed": req.seed, "tokens": result.tokens.tolist(),
+            "num_samples": req.num_samples,
+            "params": {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "class_id": req.class_id},
+            "timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "notes": req.notes}
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class Call:
+    """One generate request on its way through the queue: the asyncio side of a ``Job``."""
+
+    def __init__(self, server: Server, req: GenerateRequest) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = server
+        self.req = req
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.arrived = time.perf_counter()
+        self.started = 0.0
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if not self.started:
+                self.started = now
+                server.metrics.queue_wait.observe(now - self.arrived)
+            if done == total or now - last[0] >= PROGRESS_EVERY_S:
+                last[0] = now
+                loop.call_soon_threadsafe(self.events.put_nowait, ("progress", {"done": done, "total": total}))
+
+        def partial(rows: int, images: list[np.ndarray]) -> None:
+            loop.call_soon_threadsafe(self.events.put_nowait, ("partial", (rows, np.stack(images))))
+
+        def done(result: Any) -> None:
+            loop.call_soon_threadsafe(self._finish, result)
+
+        self.job = Job(req, progress, partial, done)
+
+    def _finish(self, result: Any) -> None:
+        if not self.future.done():
+            if isinstance(result, BaseException):
+                self.future.set_exception(result)
+            else:
+                self.future.set_result(result)
+            self.events.put_nowait(("done", None))
+
+    def submit(self) -> None:
+        self.server.batcher.submit(self.job)
+        self.server._queue_gauges()
+
+    @property
+    def remaining(self) -> float:
+        return self.server.config.request_timeout_s - (time.perf_counter() - self.arrived)
+
+    def cancel(self, reason: str) -> None:
+        if not self.job.cancelled.is_set() and not self.future.done():
+            self.server.metrics.rejected.labels(reason).inc()
+        self.job.cancelled.set()
+        self.server._queue_gauges()
+
+
+def failure(e: BaseException) -> Any:
+    """The JSON answer for an exception from parsing or the engine."""
+    if isinstance(e, FieldError):
+        return error(e.status, str(e), e.field)
+    if isinstance(e, QueueFull):
+        return error(429, f"the queue is full ({e}); retry later", None, {"Retry-After": str(e.retry_after)})
+    if isinstance(e, InputError):
+        return error(400, str(e))
+    if isinstance(e, VQDeployError):
+        return error(500, str(e))
+    return error(500, f"internal error: {type(e).__name__}: {e}")
+
+
+def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
+    """The Starlette application serving ``pipeline`` (the engine thread starts with the first request
+    or the app's startup, and stops at its shutdown)."""
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    server = Server(pipeline, config or ServeConfig())
+
+    async def prepare(request: Request) -> Call:
+        fields, data = await parse_body(request, server.config.max_upload_bytes)
+        req = parse_fields(fields, server.info, server.config.max_samples)
+        req.condition, req.notes = await run_in_threadpool(read_condition, data, server.info, server.config.max_pixels)
+        call = Call(server, req)
+        try:
+            call.submit()
+        except QueueFull:
+            server.metrics.rejected.labels("queue_full").inc()
+            raise
+        return call
+
+    async def generate(request: Request) -> Response:
+        try:
+            call = await prepare(request)
+        except Exception as e:  # noqa: BLE001 (every failure is a JSON answer)
+            return failure(e)
+        while not call.future.done():
+            if call.remaining <= 0:
+                call.cancel("timeout")
+                return error(504, f"the request took longer than {server.config.request_timeout_s}s")
+            await asyncio.wait({call.future}, timeout=min(0.25, call.remaining))
+            if not call.future.done() and await request.is_disconnected():
+                call.cancel("disconnected")
+                return Response(status_code=499)
+        try:
+            result = call.future.result()
+        except Abandoned:
+            return error(504, "the request was abandoned")
+        except Exception as e:  # noqa: BLE001
+            return failure(e)
+        body = await run_in_threadpool(result_json, result, call.req)
+        server.metrics.images.inc(call.req.num_samples)
+        server.metrics.latency.labels("/v1/generate").observe(time.perf_counter() - call.arrived)
+        return JSONResponse(body)
+
+    async def generate_stream(request: Request) -> Response:
+        """Server-sent events: queued, progress {done,total} (tokens), partial {rows,images} when
+        partial_every asks for it, then result (the JSON answer of /v1/generate) or error."""
+        try:
+            call = await prepare(request)
+        except Exception as e:  # noqa: BLE001
+            return failure(e)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield sse("queued", {"waiting": server.batcher.waiting_jobs(),
+                                     "total": call.req.num_samples * server.engine.steps})
+                while True:
+                    if call.remaining <= 0:
+                        call.cancel("timeout")
+                        message = f"the request took longer than {server.config.request_timeout_s}s"
+                        yield sse("error", {"error": {"field": None, "status": 504, "message": message}})
+                        return
+                    try:
+                        kind, data = await asyncio.wait_for(call.events.get(), timeout=min(1.0, call.remaining))
+                    except asyncio.TimeoutError:
+                        yield b": keep-alive\n\n"  # a write: a client that left is noticed here
+                        continue
+                    if kind == "progress":
+                        yield sse("progress", data)
+                    elif kind == "partial":
+                        rows, images = data
+                        yield sse("partial", {"rows": rows, "images": await run_in_threadpool(encode_pngs, images)})
+                    elif kind == "done":
+                        break
+                try:
+                    result = call.future.result()
+                except Exception as e:  # noqa: BLE001
+                    answer = failure(e)
+                    yield sse("error", json.loads(answer.body))
+                    return
+                body = await run_in_threadpool(result_json, result, call.req)
+                server.metrics.images.inc(call.req.num_samples)
+                server.metrics.latency.labels("/v1/generate/stream").observe(time.perf_counter() - call.arrived)
+                yield sse("result", body)
+            finally:
+                if not call.future.done():
+                    call.cancel("disconnected")
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def model(request: Request) -> Response:
+        return JSONResponse(server.model())
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "backend": server.pipeline.backend.name,
+                             "queue": server.batcher.waiting_jobs(),
+                             "uptime_s": round(time.time() - server.started, 1)})
+
+    async def metrics(request: Request) -> Response:
+        server._queue_gauges()
+        body, ctype = server.metrics.render()
+        return Response(body, media_type=ctype)
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(resources.files("vqdeploy.serve").joinpath("page/index.html").read_text("utf-8"))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error(exc.status_code, exc.detail or "error", headers=getattr(exc, "headers", None))
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        return failure(exc)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        server.batcher.start()
+        yield
+        server.batcher.stop()
+
+    app = Starlette(
+        routes=[Route("/", page), Route("/v1/generate", generate, methods=["POST"]),
+                Route("/v1/generate/stream", generate_stream, methods=["POST"]), Route("/v1/model", model),
+                Route("/healthz", healthz), Route("/metrics", metrics)],
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    return CountRequests(app, server.metrics)
+
+
+class CountRequests:
+    """ASGI middleware: every answer counted by route and status code, and the worker's pid in a header
+    (which replica answered, behind a load balancer)."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.state = app.state
+        self.pid = str(os.getpid()).encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        route = path if path in ROUTES else "other"
+
+        async def counting_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(route, str(message["status"])).inc()
+                message = {**message, "headers": [*message.get("headers", []), (b"x-vqdeploy-pid", self.pid)]}
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
