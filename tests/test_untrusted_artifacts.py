@@ -668,7 +668,7 @@ def _mutate(doc: Any, mutations: list[Any]) -> str:
             elif op == "rename" and isinstance(node, dict) and isinstance(value, str):
                 node[value] = node.pop(key)
             else:
-                node[key] = value
+                node[key] = copy.deepcopy(value)  # st.just({}) is one object: never nest it into itself
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation changed the path
     text = json.dumps(doc)
