@@ -30,13 +30,8 @@ class Recorder:
         self.inner.run(inputs, outputs)
 
 
-def test_onnxruntime_cache_is_written_in_place_with_static_step_shapes(exported) -> None:
-    _, out, manifest = exported("seg")
-    backend = OnnxRuntimeBackend(out, manifest)
-    graph = onnx.load(str(out / "transformer.onnx"), load_external_data=False)
-    assert "TensorScatter" in {n.op_type for n in graph.graph.node}
-    assert {o.domain: o.version for o in graph.opset_import}[""] == 24
-
+def record_transformer(backend: Any) -> dict[str, Recorder]:
+    """Wraps the backend's transformer executors; ``"transformer/<profile>"`` -> its recorder."""
     recorders: dict[str, Recorder] = {}
     inner = backend.executor
 
@@ -44,7 +39,18 @@ def test_onnxruntime_cache_is_written_in_place_with_static_step_shapes(exported)
         ex = inner(name, profile)
         return recorders.setdefault(f"{name}/{profile}", Recorder(ex)) if name == "transformer" else ex
 
-    backend.executor = executor  # type: ignore[method-assign]
+    backend.executor = executor
+    return recorders
+
+
+def test_onnxruntime_cache_is_written_in_place_with_static_step_shapes(exported) -> None:
+    _, out, manifest = exported("seg")
+    backend = OnnxRuntimeBackend(out, manifest)
+    graph = onnx.load(str(out / "transformer.onnx"), load_external_data=False)
+    assert "TensorScatter" in {n.op_type for n in graph.graph.node}
+    assert {o.domain: o.version for o in graph.opset_import}[""] == 24
+
+    recorders = record_transformer(backend)
     runner = backend.transformer()
     tokens = manifest["model"]["tokens"]
     batch, steps = 3, tokens["image"]
@@ -139,14 +145,7 @@ def test_cuda_graph_steps_bind_the_same_addresses_with_either_sampler(exported) 
     _, out, manifest = exported("seg")
     backend = OnnxRuntimeBackend(out, manifest)
     backend.cuda_graphs = True  # the address discipline, on CPU (capture itself needs a GPU)
-    recorders: dict[str, Recorder] = {}
-    inner = backend.executor
-
-    def executor(name: str, profile: str | None = None) -> Any:
-        ex = inner(name, profile)
-        return recorders.setdefault(f"{name}/{profile}", Recorder(ex)) if name == "transformer" else ex
-
-    backend.executor = executor  # type: ignore[method-assign]
+    recorders = record_transformer(backend)
     tokens = manifest["model"]["tokens"]
     batch, steps = 2, tokens["image"]
     cond = np.random.default_rng(4).integers(0, manifest["model"]["transformer"]["vocab_size"], (batch, tokens["cond"]))
