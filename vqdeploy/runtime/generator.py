@@ -68,18 +68,24 @@ class RowParamsDecoding(HostDecoding):
 SAMPLERS = ("host", "graph")
 
 
-def start_decoding(backend: Backend, sampler: str, params: SamplingParams, noise: np.ndarray,
-          logits_out: list[np.ndarray] | None = None) -> Decoding:
-    """A decoding on ``backend`` with the ``sampler`` strategy: "host" (numpy, every backend) or
-    "graph" (the exported sampler graph on the backend's device)."""
-    if sampler == "host":
-        return HostDecoding(backend.transformer(), params, noise, logits_out)
-    if sampler != "graph":
+def check_sampler(backend: Backend, sampler: str) -> None:
+    """``sampler`` is a strategy ``backend`` can run (checked before any work)."""
+    if sampler not in SAMPLERS:
         raise InputError(f"--sampler {sampler}: expected one of {', '.join(SAMPLERS)}")
-    device = backend.device_decoding(params, noise)
-    if device is None:
+    if sampler == "graph" and not backend.has_graph("sampler"):
         raise InputError(f"--sampler graph needs a graph backend (onnxruntime or tensorrt) and artifacts with a "
                          f"sampler graph; {backend.name} here has none")
+
+
+def start_decoding(backend: Backend, sampler: str, params: SamplingParams, noise: np.ndarray,
+                   logits_out: list[np.ndarray] | None = None) -> Decoding:
+    """A decoding on ``backend`` with the ``sampler`` strategy: "host" (numpy, every backend) or
+    "graph" (the exported sampler graph on the backend's device)."""
+    check_sampler(backend, sampler)
+    if sampler == "host":
+        return HostDecoding(backend.transformer(), params, noise, logits_out)
+    device = backend.device_decoding(params, noise)
+    assert device is not None, "a backend with a sampler graph has a device decoding"
     return device
 
 

@@ -21,7 +21,7 @@ from vqdeploy.limits import check_num_samples, check_pixels, check_seed, pixel_b
 from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.conditions import condition_grid
 from vqdeploy.runtime.images import as_condition, to_uint8
-from vqdeploy.runtime.generator import SAMPLERS, generate, generate_sliding, start_decoding
+from vqdeploy.runtime.generator import check_sampler, generate, generate_sliding, start_decoding
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
 
@@ -91,11 +91,7 @@ class Pipeline:
         """``sampler``: "host" (numpy, every backend) or "graph" (the exported sampler graph on the
         backend's device, so a GPU backend never copies logits to the host)."""
         check_request(manifest["model"])
-        if sampler not in SAMPLERS:
-            raise InputError(f"--sampler {sampler}: expected one of {', '.join(SAMPLERS)}")
-        if sampler == "graph" and not backend.has_graph("sampler"):
-            raise InputError(f"--sampler graph needs a graph backend (onnxruntime or tensorrt) and artifacts with a "
-                             f"sampler graph; {backend.name} here has none")
+        check_sampler(backend, sampler)
         self.backend = backend
         self.manifest = manifest
         self.sampler = sampler

@@ -68,20 +68,25 @@ class OrtExecutor:
         self.index = index
         self.ort = ort
         self.capture = capture  # None: the session does not capture
+        self.profiles: dict[bool, OrtExecutor] = {}
+        self.options: dict[int, Any] = {}  # gpu_graph_id -> RunOptions, made once (a step is a hot path)
 
     def profile(self, capture: bool) -> OrtExecutor:
         """This session, run captured (the step) or uncaptured (the prefill)."""
         if self.capture is None:
             return self
-        return OrtExecutor(self.session, self.kind, self.index, self.label, self.ort, capture)
+        if capture not in self.profiles:
+            self.profiles[capture] = OrtExecutor(self.session, self.kind, self.index, self.label, self.ort, capture)
+        return self.profiles[capture]
 
     def run_options(self, inputs: dict[str, Buffer]) -> Any:
         if self.capture is None:
             return None
-        opts = self.ort.RunOptions()
-        batch = next(iter(inputs.values())).shape[0] if self.capture else -1
-        opts.add_run_config_entry("gpu_graph_id", str(batch))  # >= 1 per batch size; -1: not captured
-        return opts
+        graph_id = next(iter(inputs.values())).shape[0] if self.capture else -1  # >= 1 per batch size; -1: uncaptured
+        if graph_id not in self.options:
+            opts = self.options[graph_id] = self.ort.RunOptions()
+            opts.add_run_config_entry("gpu_graph_id", str(graph_id))
+        return self.options[graph_id]
 
     def run(self, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> None:
         io = self.session.io_binding()
