@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vqdeploy.runtime.conditions import area_downsample, coord_map, coord_tokens
+from vqdeploy.conditions.coordinates import area_downsample, coord_map, coord_tokens
 
 
 @pytest.mark.parametrize("h,w,f,n", [(16, 16, 4, 256), (32, 64, 8, 1024), (256, 256, 16, 1024), (48, 80, 16, 512),

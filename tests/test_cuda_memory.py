@@ -112,7 +112,7 @@ def test_kv_transformer_on_device_memory_matches_host(tmp_path_factory: pytest.T
         mem = CudaMemory(0, CudaRuntime(FakeCudart()))
     fake = GraphBackend(out, manifest, "cuda", mem)
     fake.executor = host.executor  # type: ignore[method-assign]  # CPU sessions reading the "device" memory
-    tokens = manifest["model"]["tokens"]
+    tokens = manifest.raw["model"]["tokens"]
     cond = np.random.default_rng(0).integers(0, 64, (2, tokens["cond"]))
     params = SamplingParams(top_k=8)
     noise = uniform_noise(1, 2, tokens["image"])
@@ -121,7 +121,7 @@ def test_kv_transformer_on_device_memory_matches_host(tmp_path_factory: pytest.T
     on_device = [generate(start_decoding(be, "graph", params, noise), cond, tokens["image"]) for be in (fake, host)]
     assert np.array_equal(on_device[0], on_device[1])
     assert np.array_equal(on_device[0], want)  # the sampler graph draws what the host sampler draws
-    z = np.random.default_rng(1).integers(0, 64, (1, *manifest["model"]["first_stage"]["latent_grid"]))
+    z = np.random.default_rng(1).integers(0, 64, (1, *manifest.raw["model"]["first_stage"]["latent_grid"]))
     assert np.array_equal(fake.decode(z), host.decode(z))
 
 

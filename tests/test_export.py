@@ -22,24 +22,24 @@ VQ_ONLY = ("gumbel", "vq_remap")
 
 
 def _stages(manifest: dict) -> dict[str, dict]:
-    return {s["stage"]: s for s in manifest["parity"]["stages"]}
+    return {s["stage"]: s for s in manifest.raw["parity"]["stages"]}
 
 
 @pytest.mark.parametrize("name", NET2NET + VQ_ONLY)
 def test_export_passes_parity_and_describes_graphs(exported, name: str) -> None:
     _run, out, manifest = exported(name)
-    assert manifest == read_manifest(out)
-    assert manifest["parity"]["passed"], manifest["parity"]
+    assert manifest.raw == read_manifest(out).raw
+    assert manifest.raw["parity"]["passed"], manifest.raw["parity"]
     stages = _stages(manifest)
     expected = {"encoder", "decoder"}
-    if manifest["model"]["kind"] == "net2net":
+    if manifest.raw["model"]["kind"] == "net2net":
         expected |= {"transformer_teacher_forced", "transformer_kv_steps", "greedy_tokens", "sampler_graph"}
         assert stages["greedy_tokens"]["metrics"]["identical"] is True
-        assert stages["greedy_tokens"]["metrics"]["steps"] == manifest["model"]["tokens"]["image"]
+        assert stages["greedy_tokens"]["metrics"]["steps"] == manifest.raw["model"]["tokens"]["image"]
     if name == "seg":
         expected.add("cond_encoder")
     assert set(stages) == expected
-    for g in manifest["graphs"].values():
+    for g in manifest.raw["graphs"].values():
         path = out / g["file"]
         assert sha256_file(path) == g["sha256"]
         model = onnx.load(str(path), load_external_data=False)
@@ -57,7 +57,7 @@ def test_encoder_uses_nearest_code_custom_op_with_function_body(exported, name: 
     body = functions[("vqdeploy", "NearestCode")]
     assert {"MatMul", "ArgMin"} <= {n.op_type for n in body.node}
     assert ("vqdeploy", 1) in {(o.domain, o.version) for o in model.opset_import}
-    assert manifest["custom_domains"] == {"vqdeploy": 1}
+    assert manifest.raw["custom_domains"] == {"vqdeploy": 1}
 
 
 def test_gumbel_encoder_is_an_argmax_not_nearest_code(exported) -> None:
@@ -69,30 +69,30 @@ def test_gumbel_encoder_is_an_argmax_not_nearest_code(exported) -> None:
 
 def test_manifest_records_what_a_runtime_needs(exported) -> None:
     _, _out, m = exported("seg")
-    info = m["model"]
+    info = m.raw["model"]
     assert info["conditioning"]["preprocessing"] == {
         "kind": "onehot", "num_classes": 5, "input": "label map (PNG of class ids, or palette PNG)", "resize": "nearest"}
     assert info["conditioning"]["downsample_cond_size"] == 16
     assert info["tokens"] == {"cond": 16, "image": 16, "steps": 16}
     assert info["transformer"]["n_unmasked"] == 16
-    tr = m["graphs"]["transformer"]
+    tr = m.raw["graphs"]["transformer"]
     assert [t["name"] for t in tr["inputs"]][:4] == ["tokens", "position", "cache.0.key", "cache.0.value"]
     assert tr["inputs"][2]["shape"] == ["batch", info["transformer"]["n_head"], info["transformer"]["block_size"],
                                         info["transformer"]["head_dim"]]  # fixed capacity: the block size
     assert tr["outputs"][1]["name"] == "cache_out.0.key" and tr["outputs"][1]["shape"] == tr["inputs"][2]["shape"]
     assert set(tr["dims"]) == {"batch", "tokens"} and tr["profiles"]["prefill"]["tokens"][0] == 1
     assert tr["profiles"]["step"]["tokens"] == [1, 1, 1]
-    assert m["graphs"]["cond_encoder"]["inputs"][0] == {"name": "labels", "dtype": "int64", "shape": ["batch", "height", "width"]}
-    assert set(m["versions"]) >= {"vqdeploy", "torch", "onnx", "onnxscript"}
-    assert m["source"]["checkpoint"].endswith("last.ckpt")
-    zc = exported("sos_zcurve")[2]["model"]
+    assert m.raw["graphs"]["cond_encoder"]["inputs"][0] == {"name": "labels", "dtype": "int64", "shape": ["batch", "height", "width"]}
+    assert set(m.raw["versions"]) >= {"vqdeploy", "torch", "onnx", "onnxscript"}
+    assert m.raw["source"]["checkpoint"].endswith("last.ckpt")
+    zc = exported("sos_zcurve")[2].raw["model"]
     assert zc["permuter"]["name"] == "ZCurve" and sorted(zc["permuter"]["order"]) == list(range(16))
 
 
 def test_fp16_export_is_strongly_typed_and_within_fp16_tolerance(exported) -> None:
     _, out, m = exported("seg", "fp16")
-    assert m["parity"]["passed"], m["parity"]
-    tr = m["graphs"]["transformer"]
+    assert m.raw["parity"]["passed"], m.raw["parity"]
+    tr = m.raw["graphs"]["transformer"]
     assert {t["dtype"] for t in tr["inputs"][2:]} == {"float16"}  # the KV cache is fp16
     assert tr["outputs"][0]["dtype"] == "float32"  # logits stay fp32
     model = onnx.load(str(out / "decoder.onnx"))
@@ -102,10 +102,10 @@ def test_fp16_export_is_strongly_typed_and_within_fp16_tolerance(exported) -> No
 
 def test_bf16_export_keeps_bf16_in_the_graphs_and_passes_parity_by_emulation(exported) -> None:
     _, out, m = exported("seg", "bf16")
-    assert m["parity"]["passed"], m["parity"]
-    assert m["opset"] == 22  # the first opset whose Conv and Gemm accept bfloat16
-    assert m["parity"]["backend"] == "onnxruntime-cpu (bf16 emulated)"
-    tr = m["graphs"]["transformer"]
+    assert m.raw["parity"]["passed"], m.raw["parity"]
+    assert m.raw["opset"] == 22  # the first opset whose Conv and Gemm accept bfloat16
+    assert m.raw["parity"]["backend"] == "onnxruntime-cpu (bf16 emulated)"
+    tr = m.raw["graphs"]["transformer"]
     assert {t["dtype"] for t in tr["inputs"][2:]} == {"bfloat16"}  # the KV cache is bf16
     assert tr["outputs"][0]["dtype"] == "float32"  # logits stay fp32
     model = onnx.load(str(out / "decoder.onnx"))
@@ -124,7 +124,7 @@ def test_refuses_another_models_artifacts(exported, runs, tmp_path: Path) -> Non
     shutil.copytree(out, dest)
     with pytest.raises(ArtifactError, match="another model"):
         export(runs("first_stage").ckpt, dest, log=lambda m: None)
-    assert read_manifest(dest)["model_fingerprint"] == read_manifest(out)["model_fingerprint"]
+    assert read_manifest(dest).raw["model_fingerprint"] == read_manifest(out).raw["model_fingerprint"]
 
 
 def test_reexport_same_model_keeps_engines(exported, runs, tmp_path: Path) -> None:
@@ -135,7 +135,7 @@ def test_reexport_same_model_keeps_engines(exported, runs, tmp_path: Path) -> No
     (dest / "engines" / "marker").write_text("x")
     export(runs("class_subsample").ckpt, dest, parity=False, log=lambda m: None)
     assert (dest / "engines" / "marker").read_text() == "x"
-    assert read_manifest(dest)["parity"] == {"backend": "onnxruntime-cpu", "skipped": True}
+    assert read_manifest(dest).raw["parity"] == {"backend": "onnxruntime-cpu", "skipped": True}
 
 
 def test_refuses_non_empty_foreign_directory_and_file_destination(runs, tmp_path: Path) -> None:
@@ -193,13 +193,13 @@ def test_every_exported_graph_parses_and_builds_with_tensorrt_rtx(exported, name
     dest = tmp_path / "art"
     shutil.copytree(out, dest)
     data = build_engines(dest, BuildOptions(target_cc=("8.6",)), echo=lambda m: None)
-    assert set(data["engines"]) == set(manifest["graphs"])
+    assert set(data["engines"]) == set(manifest.raw["graphs"])
     for graph, entry in data["engines"].items():
         assert (dest / "engines" / entry["file"]).stat().st_size > 0
-        assert entry["graph"]["sha256"] == manifest["graphs"][graph]["sha256"]
-        assert list(entry["profiles"]) == list(manifest["graphs"][graph]["profiles"])
+        assert entry["graph"]["sha256"] == manifest.raw["graphs"][graph]["sha256"]
+        assert list(entry["profiles"]) == list(manifest.raw["graphs"][graph]["profiles"])
         names = [t["name"] for t in entry["inputs"]]
-        assert names == [t["name"] for t in manifest["graphs"][graph]["inputs"]]
+        assert names == [t["name"] for t in manifest.raw["graphs"][graph]["inputs"]]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -212,8 +212,8 @@ def test_graphs_with_external_data_export_check_and_build(runs, tmp_path: Path, 
     monkeypatch.setattr(onnx_export, "_EXTERNAL_DATA_BYTES", 0)
     out = tmp_path / "a"
     m = export(runs("first_stage").ckpt, out, precision=precision, log=lambda m: None)
-    assert m["parity"]["passed"], m["parity"]
-    with_params = [g for g in m["graphs"].values() if "external_data" in g]
+    assert m.raw["parity"]["passed"], m.raw["parity"]
+    with_params = [g for g in m.raw["graphs"].values() if "external_data" in g]
     assert {g["file"] for g in with_params} >= {"encoder.onnx", "transformer.onnx", "decoder.onnx"}
     for g in with_params:
         assert sha256_file(out / g["external_data"]["file"]) == g["external_data"]["sha256"]
@@ -224,7 +224,7 @@ def test_graphs_with_external_data_export_check_and_build(runs, tmp_path: Path, 
         from vqdeploy.trt.engines import BuildOptions, build_engines
 
         data = build_engines(out, BuildOptions(target_cc=("8.6",)), echo=lambda m: None)
-        assert set(data["engines"]) == set(m["graphs"])
+        assert set(data["engines"]) == set(m.raw["graphs"])
     data_file = out / with_params[0]["external_data"]["file"]
     data_file.write_bytes(data_file.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ArtifactError, match="does not match the manifest"):

@@ -52,9 +52,9 @@ def test_onnxruntime_cache_is_written_in_place_with_static_step_shapes(exported)
 
     recorders = record_transformer(backend)
     runner = backend.transformer()
-    tokens = manifest["model"]["tokens"]
+    tokens = manifest.raw["model"]["tokens"]
     batch, steps = 3, tokens["image"]
-    cond = np.random.default_rng(0).integers(0, manifest["model"]["transformer"]["vocab_size"], (batch, tokens["cond"]))
+    cond = np.random.default_rng(0).integers(0, manifest.raw["model"]["transformer"]["vocab_size"], (batch, tokens["cond"]))
     params = SamplingParams(temperature=1.0, top_k=8)
     first = sample_tokens(runner, cond, steps, params, uniform_noise(3, batch, steps))
     buffers = [b.ptr for b in runner.buffers]
@@ -69,7 +69,7 @@ def test_onnxruntime_cache_is_written_in_place_with_static_step_shapes(exported)
         for name in cache_names:
             assert ins[name] == outs[name.replace("cache.", "cache_out.")]  # bound as input and output: in place
             assert ins[name] == prefill[0][1][name]  # the same buffer at every call
-            assert shapes[name] == (batch, *manifest["graphs"]["transformer"]["inputs"][2]["shape"][1:])
+            assert shapes[name] == (batch, *manifest.raw["graphs"]["transformer"]["inputs"][2]["shape"][1:])
     assert all(shapes == step[0][0] for shapes, _, _ in step)  # identical step shapes at every position
     assert all(ins == step[0][1] and outs == step[0][2] for _, ins, outs in step)  # and identical addresses
 
@@ -78,7 +78,7 @@ def test_onnxruntime_steps_match_full_recomputation(exported) -> None:
     """Teacher-forced steps at every position against one prefill of the whole sequence."""
     _, out, manifest = exported("seg")
     runner = OnnxRuntimeBackend(out, manifest).transformer()
-    info = manifest["model"]
+    info = manifest.raw["model"]
     gpt = info["transformer"]
     seq = np.random.default_rng(1).integers(0, gpt["vocab_size"], (2, gpt["block_size"]))
     runner.reset(2)
@@ -146,9 +146,9 @@ def test_cuda_graph_steps_bind_the_same_addresses_with_either_sampler(exported) 
     backend = OnnxRuntimeBackend(out, manifest)
     backend.cuda_graphs = True  # the address discipline, on CPU (capture itself needs a GPU)
     recorders = record_transformer(backend)
-    tokens = manifest["model"]["tokens"]
+    tokens = manifest.raw["model"]["tokens"]
     batch, steps = 2, tokens["image"]
-    cond = np.random.default_rng(4).integers(0, manifest["model"]["transformer"]["vocab_size"], (batch, tokens["cond"]))
+    cond = np.random.default_rng(4).integers(0, manifest.raw["model"]["transformer"]["vocab_size"], (batch, tokens["cond"]))
     params = SamplingParams(temperature=1.0, top_k=8)
     noise = uniform_noise(9, batch, steps)
     host = sample_tokens(backend.transformer(), cond, steps, params, noise)

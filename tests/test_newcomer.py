@@ -143,7 +143,7 @@ def test_input_conventions_are_stated_and_inverted_or_rgb_sketches_are_flagged(d
 
     from vqdeploy.export.manifest import read_manifest
 
-    pre = read_manifest(demo)["model"]["conditioning"]["preprocessing"]
+    pre = read_manifest(demo).raw["model"]["conditioning"]["preprocessing"]
     assert "dark strokes on a light (white) background" in pre["input"]
     inverted, rgb = tmp_path / "inv.png", tmp_path / "rgb.png"
     ImageOps.invert(Image.open(SKETCH).convert("L")).save(inverted)

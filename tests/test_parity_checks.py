@@ -86,10 +86,10 @@ class Corrupt:
 def test_corrupted_stage_fails_its_check(exported, stage: str, failing: set[str]) -> None:
     _, out, manifest = exported("first_stage")
     reference = TorchBackend(load_reference_model(manifest), manifest)
-    reports = check_backend(reference, Corrupt(OnnxRuntimeBackend(out, manifest), stage), manifest["model"], "fp32")
+    reports = check_backend(reference, Corrupt(OnnxRuntimeBackend(out, manifest), stage), manifest.model, "fp32")
     assert {r.stage for r in reports if not r.passed} >= failing
     assert "sampler_graph" in {r.stage for r in reports}
-    good = check_backend(reference, OnnxRuntimeBackend(out, manifest), manifest["model"], "fp32")
+    good = check_backend(reference, OnnxRuntimeBackend(out, manifest), manifest.model, "fp32")
     assert all(r.passed for r in good)
 
 

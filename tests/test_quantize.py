@@ -42,7 +42,7 @@ def demo_q(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _stages(manifest: dict) -> dict[str, dict]:
-    return {s["stage"]: s for s in manifest["parity"]["stages"]}
+    return {s["stage"]: s for s in manifest.raw["parity"]["stages"]}
 
 
 # --- the quantizer itself --------------------------------------------------------------------------
@@ -72,11 +72,11 @@ def test_block_for_falls_back_to_a_divisor_or_skips() -> None:
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
 def test_quantized_export_of_the_demo(demo_q, scheme: str) -> None:
     out, manifest = demo_q(scheme)
-    assert manifest == read_manifest(out)
-    q = manifest["quantization"]
+    assert manifest.raw == read_manifest(out).raw
+    q = manifest.raw["quantization"]
     assert q["scheme"] == scheme and q["graphs"] == ["transformer"] and q["block_size"] == qz.DEFAULT_BLOCK[scheme]
     assert q["layers"] == 4 * 6 + 1  # per block q, k, v, proj, fc1, fc2; plus the head
-    assert manifest["parity"]["passed"], manifest["parity"]
+    assert manifest.raw["parity"]["passed"], manifest.raw["parity"]
     stages = _stages(manifest)
     tq = stages["transformer_quantized"]["metrics"]
     assert tq["kl_mean"] <= quantized_parity.QUANTIZED_TOLERANCES[scheme]["kl_mean"]
@@ -107,8 +107,8 @@ def test_vqgan_graphs_are_unchanged_and_the_transformer_shrinks(demo_q, exported
     for scheme in ("int8", "int4"):
         out, manifest = demo_q(scheme)
         for name in ("encoder", "cond_encoder", "decoder", "sampler"):
-            assert manifest["graphs"][name]["sha256"] == fp32["graphs"][name]["sha256"], name
-        ratio = manifest["graphs"]["transformer"]["bytes"] / fp32["graphs"]["transformer"]["bytes"]
+            assert manifest.raw["graphs"][name]["sha256"] == fp32.raw["graphs"][name]["sha256"], name
+        ratio = manifest.raw["graphs"]["transformer"]["bytes"] / fp32.raw["graphs"]["transformer"]["bytes"]
         assert ratio < (0.45 if scheme == "int8" else 0.3), ratio
 
 
@@ -130,14 +130,14 @@ def test_onnxruntime_fuses_every_quantized_matmul(demo_q, scheme: str, tmp_path:
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(out / "transformer.onnx"), opts, providers=["CPUExecutionProvider"])
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
-    assert ops["MatMulNBits"] == manifest["quantization"]["layers"]
+    assert ops["MatMulNBits"] == manifest.raw["quantization"]["layers"]
     assert ops["DequantizeLinear"] == 0
 
 
 def test_fp16_activations_with_int8_weights(runs, tmp_path: Path) -> None:
     run = runs("seg")
     manifest = export(run.ckpt, tmp_path / "seg", precision="fp16", quantize="int8", **QUIET)
-    assert manifest["parity"]["passed"], manifest["parity"]
+    assert manifest.raw["parity"]["passed"], manifest.raw["parity"]
     model = onnx.load(str(tmp_path / "seg" / "transformer.onnx"))
     inits = {i.name: i for i in model.graph.initializer}
     scales = [inits[n.input[1]] for n in model.graph.node if n.op_type == "DequantizeLinear"]
@@ -174,11 +174,12 @@ def test_wrong_scales_fail_the_quality_check(demo_q, tmp_path: Path) -> None:
         if init.name in scales:
             init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * 1.5, init.name))
     onnx.save(model, str(art / "transformer.onnx"))
-    manifest = json.loads(json.dumps(manifest))
-    manifest["graphs"]["transformer"]["sha256"] = sha256_file(art / "transformer.onnx")
-    write_manifest(art, manifest)
+    data = json.loads(json.dumps(manifest.raw))
+    data["graphs"]["transformer"]["sha256"] = sha256_file(art / "transformer.onnx")
+    write_manifest(art, data)
+    manifest = read_manifest(art)
     reference = TorchBackend(load_reference_model(manifest, None), manifest, "cpu")
-    reports = {r.stage: r for r in check_backend(reference, OnnxRuntimeBackend(art, manifest), manifest["model"],
+    reports = {r.stage: r for r in check_backend(reference, OnnxRuntimeBackend(art, manifest), manifest.model,
                                                  "fp32", greedy_steps=4, quantization="int8")}
     assert not reports["transformer_quantized"].passed, reports["transformer_quantized"].metrics
 
@@ -199,7 +200,7 @@ def test_manifest_quantization_is_validated(demo_q, tmp_path: Path, bad: dict) -
     src, manifest = demo_q("int4")
     art = tmp_path / "art"
     shutil.copytree(src, art)
-    m = json.loads(json.dumps(manifest))
+    m = json.loads(json.dumps(manifest.raw))
     m["quantization"].update(bad)
     write_manifest(art, m)
     with pytest.raises(ArtifactError, match="quantization"):
@@ -232,13 +233,13 @@ def test_bench_compares_quantized_exports_side_by_side(demo_q, tmp_path: Path) -
     rows = result["backends"]
     assert set(rows) == {"torch-cpu fp32 KV cache", "onnxruntime-cpu int8", "onnxruntime-cpu int8, sampler graph",
                          "onnxruntime-cpu int4", "onnxruntime-cpu int4, sampler graph"}
-    assert result["transformer_weight_bytes"] == m8["quantization"]["weight_bytes"]
+    assert result["transformer_weight_bytes"] == m8.raw["quantization"]["weight_bytes"]
     assert rows["onnxruntime-cpu int4"]["floor_ms"] < rows["onnxruntime-cpu int8"]["floor_ms"]
     assert all(r["tokens_per_s"] > 0 for r in rows.values())
     # another model's artifacts are refused before anything runs
     other = tmp_path / "other"
     shutil.copytree(int4, other)
-    m = json.loads(json.dumps(m4))
+    m = json.loads(json.dumps(m4.raw))
     m["model_fingerprint"] = "0" * 64
     write_manifest(other, m)
     with pytest.raises(InputError, match="another model"):

@@ -17,7 +17,7 @@ from vqdeploy.export.manifest import read_manifest
 from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from vqdeploy.runtime.backends.select import load_reference_model
 from vqdeploy.runtime.backends.torch_backend import TorchBackend
-from vqdeploy.runtime.conditions import coord_map
+from vqdeploy.conditions.coordinates import coord_map
 from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.sampling import SamplingParams
 
@@ -69,7 +69,7 @@ def test_greedy_samples_equal_upstream(exported, name: str) -> None:
             c_idx = up.encode_to_c(run.x[:1])[1]
         else:
             c_idx = up.encode_to_c(run.c[:1])[1]
-        steps = manifest["model"]["tokens"]["image"]
+        steps = manifest.raw["model"]["tokens"]["image"]
         seq = up.sample(torch.zeros((1, 0), dtype=torch.long), c_idx, steps, sample=False)
         raster = up.permuter(seq, reverse=True).reshape(1, 4, 4).numpy()
     greedy = SamplingParams(top_k=1)

@@ -15,7 +15,7 @@ from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 def test_sampler_graph_matches_host_sampler_on_many_draws(exported) -> None:
     _, out, manifest = exported("seg")
     backend = OnnxRuntimeBackend(out, manifest)
-    report = check_sampler(backend, manifest["model"]["transformer"]["vocab_size"], seed=3, rounds=60)
+    report = check_sampler(backend, manifest.raw["model"]["transformer"]["vocab_size"], seed=3, rounds=60)
     # measured: 0 of 1440 draws differ (and 0 of 11200 with vocab 256), logits with many exact ties
     assert report.passed and report.metrics["draws"] == 1440 and report.metrics["differing"] == 0, report
 
@@ -24,11 +24,11 @@ def test_graph_only_loop_samples_what_the_host_sampler_samples(exported) -> None
     """transformer -> sampler -> transformer, with no logits post-processing outside the graphs."""
     _, out, manifest = exported("seg")
     backend = OnnxRuntimeBackend(out, manifest)
-    tr = manifest["graphs"]["transformer"]
+    tr = manifest.raw["graphs"]["transformer"]
     rng = np.random.default_rng(0)
-    batch, steps = 3, manifest["model"]["tokens"]["image"]
-    vocab = manifest["model"]["transformer"]["vocab_size"]
-    cond = rng.integers(0, vocab, (batch, manifest["model"]["tokens"]["cond"]))
+    batch, steps = 3, manifest.raw["model"]["tokens"]["image"]
+    vocab = manifest.raw["model"]["transformer"]["vocab_size"]
+    cond = rng.integers(0, vocab, (batch, manifest.raw["model"]["tokens"]["cond"]))
     params = SamplingParams(temperature=0.9, top_k=8, top_p=0.95)
     noise = uniform_noise(7, batch, steps)
     host = sample_tokens(backend.transformer(), cond, steps, params, noise)
@@ -56,7 +56,7 @@ def test_run_with_the_graph_sampler_gives_the_host_samplers_tokens(exported) -> 
 
     _, out, manifest = exported("seg")
     backend = OnnxRuntimeBackend(out, manifest)
-    condition = sample_condition(manifest["model"], 0)
+    condition = sample_condition(manifest.model, 0)
     for params in (SamplingParams(top_k=8), SamplingParams(temperature=1.2, top_k=None, top_p=0.8),
                    SamplingParams(top_k=1)):
         host = Pipeline(backend, manifest)(condition, num_samples=3, params=params, seed=5)
@@ -71,7 +71,7 @@ def test_graph_sampler_needs_a_graph_backend_and_runs_the_sliding_window(exporte
     from vqdeploy.errors import InputError
     from vqdeploy.runtime.backends.select import load_reference_model
     from vqdeploy.runtime.backends.torch_backend import TorchBackend
-    from vqdeploy.runtime.conditions import coord_map
+    from vqdeploy.conditions.coordinates import coord_map
     from vqdeploy.runtime.pipeline import Pipeline
 
     _, out, manifest = exported("coord_identity")
@@ -81,7 +81,7 @@ def test_graph_sampler_needs_a_graph_backend_and_runs_the_sliding_window(exporte
     params = SamplingParams(temperature=1.1, top_k=6)
     graph = Pipeline(backend, manifest, sampler="graph")(coord_map(32, 32), num_samples=2, params=params, seed=4)
     host = Pipeline(backend, manifest)(coord_map(32, 32), num_samples=2, params=params, seed=4)
-    assert graph.sliding_window and graph.tokens.shape[1:] != tuple(manifest["model"]["first_stage"]["latent_grid"])
+    assert graph.sliding_window and graph.tokens.shape[1:] != tuple(manifest.raw["model"]["first_stage"]["latent_grid"])
     assert np.array_equal(graph.tokens, host.tokens)
 
 

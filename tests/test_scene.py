@@ -141,13 +141,13 @@ def test_model_matches_upstreams_outputs(model, reference) -> None:
 # --- deployed -------------------------------------------------------------------------------------------
 def test_export_describes_the_builder_and_passes_parity(artifacts) -> None:
     _, manifest = artifacts
-    cond = manifest["model"]["conditioning"]
-    assert cond["kind"] == "objects" and cond["tokens"] == 92 and "cond_encoder" not in manifest["graphs"]
+    cond = manifest.raw["model"]["conditioning"]
+    assert cond["kind"] == "objects" and cond["tokens"] == 92 and "cond_encoder" not in manifest.raw["graphs"]
     assert cond["builder"] == {**cond["builder"], "name": "objects_bbox", "no_object_classes": 183,
                                "no_max_objects": 30, "no_tokens": 8192, "no_sections": 90, "none_token": 8191,
                                "encode_crop": True, "use_group_parameter": True}
-    assert "sampler" in manifest["graphs"]  # vocabulary 8192: the sampler graph sorts in rounds
-    parity = manifest["parity"]
+    assert "sampler" in manifest.raw["graphs"]  # vocabulary 8192: the sampler graph sorts in rounds
+    parity = manifest.raw["parity"]
     stages = {s["stage"]: s for s in parity["stages"]}
     assert parity["passed"] and set(stages) == {"encoder", "decoder", "transformer_teacher_forced",
                                                 "transformer_kv_steps", "greedy_tokens", "sampler_graph"}
@@ -174,7 +174,7 @@ def test_onnx_graphs_match_upstreams_outputs(artifacts, reference) -> None:
 def test_the_manifests_rule_alone_builds_upstreams_tokens(artifacts) -> None:
     """What an app without Python does: only manifest.json's builder numbers and the rule it states."""
     _, manifest = artifacts
-    cond = manifest["model"]["conditioning"]
+    cond = manifest.raw["model"]["conditioning"]
     b = cond["builder"]
     assert cond["rule"].startswith("S = floor(sqrt(no_tokens))")
     s = b["no_sections"]
@@ -270,7 +270,7 @@ def test_bad_scene_files_are_one_error_line(artifacts, tmp_path: Path, content, 
 
 
 def test_an_image_for_a_layout_model_and_a_scene_for_an_image_model(artifacts, tmp_path: Path) -> None:
-    from vqdeploy.runtime.run import read_condition
+    from vqdeploy.conditions.registry import CONDITIONS
 
     out, manifest = artifacts
     image = tmp_path / "sketch.png"
@@ -279,15 +279,23 @@ def test_an_image_for_a_layout_model_and_a_scene_for_an_image_model(artifacts, t
     assert "pass a scene JSON file as INPUT" in _error(["run", "--artifacts", str(out)])
     scene = tmp_path / "scene.json"
     scene.write_text('{"objects": []}')
-    for cond, what in (({"kind": "image", "preprocessing": {"kind": "rgb"}, "resolution": 32}, "an image"),
-                       ({"kind": "class", "n_classes": 10}, "class ids"), ({"kind": "sos", "sos_token": 0}, "nothing")):
-        with pytest.raises(InputError, match=f"a scene file is for layout-conditioned models; .* on {what}"):
-            read_condition(scene, cond, None)
+    image = {"kind": "image", "in_channels": 3, "resolution": 32, "downsample_factor": 4, "latent_grid": [8, 8],
+             "vocab_size": 16, "tokens": 64, "preprocessing": {"kind": "rgb"}}
+    for entry, what in ((image, "conditioned on an image"), ({"kind": "class", "n_classes": 10, "tokens": 1},
+                                                             "class-conditional"),
+                        ({"kind": "sos", "sos_token": 0, "tokens": 1}, "unconditional")):
+        cond = CONDITIONS[entry["kind"]].from_manifest(entry, "model.conditioning")
+        with pytest.raises(InputError, match=f"a scene file is for models conditioned on an object layout; this model "
+                                             f"is {what}"):
+            cond.read_input(scene, None, 1 << 20)
     with pytest.raises(InputError, match="--save-layout is for object-layout"):
         from vqdeploy.runtime.run import run_pipeline
+        from vqdeploy.typed_manifest import as_manifest
 
-        manifest2 = copy.deepcopy(manifest)
-        manifest2["model"]["conditioning"] = {"kind": "class", "n_classes": 4, "tokens": 1}
+        data = copy.deepcopy(dict(manifest.raw))
+        data["model"]["conditioning"] = {"kind": "class", "n_classes": 4, "tokens": 1}
+        data["model"]["tokens"]["cond"] = 1
+        manifest2 = as_manifest(data)
         import vqdeploy.runtime.run as run_module
 
         real = run_module.read_manifest
@@ -303,12 +311,10 @@ def test_coco_category_names_follow_upstreams_numbering(artifacts) -> None:
     """Upstream numbers COCO's categories in the string order of their ids: "1" person, "10" traffic
     light, "100" cardboard, ...; names and numbers give the same tokens."""
     from vqdeploy.conditions.categories import coco_names
-    from vqdeploy.conditions.objects import layout_of
-
     _, manifest = artifacts
-    layout = layout_of(manifest["model"]["conditioning"])
+    layout = manifest.model.condition
     names = coco_names()
-    assert manifest["model"]["conditioning"]["categories"] == names and len(names) == 171
+    assert manifest.raw["model"]["conditioning"]["categories"] == names and len(names) == 171
     ids = sorted(str(i) for i in [*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
                                   *range(72, 83), *range(84, 91), *range(92, 183)])
     assert len(ids) == 171 and [names[ids.index(i)] for i in ("1", "10", "100", "24", "92", "182")] == \
@@ -391,7 +397,7 @@ def test_tensorrt_rtx_builds_every_graph_of_the_scene_model(artifacts, tmp_path:
     art = tmp_path / "art"
     shutil.copytree(out, art)
     data = build_engines(art, BuildOptions(target_cc=("8.6",)), echo=lambda m: None)
-    assert set(data["engines"]) == set(manifest["graphs"]) >= {"encoder", "transformer", "sampler", "decoder"}
+    assert set(data["engines"]) == set(manifest.raw["graphs"]) >= {"encoder", "transformer", "sampler", "decoder"}
 
 
 def test_library_takes_a_scene_mapping_or_its_tokens(artifacts) -> None:

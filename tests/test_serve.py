@@ -69,7 +69,7 @@ def test_concurrent_requests_share_batches_and_match_the_pipeline(url, reference
         seed = int(fields.get("seed", 0))
         params = SamplingParams(float(fields.get("temperature", 1.0)), int(fields.get("top_k", 100)),
                                 float(fields["top_p"]) if "top_p" in fields else None)
-        alone = reference(load_condition(SKETCHES[i], reference.cond["preprocessing"], (64, 64)), num_samples=n,
+        alone = reference(load_condition(SKETCHES[i], reference.cond.preprocessing, (64, 64)), num_samples=n,
                           params=params, seed=seed)
         assert body["seed"] == seed and len(body["images"]) == n
         assert np.array_equal(np.array(body["tokens"]), alone.tokens)
@@ -192,7 +192,7 @@ def test_cli_serve_refuses_bad_options_in_one_line(demo_export):
 
 def test_a_request_larger_than_a_batch_spans_batches_with_the_same_images(url, reference):
     body = post(url, {"condition": ("s.png", sketch_bytes(6), "image/png")}, {"seed": "8", "num_samples": "11"}).json()
-    alone = reference(load_condition(SKETCHES[6], reference.cond["preprocessing"], (64, 64)), num_samples=11, seed=8)
+    alone = reference(load_condition(SKETCHES[6], reference.cond.preprocessing, (64, 64)), num_samples=11, seed=8)
     assert np.array_equal(np.array(body["tokens"]), alone.tokens)
 
 

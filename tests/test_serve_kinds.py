@@ -39,7 +39,7 @@ def served(exported):
 
 def label_png(pipe: Pipeline, seed: int = 0) -> bytes:
     cond = pipe.cond
-    n, res = int(cond["preprocessing"]["num_classes"]), int(cond["resolution"])
+    n, res = int(cond.preprocessing["num_classes"]), int(cond.resolution)
     labels = np.random.default_rng(seed).integers(0, n, (res // 8, res // 8)).repeat(8, 0).repeat(8, 1)
     buf = io.BytesIO()
     Image.fromarray(labels.astype(np.uint8), "L").save(buf, "PNG")
@@ -65,7 +65,7 @@ def test_label_map_model(served, tmp_path: Path):
     bad = httpx.post(f"{url}/v1/generate", files={"condition": ("c.png", rgb.getvalue(), "image/png")}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "condition"
     assert "label" in bad.json()["error"]["message"]
-    n = int(pipe.cond["preprocessing"]["num_classes"])
+    n = int(pipe.cond.preprocessing["num_classes"])
     out_of_range = io.BytesIO()
     Image.new("L", (32, 32), n).save(out_of_range, "PNG")
     bad = httpx.post(f"{url}/v1/generate", files={"condition": ("c.png", out_of_range.getvalue(), "image/png")})
@@ -90,7 +90,7 @@ def test_unconditional_model_with_a_permuted_order(served):
 
 def test_class_model(served):
     url, pipe = served("class_subsample")
-    n = int(pipe.cond["n_classes"])
+    n = int(pipe.cond.n_classes)
     r = httpx.post(f"{url}/v1/generate", data={"class_id": str(n - 1), "seed": "2"}, timeout=120)
     assert r.status_code == 200, r.text
     same(r.json(), pipe(None, class_id=n - 1, seed=2))
@@ -103,7 +103,7 @@ def test_coordinate_model(served):
     url, pipe = served("coord_identity")
     r = httpx.post(f"{url}/v1/generate", data={"seed": "1"}, timeout=120)
     assert r.status_code == 200, r.text
-    from vqdeploy.runtime.conditions import coord_map
+    from vqdeploy.conditions.coordinates import coord_map
 
-    res = int(pipe.cond["resolution"])
+    res = int(pipe.cond.resolution)
     same(r.json(), pipe(coord_map(res, res), seed=1))

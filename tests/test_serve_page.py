@@ -124,7 +124,7 @@ def test_class_picker_and_label_map_upload(browser, exported, variant, tmp_path)
         page.goto(base + "/")
         page.wait_for_selector("body[data-ready=true]", timeout=30_000)
         assert not page.is_visible("#pad")
-        cond = manifest["model"]["conditioning"]
+        cond = manifest.raw["model"]["conditioning"]
         if variant == "class_subsample":
             assert page.is_visible("#class_id")
             page.fill("#class_id", str(int(cond["n_classes"]) - 1))

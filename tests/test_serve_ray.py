@@ -63,7 +63,7 @@ def test_two_replicas_answer_with_the_same_images_as_one_server(ray_url, demo_ex
     assert len(pids) == 2, f"expected both replicas to answer, got {pids}"
     reference = Pipeline.from_artifacts(demo_export, "onnxruntime")
     for seed in (0, 5):
-        alone = reference(load_condition(SKETCHES[seed % len(SKETCHES)], reference.cond["preprocessing"], (64, 64)),
+        alone = reference(load_condition(SKETCHES[seed % len(SKETCHES)], reference.cond.preprocessing, (64, 64)),
                           num_samples=2, seed=seed)
         body = answers[seed].json()
         assert np.array_equal(np.array(body["tokens"]), alone.tokens)

@@ -28,6 +28,7 @@ from vqdeploy.loading.targets import BuildContext, build_module
 from vqdeploy.tensor_spec import TensorSpec
 from vqdeploy.trt import check, profiles, record, shim
 from vqdeploy.trt.engines import BuildOptions, build_engines
+from vqdeploy.typed_manifest import as_manifest
 
 SM86 = ("8.6",)
 
@@ -100,7 +101,7 @@ def _copy(art: Path, dst: Path, engines: bool = True) -> Path:
 def test_every_graph_parses_without_errors(trt_artifacts: dict[str, Path], precision: str) -> None:
     art = trt_artifacts[precision]
     logger = trt.Logger(trt.Logger.ERROR)
-    for name, g in mf.read_manifest(art)["graphs"].items():
+    for name, g in mf.read_manifest(art).raw["graphs"].items():
         builder = trt.Builder(logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
@@ -113,10 +114,10 @@ def test_every_graph_parses_without_errors(trt_artifacts: dict[str, Path], preci
 def test_every_engine_built_and_recorded(trt_built: dict[str, Any], precision: str) -> None:
     art, data, lines = trt_built[precision]
     manifest = mf.read_manifest(art)
-    assert set(data["engines"]) == set(manifest["graphs"]) == {"encoder", "cond_encoder", "transformer", "sampler", "decoder"}
-    assert data["model_fingerprint"] == manifest["model_fingerprint"]
+    assert set(data["engines"]) == set(manifest.raw["graphs"]) == {"encoder", "cond_encoder", "transformer", "sampler", "decoder"}
+    assert data["model_fingerprint"] == manifest.raw["model_fingerprint"]
     assert record.read(art / "engines") == data  # what was returned is what was written
-    for name, g in manifest["graphs"].items():
+    for name, g in manifest.raw["graphs"].items():
         e = data["engines"][name]
         path = art / "engines" / e["file"]
         assert path.is_file() and path.stat().st_size == e["bytes"] > 0
@@ -325,7 +326,7 @@ def test_option_errors(trt_built: dict[str, Any]) -> None:
 
 
 def test_profile_overrides(trt_built: dict[str, Any]) -> None:
-    graphs = mf.read_manifest(trt_built["fp32"][0])["graphs"]
+    graphs = mf.read_manifest(trt_built["fp32"][0]).raw["graphs"]
     size = profiles.parse_size("8:16:32x64")
     assert size == ((8, 8), (16, 16), (32, 64))
     enc = profiles.resolve(graphs["encoder"], "encoder", batch=profiles.parse_range("2:3:6", "--batch"), size=size)
@@ -360,8 +361,9 @@ def test_load_checks_name_what_differs(trt_built: dict[str, Any]) -> None:
             check.engine_path(art, manifest, "decoder", machine)
         assert why in str(e.value) and str(e.value).endswith(f"rebuild: vqdeploy build-trt --artifacts {art}")
 
-    other = json.loads(json.dumps(manifest))
-    other["graphs"]["decoder"]["sha256"] = "0" * 64
+    data = json.loads(json.dumps(manifest.raw))
+    data["graphs"]["decoder"]["sha256"] = "0" * 64
+    other = as_manifest(data)
     with pytest.raises(ArtifactError, match="built from another decoder.onnx"):
         check.engine_path(art, other, "decoder", _machine())
 
@@ -403,7 +405,7 @@ class FakeContext:
     """Stands in for an IExecutionContext on CPU: records what the executor binds and enqueues."""
 
     def __init__(self, manifest: dict[str, Any], profile: dict[str, dict[str, list[int]]]) -> None:
-        info = manifest["model"]["transformer"]
+        info = manifest.raw["model"]["transformer"]
         self.nh, self.hd, self.vocab = int(info["n_head"]), int(info["head_dim"]), int(info["vocab_size"])
         self.profile = profile
         self.shapes: dict[str, tuple[int, ...]] = {}

@@ -140,8 +140,8 @@ def test_run_refuses_bad_input_with_one_line_and_writes_nothing(run_results, nam
 def test_budget_follows_the_model_and_can_be_raised(demo):
     from vqdeploy.export.manifest import read_manifest
 
-    info = read_manifest(demo)["model"]
-    res = info["first_stage"]["resolution"]
+    info = read_manifest(demo).model
+    res = info.first_stage.resolution
     side = int(res * AREA_FACTOR**0.5)
     check_request(info, 1, (side, side))  # exactly the default budget: accepted
     with pytest.raises(InputError, match="over this model's budget"):
@@ -156,7 +156,7 @@ def test_a_large_image_is_resized_before_the_encoder_sees_it(demo, tmp_path):
     from vqdeploy.export.manifest import read_manifest
     from vqdeploy.runtime.images import load_condition
 
-    info = read_manifest(demo)["model"]
+    info = read_manifest(demo).raw["model"]
     big = tmp_path / "big.png"
     Image.new("L", (7992, 7992), 255).save(big, optimize=True)
     pre = info["conditioning"]["preprocessing"]

@@ -163,7 +163,7 @@ def engine_breakdown(args: argparse.Namespace, condition_path: Path | None, size
         for _ in range(3):  # the fastest of three (the first also warms up)
             items = []
             for k in range(n):
-                req = parse_fields({"seed": str(k), **({"class_id": "0"} if info["conditioning"]["kind"] == "class"
+                req = parse_fields({"seed": str(k), **({"class_id": "0"} if info.condition.classes
                                                        else {})}, info, 1)
                 req.condition, _ = read_condition(data, info)
                 items.append(Item(Job(req), 0, 1))

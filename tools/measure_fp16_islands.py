@@ -18,12 +18,13 @@ from vqdeploy.describe import describe
 from vqdeploy.export.graphs import DecoderGraph, EncoderGraph
 from vqdeploy.models import autoencoder, mingpt, precision
 from vqdeploy.runtime.parity_inputs import parity_inputs
+from vqdeploy.typed_manifest import ModelInfo
 
 
 def main(ckpt: str) -> None:
     torch.set_num_threads(1)
     model = vqdeploy.load_model(ckpt)
-    info = describe(model)
+    info = ModelInfo.from_json(describe(model), "model")
     inputs = parity_inputs(info, 0, batch=4)
     x = torch.from_numpy(inputs["image"])
     with torch.no_grad():

@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from vqdeploy.conditions import describe_condition
 from vqdeploy.errors import ConfigError
-from vqdeploy.models.conditioning import CoordStage, DummyCondStage, Labelator, SOSProvider
 from vqdeploy.models.net2net import Net2NetTransformer
 from vqdeploy.models.permuter import Identity
 from vqdeploy.models.quantize import GumbelQuantize
@@ -33,54 +33,6 @@ def describe_vq(vq: VQModel) -> dict[str, Any]:
     }
 
 
-def image_preprocessing(cond_key: str, in_channels: int) -> dict[str, Any]:
-    """How a condition image becomes the cond encoder's input tensor (stored in the manifest)."""
-    if cond_key == "segmentation" or (cond_key not in ("image", "depth", "sketch") and in_channels > 3):
-        return {"kind": "onehot", "num_classes": in_channels, "input": "label map (PNG of class ids, or palette PNG)",
-                "resize": "nearest"}
-    if in_channels == 1 and cond_key == "sketch":
-        return {"kind": "grey", "range": [-1.0, 1.0], "resize": "bicubic", "background": "light",
-                "input": "greyscale sketch: dark strokes on a light (white) background, as in taming's sketch data"}
-    if in_channels == 1:
-        return {"kind": "grey", "range": [-1.0, 1.0], "input": "greyscale image (depth or sketch)", "resize": "bicubic"}
-    if in_channels == 3:
-        return {"kind": "rgb", "range": [-1.0, 1.0], "input": "RGB image", "resize": "bicubic"}
-    raise ConfigError(f"unsupported image condition: key '{cond_key}' with {in_channels} channels")
-
-
-def describe_conditioning(model: Net2NetTransformer) -> dict[str, Any]:
-    cond = model.cond_stage_model
-    if isinstance(cond, SOSProvider):
-        return {"kind": "sos", "sos_token": cond.sos_token, "tokens": 1}
-    if isinstance(cond, Labelator):
-        return {"kind": "class", "n_classes": cond.n_classes, "tokens": 1}
-    if isinstance(cond, DummyCondStage):  # object layouts: the kind describes itself
-        cond.layout.check(model.transformer.vocab_size)
-        return cond.layout.describe()
-    if isinstance(cond, CoordStage):
-        res = int(model.first_stage_model.ddconfig["resolution"])
-        grid = res // cond.down_factor
-        return {"kind": "coord", "n_embed": cond.n_embed, "down_factor": cond.down_factor,
-                "resolution": res, "latent_grid": [grid, grid], "tokens": grid * grid}
-    if not isinstance(cond, VQModel):
-        raise ConfigError(f"unsupported cond stage {type(cond).__name__}")
-    info = describe_vq(cond)
-    res = info["resolution"]
-    if model.downsample_cond_size > -1:
-        res = model.downsample_cond_size
-    grid = res // info["downsample_factor"]
-    info.update(
-        kind="first_stage" if model.cond_is_first_stage else "image",
-        key=model.cond_stage_key,
-        resolution=res,
-        latent_grid=[grid, grid],
-        tokens=grid * grid,
-        downsample_cond_size=model.downsample_cond_size,
-        preprocessing=image_preprocessing(model.cond_stage_key, info["in_channels"]),
-    )
-    return info
-
-
 def describe(model: nn.Module) -> dict[str, Any]:
     src = getattr(model, "source", None)
     out: dict[str, Any] = {"target": getattr(src, "target", type(model).__name__)}
@@ -90,7 +42,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
     if not isinstance(model, Net2NetTransformer):
         raise ConfigError(f"cannot deploy a {type(model).__name__}: expected a Net2NetTransformer or VQModel")
     first = describe_vq(model.first_stage_model)
-    cond = describe_conditioning(model)
+    cond = describe_condition(model)
     gpt = model.transformer
     h, w = first["latent_grid"]
     order = model.permuter.order()

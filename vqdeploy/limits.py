@@ -9,9 +9,12 @@ the README's Safety section, with the option that raises each.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqdeploy.errors import InputError
+
+if TYPE_CHECKING:
+    from vqdeploy.typed_manifest import ModelInfo
 
 DECODE_PIXELS = 64_000_000  # any image file: beyond this it is a decompression bomb, whatever the model
 AREA_FACTOR = 16  # default image budget: 16x the trained area (4x each side; sliding window beyond 1x)
@@ -21,15 +24,9 @@ MAX_TOP_K = 2**31 - 1
 MAX_UPLOAD_BYTES = 4 * 2**20  # `serve`: a whole request body (condition image included), read into memory only
 
 
-def trained_pixels(info: dict[str, Any]) -> int:
-    """Pixels of the trained output image (first stage resolution squared)."""
-    res = int(info["first_stage"]["resolution"])
-    return res * res
-
-
-def pixel_budget(info: dict[str, Any], max_pixels: int | None = None) -> int:
+def pixel_budget(info: ModelInfo, max_pixels: int | None = None) -> int:
     """The largest condition or output image (in pixels) a request may ask for."""
-    return int(max_pixels) if max_pixels is not None else AREA_FACTOR * trained_pixels(info)
+    return int(max_pixels) if max_pixels is not None else AREA_FACTOR * info.first_stage.trained_pixels
 
 
 def check_pixels(height: int, width: int, budget: int, what: str) -> None:

@@ -1,6 +1,10 @@
-"""Conditioning kinds that own their whole path (input reading, validation, tokens, parity inputs,
-picture), so that the dispatch sites call one object instead of testing kind strings.
+"""Conditioning kinds: one class each (``base.Condition``), registered by name (``registry``).
 
-Only object layouts live here so far (``objects.py``); the image, class, SOS and coordinate kinds
-still go through ``runtime/conditions.py`` and the per-site branches.
+Importing this package registers every kind; a new kind is one module here and one import below.
 """
+
+from vqdeploy.conditions import class_label, coordinates, image, objects, unconditional  # noqa: F401  (registration)
+from vqdeploy.conditions.base import Condition
+from vqdeploy.conditions.registry import CONDITIONS, condition_from_manifest, describe_condition
+
+__all__ = ["CONDITIONS", "Condition", "condition_from_manifest", "describe_condition"]

@@ -3,8 +3,7 @@
 ``ObjectLayout`` is the whole conditioning kind in one place: where its parameters come from (the
 run's data config), how the manifest describes it (so an app without Python builds the same
 tokens), reading and checking a scene file, the tokens, seeded parity inputs, and a picture of the
-layout. The dispatch sites (loading, describe, run, pipeline, parity) ask ``layout_of(cond_info)``
-and call into it; nothing else tests for the ``objects`` kind.
+layout. It is registered like every kind (``conditions/registry.py``); nothing else knows it.
 
 Scene file: ``{"objects": [{"category": 17, "bbox": [x0, y0, w, h]}, ...], "crop": [x0, y0, w, h]}``
 in relative coordinates; ``crop`` and the per-object flags ``is_group_of``, ``is_occluded``,
@@ -20,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from vqdeploy.conditions.base import Condition, Log, repeat_rows, require_condition
 from vqdeploy.conditions.categories import category_names
 from vqdeploy.conditions.layout_builder import BUILDERS, Box, LayoutBuilder, LayoutObject
+from vqdeploy.conditions.registry import register
 from vqdeploy.errors import ArtifactError, ConfigError, InputError
-from vqdeploy.schema import parse_json
+from vqdeploy.export.manifest_schema import MAX_VOCAB, TOKENS
+from vqdeploy.schema import fail, integer, list_of, nullable, obj, one_of, parse_json, string
 
 KIND = "objects"
 MAX_SCENE_BYTES = 1 << 20
@@ -61,14 +63,32 @@ def _known_classes(dataset: str | None, params: Mapping[str, Any]) -> int | None
     return None
 
 
-class ObjectLayout:
+def _bool(v: Any, where: str) -> None:
+    if not isinstance(v, bool):
+        fail(where, "true or false", v)
+
+
+@register
+class ObjectLayout(Condition):
     """The ``objects`` conditioning kind of one model."""
 
     kind = KIND
+    # the token builder's parameters (``layout_builder`` states the rule); ``from_manifest`` checks
+    # what one number says about another
+    schema = obj({"key": one_of(*BUILDERS), "tokens": TOKENS, "builder": obj({
+        "name": one_of(*BUILDERS), "no_object_classes": integer(1, MAX_VOCAB),
+        "no_max_objects": integer(1, 4096), "no_tokens": integer(4, MAX_VOCAB), "encode_crop": _bool,
+        "use_group_parameter": _bool, "use_additional_parameters": _bool})},
+        {"dataset": nullable(string(64)), "categories": nullable(list_of(string(128), 1, 4096))})
+    what = "an object layout"
+    input_name = "scene file"
+    picture_width = 256
+    draws_layout = True
 
     def __init__(self, builder: LayoutBuilder, dataset: str | None = None, names: list[str] | None = None) -> None:
         """``names``: category number -> name, where the data set's numbering is known."""
         self.builder = builder
+        self.tokens = builder.tokens
         self.dataset = dataset
         self.names = names[: builder.no_object_classes] if names else None
         self.numbers = {n: i for i, n in enumerate(self.names or [])}
@@ -148,19 +168,54 @@ class ObjectLayout:
         }
 
     @classmethod
-    def from_manifest(cls, info: Mapping[str, Any]) -> ObjectLayout:
-        b = info["builder"]
+    def from_manifest(cls, entry: Mapping[str, Any], where: str = "manifest.json: model.conditioning") -> ObjectLayout:
+        b = entry["builder"]
         layout = cls(LayoutBuilder(b["name"], b["no_object_classes"], b["no_max_objects"], b["no_tokens"],
                                    b["encode_crop"], b["use_group_parameter"], b["use_additional_parameters"]),
-                     info.get("dataset"), info.get("categories"))
+                     entry.get("dataset"), entry.get("categories"))
         try:
             layout.check()
         except ConfigError as e:
-            raise ArtifactError(f"manifest.json: model.conditioning: {e} (re-export)") from None
-        if layout.builder.tokens != info["tokens"]:
-            raise ArtifactError(f"manifest.json: model.conditioning.tokens: {info['tokens']} is not the builder's "
+            raise ArtifactError(f"{where}: {e} (re-export)") from None
+        if layout.builder.tokens != entry["tokens"]:
+            raise ArtifactError(f"{where}.tokens: {entry['tokens']} is not the builder's "
                                 f"{layout.builder.tokens} (re-export)")
         return layout
+
+    def check_model(self, vocab_size: int, where: str) -> None:
+        if self.builder.no_tokens > vocab_size:
+            self.fail(f"{where}.builder.no_tokens", f"over the vocabulary {vocab_size}")
+
+    @classmethod
+    def from_model(cls, model: Any) -> dict[str, Any] | None:
+        from vqdeploy.models.conditioning import DummyCondStage
+
+        cond = model.cond_stage_model
+        if not isinstance(cond, DummyCondStage):
+            return None
+        cond.layout.check(model.transformer.vocab_size)
+        return cond.layout.describe()
+
+    def load_options(self) -> dict[str, Any]:
+        return {"object_classes": self.builder.no_object_classes}
+
+    @classmethod
+    def claims(cls, path: Path) -> bool:
+        return is_scene_file(path)
+
+    def check_size(self, size: tuple[int, int], first: Any) -> None:
+        res = first.resolution
+        if size != (res, res):
+            raise InputError(f"--size {size[1]}x{size[0]}: an object-layout model samples its trained {res}x{res} "
+                             "(the layout is relative to the whole image)")
+
+    def condition_tokens(self, backend: Any, batch: int, condition: np.ndarray | None,
+                         class_id: int | None) -> np.ndarray:
+        """The tokens themselves (built on the host from the scene)."""
+        return repeat_rows(require_condition(condition, "a scene file"), batch)
+
+    def parity_input(self, rng: np.random.Generator, batch: int, first: Any, image: np.ndarray) -> np.ndarray | None:
+        return self.parity_condition(rng, batch)
 
     def input_help(self) -> str:
         b = self.builder
@@ -183,9 +238,10 @@ class ObjectLayout:
             label = str(source)
             scene = read_scene_json(Path(source))
         objects, crop = self.parse(scene, label)
-        return self.tokens(objects, crop, log)
+        return self.build_tokens(objects, crop, log)
 
-    def read_input(self, input: Path | None, log: Callable[[str], None] | None = None) -> np.ndarray:
+    def load_input(self, input: Path | None, size: tuple[int, int] | None, budget: int,
+                   log: Log | None = None) -> np.ndarray | None:
         """``run``'s INPUT: a scene file, nothing else."""
         if input is None:
             raise InputError("this model is conditioned on an object layout: pass a scene JSON file as INPUT "
@@ -195,12 +251,15 @@ class ObjectLayout:
                              "JSON file (`vqdeploy inspect` shows what it must contain)")
         return self.read(input, log)
 
-    def as_condition(self, x: Any, log: Callable[[str], None] | None = None) -> np.ndarray:
+    def as_condition(self, x: Any, size: tuple[int, int] | None = None, budget: int = 0,
+                     log: Log | None = None) -> np.ndarray | None:
         """The library's condition: a scene file path, a parsed scene mapping, or (B, tokens) tokens."""
+        if x is None:
+            return None
         if isinstance(x, np.ndarray):
             return self.check_tokens(x)
         if isinstance(x, (str, Path)):
-            return self.read_input(Path(x), log)
+            return self.load_input(Path(x), size, budget, log)
         if isinstance(x, Mapping):
             return self.read(x, log)
         raise InputError(f"this model is conditioned on an object layout: pass a scene file, a scene mapping or "
@@ -253,7 +312,7 @@ class ObjectLayout:
                                 "mapping decides it)") + f", so give category numbers (0..{n - 1})")
         raise InputError(f"{where}: expected a category number (0..{n - 1})")
 
-    def tokens(self, objects: list[LayoutObject], crop: Box | None = None,
+    def build_tokens(self, objects: list[LayoutObject], crop: Box | None = None,
                log: Callable[[str], None] | None = None) -> np.ndarray:
         b = self.builder
         if len(objects) > b.no_max_objects and log is not None:
@@ -289,15 +348,20 @@ class ObjectLayout:
                 objects.append(LayoutObject(int(rng.integers(0, self.builder.no_object_classes)),
                                             (float(x0), float(y0), float(w), float(h)), bool(rng.random() < 0.3)))
             crop = (0.1, 0.05, 0.8, 0.9) if i % 2 else None
-            rows.append(self.tokens(objects, crop)[0])
+            rows.append(self.build_tokens(objects, crop)[0])
         return np.stack(rows)
 
     # --- picture -----------------------------------------------------------------------------------
-    def picture(self, tokens: np.ndarray, size: tuple[int, int] = (256, 256)) -> np.ndarray:
-        """(H, W, 3) uint8: the layout the model got (decoded from its tokens), boxes or points with
-        their category numbers (+ g for group-of), the crop in grey."""
+    def picture(self, tokens: np.ndarray | None, size: tuple[int, int] = (256, 256)) -> np.ndarray | None:
+        """(H, W, 3) uint8: the layout the model got (decoded from its tokens: one layout, or the first
+        row of a batch), boxes or points with their category numbers (+ g for group-of), the crop in grey."""
         from PIL import Image, ImageDraw
 
+        if tokens is None:
+            return None
+        tokens = np.asarray(tokens)
+        if tokens.ndim == 2:
+            tokens = tokens[0]
         b = self.builder
         h, w = size
         img = Image.new("RGB", (w, h), (255, 255, 255))
@@ -330,11 +394,6 @@ class ObjectLayout:
 
 _PALETTE = [(30, 118, 179), (255, 126, 13), (43, 159, 43), (213, 38, 39), (147, 102, 188),
             (139, 85, 74), (226, 118, 193), (126, 126, 126), (187, 188, 33), (22, 189, 206)]  # upstream's tab10
-
-
-def layout_of(cond_info: Mapping[str, Any]) -> ObjectLayout | None:
-    """The layout kind of a manifest's ``model.conditioning``, or None for the other kinds."""
-    return ObjectLayout.from_manifest(cond_info) if cond_info.get("kind") == KIND else None
 
 
 def is_scene_file(path: Path | str) -> bool:

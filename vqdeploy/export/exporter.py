@@ -19,13 +19,14 @@ from vqdeploy.export import BF16_MIN_OPSET, default_opset
 from vqdeploy.export import manifest as mf
 from vqdeploy.export.fingerprint import model_fingerprint
 from vqdeploy.export.install import export_lock, install, temp_prefix
-from vqdeploy.export.manifest_schema import MAX_BATCH  # what is exported must read back
+from vqdeploy.export.manifest_schema import MAX_BATCH, validate  # what is exported must read back
 from vqdeploy.export.onnx_export import export_graph
 from vqdeploy.export.quantize import SCHEMES, quantization_entry
 from vqdeploy.export.specs import graph_specs
 from vqdeploy.files import atomic_write, check_writable, default_mode
 from vqdeploy.limits import check_int
 from vqdeploy.schema import read_json
+from vqdeploy.typed_manifest import Manifest
 
 Log = Callable[[str], None]
 
@@ -59,7 +60,7 @@ def export(
     log: Log = print,
     quantize: str | None = None,
     object_classes: int | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Export ``ckpt`` to ``out``; returns the manifest. ``object_classes``: see ``load_model``. Raises
     ParityError beyond tolerance (after writing the report, without installing the artifacts). ``out`` is locked for the whole
     export and replaced atomically (``install``). ``quantize`` (int8/int4): the transformer's
@@ -85,7 +86,7 @@ def export(
 
 def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, precision: str, opset: int,
                    max_batch: int, parity: bool, log: Log, t0: float, quantize: str | None = None,
-                   object_classes: int | None = None) -> dict[str, Any]:
+                   object_classes: int | None = None) -> Manifest:
     from vqdeploy.loading.load import load_model
 
     log(f"loading {ckpt}")
@@ -136,8 +137,9 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
             "sampling": mf.SAMPLING_DOC,
             "versions": mf.versions(),
         }
+        typed = Manifest.from_json(validate(manifest, "manifest.json"))  # what is written reads back
         if parity:
-            manifest["parity"] = _export_parity(model, tmp, manifest, precision, log)
+            manifest["parity"] = _export_parity(model, tmp, typed, precision, log)
         else:
             manifest["parity"] = {"backend": "onnxruntime-cpu", "skipped": True}
             log("parity check skipped (--no-parity)")
@@ -154,10 +156,10 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"wrote {out}/ in {manifest['export_seconds']:.1f} s")
-    return manifest
+    return typed  # its ``raw`` is the manifest as written (parity and timing included)
 
 
-def _export_parity(model: Any, directory: Path, manifest: dict[str, Any], precision: str, log: Log) -> dict[str, Any]:
+def _export_parity(model: Any, directory: Path, manifest: Manifest, precision: str, log: Log) -> dict[str, Any]:
     from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
     from vqdeploy.runtime.backends.torch_backend import TorchBackend
     from vqdeploy.runtime.parity import check_backend
@@ -165,8 +167,8 @@ def _export_parity(model: Any, directory: Path, manifest: dict[str, Any], precis
     candidate = OnnxRuntimeBackend(directory, manifest)
     log("parity: onnxruntime (CPU) vs PyTorch ..." + (f" ({candidate.emulation})" if candidate.emulation else ""))
     t = time.perf_counter()
-    scheme = (manifest.get("quantization") or {}).get("scheme")
-    reports = check_backend(TorchBackend(model, manifest), candidate, manifest["model"], precision, quantization=scheme)
+    scheme = manifest.quantization.scheme if manifest.quantization else None
+    reports = check_backend(TorchBackend(model, manifest), candidate, manifest.model, precision, quantization=scheme)
     for r in reports:
         log("  " + r.line())
     backend = "onnxruntime-cpu (bf16 emulated)" if candidate.emulation else "onnxruntime-cpu"

@@ -18,16 +18,17 @@ from typing import Any
 
 from vqdeploy.artifact_paths import artifact_file
 from vqdeploy.errors import ArtifactError
+from vqdeploy.typed_manifest import Manifest
 
 
 def where(name: str, field: str = "file") -> str:
     return f"manifest.json graphs.{name}.{field}"
 
 
-def graph_files(artifacts: Path, manifest: dict[str, Any], name: str) -> list[tuple[Path, str, str]]:
+def graph_files(artifacts: Path, manifest: Manifest, name: str) -> list[tuple[Path, str, str]]:
     """(path, sha256, manifest entry) of the graph and of its external data, each checked by
     ``artifact_file`` (relative, inside, no symlink, a regular file)."""
-    g = manifest["graphs"][name]
+    g = manifest.graphs[name]
     out = [(artifact_file(artifacts, g["file"], where(name)), g["sha256"], where(name))]
     ext = g.get("external_data")
     if ext is not None:
@@ -37,10 +38,10 @@ def graph_files(artifacts: Path, manifest: dict[str, Any], name: str) -> list[tu
     return out
 
 
-def graph_file(artifacts: Path, manifest: dict[str, Any], name: str) -> Path:
+def graph_file(artifacts: Path, manifest: Manifest, name: str) -> Path:
     """The checked ``.onnx`` of graph ``name``, safe to hand to a loader that follows its external data."""
     path = graph_files(artifacts, manifest, name)[0][0]
-    ext = manifest["graphs"][name].get("external_data")
+    ext = manifest.graphs[name].get("external_data")
     check_external_data(path, None if ext is None else ext["file"], name)
     return path
 

@@ -14,6 +14,7 @@ from vqdeploy.errors import ArtifactError
 from vqdeploy.export.manifest_schema import validate
 from vqdeploy.files import atomic_write
 from vqdeploy.schema import read_json
+from vqdeploy.typed_manifest import Manifest
 
 MANIFEST = "manifest.json"
 FORMAT = "vqdeploy-artifacts"
@@ -77,9 +78,10 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The manifest of ``directory``, validated (``manifest_schema``): every entry a runtime reads is
-    there, of the right type and within bounds; ArtifactError naming the entry otherwise."""
+def read_manifest(directory: str | Path) -> Manifest:
+    """The manifest of ``directory``, validated (``manifest_schema``: every entry a runtime reads is
+    there, of the right type and within bounds; ArtifactError naming the entry otherwise) and parsed
+    into typed objects (``typed_manifest``)."""
     directory = Path(directory)
     label = str(directory / MANIFEST)
     if not os.path.lexists(directory / MANIFEST):
@@ -90,15 +92,15 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if data.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{label}: manifest format {str(data.get('format_version'))[:20]} is not supported "
                             f"by this vqdeploy (expects {FORMAT_VERSION}); re-export")
-    return validate(data, label)
+    return Manifest.from_json(validate(data, label), label)
 
 
-def verify_graph_files(directory: Path, manifest: dict[str, Any]) -> None:
+def verify_graph_files(directory: Path, manifest: Manifest) -> None:
     """Every graph file (and its external data) is a regular file inside ``directory`` and has the
     hash the manifest recorded (catches mixed or tampered artifacts)."""
     from vqdeploy.export.graph_files import graph_files
 
-    for name in manifest["graphs"]:
+    for name in manifest.graphs:
         for path, digest, _ in graph_files(Path(directory), manifest, name):
             if sha256_file(path) != digest:
                 raise ArtifactError(f"{path}: does not match the manifest (sha256 differs); re-export")

@@ -79,31 +79,15 @@ GRAPH = obj(
 VQ = {"in_channels": integer(1, MAX_CHANNELS), "resolution": integer(1, MAX_RESOLUTION),
       "downsample_factor": integer(1, MAX_FACTOR), "latent_grid": GRID, "vocab_size": integer(1, MAX_VOCAB)}
 TOKENS = integer(1, MAX_BLOCK)
-PREPROCESSING = tagged("kind", {"onehot": obj({"num_classes": integer(1, MAX_CHANNELS)}), "grey": obj({}),
-                                "rgb": obj({})})
-IMAGE_CONDITION = obj({**VQ, "tokens": TOKENS, "preprocessing": PREPROCESSING},
-                      {"key": string(64), "downsample_cond_size": integer(-1, MAX_RESOLUTION)})
-def BOOL(v: Any, where: str) -> None:  # noqa: N802  (a rule, named like the others)
-    if not isinstance(v, bool):
-        fail(where, "true or false", v)
 
 
-# object layouts: the token builder's parameters (``conditions/layout_builder.py`` states the rule);
-# ObjectLayout.from_manifest checks what one number says about another
-OBJECTS_CONDITION = obj({"key": one_of("objects_bbox", "objects_center_points"), "tokens": TOKENS, "builder": obj({
-    "name": one_of("objects_bbox", "objects_center_points"), "no_object_classes": integer(1, MAX_VOCAB),
-    "no_max_objects": integer(1, 4096), "no_tokens": integer(4, MAX_VOCAB), "encode_crop": BOOL,
-    "use_group_parameter": BOOL, "use_additional_parameters": BOOL})},
-    {"dataset": nullable(string(64)), "categories": nullable(list_of(string(128), 1, 4096))})
-CONDITIONING = tagged("kind", {
-    "objects": OBJECTS_CONDITION,
-    "sos": obj({"sos_token": integer(0, MAX_VOCAB - 1), "tokens": one_of(1)}),
-    "class": obj({"n_classes": integer(1, MAX_VOCAB), "tokens": one_of(1)}),
-    "coord": obj({"n_embed": integer(1, MAX_VOCAB), "down_factor": integer(1, MAX_FACTOR),
-                  "resolution": integer(1, MAX_RESOLUTION), "latent_grid": GRID, "tokens": TOKENS}),
-    "image": IMAGE_CONDITION,
-    "first_stage": IMAGE_CONDITION,
-})
+def CONDITIONING(v: Any, where: str) -> None:  # noqa: N802  (a rule, named like the others)
+    """The entry of whichever conditioning kind it names (each kind states its own rule)."""
+    from vqdeploy.conditions.registry import schema
+
+    schema()(v, where)
+
+
 TRANSFORMER = obj({"vocab_size": integer(1, MAX_VOCAB), "block_size": integer(1, MAX_BLOCK),
                    "n_layer": integer(1, MAX_LAYERS), "n_head": integer(1, MAX_HEADS),
                    "head_dim": integer(1, MAX_HEAD_DIM), "parameters": integer(0, 1 << 48)})
@@ -136,49 +120,28 @@ def _require(ok: bool, where: str, message: str) -> None:
 
 
 def _grids(m: dict[str, Any], root: str) -> None:
-    """latent_grid = resolution // downsampling factor, for the image and for grid conditions."""
-    info = m["model"]
-    stages = [("first_stage", info["first_stage"], "downsample_factor")]
-    cond = info.get("conditioning", {})
-    if cond.get("kind") in ("image", "first_stage", "coord"):
-        stages.append(("conditioning", cond, "down_factor" if cond["kind"] == "coord" else "downsample_factor"))
-    for key, s, f in stages:
-        side = s["resolution"] // s[f]
-        _require(s["latent_grid"] == [side, side], at(root, f"model.{key}.latent_grid"),
-                 f"{s['latent_grid']} does not match resolution {s['resolution']} // {f} {s[f]}")
+    """latent_grid = resolution // downsampling factor (a spatial condition checks its own)."""
+    s = m["model"]["first_stage"]
+    side = s["resolution"] // s["downsample_factor"]
+    _require(s["latent_grid"] == [side, side], at(root, "model.first_stage.latent_grid"),
+             f"{s['latent_grid']} does not match resolution {s['resolution']} // downsample_factor "
+             f"{s['downsample_factor']}")
 
 
 def _tokens(m: dict[str, Any], root: str) -> None:
-    """Token counts agree with the grids, the permutation is one, ids fit the vocabulary."""
+    """Token counts agree with the grids, the permutation is one (the condition's own numbers are
+    checked by its kind, ``vqdeploy.conditions``)."""
     info = m["model"]
     if info["kind"] != "net2net":
         return
-    cond, tokens, vocab = info["conditioning"], info["tokens"], info["transformer"]["vocab_size"]
+    cond, tokens = info["conditioning"], info["tokens"]
     h, w = info["first_stage"]["latent_grid"]
     _require(tokens["image"] == h * w, at(root, "model.tokens.image"), f"{tokens['image']} is not {h}x{w}")
     _require(tokens["cond"] == cond["tokens"], at(root, "model.tokens.cond"), "differs from model.conditioning.tokens")
-    if "latent_grid" in cond:
-        ch, cw = cond["latent_grid"]
-        _require(cond["tokens"] == ch * cw, at(root, "model.conditioning.tokens"), f"{cond['tokens']} is not {ch}x{cw}")
     order = info["permuter"]["order"]
     if order is not None:
         _require(len(order) == tokens["image"] and sorted(order) == list(range(len(order))),
                  at(root, "model.permuter.order"), f"not a permutation of the {tokens['image']} image tokens")
-    if cond["kind"] == "sos":
-        _require(cond["sos_token"] < vocab, at(root, "model.conditioning.sos_token"),
-                 f"not below the vocabulary {vocab}")
-    if cond["kind"] == "objects":
-        from vqdeploy.conditions.objects import ObjectLayout
-
-        ObjectLayout.from_manifest(cond)
-        _require(cond["builder"]["no_tokens"] <= vocab, at(root, "model.conditioning.builder.no_tokens"),
-                 f"over the vocabulary {vocab}")
-    if cond["kind"] == "class":
-        _require(cond["n_classes"] <= vocab, at(root, "model.conditioning.n_classes"), f"over the vocabulary {vocab}")
-    pre = cond.get("preprocessing", {})
-    if pre.get("kind") == "onehot":
-        _require(pre["num_classes"] == cond["in_channels"], at(root, "model.conditioning.preprocessing.num_classes"),
-                 "differs from model.conditioning.in_channels")
 
 
 def _graph_dims(m: dict[str, Any], root: str) -> None:
@@ -222,9 +185,9 @@ def _stage_graphs(m: dict[str, Any], root: str) -> None:
     info, graphs = m["model"], m["graphs"]
     needed = ["encoder", "decoder"]
     if info["kind"] == "net2net":
-        needed.append("transformer")
-        if info["conditioning"]["kind"] == "image":
-            needed.append("cond_encoder")
+        from vqdeploy.conditions.registry import CONDITIONS
+
+        needed += ["transformer", *CONDITIONS[info["conditioning"]["kind"]].graphs]
     for g_name in needed:
         _require(g_name in graphs, at(root, "graphs"), f"no '{g_name}' graph")
     for g_name, (ins, outs) in STAGE_IO.items():

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vqdeploy.conditions import condition_from_manifest
 from vqdeploy.describe import describe
 from vqdeploy.errors import ConfigError
 from vqdeploy.export.graphs import TOPK_MAX, DecoderGraph, EncoderGraph, SamplerGraph, TransformerGraph
@@ -233,12 +234,9 @@ def graph_specs(model: nn.Module, precision: str = "fp32", max_batch: int = 8) -
         return [encoder_spec("encoder", m, dtype, max_batch, 1), decoder_spec(m, dtype, max_batch)]
     assert isinstance(m, Net2NetTransformer)
     specs = [encoder_spec("encoder", m.first_stage_model, dtype, max_batch, 1)]
-    cond = info["conditioning"]
-    if cond["kind"] == "image":
-        assert isinstance(m.cond_stage_model, VQModel)
-        specs.append(encoder_spec("cond_encoder", m.cond_stage_model, dtype, max_batch, 1,
-                                  cond["preprocessing"], m.downsample_cond_size))
-    specs.append(transformer_spec(m, dtype, max_batch, cond["tokens"]))
+    cond = condition_from_manifest(info["conditioning"], "model.conditioning")
+    specs += cond.export_graphs(m, dtype, max_batch)
+    specs.append(transformer_spec(m, dtype, max_batch, cond.tokens))
     gpt = m.transformer
     if gpt.vocab_size <= SAMPLER_MAX_VOCAB:
         specs.append(sampler_spec(gpt.vocab_size, gpt.block_size, max_batch))

@@ -21,11 +21,11 @@ from vqdeploy.limits import check_int, check_num_samples
 from vqdeploy.runtime.available import parse_backends
 from vqdeploy.runtime.backends.base import Backend, Decoding
 from vqdeploy.runtime.backends.select import load_reference_model, open_backend, torch_installed
-from vqdeploy.runtime.conditions import condition_grid
 from vqdeploy.runtime.generator import generate, start_decoding
 from vqdeploy.runtime.outputs import check_files, check_output_dir, make_output_dir
 from vqdeploy.runtime.parity_inputs import sample_condition
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
+from vqdeploy.typed_manifest import Manifest, ModelInfo
 
 PARAMS = SamplingParams(temperature=1.0, top_k=100)
 REFERENCE_POINTS = 8  # sequence lengths timed for the reference sampler when it is too slow to run whole
@@ -84,19 +84,19 @@ class TimedDecoding:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-def bench_backend(be: Backend, cond_input: Any, info: dict[str, Any], n: int, repeats: int,
+def bench_backend(be: Backend, cond_input: Any, info: ModelInfo, n: int, repeats: int,
                   sampler: str = "host") -> dict[str, Any]:
     """Median over ``repeats`` of each stage; ``step`` is the mean cost of one token after the prefill
     (the draw and one cached step), tokens/s counts the whole token loop."""
-    cond_info = info["conditioning"]
-    steps = int(info["tokens"]["image"])
-    grid = info["first_stage"]["latent_grid"]
+    cond_info, _ = info.sampling()
+    steps = info.image_tokens
+    grid = info.first_stage.latent_grid
     noise = uniform_noise(0, n, steps)
     runs: dict[str, list[float]] = {k: [] for k in ("cond_encoder", "prefill", "step", "sampling", "decoder", "total")}
     per_step: list[list[float]] = []
     for _ in range(repeats + 1):  # the first run warms up (session init, allocator, caches)
         t0 = time.perf_counter()
-        cond = condition_grid(be, cond_info, n, cond_input, class_id=0).reshape(n, -1)
+        cond = cond_info.condition_tokens(be, n, cond_input, class_id=0).reshape(n, -1)
         t1 = time.perf_counter()
         timed = TimedDecoding(start_decoding(be, sampler, PARAMS, noise), be.synchronize)
         tokens = generate(timed, cond, steps)
@@ -112,13 +112,13 @@ def bench_backend(be: Backend, cond_input: Any, info: dict[str, Any], n: int, re
     res["tokens_per_s"] = n * steps / res["sampling"]
     res["sampler"] = sampler
     if steps > 1:  # per-token time where in the sequence it is drawn (flat with the in-place cache)
-        tc = int(info["tokens"]["cond"])
+        tc = info.cond_tokens
         at = sorted({0, (steps - 1) // 4, (steps - 1) // 2, steps - 2})
         res["step_ms_at_position"] = {str(tc + k): 1e3 * statistics.median(t[k] for t in per_step[1:]) for k in at}
     return res
 
 
-def reference_model(manifest: dict[str, Any], ckpt: str | None, log: Callable[[str], None]) -> Any:
+def reference_model(manifest: Manifest, ckpt: str | None, log: Callable[[str], None]) -> Any:
     """The PyTorch model for the torch columns, or None (with a note) where PyTorch is not installed."""
     if not torch_installed():
         log("bench: PyTorch is not installed: the torch-cpu and reference columns are skipped (pip install torch)")
@@ -167,29 +167,30 @@ def _bench_reference(model: Any, c: Any, steps: int, full: bool) -> dict[str, An
             "method": f"forward timed at {len(lengths)} sequence lengths, interpolated over {steps} steps"}
 
 
-def variant(manifest: dict[str, Any]) -> str:
+def variant(manifest: Manifest) -> str:
     """fp32 / fp16 / bf16, or the weight quantization (int8, int4; int4/fp16 with fp16 activations)."""
-    q = manifest.get("quantization")
+    q = manifest.quantization
     if q is None:
-        return str(manifest["precision"])
-    return str(q["scheme"]) + ("" if manifest["precision"] == "fp32" else f"/{manifest['precision']}")
+        return manifest.precision
+    return q.scheme + ("" if manifest.precision == "fp32" else f"/{manifest.precision}")
 
 
-def transformer_weight_bytes(manifest: dict[str, Any]) -> int:
+def transformer_weight_bytes(manifest: Manifest) -> int:
     """What one token step reads at least: the transformer's weights as exported."""
-    q = manifest.get("quantization")
+    q = manifest.quantization
     if q is not None:
-        return int(q["weight_bytes"])
-    return int(manifest["model"]["transformer"]["parameters"]) * BYTES[manifest["precision"]]
+        return q.weight_bytes
+    _, tr = manifest.model.sampling()
+    return tr.parameters * BYTES[manifest.precision]
 
 
-def compared_manifests(artifacts: Path, compare: list[Path], fingerprint: str) -> list[tuple[Path, dict[str, Any]]]:
+def compared_manifests(artifacts: Path, compare: list[Path], fingerprint: str) -> list[tuple[Path, Manifest]]:
     """``bench --compare DIR``: other exports of the same model (another precision or quantization),
     benchmarked in the same run, next to the main artifacts."""
     out = []
     for d in compare:
         m = read_manifest(d)
-        if m["model_fingerprint"] != fingerprint:
+        if m.fingerprint != fingerprint:
             raise InputError(f"--compare {d}: the artifacts of another model than {artifacts}")
         out.append((d, m))
     return out
@@ -201,9 +202,9 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
     check_num_samples(n)
     check_int(repeats, "--repeats", 1, MAX_REPEATS)
     manifest = read_manifest(artifacts)
-    others = compared_manifests(artifacts, compare or [], manifest["model_fingerprint"])
-    info = manifest["model"]
-    if info["kind"] != "net2net":
+    others = compared_manifests(artifacts, compare or [], manifest.fingerprint)
+    info = manifest.model
+    if not info.samples:
         raise InputError("bench needs a Net2NetTransformer (there is no sampling in a VQGAN)")
     check_output_dir(artifacts, out.parent, "bench --out")
     check_files([out], "bench --out")
@@ -225,7 +226,8 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
         if (b, d) != ("torch", "cpu") or torch_cpu is None:
             runs += [(b, d, False, None)] + ([(b, d, True, None)] if cuda_graphs and d.startswith("cuda") else [])
     bw = memory_bandwidth()
-    fp32_bytes = int(info["transformer"]["parameters"]) * 4
+    cond_info, tr = info.sampling()
+    fp32_bytes = tr.parameters * 4
     jobs = [(name, dev, graphs, be, artifacts, manifest) for name, dev, graphs, be in runs]
     jobs += [(name, dev, False, None, d, m) for (d, m), cands in zip(others, other_candidates) for name, dev in cands]
     for name, dev, graphs, be, where, m in jobs:  # --compare: the same model's other exports, in the same run
@@ -238,16 +240,16 @@ def run_bench(artifacts: Path, backends: str, device: str | None, n: int, repeat
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": graphs,
                            "floor_ms": 1e3 * (fp32_bytes if name == "torch" else transformer_weight_bytes(m)) / bw,
                            **bench_backend(be, cond_input, info, n, repeats, sampler)}
-    steps = int(info["tokens"]["image"])
+    steps = info.image_tokens
     if reference and model is not None and torch_cpu is not None:
         log("bench: upstream's sampler (full recomputation per token) ...")
-        cond = condition_grid(torch_cpu, info["conditioning"], n, cond_input, class_id=0).reshape(n, -1)
+        cond = cond_info.condition_tokens(torch_cpu, n, cond_input, class_id=0).reshape(n, -1)
         rows[REFERENCE] = {"backend": "torch", "device": "cpu", "precision": "fp32",
                            **bench_reference(model, cond, steps, full=steps * cond.shape[1] <= 64 * 128)}
     weight_bytes = transformer_weight_bytes(manifest)
     result = {
-        "artifacts": str(artifacts), "precision": manifest["precision"], "num_samples": n, "repeats": repeats,
-        "image_tokens": steps, "cond_tokens": int(info["tokens"]["cond"]),
+        "artifacts": str(artifacts), "precision": manifest.precision, "num_samples": n, "repeats": repeats,
+        "image_tokens": steps, "cond_tokens": info.cond_tokens,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch_threads()},
         "host_memory_bandwidth_GBps": bw / 1e9,
         "transformer_weight_bytes": weight_bytes,

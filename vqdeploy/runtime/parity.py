@@ -20,10 +20,10 @@ from vqdeploy.models.quantize import GumbelQuantize
 from vqdeploy.models.vqgan import VQModel
 from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.backends.torch_backend import TorchBackend
-from vqdeploy.runtime.conditions import condition_grid
 from vqdeploy.runtime.generator import sample_tokens
 from vqdeploy.runtime.parity_inputs import parity_inputs
 from vqdeploy.runtime.sampling import SamplingParams, filtered_probs, next_tokens, sampler_inputs
+from vqdeploy.typed_manifest import ModelInfo
 
 # Tolerances and why (measured numbers in the README's parity section):
 # - code_margin_rel: a token may differ from torch's only where the two nearest codes are a
@@ -115,7 +115,7 @@ def _logits_report(stage: str, err: float, scale: float, tol: dict[str, float]) 
                        f"max |dlogit| <= {tol['logits_rel']:g} * max(1, max|logit|)")
 
 
-def check_backend(reference: TorchBackend, candidate: Backend, info: dict[str, Any], precision: str,
+def check_backend(reference: TorchBackend, candidate: Backend, info: ModelInfo, precision: str,
                   seed: int = 0, greedy_steps: int | None = None, quantization: str | None = None) -> list[StageReport]:
     """Every stage of ``candidate`` against ``reference`` on the same seeded inputs; ``quantization``
     (the manifest's scheme): the transformer is checked by ``quantized_parity`` instead."""
@@ -132,22 +132,16 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: dict[str, A
     if not isinstance(model, Net2NetTransformer):
         return reports
 
-    cond_info = info["conditioning"]
-    if cond_info["kind"] == "image":
+    cond_info, _ = info.sampling()
+    if "cond_encoder" in cond_info.graphs:
         ref_c = reference.encode_cond(inputs["cond"])
         dist, gumbel = _code_distances(model.cond_stage_model, inputs["cond"], reference.cond_graph)  # type: ignore[arg-type]
         reports.append(check_codes("cond_encoder", ref_c, candidate.encode_cond(inputs["cond"]), dist, gumbel, tol))
     batch = ref_z.shape[0]
-    coord = None
-    if cond_info["kind"] == "coord":
-        from vqdeploy.runtime.conditions import coord_map
-
-        res = cond_info["resolution"]
-        coord = np.repeat(coord_map(res, res), batch, axis=0)
-    cond = condition_grid(reference, cond_info, batch, inputs.get("cond", coord), class_id=0).reshape(batch, -1)
-    order = info["permuter"]["order"]
+    cond = cond_info.condition_tokens(reference, batch, inputs.get("cond"), class_id=0).reshape(batch, -1)
+    order = info.order
     z = ref_z.reshape(batch, -1)
-    z = z[:, order] if order is not None else z
+    z = z[:, list(order)] if order is not None else z
     seq = np.concatenate([cond, z], axis=1)
     tc = cond.shape[1]
 

@@ -3,11 +3,14 @@ that latents and codes look like those of real images."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vqdeploy.needs_torch import torch_installed
+
+if TYPE_CHECKING:
+    from vqdeploy.typed_manifest import ModelInfo
 
 
 def smooth_field(rng: np.random.Generator, batch: int, channels: int, size: int, cells: int = 4) -> np.ndarray:
@@ -36,34 +39,19 @@ def label_map(rng: np.random.Generator, batch: int, classes: int, size: int, cel
     return _nearest(coarse, size)[:, 0].astype(np.int64)
 
 
-def parity_inputs(model_info: dict[str, Any], seed: int = 0, batch: int = 2) -> dict[str, np.ndarray]:
-    """Images for the first stage and the preprocessed condition for the cond stage."""
+def parity_inputs(model_info: ModelInfo, seed: int = 0, batch: int = 2) -> dict[str, np.ndarray]:
+    """Images for the first stage and the preprocessed condition (its kind's ``parity_input``)."""
     rng = np.random.default_rng(seed)
-    first = model_info["first_stage"]
-    out = {"image": smooth_field(rng, batch, first["in_channels"], first["resolution"])}
-    cond = model_info.get("conditioning", {})
-    if cond.get("kind") == "image":
-        pre = cond["preprocessing"]
-        size = cond["resolution"] if cond.get("downsample_cond_size", -1) < 0 else first["resolution"]
-        if pre["kind"] == "onehot":
-            out["cond"] = label_map(rng, batch, pre["num_classes"], size)
-        else:
-            out["cond"] = smooth_field(rng, batch, cond["in_channels"], size)
-    elif cond.get("kind") == "first_stage":
-        out["cond"] = out["image"]
-    elif cond.get("kind") == "objects":
-        from vqdeploy.conditions.objects import ObjectLayout
-
-        out["cond"] = ObjectLayout.from_manifest(cond).parity_condition(rng, batch)
+    first = model_info.first_stage
+    out = {"image": smooth_field(rng, batch, first.in_channels, first.resolution)}
+    if model_info.condition is not None:
+        cond = model_info.condition.parity_input(rng, batch, first, out["image"])
+        if cond is not None:
+            out["cond"] = cond
     return out
 
 
-def sample_condition(info: dict[str, Any], seed: int = 0) -> np.ndarray | None:
-    """One condition input (batch 1) for ``parity``/``bench`` pipelines; None for SOS / class."""
-    cond = info.get("conditioning", {})
-    if cond.get("kind") == "coord":
-        from vqdeploy.runtime.conditions import coord_map
-
-        return coord_map(cond["resolution"], cond["resolution"])
+def sample_condition(info: ModelInfo, seed: int = 0) -> np.ndarray | None:
+    """One condition input (batch 1) for ``parity``/``bench`` pipelines; None where the kind takes none."""
     x = parity_inputs(info, seed).get("cond")
     return None if x is None else x[:1]

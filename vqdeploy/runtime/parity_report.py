@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from vqdeploy.conditions.objects import layout_of
 from vqdeploy.errors import ParityError
 from vqdeploy.export.manifest import read_manifest
 from vqdeploy.files import atomic_write_many
@@ -28,8 +27,8 @@ from vqdeploy.runtime.images import png_bytes, to_uint8
 from vqdeploy.runtime.outputs import check_files, check_output_dir, make_output_dir
 from vqdeploy.runtime.parity import check_backend
 from vqdeploy.runtime.parity_inputs import sample_condition
-from vqdeploy.runtime.quantized_parity import quantized_scheme
 from vqdeploy.runtime.pipeline import Pipeline
+from vqdeploy.runtime.quantized_parity import quantized_scheme
 from vqdeploy.runtime.sampling import SamplingParams
 
 SAMPLES = 2
@@ -38,7 +37,8 @@ SAMPLES = 2
 def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, out: Path, ckpt: str | None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     manifest = read_manifest(artifacts)
-    info = manifest["model"]
+    info = manifest.model
+    cond = info.condition
     candidates = parse_backends(backends, artifacts, device)
     if not candidates:
         raise ParityError("no backend to compare on this machine")
@@ -49,7 +49,7 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
     reference = TorchBackend(load_reference_model(manifest, ckpt), manifest, "cpu")
     files: dict[str, bytes | str] = {}  # written together at the end
     params = SamplingParams(temperature=1.0, top_k=100)
-    condition = sample_condition(info, seed) if info["kind"] == "net2net" else None
+    condition = sample_condition(info, seed) if info.samples else None
     rows: list[dict[str, Any]] = []
     ref_tokens = None
     runs: list[tuple[str, str, Backend | None]] = [("torch", "cpu", reference)]
@@ -63,13 +63,13 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
             row["note"] = note
         if be is not reference:
             log(f"parity: {label} vs torch-cpu ..." + (f" ({row['note']})" if "note" in row else ""))
-            reports = check_backend(reference, be, info, manifest["precision"], seed,
+            reports = check_backend(reference, be, info, manifest.precision, seed,
                                     quantization=quantized_scheme(manifest, name))
             for r in reports:
                 log("  " + r.line())
             row["stages"] = [r.to_dict() for r in reports]
             row["passed"] = all(r.passed for r in reports)
-        if info["kind"] == "net2net":
+        if info.samples:
             result = Pipeline(be, manifest)(condition, num_samples=SAMPLES, params=params, seed=seed, class_id=0)
             tokens = result.tokens.reshape(SAMPLES, -1)
             if ref_tokens is None:
@@ -82,16 +82,15 @@ def run_parity(artifacts: Path, backends: str, device: str | None, seed: int, ou
                 files[f"{label}-{i}.png"] = png_bytes(im)
                 row["images"].append(f"{label}-{i}.png")
         rows.append(row)
-    layout = layout_of(info.get("conditioning", {}))
-    picture = layout.picture(condition[0]) if layout is not None and condition is not None \
-        else _condition_picture(condition)
+    picture = None if cond is None else cond.picture(condition)
     if picture is not None:
         files["condition.png"] = png_bytes(picture)
-    report = {"artifacts": str(artifacts), "precision": manifest["precision"], "seed": seed,
+    report = {"artifacts": str(artifacts), "precision": manifest.precision, "seed": seed,
               "created": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": _machine(),
-              "versions": {"exported_with": manifest.get("versions", {}), "running": _versions()},
-              "condition": "condition.png" if picture is not None else _condition_text(info),
-              "condition_kind": info.get("conditioning", {}).get("kind"),
+              "versions": {"exported_with": manifest.raw.get("versions", {}), "running": _versions()},
+              "condition": "condition.png" if picture is not None else (cond.text() if cond else "none"),
+              "condition_kind": cond.kind if cond else None,
+              "condition_width": cond.picture_width if cond else 0,
               "sampling": {"temperature": params.temperature, "top_k": params.top_k},
               "skipped": skipped_backends(artifacts, device) if backends == "auto" else [],
               "passed": all(r.get("passed", True) for r in rows), "backends": rows}
@@ -126,27 +125,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _condition_picture(condition: np.ndarray | None) -> np.ndarray | None:
-    """The condition the samples were drawn for, as an image: (H,W,C) uint8, or None."""
-    if condition is None:
-        return None
-    x = np.asarray(condition)
-    if x.ndim == 3 and x.dtype.kind in "iu":  # label map: spread the class ids over grey levels
-        labels = x[0].astype(np.float64)
-        return (labels * (255.0 / max(float(labels.max()), 1.0))).astype(np.uint8)[..., None]
-    if x.ndim == 4 and x.shape[1] in (1, 3):
-        y = x[:1].astype(np.float32)
-        if float(y.min()) >= 0.0:  # coordinates in [0, 1]
-            y = y * 2.0 - 1.0
-        return to_uint8(y.clip(-1, 1))[0]
-    return None
-
-
-def _condition_text(info: dict[str, Any]) -> str:
-    kind = info.get("conditioning", {}).get("kind", "")
-    return {"class": "class 0", "sos": "none (unconditional)"}.get(kind, kind or "none")
-
-
 def _html(report: dict[str, Any]) -> str:
     def cell(v: Any) -> str:
         return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
@@ -164,7 +142,7 @@ def _html(report: dict[str, Any]) -> str:
              + ". Exported with: "
              + cell(", ".join(f"{k} {v}" for k, v in report["versions"]["exported_with"].items())) + ".</p>",
              (f"<p>Condition: <img src='condition.png' style='width:"
-              f"{256 if report.get('condition_kind') == 'objects' else 96}px;image-rendering:auto'></p>"
+              f"{int(report.get('condition_width') or 96)}px;image-rendering:auto'></p>"
               if report["condition"] == "condition.png"
               else f"<p>Condition: {cell(report['condition'])}</p>"),
              ("<h2>Samples (same seed, top-k 100)</h2><table><tr><th>backend</th><th>first diverging token</th>"

@@ -15,42 +15,37 @@ from typing import Any
 
 import numpy as np
 
-from vqdeploy.conditions.objects import layout_of
 from vqdeploy.errors import InputError
 from vqdeploy.limits import check_num_samples, check_pixels, check_seed, pixel_budget
 from vqdeploy.runtime.backends.base import Backend
-from vqdeploy.runtime.conditions import condition_grid
-from vqdeploy.runtime.images import as_condition, to_uint8
 from vqdeploy.runtime.generator import check_sampler, generate, generate_sliding, start_decoding
+from vqdeploy.runtime.images import to_uint8
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
+from vqdeploy.typed_manifest import Manifest, ModelInfo
 
 
-def check_request(info: dict[str, Any], num_samples: int = 1, size: tuple[int, int] | None = None,
+def check_request(info: ModelInfo, num_samples: int = 1, size: tuple[int, int] | None = None,
                   max_pixels: int | None = None) -> None:
     """What a sampling request can get wrong without a backend (``run`` checks it before reading
     any input or opening a session)."""
-    if info["kind"] != "net2net":
-        raise InputError("these artifacts hold a VQGAN only: there is no transformer to sample from")
+    info.sampling()
     check_num_samples(num_samples)
     if size is not None:
         check_size(info, size, max_pixels)
 
 
-def check_size(info: dict[str, Any], size: tuple[int, int], max_pixels: int | None = None) -> None:
+def check_size(info: ModelInfo, size: tuple[int, int], max_pixels: int | None = None) -> None:
     """--size (H, W) within the pixel budget, in whole latent cells, and whole cond cells where the
     condition is read at that size."""
     check_pixels(size[0], size[1], pixel_budget(info, max_pixels), f"--size {size[1]}x{size[0]}")
-    res = int(info["first_stage"]["resolution"])
-    if info["conditioning"]["kind"] == "objects" and size != (res, res):
-        raise InputError(f"--size {size[1]}x{size[0]}: an object-layout model samples its trained {res}x{res} "
-                         "(the layout is relative to the whole image)")
+    cond, _ = info.sampling()
+    first = info.first_stage
+    cond.check_size(size, first)
+    res = first.resolution
     if size[0] < res or size[1] < res:
         raise InputError(f"--size {size[1]}x{size[0]} is smaller than the trained {res}x{res}: the transformer "
                          "samples the trained grid or larger (sliding window)")
-    f = int(info["first_stage"]["downsample_factor"])
-    cond = info["conditioning"]
-    if cond["kind"] == "image" and cond.get("downsample_cond_size", -1) == -1:
-        f = math.lcm(f, int(cond["downsample_factor"]))
+    f = math.lcm(first.downsample_factor, cond.size_multiple())
     if size[0] % f or size[1] % f:
         raise InputError(f"--size {size[1]}x{size[0]}: width and height must be multiples of {f} pixels")
 
@@ -87,29 +82,25 @@ class Result:
 
 
 class Pipeline:
-    def __init__(self, backend: Backend, manifest: dict[str, Any], sampler: str = "host") -> None:
+    def __init__(self, backend: Backend, manifest: Manifest, sampler: str = "host") -> None:
         """``sampler``: "host" (numpy, every backend) or "graph" (the exported sampler graph on the
         backend's device, so a GPU backend never copies logits to the host)."""
-        check_request(manifest["model"])
+        self.cond, _ = manifest.model.sampling()
         check_sampler(backend, sampler)
         self.backend = backend
         self.manifest = manifest
         self.sampler = sampler
-        self.info = manifest["model"]
-        self.cond = self.info["conditioning"]
-        self.first = self.info["first_stage"]
-        self.layout = layout_of(self.cond)
+        self.info = manifest.model
+        self.first = self.info.first_stage
 
     def _grid(self, cond_grid: np.ndarray, size: tuple[int, int] | None) -> tuple[int, int]:
-        """The image latent grid implied by the condition (image-like) or by --size."""
-        f = int(self.first["downsample_factor"])
-        if cond_grid.ndim == 3 and self.cond["kind"] in ("image", "first_stage", "coord"):
-            if self.cond.get("downsample_cond_size", -1) > -1:
-                return tuple(self.first["latent_grid"])  # type: ignore[return-value]
-            scale = self.cond["resolution"] / self.cond["latent_grid"][0] / f  # cond pixels per image cell
-            return round(cond_grid.shape[1] * scale), round(cond_grid.shape[2] * scale)
+        """The image latent grid implied by the condition (spatial kinds) or by --size."""
+        implied = self.cond.image_grid(cond_grid, self.first)
+        if implied is not None:
+            return implied
         if size is None:
-            return tuple(self.first["latent_grid"])  # type: ignore[return-value]
+            return self.first.latent_grid
+        f = self.first.downsample_factor
         return size[0] // f, size[1] // f  # checked by check_request
 
     def __call__(
@@ -165,23 +156,14 @@ class Pipeline:
         return cls(open_backend(backend, Path(artifacts), manifest, device, cuda_graphs=cuda_graphs), manifest, sampler)
 
     def _condition(self, x: Any, size: tuple[int, int] | None, max_pixels: int | None) -> np.ndarray | None:
-        """A path, PIL image or raw (H,W[,C]) array becomes the preprocessed condition, resized to ``size``
-        or the trained size; a preprocessed array (what ``load_condition`` returns) is used as is."""
-        if self.layout is not None and x is not None:
-            return self.layout.as_condition(x)
-        if x is None or self.cond["kind"] not in ("image", "first_stage"):
-            return x
-        pre = self.cond["preprocessing"]
-        if isinstance(x, np.ndarray) and ((x.ndim == 4 and x.dtype.kind == "f")
-                                          or (pre["kind"] == "onehot" and x.ndim == 3 and x.dtype.kind in "iu")):
-            return x
-        res = int(self.cond["resolution"])
-        return as_condition(x, pre, size or (res, res), pixel_budget(self.info, max_pixels))
+        """What the library caller passed (a path, an image, a scene, an array ...) as the condition's
+        kind preprocesses it, at ``size`` or the trained size."""
+        return self.cond.as_condition(x, size, pixel_budget(self.info, max_pixels))
 
     def _graphs(self) -> list[str]:
         """The graphs a request runs (their batch limits bound a chunk)."""
-        used = ["transformer", "decoder", "cond_encoder"] + (["encoder"] if self.cond["kind"] == "first_stage" else [])
-        return [g for g in used if g in self.manifest["graphs"]]
+        used = ["transformer", "decoder", *self.cond.graphs]
+        return [g for g in used if g in self.manifest.graphs]
 
     def _batch(self, condition: np.ndarray | None, num_samples: int, first: int, params: SamplingParams, seed: int,
                class_id: int | None, size: tuple[int, int] | None,
@@ -190,10 +172,10 @@ class Pipeline:
         ``default_rng([seed, b])``, so chunking does not change the images."""
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        cond = condition_grid(self.backend, self.cond, num_samples, condition, class_id)
+        cond = self.cond.condition_tokens(self.backend, num_samples, condition, class_id)
         timings["cond_encoder"] = time.perf_counter() - t
         grid = self._grid(cond, size)
-        trained = tuple(self.first["latent_grid"])
+        trained = self.first.latent_grid
         sliding = grid != trained
         tick = announce(grid[0] * grid[1], sliding)
         steps = grid[0] * grid[1]
@@ -202,15 +184,15 @@ class Pipeline:
         decoding = start_decoding(self.backend, self.sampler, params, noise)
         if not sliding:
             seq = generate(decoding, cond.reshape(num_samples, -1), steps, tick)
-            order = self.info["permuter"]["order"]
+            order = self.info.order
             raster = np.empty_like(seq)
             if order is None:
                 raster = seq
             else:
-                raster[:, order] = seq  # undo the permuter: sequence position k holds raster cell order[k]
+                raster[:, list(order)] = seq  # undo the permuter: sequence position k holds raster cell order[k]
             tokens = raster.reshape(num_samples, *grid)
         else:
-            if self.info["permuter"]["order"] is not None:
+            if self.info.order is not None:
                 raise InputError("sliding-window sampling needs a raster-order (Identity permuter) model")
             if grid[0] < trained[0] or grid[1] < trained[1]:
                 raise InputError(f"the image grid {grid[0]}x{grid[1]} is smaller than the trained {trained[0]}x{trained[1]}")

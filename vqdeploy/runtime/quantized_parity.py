@@ -34,6 +34,7 @@ from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.generator import sample_tokens
 from vqdeploy.runtime.parity import StageReport
 from vqdeploy.runtime.sampling import SamplingParams
+from vqdeploy.typed_manifest import Manifest
 
 # Mean KL(p_fp32 || p_quantized) per position at temperature 1, in nats: the export refuses above it.
 # Measured on the demo (the only trained model here): int8 4.8e-4, int4 1.6e-2, where sketch following
@@ -103,8 +104,8 @@ def check_quantized_transformer(gpt: torch.nn.Module, device: Any, candidate: Ba
     return reports
 
 
-def quantized_scheme(manifest: dict[str, Any], backend: str) -> str | None:
+def quantized_scheme(manifest: Manifest, backend: str) -> str | None:
     """The quantization a backend runs: the graphs' (ONNX Runtime, TensorRT); none for torch, which
     runs the checkpoint itself."""
-    q = manifest.get("quantization")
-    return None if q is None or backend == "torch" else str(q["scheme"])
+    q = manifest.quantization
+    return None if q is None or backend == "torch" else q.scheme

@@ -7,42 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vqdeploy.conditions.objects import is_scene_file, layout_of
 from vqdeploy.errors import InputError
 from vqdeploy.export.manifest import read_manifest
 from vqdeploy.files import check_writable
 from vqdeploy.limits import check_seed, pixel_budget
 from vqdeploy.runtime.backends.select import open_backend
-from vqdeploy.runtime.images import grid_image, load_condition, output_paths, parse_size, to_uint8, write_pngs
+from vqdeploy.runtime.images import grid_image, output_paths, parse_size, to_uint8, write_pngs
 from vqdeploy.runtime.pipeline import Pipeline, check_request
 from vqdeploy.runtime.progress import TokenProgress
 from vqdeploy.runtime.sampling import SamplingParams
-
-
-def read_condition(input: Path | None, cond_info: dict[str, Any], size: tuple[int, int] | None,
-                   budget: int | None = None, log: Callable[[str], None] | None = None) -> Any:
-    """The preprocessed condition. An image is resized to the trained size unless ``size`` asks for
-    another (a larger one is sampled with the sliding window), and the resize is reported."""
-    kind = cond_info["kind"]
-    layout = layout_of(cond_info)
-    if layout is not None:
-        return layout.read_input(input, log)
-    if input is not None and is_scene_file(input):
-        what = "an image" if kind in ("image", "first_stage") else ("nothing" if kind == "sos" else kind + " ids")
-        raise InputError(f"{input}: a scene file is for layout-conditioned models; this model is conditioned on {what}")
-    if kind in ("image", "first_stage"):
-        if input is None:
-            raise InputError("this model is conditioned on an image: pass INPUT (e.g. a sketch or label map PNG)")
-        res = int(cond_info["resolution"])
-        return load_condition(input, cond_info["preprocessing"], size or (res, res), budget, log)
-    if input is not None:
-        raise InputError(f"this model is {'unconditional' if kind == 'sos' else kind + '-conditional'}: it takes no INPUT")
-    if kind == "coord":
-        from vqdeploy.runtime.conditions import coord_map
-
-        h, w = size or (cond_info["resolution"], cond_info["resolution"])
-        return coord_map(h, w)
-    return None
 
 
 def check_outputs(paths: list[Path]) -> None:
@@ -64,25 +37,23 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     manifest = read_manifest(artifacts)
     params = SamplingParams(temperature, top_k, top_p)
     check_seed(seed)
-    vocab = int(manifest["model"]["transformer"]["vocab_size"]) if manifest["model"]["kind"] == "net2net" else 0
+    info = manifest.model
+    vocab = info.transformer.vocab_size if info.transformer is not None else 0
     if top_k is not None and vocab and top_k > vocab:
         log(f"note: --top-k {top_k} is more than the {vocab} tokens of this model: all are kept")
         params = SamplingParams(temperature, vocab, top_p)
         top_k = vocab
     hw = parse_size(size)
-    check_request(manifest["model"], num_samples, hw, max_pixels)
+    check_request(info, num_samples, hw, max_pixels)
     paths = output_paths(out, num_samples, grid)
-    cond_info = manifest["model"]["conditioning"]
-    layout = layout_of(cond_info)
-    if save_layout and layout is None:
+    cond, _ = info.sampling()
+    if save_layout and not cond.draws_layout:
         raise InputError("--save-layout is for object-layout (scene) models")
     layout_path = out.with_name(f"{out.stem}-layout.png") if save_layout else None
     check_outputs(paths + ([layout_path] if layout_path else []))
-    if class_id is not None and cond_info["kind"] != "class":
-        kind = cond_info["kind"]
-        what = "unconditional" if kind == "sos" else f"conditioned on '{cond_info.get('key', kind)}' ({kind})"
-        raise InputError(f"--class is for class-conditional models; this model is {what}")
-    condition = read_condition(input, cond_info, hw, pixel_budget(manifest["model"], max_pixels), log)
+    if class_id is not None:
+        cond.check_class(class_id)
+    condition = cond.read_input(input, hw, pixel_budget(info, max_pixels), log)
     t = time.perf_counter()
     be = open_backend(backend, artifacts, manifest, device, ckpt, log=log, cuda_graphs=cuda_graphs)
     load_s = time.perf_counter() - t
@@ -96,9 +67,11 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     for directory in {p.parent for p in paths}:
         directory.mkdir(parents=True, exist_ok=True)
     pictures = {paths[0]: grid_image(images)} if grid else dict(zip(paths, images))
-    if layout is not None and layout_path is not None:  # the layout the model got, decoded from its tokens
+    if layout_path is not None:  # the layout the model got, decoded from its tokens
         h, w = images.shape[1:3]
-        pictures[layout_path] = layout.picture(condition[0], (max(h, 256), max(w, 256)))
+        picture = cond.picture(condition, (max(h, 256), max(w, 256)))
+        if picture is not None:
+            pictures[layout_path] = picture
     write_pngs(pictures)
     log("wrote " + ", ".join(str(p) for p in pictures))
     return {

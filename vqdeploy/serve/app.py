@@ -22,8 +22,8 @@ from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.serve.batcher import Batcher, QueueFull
 from vqdeploy.serve.engine import Abandoned, Engine, Item, Job, JobResult
 from vqdeploy.serve.metrics import Metrics
-from vqdeploy.serve.requests import FIELDS, FieldError, GenerateRequest, condition_bytes, encode_pngs, parse_fields, \
-    read_condition
+from vqdeploy.serve.requests import (FIELDS, FieldError, GenerateRequest, condition_bytes, encode_pngs, parse_fields,
+                                     read_condition)
 
 ROUTES = ("/", "/v1/generate", "/v1/generate/stream", "/v1/model", "/healthz", "/metrics")
 PROGRESS_EVERY_S = 0.05  # progress events are coalesced to at most one per 50 ms
@@ -65,8 +65,9 @@ class Server:
 
     def model(self) -> dict[str, Any]:
         """What a client needs to build a request: the manifest's model description and the limits."""
-        info = {k: v for k, v in self.info.items() if k != "permuter"}
-        info["permuter"] = {"name": self.info["permuter"]["name"]}
+        raw = self.pipeline.manifest.raw["model"]
+        info = {k: v for k, v in raw.items() if k != "permuter"}
+        info["permuter"] = {"name": raw["permuter"].get("name")}
         from vqdeploy.runtime.sampling import SamplingParams
 
         d = SamplingParams()

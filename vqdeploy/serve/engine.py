@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from vqdeploy.runtime.conditions import condition_grid
 from vqdeploy.runtime.generator import RowParamsDecoding, generate
 from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.sampling import uniform_noise
@@ -67,19 +66,19 @@ class Engine:
         self.pipeline = pipeline
         self.backend = pipeline.backend
         self.info = pipeline.info
-        self.grid = tuple(int(v) for v in self.info["first_stage"]["latent_grid"])
+        self.grid = self.info.first_stage.latent_grid
         self.steps = self.grid[0] * self.grid[1]
         self.max_batch = max(1, min(self.backend.max_batch(g) for g in pipeline._graphs()))
 
     def run(self, items: list[Item]) -> dict[str, float]:
         """Sample every item's rows in one batch; each finished job gets ``on_done``. Returns timings."""
         t0 = time.perf_counter()
-        cond_info = self.info["conditioning"]
+        cond_info = self.pipeline.cond
         prompts, noises, groups = [], [], {}  # groups: params -> row indices
         row = 0
         for it in items:
             req = it.job.request
-            cond = condition_grid(self.backend, cond_info, it.count, req.condition, req.class_id)
+            cond = cond_info.condition_tokens(self.backend, it.count, req.condition, req.class_id)
             prompts.append(cond.reshape(it.count, -1))
             noises.append(uniform_noise(req.seed, it.count, self.steps, it.first))
             groups.setdefault(req.params, []).extend(range(row, row + it.count))
@@ -110,10 +109,10 @@ class Engine:
 
     def _raster(self, seq: np.ndarray) -> np.ndarray:
         """(B,steps) sequence order -> (B,h,w) raster order (undo the permuter, as the pipeline does)."""
-        order = self.info["permuter"]["order"]
+        order = self.info.order
         raster = seq if order is None else np.empty_like(seq)
         if order is not None:
-            raster[:, order] = seq
+            raster[:, list(order)] = seq
         return raster.reshape(seq.shape[0], *self.grid)
 
     def _ticker(self, items: list[Item], decoding: RowParamsDecoding) -> Callable[[int], None]:
@@ -121,7 +120,7 @@ class Engine:
         job of the batch has gone."""
         h, w = self.grid
         drawn = [0]
-        raster = self.info["permuter"]["order"] is None  # partial images only make sense in raster order
+        raster = self.info.order is None  # partial images only make sense in raster order
 
         def tick(n: int) -> None:
             drawn[0] += n

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from vqdeploy.conditions.image import ImageCondition
 from vqdeploy.errors import InputError
 from vqdeploy.limits import MAX_SEED, MAX_TOP_K, check_finite, check_int, pixel_budget
 from vqdeploy.runtime.sampling import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, SamplingParams
+from vqdeploy.typed_manifest import ModelInfo
 
 FIELDS = ("condition", "seed", "num_samples", "temperature", "top_k", "top_p", "class_id", "partial_every")
 # PIL modes a condition upload may have (others, e.g. CMYK or YCbCr, are refused rather than guessed at)
@@ -70,7 +72,7 @@ def _absent(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
-def parse_fields(fields: dict[str, Any], info: dict[str, Any], max_samples: int) -> GenerateRequest:
+def parse_fields(fields: dict[str, Any], info: ModelInfo, max_samples: int) -> GenerateRequest:
     """Sampling fields -> a request (the condition is read separately by ``read_condition``)."""
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
@@ -92,15 +94,15 @@ def parse_fields(fields: dict[str, Any], info: dict[str, Any], max_samples: int)
     req.params = SamplingParams(temperature, top_k, top_p)
     if not _absent(fields.get("partial_every")):
         req.partial_every = _int(fields["partial_every"], "partial_every", 0, 1 << 16)
-    cond = info["conditioning"]
+    cond, _ = info.sampling()
+    n = cond.classes
     if not _absent(fields.get("class_id")):
-        if cond["kind"] != "class":
+        if n is None:
             raise FieldError("class_id", f"class_id is for class-conditional models; this model's conditioning is "
-                                         f"{cond['kind']}")
-        req.class_id = _int(fields["class_id"], "class_id", 0, int(cond["n_classes"]) - 1)
-    elif cond["kind"] == "class":
-        last = int(cond["n_classes"]) - 1
-        raise FieldError("class_id", f"this model is class-conditional: pass class_id (0..{last})")
+                                         f"{cond.kind}")
+        req.class_id = _int(fields["class_id"], "class_id", 0, n - 1)
+    elif n is not None:
+        raise FieldError("class_id", f"this model is class-conditional: pass class_id (0..{n - 1})")
     return req
 
 
@@ -116,26 +118,20 @@ def condition_bytes(value: Any) -> bytes:
         raise FieldError("condition", "condition is not valid base64") from None
 
 
-def read_condition(data: bytes | None, info: dict[str, Any], max_pixels: int | None = None) -> tuple[Any, list[str]]:
+def read_condition(data: bytes | None, info: ModelInfo, max_pixels: int | None = None) -> tuple[Any, list[str]]:
     """The preprocessed condition of an upload (resized to the trained size, as ``vqdeploy run`` does)
     and the notes ``run`` would print about it. The pixel budget is checked on the image header."""
     from vqdeploy.runtime.images import decode_image, prepare_condition
 
-    cond = info["conditioning"]
-    kind = cond["kind"]
+    cond, _ = info.sampling()
     notes: list[str] = []
-    if kind not in ("image", "first_stage"):
+    if not isinstance(cond, ImageCondition):  # the kinds that take no upload
         if data:
-            raise FieldError("condition", f"this model's conditioning is {kind}: it takes no condition image")
-        if kind == "coord":
-            from vqdeploy.runtime.conditions import coord_map
-
-            res = int(cond["resolution"])
-            return coord_map(res, res), notes
-        return None, notes
+            raise FieldError("condition", f"this model's conditioning is {cond.kind}: it takes no condition image")
+        return cond.default_input(None), notes
     if not data:
         raise FieldError("condition", f"this model is conditioned on an image: send the file part 'condition' "
-                                      f"({cond['preprocessing']['input']})")
+                                      f"({cond.preprocessing['input']})")
     budget = pixel_budget(info, max_pixels)
     try:
         img = decode_image(io.BytesIO(data), "condition", budget)
@@ -146,9 +142,9 @@ def read_condition(data: bytes | None, info: dict[str, Any], max_pixels: int | N
     if img.mode not in IMAGE_MODES:
         raise FieldError("condition", f"condition: image mode {img.mode} is not accepted; send one of "
                                       f"{', '.join(IMAGE_MODES)} (e.g. a greyscale, RGB or palette PNG)", 415)
-    res = int(cond["resolution"])
+    res = cond.resolution
     try:
-        arr = prepare_condition(img, cond["preprocessing"], (res, res), "condition", notes.append)
+        arr = prepare_condition(img, cond.preprocessing, (res, res), "condition", notes.append)
     except InputError as e:
         raise FieldError("condition", str(e)) from None
     return arr, notes

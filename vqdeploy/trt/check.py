@@ -8,6 +8,7 @@ that fixes it. Pure functions over engines.json, so they are testable without a 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from vqdeploy.files import inside_dir
 from vqdeploy.trt import record
 from vqdeploy.trt.shim import FLAVOURS
 from vqdeploy.trt.target import sm_name
+from vqdeploy.typed_manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class Machine:
     compute_capability: str  # "8.6"
 
 
-def problems(entry: dict[str, Any], graph: dict[str, Any], machine: Machine) -> list[str]:
+def problems(entry: dict[str, Any], graph: Mapping[str, Any], machine: Machine) -> list[str]:
     """Every way ``entry`` (of engines.json) does not fit ``graph`` (of the manifest) on ``machine``."""
     out = []
     built = entry.get("tensorrt", {})
@@ -48,7 +50,7 @@ def problems(entry: dict[str, Any], graph: dict[str, Any], machine: Machine) -> 
     return out
 
 
-def engine_path(artifacts: Path, manifest: dict[str, Any], name: str, machine: Machine) -> tuple[Path, dict[str, Any]]:
+def engine_path(artifacts: Path, manifest: Manifest, name: str, machine: Machine) -> tuple[Path, dict[str, Any]]:
     """The checked engine file of graph ``name`` and its engines.json entry; ArtifactError saying
     what differs and how to rebuild otherwise. engines.json is validated (``record.ENGINES``) and
     the engine file resolved like every artifact file (inside ``engines/``, no symlink, regular)."""
@@ -64,7 +66,7 @@ def engine_path(artifacts: Path, manifest: dict[str, Any], name: str, machine: M
     entry = data["engines"].get(name)
     if entry is None:
         raise ArtifactError(f"{directory}: no engine for the {name} graph; {rebuild}")
-    graph = manifest["graphs"][name]
+    graph = manifest.graphs[name]
     found = problems(entry, graph, machine)
     if found:
         raise ArtifactError(f"{directory / entry['file']}: {'; '.join(found)}; {rebuild}")

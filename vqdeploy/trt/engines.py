@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from vqdeploy.trt import profiles as pf
 from vqdeploy.trt import record, target
 from vqdeploy.trt.logs import LOG, BuildLog, Echo, LogFile
 from vqdeploy.trt.shim import TensorRT, load
+from vqdeploy.typed_manifest import Manifest
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -41,10 +42,10 @@ class BuildOptions:
     graphs: Sequence[str] = field(default_factory=tuple)  # empty: all
 
 
-def check_precision(requested: str | None, manifest: dict[str, Any], artifacts: Path) -> str:
+def check_precision(requested: str | None, manifest: Manifest, artifacts: Path) -> str:
     """The engine precision is the graphs' precision (strongly typed networks): ``--precision``
     only confirms it, and a different one is an error rather than a silent cast."""
-    exported = str(manifest.get("precision", "fp32"))
+    exported = str(manifest.precision)
     if requested is None or requested == exported:
         return exported
     if requested not in PRECISIONS:
@@ -59,7 +60,7 @@ def build_engines(artifacts: str | Path, options: BuildOptions = BuildOptions(),
     artifacts = Path(artifacts)
     manifest = mf.read_manifest(artifacts)
     precision = check_precision(options.precision, manifest, artifacts)
-    graphs: dict[str, Any] = manifest["graphs"]
+    graphs: Mapping[str, Any] = manifest.graphs
     unknown = [g for g in options.graphs if g not in graphs]
     if unknown:
         raise ConfigError(f"no graph '{unknown[0]}' in {artifacts} (graphs: {', '.join(graphs)})")
@@ -88,7 +89,7 @@ def build_engines(artifacts: str | Path, options: BuildOptions = BuildOptions(),
             log_file.close()
 
 
-def _build_all(api: TensorRT, artifacts: Path, manifest: dict[str, Any], names: list[str],
+def _build_all(api: TensorRT, artifacts: Path, manifest: Manifest, names: list[str],
                resolved: dict[str, pf.Profiles], tgt: target.Target, precision: str, options: BuildOptions,
                log: BuildLog, echo: Echo) -> dict[str, Any]:
     out = artifacts / record.ENGINES_DIR
@@ -97,8 +98,8 @@ def _build_all(api: TensorRT, artifacts: Path, manifest: dict[str, Any], names: 
     except ArtifactError as e:  # a damaged record only costs a rebuild: every engine is built again
         echo(f"note: {e}; rebuilding every engine")
         data = None
-    if data is None or data.get("model_fingerprint") != manifest["model_fingerprint"]:
-        data = record.empty(manifest["model_fingerprint"])
+    if data is None or data.get("model_fingerprint") != manifest.fingerprint:
+        data = record.empty(manifest.fingerprint)
     t_all = time.perf_counter()
     for i, name in enumerate(names, 1):
         entry = _build_one(api, artifacts, manifest, name, resolved[name], tgt, precision, options, data, log,
@@ -115,14 +116,14 @@ def _engine_file(directory: Path, name: str) -> Path:
     return artifact_file(directory, file, f"the engine of {name}", must_exist=False)
 
 
-def _build_one(api: TensorRT, artifacts: Path, manifest: dict[str, Any], name: str, profiles: pf.Profiles,
+def _build_one(api: TensorRT, artifacts: Path, manifest: Manifest, name: str, profiles: pf.Profiles,
                tgt: target.Target, precision: str, options: BuildOptions, data: dict[str, Any], log: BuildLog,
                label: str, echo: Echo) -> dict[str, Any]:
     from vqdeploy.trt import builder as bd
     from vqdeploy.trt import network as nw
     from vqdeploy.trt.shim import trt
 
-    graph = manifest["graphs"][name]
+    graph = manifest.graphs[name]
     out = artifacts / record.ENGINES_DIR
     engine = _engine_file(out, name)
     file = engine.name

@@ -39,7 +39,7 @@ def engines_current(artifacts: Path) -> bool:
     machine = check.Machine(api.flavour, api.version, *gpu)
     manifest = mf.read_manifest(artifacts)
     try:
-        for name in manifest["graphs"]:
+        for name in manifest.graphs:
             check.engine_path(artifacts, manifest, name, machine)
     except ArtifactError:
         return False

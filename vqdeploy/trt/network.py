@@ -7,6 +7,7 @@ does too). The NearestCode custom node carries an ONNX function body that the pa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def io(network: trt.INetworkDefinition) -> tuple[list[dict[str, Any]], list[dict
             [desc(network.get_output(i)) for i in range(network.num_outputs)])
 
 
-def check_io(name: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], graph: dict[str, Any]) -> None:
+def check_io(name: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], graph: Mapping[str, Any]) -> None:
     """The parsed network has the tensors (names, dtypes, ranks) the manifest promises."""
     for kind, got in (("inputs", inputs), ("outputs", outputs)):
         want = {t["name"]: t for t in graph[kind]}

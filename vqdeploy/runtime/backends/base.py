@@ -3,11 +3,12 @@ benchmark drive torch, onnxruntime and TensorRT with the same code."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from vqdeploy.runtime.sampling import SamplingParams
+from vqdeploy.typed_manifest import Manifest
 
 
 class TransformerRunner(Protocol):
@@ -47,7 +48,7 @@ class Backend(Protocol):
 
     name: str
     device: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     emulation: str | None  # what this backend computes differently from the graphs (None: nothing)
 
     def encode(self, image: np.ndarray) -> np.ndarray:

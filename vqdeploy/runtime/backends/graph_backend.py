@@ -22,6 +22,7 @@ from vqdeploy.errors import ArtifactError, InputError
 from vqdeploy.runtime.backends.buffers import Buffer, HostMemory, Memory
 from vqdeploy.runtime.sampling import SamplingParams, sampler_inputs
 from vqdeploy.tensor_spec import TensorSpec, bind_dims
+from vqdeploy.typed_manifest import Manifest
 
 
 class Executor(Protocol):
@@ -35,7 +36,7 @@ class GraphBackend:
     # a step can be captured as a CUDA graph once and replayed; set by backends that capture
     cuda_graphs = False
 
-    def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str, memory: Memory | None = None) -> None:
+    def __init__(self, artifacts: Path, manifest: Manifest, device: str, memory: Memory | None = None) -> None:
         self.artifacts = Path(artifacts)
         self.manifest = manifest
         self.device = device
@@ -57,7 +58,7 @@ class GraphBackend:
     # --- shared ---------------------------------------------------------------------------
     def graph(self, name: str) -> dict[str, Any]:
         try:
-            return self.manifest["graphs"][name]
+            return self.manifest.graphs[name]
         except KeyError:
             raise ArtifactError(f"{self.artifacts}: the artifacts have no '{name}' graph") from None
 
@@ -65,7 +66,7 @@ class GraphBackend:
         return [TensorSpec.from_dict(t) for t in self.graph(name)[kind]]
 
     def has_graph(self, name: str) -> bool:
-        return name in self.manifest["graphs"]
+        return name in self.manifest.graphs
 
     def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call of graph ``name`` on host arrays; host outputs."""
@@ -86,7 +87,7 @@ class GraphBackend:
         return self.run_graph("encoder", {"image": image})["indices"]
 
     def encode_cond(self, cond: np.ndarray) -> np.ndarray:
-        graph = "cond_encoder" if "cond_encoder" in self.manifest["graphs"] else "encoder"
+        graph = "cond_encoder" if "cond_encoder" in self.manifest.graphs else "encoder"
         name = self.graph(graph)["inputs"][0]["name"]
         return self.run_graph(graph, {name: cond})["indices"]
 
@@ -111,10 +112,10 @@ class KVTransformer:
 
     def __init__(self, backend: GraphBackend) -> None:
         self.backend = backend
-        info = backend.manifest["model"]["transformer"]
-        self.n_layer, self.n_head = int(info["n_layer"]), int(info["n_head"])
-        self.head_dim, self.block = int(info["head_dim"]), int(info["block_size"])
-        self.vocab = int(info["vocab_size"])
+        _, info = backend.manifest.model.sampling()
+        self.n_layer, self.n_head = info.n_layer, info.n_head
+        self.head_dim, self.block = info.head_dim, info.block_size
+        self.vocab = info.vocab_size
         cache = next((t for t in backend.graph("transformer")["inputs"] if t["name"] == "cache.0.key"), None)
         if cache is None:
             raise ArtifactError(f"{backend.artifacts}: the transformer graph has no in-place KV cache "

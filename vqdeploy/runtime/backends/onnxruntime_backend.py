@@ -17,6 +17,7 @@ from vqdeploy.errors import ArtifactError, BackendError, VQDeployError
 from vqdeploy.export.graph_files import graph_file
 from vqdeploy.runtime.backends.buffers import ELEMENT_TYPE, Buffer, HostMemory
 from vqdeploy.runtime.backends.graph_backend import GraphBackend
+from vqdeploy.typed_manifest import Manifest
 
 BF16_EMULATION = "bf16 graphs emulated on CPU: fp32 arithmetic, bf16 rounding at every node output"
 # the manifest's dtype names as ONNX Runtime spells them
@@ -103,7 +104,7 @@ class OrtExecutor:
 class OnnxRuntimeBackend(GraphBackend):
     name = "onnxruntime"
 
-    def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str = "cpu", cuda_graphs: bool = False) -> None:
+    def __init__(self, artifacts: Path, manifest: Manifest, device: str = "cpu", cuda_graphs: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -127,7 +128,7 @@ class OnnxRuntimeBackend(GraphBackend):
         self.cuda_graphs = cuda_graphs
         ort.set_default_logger_severity(log_severity())
         self._executors: dict[str, OrtExecutor] = {}
-        self.emulation = BF16_EMULATION if manifest.get("precision") == "bf16" and kind == "cpu" else None
+        self.emulation = BF16_EMULATION if manifest.precision == "bf16" and kind == "cpu" else None
 
     def executor(self, graph: str, profile: str | None = None) -> OrtExecutor:
         ex = self._executors.get(graph)

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from vqdeploy.errors import ArtifactError, BackendError
-from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.needs_torch import torch_installed
+from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.backends.devices import BACKENDS, announce, check_name, gpu_present, resolve_device
+from vqdeploy.typed_manifest import Manifest
 
 __all__ = ["BACKENDS", "auto_backend", "load_reference_model", "open_backend", "torch_installed"]
 
 
-def load_reference_model(manifest: dict[str, Any], ckpt: str | None = None, config: str | None = None) -> Any:
+def load_reference_model(manifest: Manifest, ckpt: str | None = None, config: str | None = None) -> Any:
     """The PyTorch model the artifacts were exported from (or ``ckpt``), checked by fingerprint."""
     try:
         from vqdeploy.export.fingerprint import model_fingerprint
@@ -26,23 +27,21 @@ def load_reference_model(manifest: dict[str, Any], ckpt: str | None = None, conf
             raise BackendError("the PyTorch reference needs PyTorch: pip install torch") from None
         raise
 
-    src = manifest.get("source", {})
     path, cfg = ckpt, config
     if ckpt is None:
-        path = src.get("checkpoint")
-        recorded = src.get("config") or []
+        path = manifest.checkpoint
+        recorded = manifest.configs
         cfg = config or (recorded[0] if len(recorded) == 1 else None)
     if path is None:
         raise ArtifactError("the manifest records no checkpoint: pass --ckpt")
-    cond = manifest.get("model", {}).get("conditioning", {})
-    classes = cond["builder"]["no_object_classes"] if cond.get("kind") == "objects" else None
-    model = load_model(path, cfg, object_classes=classes)
-    if model_fingerprint(model) != manifest.get("model_fingerprint"):
+    cond = manifest.model.condition
+    model = load_model(path, cfg, **(cond.load_options() if cond is not None else {}))
+    if model_fingerprint(model) != manifest.fingerprint:
         raise ArtifactError(f"{path} holds different weights than the exported artifacts; re-export or pass the right --ckpt")
     return model
 
 
-def open_backend(name: str, artifacts: Path, manifest: dict[str, Any], device: str | None = None,
+def open_backend(name: str, artifacts: Path, manifest: Manifest, device: str | None = None,
                  ckpt: str | None = None, config: str | None = None, model: Any = None,
                  log: Callable[[str], None] | None = None, cuda_graphs: bool = False) -> Backend:
     """``name`` (or ``auto``) on ``device`` (None: resolved by ``devices.resolve_device``, and the choice

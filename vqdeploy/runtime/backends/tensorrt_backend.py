@@ -37,6 +37,7 @@ from vqdeploy.trt import check
 from vqdeploy.trt.logs import BuildLog, Discard, last_error
 from vqdeploy.trt.network import dims
 from vqdeploy.trt.shim import TensorRT, load, trt
+from vqdeploy.typed_manifest import Manifest
 
 
 class SharedActivations:
@@ -130,7 +131,7 @@ class TrtExecutor:
 class TensorRTBackend(GraphBackend):
     name = "tensorrt"
 
-    def __init__(self, artifacts: Path, manifest: dict[str, Any], device: str = "cuda",
+    def __init__(self, artifacts: Path, manifest: Manifest, device: str = "cuda",
                  share_memory: bool = True, cuda_graphs: bool = False) -> None:
         kind, _, index = device.partition(":")
         if kind != "cuda":

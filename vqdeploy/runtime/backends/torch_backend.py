@@ -16,6 +16,7 @@ from vqdeploy.models.kv_cache import KVCache, write_at
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.models.net2net import Net2NetTransformer
 from vqdeploy.models.vqgan import VQModel
+from vqdeploy.typed_manifest import Manifest
 
 
 class TorchTransformer:
@@ -99,7 +100,7 @@ class TorchBackend:
     name = "torch"
     emulation: str | None = None
 
-    def __init__(self, model: nn.Module, manifest: dict[str, Any], device: str = "cpu", cuda_graphs: bool = False) -> None:
+    def __init__(self, model: nn.Module, manifest: Manifest, device: str = "cpu", cuda_graphs: bool = False) -> None:
         self.device = device
         self.manifest = manifest
         self.torch_device = torch.device(device)
@@ -109,16 +110,8 @@ class TorchBackend:
             raise ArtifactError("the torch backend needs a VQModel or Net2NetTransformer checkpoint")
         self._encoder = EncoderGraph(first, torch.float32)
         self._decoder = DecoderGraph(first, torch.float32)
-        self.cond_graph: EncoderGraph | None = None
-        cond = manifest["model"].get("conditioning", {})
-        if cond.get("kind") == "first_stage":
-            self.cond_graph = self._encoder
-        elif cond.get("kind") == "image":
-            assert isinstance(model, Net2NetTransformer) and isinstance(model.cond_stage_model, VQModel)
-            pre = cond["preprocessing"]
-            self.cond_graph = EncoderGraph(model.cond_stage_model, torch.float32,
-                                      pre["num_classes"] if pre["kind"] == "onehot" else None,
-                                      int(cond.get("downsample_cond_size", -1)))
+        cond = manifest.model.condition
+        self.cond_graph: EncoderGraph | None = None if cond is None else cond.torch_encoder(model, self._encoder)
         self.cuda_graphs = cuda_graphs
         self._runner = (TorchTransformer(model.transformer, self.torch_device, cuda_graphs)
                         if isinstance(model, Net2NetTransformer) else None)

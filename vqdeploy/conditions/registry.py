@@ -1,0 +1,41 @@
+"""The conditioning kinds by name: the manifest schema, ``read_manifest`` and ``export`` find a
+kind here, never by testing its name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from vqdeploy.conditions.base import Condition
+from vqdeploy.errors import ConfigError
+from vqdeploy.schema import Rule, tagged
+
+CONDITIONS: dict[str, type[Condition]] = {}
+C = TypeVar("C", bound=type[Condition])
+
+
+def register(cls: C) -> C:
+    """Class decorator: ``cls`` handles manifests whose ``model.conditioning.kind`` is ``cls.kind``."""
+    if cls.kind in CONDITIONS:
+        raise ValueError(f"conditioning kind '{cls.kind}' registered twice")
+    CONDITIONS[cls.kind] = cls
+    return cls
+
+
+def schema() -> Rule:
+    """``model.conditioning``: the entry of whichever kind it names."""
+    return tagged("kind", {k: c.schema for k, c in CONDITIONS.items()})
+
+
+def condition_from_manifest(entry: Mapping[str, Any], where: str) -> Condition:
+    """A schema-valid ``model.conditioning`` entry as its kind's object."""
+    return CONDITIONS[entry["kind"]].from_manifest(entry, where)
+
+
+def describe_condition(model: Any) -> dict[str, Any]:
+    """The manifest entry of a loaded Net2NetTransformer's cond stage (the kind that claims it)."""
+    for cls in CONDITIONS.values():
+        entry = cls.from_model(model)
+        if entry is not None:
+            return entry
+    raise ConfigError(f"unsupported cond stage {type(model.cond_stage_model).__name__}")

@@ -1,0 +1,134 @@
+"""``manifest.json`` as typed objects, parsed once by ``read_manifest`` after the schema check
+(``export/manifest_schema.py``), so runtime code reads attributes, not string keys, and the
+conditioning is its kind's object (``vqdeploy.conditions``).
+
+The graphs stay the JSON entries they are (``graphs[name]["inputs"]`` ...): their consumers bind
+tensors by the names listed there, generically, as a C++ app reading the file does. ``raw`` is the
+whole JSON as written (reports, tools, tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vqdeploy.conditions import Condition, condition_from_manifest
+from vqdeploy.errors import InputError
+
+
+@dataclass(frozen=True)
+class VQStage:
+    """A VQGAN (the first stage): image <-> a latent grid of token ids."""
+
+    in_channels: int
+    resolution: int
+    downsample_factor: int
+    latent_grid: tuple[int, int]
+    vocab_size: int
+    out_channels: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> VQStage:
+        return cls(int(d["in_channels"]), int(d["resolution"]), int(d["downsample_factor"]),
+                   (int(d["latent_grid"][0]), int(d["latent_grid"][1])), int(d["vocab_size"]), int(d["out_channels"]))
+
+    @property
+    def trained_pixels(self) -> int:
+        return self.resolution * self.resolution
+
+
+@dataclass(frozen=True)
+class TransformerInfo:
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    head_dim: int
+    parameters: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TransformerInfo:
+        return cls(*(int(d[k]) for k in ("vocab_size", "block_size", "n_layer", "n_head", "head_dim", "parameters")))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """``model``: a VQGAN alone (``kind`` "vqgan": ``condition`` and ``transformer`` are None) or a
+    Net2NetTransformer."""
+
+    kind: str
+    first_stage: VQStage
+    condition: Condition | None = None
+    transformer: TransformerInfo | None = None
+    order: tuple[int, ...] | None = None  # the permuter: sequence position k holds raster cell order[k]
+    permuter_name: str | None = None
+    cond_tokens: int = 0
+    image_tokens: int = 0
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str) -> ModelInfo:
+        first = VQStage.from_json(d["first_stage"])
+        if d["kind"] != "net2net":
+            return cls(d["kind"], first)
+        tr = TransformerInfo.from_json(d["transformer"])
+        cond = condition_from_manifest(d["conditioning"], f"{where} model.conditioning")
+        cond.check_model(tr.vocab_size, f"{where} model.conditioning")
+        order = d["permuter"]["order"]
+        return cls(d["kind"], first, cond, tr, None if order is None else tuple(int(i) for i in order),
+                   d["permuter"].get("name"), int(d["tokens"]["cond"]), int(d["tokens"]["image"]))
+
+    @property
+    def samples(self) -> bool:
+        """There is a transformer to sample from."""
+        return self.transformer is not None
+
+    def sampling(self) -> tuple[Condition, TransformerInfo]:
+        """The condition and the transformer; InputError for a VQGAN alone."""
+        if self.condition is None or self.transformer is None:
+            raise InputError("these artifacts hold a VQGAN only: there is no transformer to sample from")
+        return self.condition, self.transformer
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """``export --quantize``: weight-only int8/int4 of these graphs."""
+
+    scheme: str
+    graphs: tuple[str, ...]
+    block_size: int
+    layers: int
+    weight_bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelInfo
+    precision: str
+    max_batch: int
+    fingerprint: str
+    graphs: Mapping[str, Mapping[str, Any]]
+    quantization: Quantization | None = None
+    checkpoint: str | None = None  # where the exported checkpoint was (``source``)
+    configs: tuple[str, ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], label: str = "manifest.json") -> Manifest:
+        """A manifest the schema accepted (``manifest_schema.validate``) as objects."""
+        q = d.get("quantization")
+        src = d.get("source") or {}
+        return cls(ModelInfo.from_json(d["model"], f"{label}:"), str(d["precision"]), int(d["max_batch"]),
+                   str(d["model_fingerprint"]), d["graphs"],
+                   None if q is None else Quantization(q["scheme"], tuple(q["graphs"]), int(q["block_size"]),
+                                                       int(q["layers"]), int(q["weight_bytes"])),
+                   src.get("checkpoint"), tuple(src.get("config") or ()), d)
+
+
+def as_manifest(manifest: Manifest | Mapping[str, Any]) -> Manifest:
+    """A ``Manifest``; a manifest dict (what an older caller holds) is validated and parsed first."""
+    if isinstance(manifest, Manifest):
+        return manifest
+    from vqdeploy.export.manifest_schema import validate
+
+    return Manifest.from_json(validate(dict(manifest), "manifest"), "manifest")
