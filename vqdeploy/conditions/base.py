@@ -2,7 +2,7 @@
 
 A kind declares its manifest entry (``schema``, checked before anything indexes it) and parses it
 into an instance (``from_manifest``); the instance reads the user's input (``read_input`` for
-``run``'s INPUT, ``as_condition`` for the library), makes the condition tokens (``tokens``), says
+``run``'s INPUT, ``as_condition`` for the library), makes the condition tokens (``condition_tokens``), says
 which extra graphs it runs, gives seeded parity inputs and a picture for reports. The export side
 (``from_model``: the manifest entry of a loaded PyTorch model; ``export_graphs``; ``torch_encoder``)
 imports PyTorch only inside those methods, so the runtime stays torch-free.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import numpy as np
 
@@ -38,7 +38,6 @@ class Condition:
     graphs: ClassVar[tuple[str, ...]] = ()  # graphs it runs besides the transformer and the decoder
     picture_width: ClassVar[int] = 96  # how wide the parity report shows ``picture``
     draws_layout: ClassVar[bool] = False  # ``run --save-layout`` applies
-    takes_image: ClassVar[bool] = False  # its input is an image file (``serve`` accepts an upload)
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         self.tokens = int(entry["tokens"])  # condition tokens per sample
@@ -53,7 +52,7 @@ class Condition:
         """What the entry says against the transformer (ids within its vocabulary)."""
 
     @staticmethod
-    def fail(where: str, message: str) -> None:
+    def fail(where: str, message: str) -> NoReturn:
         raise ArtifactError(f"{where}: {message} (re-export)")
 
     # --- export side (PyTorch) -----------------------------------------------------------------------

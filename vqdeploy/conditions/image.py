@@ -40,7 +40,6 @@ class ImageCondition(GridCondition):
                  {"key": string(64), "downsample_cond_size": integer(-1, MAX_RESOLUTION)})
     what = "an image"
     graphs = ("cond_encoder",)
-    takes_image = True
 
     def __init__(self, entry: Any) -> None:
         super().__init__(entry)

@@ -13,6 +13,7 @@ shapes and addresses are the same at every position.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,7 +57,7 @@ class GraphBackend:
         return int(self.graph(graph)["dims"]["batch"]["max"])
 
     # --- shared ---------------------------------------------------------------------------
-    def graph(self, name: str) -> dict[str, Any]:
+    def graph(self, name: str) -> Mapping[str, Any]:
         try:
             return self.manifest.graphs[name]
         except KeyError:
