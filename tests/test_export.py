@@ -229,3 +229,35 @@ def test_graphs_with_external_data_export_check_and_build(runs, tmp_path: Path, 
     data_file.write_bytes(data_file.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ArtifactError, match="does not match the manifest"):
         verify_graph_files(out, m)
+
+
+@pytest.mark.parametrize("name", ["seg", "first_stage"])
+def test_half_copy_converts_tensor_by_tensor_as_a_whole_copy_would(runs, name: str) -> None:
+    """``_precision_copy`` converts each weight into the copy (no fp32 copy of the whole model
+    first): the result is what deepcopy + .to(fp16) + fp32 quantizers gave, and the fp32 model is
+    untouched and shares no storage with it (first_stage: the cond stage is the first stage, one module)."""
+    import copy
+
+    import torch
+
+    from vqdeploy.export.specs import _precision_copy
+    from vqdeploy.loading.load import load_model
+    from vqdeploy.models.vqgan import VQModel
+
+    model = load_model(runs(name).ckpt)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    half = _precision_copy(model, torch.float16)
+    whole = copy.deepcopy(model).to(torch.float16)
+    for vq in whole.modules():
+        if isinstance(vq, VQModel):
+            vq.quantize.float()
+    got, want = half.state_dict(keep_vars=True), whole.state_dict(keep_vars=True)
+    assert list(got) == list(want)
+    for k, v in want.items():
+        assert type(got[k]) is type(v) and got[k].dtype == v.dtype and got[k].requires_grad == v.requires_grad, k
+        assert torch.equal(got[k], v), k
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) and after[k].dtype == v.dtype for k, v in before.items())
+    ptrs = {v.untyped_storage().data_ptr() for v in after.values() if v.numel()}
+    assert not any(v.untyped_storage().data_ptr() in ptrs for v in got.values() if v.numel())
+    assert (half.cond_stage_model is half.first_stage_model) == (model.cond_stage_model is model.first_stage_model)

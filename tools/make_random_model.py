@@ -4,7 +4,11 @@ Used to measure export time, memory and sampling speed at production scale witho
 download; ``--preset sflckr`` matches taming's S-FLCKR segmentation -> image model
 (f16 VQGAN with 1024 codes, 182-class segmentation cond stage, GPT 24 layers x 16 heads x 1024
 wide, block 512); ``--preset medium`` is the same layout with a GPT of 8 layers x 512 and
-64-channel VQGANs (256 cond + 256 image tokens), the size issue 12's end-to-end comparison uses.
+64-channel VQGANs (256 cond + 256 image tokens), the size issue 12's end-to-end comparison uses;
+``--preset cin`` matches taming's ImageNet class-conditional model (``cin_transformer``: f16
+VQGAN with 16384 codes, ``Labelator`` over 1000 classes, GPT 48 layers x 24 heads x 1536 wide,
+block 512; 1 class token + 256 image tokens, about 1.4 B transformer parameters, a 5.9 GB
+checkpoint), the size issue 13 measures a > 2 GB (external-data) export with.
 
     python tools/make_random_model.py --preset sflckr --out /tmp/sflckr_random
 """
@@ -44,6 +48,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "vocab_size": 1024, "block_size": 512, "n_layer": 8, "n_head": 8, "n_embd": 512}},
         "first_stage_config": vq_config(3, "image", 64, [1, 1, 2, 2, 4], 1024, 256, 256, [16]),
         "cond_stage_config": vq_config(182, "segmentation", 64, [1, 1, 2, 2, 4], 1024, 256, 256, [16]),
+    }},
+    "cin": {"target": "taming.models.cond_transformer.Net2NetTransformer", "params": {
+        "cond_stage_key": "class_label",
+        "transformer_config": {"target": "taming.modules.transformer.mingpt.GPT", "params": {
+            "vocab_size": 16384, "block_size": 512, "n_layer": 48, "n_head": 24, "n_embd": 1536}},
+        "first_stage_config": vq_config(3, "image", 128, [1, 1, 2, 2, 4], 16384, 256, 256, [16]),
+        "cond_stage_config": {"target": "taming.modules.util.Labelator", "params": {"n_classes": 1000}},
     }},
 }
 

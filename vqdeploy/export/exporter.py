@@ -3,6 +3,8 @@ the finished directory into place (never a half-written artifacts directory)."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import shutil
@@ -47,6 +49,21 @@ def _check_destination(out: Path, fingerprint: str) -> None:
             raise ArtifactError(f"{out} holds the artifacts of another model; choose another --out or remove it")
     elif any(out.iterdir()):
         raise ArtifactError(f"{out} is not empty and is not a vqdeploy artifacts directory; choose another --out")
+
+
+def _return_freed_memory() -> None:
+    """Hand memory freed since the last call back to the OS. Most weight tensors (up to 32 MB each,
+    glibc's largest mmap threshold) live on the malloc heap, whose freed pages glibc keeps unless
+    trimmed. Measured on a 1.4 B-parameter model (README, "A 1.4 B-parameter export"): resident when
+    parity starts, fp16 7.2 -> 6.3 GiB (the freed fp16 copy), fp32 about 6.6 -> 6.1 GiB (the graphs'
+    temporaries); the peak, in parity, moves little (fp16 15.6 -> 15.4 GiB, fp32 13.6 GiB either
+    way: ONNX Runtime and PyTorch reuse the freed heap there), but the memory is the machine's again
+    while parity loads the graphs."""
+    gc.collect()  # the exported programs' reference cycles
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc; absent on other C libraries
+    except (OSError, AttributeError):
+        pass
 
 
 def export(
@@ -118,8 +135,10 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
                 entry["external_data"] = {"file": data.name, "sha256": mf.sha256_file(data)}
             entry["bytes"] = (tmp / spec.file).stat().st_size + (data.stat().st_size if data.exists() else 0)
             graphs[spec.name] = entry
+            _return_freed_memory()
             log(f"      {spec.file}: {entry['bytes'] / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s")
-        del specs
+        del specs, spec  # the fp16/bf16 copy of the model (parity's reference is the fp32 model)
+        _return_freed_memory()
         src = model.source  # type: ignore[attr-defined]
         manifest: dict[str, Any] = {
             "format": mf.FORMAT,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,9 +107,17 @@ def _grid_dims(grid: list[int], scale: int) -> dict[str, Dim]:
 
 
 def _precision_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The model in ``dtype``, its floating weights converted one tensor at a time into the copy
+    (deepcopy with each converted tensor in its memo): an fp32 copy of the whole model first would
+    hold the weights twice in fp32 at once (a 1.4 B-parameter model: 12 GB before the half copy)."""
     if dtype == torch.float32:
         return model
-    m = copy.deepcopy(model).to(dtype)
+    memo: dict[int, Any] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point() and id(t) not in memo:
+            half = t.detach().to(dtype)
+            memo[id(t)] = nn.Parameter(half, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else half
+    m = copy.deepcopy(model, memo).to(dtype)
     for vq in m.modules():
         if isinstance(vq, VQModel):
             vq.quantize.float()  # distances / argmin / Gumbel logits stay fp32
