@@ -435,3 +435,31 @@ def test_scene_run_needs_no_torch(artifacts, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "x.png").is_file() and (tmp_path / "x-layout.png").is_file()
+
+
+def test_serve_takes_a_scene_as_json_or_as_a_file(artifacts) -> None:
+    """`serve` for a layout model: the scene as the JSON request's condition object or as the multipart
+    file; the same images as the pipeline; bad scenes and a missing scene are one 400 each."""
+    pytest.importorskip("starlette")
+    httpx = pytest.importorskip("httpx")
+    from serve_support import running
+
+    from vqdeploy.runtime.pipeline import Pipeline
+    from vqdeploy.serve.app import create_app
+
+    out, _ = artifacts
+    scene = {"objects": [{"category": 3, "bbox": [0.1, 0.2, 0.5, 0.4]}, {"category": 17, "bbox": [0.5, 0.5, 0.3, 0.3]}]}
+    alone = Pipeline.from_artifacts(out, "onnxruntime")(scene, seed=4)
+    with running(create_app(Pipeline.from_artifacts(out, "onnxruntime"))) as url:
+        as_json = httpx.post(f"{url}/v1/generate", json={"condition": scene, "seed": 4}, timeout=300)
+        as_file = httpx.post(f"{url}/v1/generate", data={"seed": "4"}, timeout=300,
+                             files={"condition": ("scene.json", json.dumps(scene).encode(), "application/json")})
+        for r in (as_json, as_file):
+            assert r.status_code == 200, r.text
+            assert r.json()["tokens"] == alone.tokens.tolist()
+        for body, match in (({"condition": {"objects": [{"category": 3, "bbox": [0.5, 0.5, 0.9, 0.1]}]}}, "outside"),
+                            ({"condition": {"objects": [], "extra": 1}}, "unknown key 'extra'"),
+                            ({"seed": 1}, "pass a scene JSON file")):
+            bad = httpx.post(f"{url}/v1/generate", json=body, timeout=60)
+            assert bad.status_code == 400 and bad.json()["error"]["field"] == "condition", bad.text
+            assert match in bad.json()["error"]["message"], bad.text

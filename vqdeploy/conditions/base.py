@@ -106,6 +106,11 @@ class Condition:
             raise InputError(f"this model is {self.summary}: it takes no INPUT")
         return self.default_input(size)
 
+    def from_upload(self, data: bytes, log: Log | None = None) -> np.ndarray:
+        """An uploaded condition file's bytes (``serve``) -> the preprocessed condition (image kinds are
+        decoded by ``serve`` itself, which answers oversized and unreadable images with their HTTP status)."""
+        raise InputError(f"this model is {self.summary}: it takes no condition upload")
+
     def default_input(self, size: tuple[int, int] | None) -> np.ndarray | None:
         """The condition when the user gives none (None: the kind needs nothing)."""
         return None

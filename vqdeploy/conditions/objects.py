@@ -265,6 +265,10 @@ class ObjectLayout(Condition):
         raise InputError(f"this model is conditioned on an object layout: pass a scene file, a scene mapping or "
                          f"tokens, not {type(x).__name__}")
 
+    def from_upload(self, data: bytes, log: Log | None = None) -> np.ndarray:
+        """An uploaded scene file (``serve``): its JSON bytes -> (1, tokens)."""
+        return self.read(parse_scene(data, "condition"), log)
+
     def parse(self, scene: Any, label: str = "scene") -> tuple[list[LayoutObject], Box | None]:
         if not isinstance(scene, Mapping):
             raise InputError(f"{label}: expected a JSON object {{\"objects\": [...], \"crop\": [...]}}")
@@ -406,10 +410,15 @@ def read_scene_json(path: Path) -> Any:
             data = f.read(MAX_SCENE_BYTES + 1)
     except OSError as e:
         raise InputError(f"{path}: cannot read the scene file ({e.strerror})") from None
+    return parse_scene(data, str(path))
+
+
+def parse_scene(data: bytes, label: str) -> Any:
+    """A scene file's bytes as JSON, bounded (its content is checked by ``ObjectLayout.parse``)."""
     if len(data) > MAX_SCENE_BYTES:
-        raise InputError(f"{path}: over {MAX_SCENE_BYTES >> 20} MiB; not a scene file")
+        raise InputError(f"{label}: over {MAX_SCENE_BYTES >> 20} MiB; not a scene file")
     try:
-        return parse_json(data, str(path))
+        return parse_json(data, label)
     except ArtifactError as e:
         raise InputError(f"{e} (a scene file is JSON)") from None
 

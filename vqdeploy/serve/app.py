@@ -119,6 +119,8 @@ async def parse_body(request: Any, limit: int) -> tuple[dict[str, Any], bytes | 
         if not isinstance(data, dict):
             raise FieldError("body", "the JSON body must be an object of fields")
         cond = data.pop("condition", None)
+        if isinstance(cond, dict):  # a scene, for object-layout models
+            return data, json.dumps(cond).encode()
         return data, (None if cond is None else condition_bytes(cond))
     if ctype == "application/x-www-form-urlencoded":  # an HTML form without a file
         from urllib.parse import parse_qsl

@@ -125,10 +125,13 @@ def read_condition(data: bytes | None, info: ModelInfo, max_pixels: int | None =
 
     cond, _ = info.sampling()
     notes: list[str] = []
-    if not isinstance(cond, ImageCondition):  # the kinds that take no upload
-        if data:
-            raise FieldError("condition", f"this model's conditioning is {cond.kind}: it takes no condition image")
-        return cond.default_input(None), notes
+    if not isinstance(cond, ImageCondition):  # an image upload is decoded below, any other by its kind
+        try:
+            if data:
+                return cond.from_upload(data, notes.append), notes
+            return cond.read_input(None, None, pixel_budget(info, max_pixels)), notes  # its default, or what to send
+        except InputError as e:
+            raise FieldError("condition", str(e)) from None
     if not data:
         raise FieldError("condition", f"this model is conditioned on an image: send the file part 'condition' "
                                       f"({cond.preprocessing['input']})")
