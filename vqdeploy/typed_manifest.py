@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from vqdeploy.conditions import Condition, condition_from_manifest
 from vqdeploy.errors import InputError
 
@@ -77,6 +79,15 @@ class ModelInfo:
         order = d["permuter"]["order"]
         return cls(d["kind"], first, cond, tr, None if order is None else tuple(int(i) for i in order),
                    d["permuter"].get("name"), int(d["tokens"]["cond"]), int(d["tokens"]["image"]))
+
+    def to_raster(self, seq: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+        """(B, steps) tokens in sequence order -> (B, h, w) in raster order: undo the permuter
+        (sequence position k holds raster cell order[k])."""
+        if self.order is None:
+            return seq.reshape(seq.shape[0], *grid)
+        raster = np.empty_like(seq)
+        raster[:, list(self.order)] = seq
+        return raster.reshape(seq.shape[0], *grid)
 
     @property
     def samples(self) -> bool:

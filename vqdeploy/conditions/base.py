@@ -38,6 +38,7 @@ class Condition:
     graphs: ClassVar[tuple[str, ...]] = ()  # graphs it runs besides the transformer and the decoder
     picture_width: ClassVar[int] = 96  # how wide the parity report shows ``picture``
     draws_layout: ClassVar[bool] = False  # ``run --save-layout`` applies
+    input_name: ClassVar[str] = "file"  # the input ``claims`` recognises, in messages ("scene file")
 
     def __init__(self, entry: Mapping[str, Any]) -> None:
         self.tokens = int(entry["tokens"])  # condition tokens per sample
@@ -97,10 +98,8 @@ class Condition:
                                      f"this model is {self.summary}")
         return self.load_input(input, size, budget, log)
 
-    input_name: ClassVar[str] = "file"  # the input ``claims`` recognises, in messages ("scene file")
-
     def load_input(self, input: Path | None, size: tuple[int, int] | None, budget: int,
-             log: Log | None = None) -> np.ndarray | None:
+                   log: Log | None = None) -> np.ndarray | None:
         """``read_input`` once no other kind claims ``input``: the default, no INPUT at all."""
         if input is not None:
             raise InputError(f"this model is {self.summary}: it takes no INPUT")

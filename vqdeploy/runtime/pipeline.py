@@ -183,14 +183,7 @@ class Pipeline:
         t = time.perf_counter()
         decoding = start_decoding(self.backend, self.sampler, params, noise)
         if not sliding:
-            seq = generate(decoding, cond.reshape(num_samples, -1), steps, tick)
-            order = self.info.order
-            raster = np.empty_like(seq)
-            if order is None:
-                raster = seq
-            else:
-                raster[:, list(order)] = seq  # undo the permuter: sequence position k holds raster cell order[k]
-            tokens = raster.reshape(num_samples, *grid)
+            tokens = self.info.to_raster(generate(decoding, cond.reshape(num_samples, -1), steps, tick), grid)
         else:
             if self.info.order is not None:
                 raise InputError("sliding-window sampling needs a raster-order (Identity permuter) model")

@@ -91,7 +91,7 @@ class Engine:
         t = time.perf_counter()
         seq = generate(decoding, prompt, self.steps, tick)
         t_sampling = time.perf_counter() - t
-        tokens = self._raster(seq)
+        tokens = self.info.to_raster(seq, self.grid)  # undo the permuter, as the pipeline does
         t = time.perf_counter()
         images = self.backend.decode(tokens)
         t_decode = time.perf_counter() - t
@@ -106,14 +106,6 @@ class Engine:
                 job.on_done(JobResult(np.concatenate([job.parts[f][0] for f in firsts]),
                                       np.concatenate([job.parts[f][1] for f in firsts]), timings))
         return timings
-
-    def _raster(self, seq: np.ndarray) -> np.ndarray:
-        """(B,steps) sequence order -> (B,h,w) raster order (undo the permuter, as the pipeline does)."""
-        order = self.info.order
-        raster = seq if order is None else np.empty_like(seq)
-        if order is not None:
-            raster[:, list(order)] = seq
-        return raster.reshape(seq.shape[0], *self.grid)
 
     def _ticker(self, items: list[Item], decoding: RowParamsDecoding) -> Callable[[int], None]:
         """The per-token callback: progress per job, partial decodes, and an early stop once every
