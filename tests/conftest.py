@@ -1,8 +1,18 @@
-"""Shared fixtures: tiny upstream taming runs saved in tmp dirs, built once per session."""
+"""Shared fixtures: tiny upstream taming runs saved in tmp dirs, and exports made once per test session.
+
+With pytest-xdist the session's workers share the exports (``shared``): the first worker that needs one
+makes it under a file lock in the directory above every worker's basetemp, the others wait and reuse it.
+Tests read shared artifacts and never write into them; a test that changes artifacts takes a copy
+(``copy_artifacts``)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import shutil
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +22,50 @@ sys.path.insert(0, str(Path(__file__).parent))
 from taming_runs import MEASURED, MINIMA, Run, build_variant
 from upstream_shim import upstream
 
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CKPT = ROOT / "models" / "demo" / "checkpoints" / "last.ckpt"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory every xdist worker of this session sees (the parent of their basetemps), or the basetemp."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "vqdeploy-shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """``shared(name, build)``: the directory ``build(path)`` made once for the whole session (all workers)."""
+    root = _shared_root(tmp_path_factory)
+
+    def get(name: str, build: Callable[[Path], None]) -> Path:
+        out, done = root / name, root / f"{name}.done"
+        with _locked(root / f"{name}.lock"):
+            if not done.exists():
+                shutil.rmtree(out, ignore_errors=True)
+                build(out)
+                done.touch()
+        return out
+
+    return get
+
+
+def copy_artifacts(src: Path, dst: Path) -> Path:
+    """A private copy of shared artifacts (``engines/`` included) for a test that changes them."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
 
 @pytest.fixture(scope="session")
 def up():
@@ -20,7 +74,8 @@ def up():
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory, up):
-    """``runs(name)``: the upstream model of variant ``name`` and its saved run (cached)."""
+    """``runs(name)``: the upstream model of variant ``name`` and its saved run (cached; the models are
+    seeded, so every worker builds the same weights)."""
     root = tmp_path_factory.mktemp("runs")
     cache: dict[str, Run] = {}
 
@@ -33,22 +88,36 @@ def runs(tmp_path_factory: pytest.TempPathFactory, up):
 
 
 @pytest.fixture(scope="session")
-def exported(runs, tmp_path_factory):
+def exported(runs, shared):
     """``exported(variant, precision)``: (run, artifacts dir, manifest), exported once per session."""
+    from vqdeploy.artifacts import read_manifest
     from vqdeploy.export.exporter import export
 
-    root = tmp_path_factory.mktemp("artifacts")
     cache: dict[tuple[str, str], tuple] = {}
 
     def get(name: str, precision: str = "fp32"):
         if (name, precision) not in cache:
             run = runs(name)
-            out = root / f"{name}-{precision}"
-            manifest = export(run.ckpt, out, precision=precision, log=lambda m: None)
-            cache[name, precision] = (run, out, manifest)
+            out = shared(f"{name}-{precision}", lambda path: export(run.ckpt, path, precision=precision,
+                                                                     log=lambda m: None))
+            cache[name, precision] = (run, out, read_manifest(out))
         return cache[name, precision]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def demo_export(shared) -> Path:
+    """The bundled demo model exported once per session (fp32, parity checked): a shared, read-only artifacts dir."""
+    from vqdeploy.export.exporter import export
+
+    return shared("demo-fp32", lambda out: export(DEMO_CKPT, out, log=lambda m: None))
+
+
+@pytest.fixture
+def demo_copy(demo_export: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo export, for a test that writes into or tampers with it."""
+    return copy_artifacts(demo_export, tmp_path / "demo-artifacts")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -60,14 +129,3 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.section("fixture sanity: measured minima")
         for name in sorted(MINIMA):
             terminalreporter.write_line(f"{name:70s} {MINIMA[name]:.3e}")
-
-
-@pytest.fixture(scope="session")
-def demo_export(tmp_path_factory) -> Path:
-    """The bundled demo model exported once per session (fp32, no parity check): artifacts dir."""
-    from vqdeploy.export.exporter import export
-
-    out = tmp_path_factory.mktemp("demo-export") / "artifacts"
-    export(Path(__file__).resolve().parent.parent / "models" / "demo" / "checkpoints" / "last.ckpt", out,
-           parity=False, log=lambda m: None)
-    return out

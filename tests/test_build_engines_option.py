@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from vqdeploy import machine
 from vqdeploy.cli import main
-from vqdeploy.runtime.backends import devices, select
 from vqdeploy.trt import engines, ensure
 
 
@@ -27,8 +27,8 @@ from vqdeploy.trt import engines, ensure
 ])
 def test_wanted_only_where_tensorrt_would_run(monkeypatch: pytest.MonkeyPatch, backend: str, device: str | None,
                                                gpu: bool, trt: bool, want: bool) -> None:
-    monkeypatch.setattr(devices, "gpu_present", lambda: gpu)
-    monkeypatch.setattr(select, "tensorrt_installed", lambda: trt)
+    monkeypatch.setattr(machine, "gpu_present", lambda: gpu)
+    monkeypatch.setattr(machine, "tensorrt_installed", lambda: trt)
     assert ensure.wanted(backend, device) is want
 
 

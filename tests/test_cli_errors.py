@@ -248,7 +248,7 @@ def test_import_does_not_load_backends():
     # loading and describing a model stays free of them too
     code2 = code.replace("import vqdeploy, sys; ",
                          "import vqdeploy, sys; from vqdeploy.loading.load import load_model; "
-                         "from vqdeploy.describe import describe; import vqdeploy.cli; ")
+                         "from vqdeploy.families.taming.describe import describe; import vqdeploy.cli; ")
     proc = subprocess.run([sys.executable, "-c", code2], capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
 

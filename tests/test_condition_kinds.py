@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from vqdeploy.artifacts import MANIFEST, Artifacts, read_manifest
 from vqdeploy.conditions import CONDITIONS, Condition
 from vqdeploy.conditions.registry import register
 from vqdeploy.errors import ArtifactError, InputError
-from vqdeploy.export.manifest import MANIFEST, read_manifest, write_manifest
+from vqdeploy.export.manifest import write_manifest
 from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.sampling import SamplingParams
@@ -43,8 +44,7 @@ class FixedPrompt(Condition):
         if self.prompt.max() >= vocab_size:
             self.fail(f"{where}.prompt", f"not below the vocabulary {vocab_size}")
 
-    def condition_tokens(self, backend: Any, batch: int, condition: np.ndarray | None,
-                         class_id: int | None) -> np.ndarray:
+    def condition_tokens(self, backend: Any, value: Any, batch: int) -> np.ndarray:
         return np.repeat(self.prompt[None], batch, axis=0)
 
 
@@ -72,11 +72,11 @@ def test_a_kind_registered_here_runs_through_the_unchanged_pipeline(exported, fi
     typed = read_manifest(art)
     assert isinstance(typed.model.condition, FixedPrompt)
     params = SamplingParams(temperature=1.0, top_k=8)
-    new = Pipeline(OnnxRuntimeBackend(art, typed), typed)(None, num_samples=2, params=params, seed=5)
-    old = Pipeline(OnnxRuntimeBackend(out, manifest), manifest)(None, num_samples=2, params=params, seed=5)
+    new = Pipeline(OnnxRuntimeBackend(Artifacts(art, typed)), typed)(None, num_samples=2, params=params, seed=5)
+    old = Pipeline(OnnxRuntimeBackend(Artifacts(out, manifest)), manifest)(None, num_samples=2, params=params, seed=5)
     assert np.array_equal(new.tokens, old.tokens) and np.array_equal(new.images, old.images)
     with pytest.raises(InputError, match=r"this model is conditioned on nothing \(a fixed prompt\): it takes no INPUT"):
-        typed.model.condition.read_input(tmp_path / "x.png", None, 1 << 20)
+        typed.model.condition.read(tmp_path / "x.png")
     # the kind's own checks run when the manifest is read
     bad = _rewrite(out, tmp_path / "bad", {"kind": FixedPrompt.kind, "tokens": 1, "prompt": [1 << 20]})
     with pytest.raises(ArtifactError, match=r"model.conditioning.prompt: not below the vocabulary .* \(re-export\)"):

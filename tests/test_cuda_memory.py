@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from vqdeploy.artifacts import Artifacts
 from vqdeploy.errors import BackendError
 from vqdeploy.runtime.backends.cuda_memory import CudaMemory, CudaRuntime
 
@@ -87,21 +88,18 @@ def test_transfers_views_and_errors() -> None:
 
 
 @pytest.mark.parametrize("memory", ["cuda-python", "ortvalue"])
-def test_kv_transformer_on_device_memory_matches_host(tmp_path_factory: pytest.TempPathFactory, memory: str) -> None:
+def test_kv_transformer_on_device_memory_matches_host(demo_export: Path, memory: str) -> None:
     """The same loop on the two device memories: cuda-python (fake: host pointers) and OrtValues (on
     ONNX Runtime's CPU allocator here; the CUDA ones take the same calls)."""
-    from vqdeploy.export.exporter import export
-    from vqdeploy.export.manifest import read_manifest
+    from vqdeploy.artifacts import read_manifest
     from vqdeploy.runtime.backends.graph_backend import GraphBackend
     from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from vqdeploy.runtime.generator import generate, sample_tokens, start_decoding
+    from vqdeploy.runtime.decoding import generate, sample_tokens, start_decoding
     from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
-    demo = Path(__file__).resolve().parent.parent / "models" / "demo" / "checkpoints" / "last.ckpt"
-    out = tmp_path_factory.mktemp("cuda") / "art"
-    export(demo, out, parity=False, log=lambda m: None)
+    out = demo_export
     manifest = read_manifest(out)
-    host = OnnxRuntimeBackend(out, manifest)
+    host = OnnxRuntimeBackend(Artifacts(out, manifest))
     if memory == "ortvalue":
         import onnxruntime
 
@@ -110,7 +108,7 @@ def test_kv_transformer_on_device_memory_matches_host(tmp_path_factory: pytest.T
         mem: Any = OrtDeviceMemory(onnxruntime, "cpu", 0)
     else:
         mem = CudaMemory(0, CudaRuntime(FakeCudart()))
-    fake = GraphBackend(out, manifest, "cuda", mem)
+    fake = GraphBackend(Artifacts(out, manifest), "cuda", mem)
     fake.executor = host.executor  # type: ignore[method-assign]  # CPU sessions reading the "device" memory
     tokens = manifest.raw["model"]["tokens"]
     cond = np.random.default_rng(0).integers(0, 64, (2, tokens["cond"]))

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import copy_artifacts
 from PIL import Image
 
 import vqdeploy
 from vqdeploy.cli import main
-from vqdeploy.describe import describe
+from vqdeploy.families.taming.describe import describe
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo"
 SKETCHES = sorted((DEMO / "sketches").glob("*.png"))
@@ -31,16 +32,17 @@ def test_demo_is_a_small_taming_run() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_artifacts(tmp_path_factory) -> dict[str, Path]:
+def demo_artifacts(demo_export: Path, tmp_path_factory) -> dict[str, Path]:
+    """The session's fp32 demo export (its parity passed) and an fp16 one, parity checked at export."""
+    from vqdeploy.artifacts import read_manifest
     from vqdeploy.export.exporter import export
 
-    root = tmp_path_factory.mktemp("demo")
-    out = {}
-    for precision in ("fp32", "fp16"):
-        out[precision] = root / precision
-        manifest = export(DEMO / "checkpoints" / "last.ckpt", out[precision], precision=precision, log=lambda m: None)
-        assert manifest.raw["parity"]["passed"], manifest.raw["parity"]
-    return out
+    fp16 = tmp_path_factory.mktemp("demo") / "fp16"
+    manifest = export(DEMO / "checkpoints" / "last.ckpt", fp16, precision="fp16", log=lambda m: None)
+    assert manifest.raw["parity"]["passed"], manifest.raw["parity"]
+    assert read_manifest(demo_export).raw["parity"]["passed"]
+    fp32 = copy_artifacts(demo_export, tmp_path_factory.mktemp("demo") / "fp32")  # engines are built into it
+    return {"fp32": fp32, "fp16": fp16}
 
 
 def test_demo_run_same_tokens_on_torch_and_onnxruntime(demo_artifacts, tmp_path: Path) -> None:

@@ -6,20 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import copy_artifacts
 
+from vqdeploy import machine
 from vqdeploy.errors import BackendError
-from vqdeploy.runtime.backends import devices, select
-from vqdeploy.runtime import available
+from vqdeploy.runtime.backends import registry as available
+from vqdeploy.runtime.backends import registry as devices
 
 
 def _machine(monkeypatch: pytest.MonkeyPatch, gpu: bool, providers: list[str], torch_gpu: bool | None = None) -> None:
-    monkeypatch.setattr(devices, "gpu_present", lambda: gpu)
-    monkeypatch.setattr(devices, "ort_providers", lambda: providers)
-    monkeypatch.setattr(devices, "torch_cuda", lambda: gpu if torch_gpu is None else torch_gpu)
-    monkeypatch.setattr(select, "gpu_present", lambda: gpu)
-    monkeypatch.setattr(available, "gpu_present", lambda: gpu)
-    monkeypatch.setattr(available, "ort_providers", lambda: providers)
-    monkeypatch.setattr(available, "torch_cuda", lambda: gpu if torch_gpu is None else torch_gpu)
+    """One module holds every probe of what the machine has."""
+    monkeypatch.setattr(machine, "gpu_present", lambda: gpu)
+    monkeypatch.setattr(machine, "ort_providers", lambda: providers)
+    monkeypatch.setattr(machine, "torch_cuda", lambda: gpu if torch_gpu is None else torch_gpu)
 
 
 CPU_ORT = ["CPUExecutionProvider"]
@@ -81,14 +80,17 @@ def test_parse_backends_validates_every_backend_first(monkeypatch: pytest.Monkey
 
 
 def test_cli_choices_are_the_backend_list() -> None:
-    from vqdeploy.runtime.command import run
+    from vqdeploy.commands.run import run
+    from vqdeploy.commands.serve import serve
 
-    choice = next(p for p in run.params if p.name == "backend").type
-    assert tuple(choice.choices) == devices.BACKEND_CHOICES == ("auto", *select.BACKENDS)
+    for command in (run, serve):
+        choice = next(p for p in command.params if p.name == "backend").type
+        assert tuple(choice.choices) == devices.choices() == ("auto", *devices.BACKENDS)
 
 
 def test_gpu_present_without_a_driver_is_false() -> None:
-    assert isinstance(devices.gpu_present(), bool)
+    assert isinstance(machine.gpu_present(), bool)
+    assert machine.gpu_info() is None or len(machine.gpu_info()) == 2
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,12 +98,8 @@ DEMO = ROOT / "models" / "demo"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vqdeploy.export.exporter import export
-
-    out = tmp_path_factory.mktemp("demo") / "artifacts"
-    export(DEMO / "checkpoints" / "last.ckpt", out, parity=False, log=lambda m: None)
-    return out
+def demo(demo_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_artifacts(demo_export, tmp_path_factory.mktemp("demo") / "artifacts")
 
 
 @pytest.mark.parametrize("args", [["run", "--backend", "tensorrt"], ["parity", "--backends", "tensorrt"],
@@ -135,11 +133,11 @@ def test_run_prints_the_device_choice_once(demo: Path, tmp_path: Path, monkeypat
 
 
 def test_no_note_on_a_machine_without_a_gpu(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vqdeploy.export.manifest import read_manifest
+    from vqdeploy.artifacts import Artifacts
 
     _machine(monkeypatch, gpu=False, providers=CPU_ORT)
     logged: list[str] = []
-    be = select.open_backend("auto", demo, read_manifest(demo), log=logged.append)
+    be = devices.open_backend("auto", Artifacts.open(demo), log=logged.append)
     assert (be.name, be.device, logged) == ("onnxruntime", "cpu", [])
 
 

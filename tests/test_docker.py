@@ -11,10 +11,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
+from conftest import copy_artifacts
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -121,12 +122,10 @@ def _ok(cmd: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.C
 
 
 @pytest.mark.skipif(bool(os.environ.get("VQDEPLOY_OFFLINE")), reason="VQDEPLOY_OFFLINE=1: no package index")
-def test_install_script_in_a_fresh_venv(tmp_path: Path) -> None:
+def test_install_script_in_a_fresh_venv(demo_export: Path, tmp_path: Path) -> None:
     """The CPU image's install (flavours cpu-runtime, then cpu adding torch) from the Docker context's
     wheel; then the installed `vqdeploy` runs (first-start engine build on: nothing to build without
     a GPU) and, with torch, exports."""
-    from vqdeploy.export.exporter import export
-
     ctx = tmp_path / "context"
     for name in _context():
         (ctx / name).parent.mkdir(parents=True, exist_ok=True)
@@ -151,8 +150,7 @@ def test_install_script_in_a_fresh_venv(tmp_path: Path) -> None:
     _ok(["bash", script, "cpu-runtime", str(wheel)], env)
     vq = str(venv / "bin" / "vqdeploy")  # the images' ENTRYPOINT
     assert "Usage: vqdeploy" in _ok([vq, "--help"], env).stdout
-    art = tmp_path / "artifacts"
-    export(DEMO / "checkpoints" / "last.ckpt", art, parity=False, log=lambda m: None)
+    art = copy_artifacts(demo_export, tmp_path / "artifacts")
     run = [vq, "run", str(SKETCH), "--artifacts", str(art), "--num-samples", "1", "--seed", "5"]
     _ok([*run, "--out", str(tmp_path / "runtime.png")], _env(VQDEPLOY_BUILD_ENGINES="1"))
     assert not (art / "engines").exists()  # no GPU here: auto runs ONNX Runtime and builds nothing

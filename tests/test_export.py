@@ -12,10 +12,11 @@ from pathlib import Path
 import onnx
 import pytest
 
+from vqdeploy.artifacts import read_manifest
 from vqdeploy.errors import ArtifactError, ConfigError
 from vqdeploy.export import exporter
 from vqdeploy.export.exporter import export
-from vqdeploy.export.manifest import read_manifest, sha256_file
+from vqdeploy.files import sha256_file
 
 NET2NET = ("seg", "first_stage", "sos_zcurve", "class_subsample", "coord_identity")
 VQ_ONLY = ("gumbel", "vq_remap")
@@ -206,8 +207,8 @@ def test_every_exported_graph_parses_and_builds_with_tensorrt_rtx(exported, name
 def test_graphs_with_external_data_export_check_and_build(runs, tmp_path: Path, monkeypatch, precision: str) -> None:
     """Graphs over protobuf's 2 GB keep their weights in <graph>.onnx.data: the threshold is lowered
     to 0 here so the small model takes that path through parity, hashing and the TensorRT parser."""
+    from vqdeploy.artifacts import verify_graph_files
     from vqdeploy.export import onnx_export
-    from vqdeploy.export.manifest import verify_graph_files
 
     monkeypatch.setattr(onnx_export, "_EXTERNAL_DATA_BYTES", 0)
     out = tmp_path / "a"
@@ -233,20 +234,21 @@ def test_graphs_with_external_data_export_check_and_build(runs, tmp_path: Path, 
 
 @pytest.mark.parametrize("name", ["seg", "first_stage"])
 def test_half_copy_converts_tensor_by_tensor_as_a_whole_copy_would(runs, name: str) -> None:
-    """``_precision_copy`` converts each weight into the copy (no fp32 copy of the whole model
+    """``precision_copy`` converts each weight into the copy (no fp32 copy of the whole model
     first): the result is what deepcopy + .to(fp16) + fp32 quantizers gave, and the fp32 model is
     untouched and shares no storage with it (first_stage: the cond stage is the first stage, one module)."""
     import copy
 
     import torch
 
-    from vqdeploy.export.specs import _precision_copy
+    from vqdeploy.families.graph_spec import precision_copy
+    from vqdeploy.families.taming.family import keep_quantizers_fp32
     from vqdeploy.loading.load import load_model
     from vqdeploy.models.vqgan import VQModel
 
     model = load_model(runs(name).ckpt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    half = _precision_copy(model, torch.float16)
+    half = precision_copy(model, torch.float16, keep_quantizers_fp32)
     whole = copy.deepcopy(model).to(torch.float16)
     for vq in whole.modules():
         if isinstance(vq, VQModel):

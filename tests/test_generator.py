@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vqdeploy.runtime.generator import HostDecoding, _local, generate_sliding, sample_tokens
+from vqdeploy.runtime.decoding import HostDecoding, _local, generate_sliding, sample_tokens
 from vqdeploy.runtime.sampling import SamplingParams, next_tokens, uniform_noise
 
 VOCAB = 11

@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import torch
 
-from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from vqdeploy.artifacts import Artifacts
 from vqdeploy.models.mingpt import GPT
+from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from vqdeploy.runtime.backends.torch_backend import TorchTransformer
-from vqdeploy.runtime.generator import sample_tokens
+from vqdeploy.runtime.decoding import sample_tokens
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
 
@@ -45,7 +46,7 @@ def record_transformer(backend: Any) -> dict[str, Recorder]:
 
 def test_onnxruntime_cache_is_written_in_place_with_static_step_shapes(exported) -> None:
     _, out, manifest = exported("seg")
-    backend = OnnxRuntimeBackend(out, manifest)
+    backend = OnnxRuntimeBackend(Artifacts(out, manifest))
     graph = onnx.load(str(out / "transformer.onnx"), load_external_data=False)
     assert "TensorScatter" in {n.op_type for n in graph.graph.node}
     assert {o.domain: o.version for o in graph.opset_import}[""] == 24
@@ -77,7 +78,7 @@ def test_onnxruntime_cache_is_written_in_place_with_static_step_shapes(exported)
 def test_onnxruntime_steps_match_full_recomputation(exported) -> None:
     """Teacher-forced steps at every position against one prefill of the whole sequence."""
     _, out, manifest = exported("seg")
-    runner = OnnxRuntimeBackend(out, manifest).transformer()
+    runner = OnnxRuntimeBackend(Artifacts(out, manifest)).transformer()
     info = manifest.raw["model"]
     gpt = info["transformer"]
     seq = np.random.default_rng(1).integers(0, gpt["vocab_size"], (2, gpt["block_size"]))
@@ -140,10 +141,10 @@ def test_cuda_graph_steps_bind_the_same_addresses_with_either_sampler(exported) 
     """With CUDA graphs on, every step of a generation binds the same buffers (the sampler graph writes
     the step's fixed token buffer, and the token is copied to the history), so one captured step
     replays at every position; and the tokens are unchanged."""
-    from vqdeploy.runtime.generator import generate, start_decoding
+    from vqdeploy.runtime.decoding import generate, start_decoding
 
     _, out, manifest = exported("seg")
-    backend = OnnxRuntimeBackend(out, manifest)
+    backend = OnnxRuntimeBackend(Artifacts(out, manifest))
     backend.cuda_graphs = True  # the address discipline, on CPU (capture itself needs a GPU)
     recorders = record_transformer(backend)
     tokens = manifest.raw["model"]["tokens"]
@@ -184,6 +185,6 @@ def test_cuda_graphs_need_a_cuda_device(exported) -> None:
 
     _, out, manifest = exported("seg")
     with pytest.raises(BackendError, match="CUDA graphs need a CUDA device"):
-        OnnxRuntimeBackend(out, manifest, "cpu", cuda_graphs=True)
+        OnnxRuntimeBackend(Artifacts(out, manifest), "cpu", cuda_graphs=True)
     with pytest.raises(BackendError, match="CUDA graphs need a CUDA device"):
         TorchTransformer(GPT(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=4), torch.device("cpu"), True)

@@ -12,12 +12,13 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
+from conftest import copy_artifacts
 from PIL import Image
 
 import vqdeploy
 from vqdeploy.cli import main
 from vqdeploy.errors import InputError
-from vqdeploy.runtime.images import parse_size
+from vqdeploy.images import parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo"
@@ -30,12 +31,8 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    from vqdeploy.export.exporter import export
-
-    out = tmp_path_factory.mktemp("demo") / "artifacts"
-    export(DEMO / "checkpoints" / "last.ckpt", out, parity=False, log=lambda m: None)
-    return out
+def demo(demo_export: Path, tmp_path_factory) -> Path:
+    return copy_artifacts(demo_export, tmp_path_factory.mktemp("demo") / "artifacts")
 
 
 def test_readme_library_example_runs(tmp_path):
@@ -73,13 +70,10 @@ def test_run_resizes_to_the_trained_size_and_says_so(demo, tmp_path):
 
 def test_many_samples_run_in_batches_with_the_same_images(demo):
     """ONNX Runtime's graphs take at most 8 samples: 10 run as 8 + 2 and equal torch's single batch of 10."""
-    from vqdeploy.export.manifest import read_manifest
-    from vqdeploy.runtime.backends.select import open_backend
     from vqdeploy.runtime.pipeline import Pipeline
 
-    manifest = read_manifest(demo)
-    ort = Pipeline(open_backend("onnxruntime", demo, manifest, "cpu"), manifest)
-    torch_ = Pipeline(open_backend("torch", demo, manifest, "cpu"), manifest)
+    ort = Pipeline.from_artifacts(demo, "onnxruntime", "cpu")
+    torch_ = Pipeline.from_artifacts(demo, "torch", "cpu")
     assert ort.backend.max_batch("transformer") == 8
     announced: list[str] = []
 
@@ -141,7 +135,7 @@ def test_every_option_has_help_and_every_command_an_example(name):
 def test_input_conventions_are_stated_and_inverted_or_rgb_sketches_are_flagged(demo, tmp_path):
     from PIL import ImageOps
 
-    from vqdeploy.export.manifest import read_manifest
+    from vqdeploy.artifacts import read_manifest
 
     pre = read_manifest(demo).raw["model"]["conditioning"]["preprocessing"]
     assert "dark strokes on a light (white) background" in pre["input"]
@@ -149,10 +143,10 @@ def test_input_conventions_are_stated_and_inverted_or_rgb_sketches_are_flagged(d
     ImageOps.invert(Image.open(SKETCH).convert("L")).save(inverted)
     Image.open(SKETCH).convert("RGB").save(rgb)
     for path, message in ((inverted, "is mostly dark; this model's inputs are dark strokes on a light background"),
-                          (rgb, "is a RGB image; converted to greyscale")):
+                          (rgb, "is an RGB image; converted to greyscale")):
         proc = cli("run", str(path), "--artifacts", str(demo), "--out", str(tmp_path / "s.png"))
         assert proc.returncode == 0 and message in proc.stderr, proc.stderr
-    from vqdeploy.runtime.images import load_condition
+    from vqdeploy.images import load_condition
 
     notes: list[str] = []
     for sketch in sorted((DEMO / "sketches").glob("*.png")):  # no false alarms on the model's own sketches
@@ -170,7 +164,7 @@ def test_inspect_of_a_file_that_is_no_checkpoint_says_so(tmp_path):
 def test_parity_report_shows_condition_versions_date_and_machine(demo, tmp_path):
     import json
 
-    from vqdeploy.runtime.parity_report import run_parity
+    from vqdeploy.parity.report import run_parity
 
     out = tmp_path / "parity"
     run_parity(demo, "onnxruntime", "cpu", 0, out, None, log=lambda m: None)
@@ -185,11 +179,11 @@ def test_parity_report_shows_condition_versions_date_and_machine(demo, tmp_path)
 def test_parity_report_says_which_installed_backends_were_skipped_and_why(demo, tmp_path, monkeypatch):
     import json
 
-    from vqdeploy.runtime import available
-    from vqdeploy.runtime.parity_report import run_parity
+    from vqdeploy import machine
+    from vqdeploy.parity.report import run_parity
 
-    monkeypatch.setattr(available, "gpu_present", lambda: False)
-    monkeypatch.setattr(available, "tensorrt_installed", lambda: True)
+    monkeypatch.setattr(machine, "gpu_present", lambda: False)
+    monkeypatch.setattr(machine, "tensorrt_installed", lambda: True)
     out = tmp_path / "parity"
     run_parity(demo, "auto", None, 0, out, None, log=lambda m: None)
     report = json.loads((out / "report.json").read_text())

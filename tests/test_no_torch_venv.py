@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import copy_artifacts
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo"
@@ -29,11 +30,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @pytest.mark.skipif(bool(os.environ.get("VQDEPLOY_OFFLINE")), reason="VQDEPLOY_OFFLINE=1: no package index")
-def test_run_without_torch(tmp_path: Path) -> None:
-    from vqdeploy.export.exporter import export
-
-    art = tmp_path / "artifacts"
-    export(DEMO / "checkpoints" / "last.ckpt", art, parity=False, log=lambda m: None)
+def test_run_without_torch(demo_export: Path, tmp_path: Path) -> None:
+    art = copy_artifacts(demo_export, tmp_path / "artifacts")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = str(venv / "bin" / "python")
@@ -63,7 +61,7 @@ def test_run_without_torch(tmp_path: Path) -> None:
                             "--repeats", "1", "--out", str(art / "bench.json")], capture_output=True, text=True,
                            env=env, timeout=300)
     assert bench.returncode == 0, bench.stderr[-2000:]
-    assert "PyTorch is not installed: the torch-cpu and reference columns are skipped" in bench.stderr
+    assert "PyTorch is not installed: the torch-cpu and upstream rows are left out" in bench.stderr
 
     for cmd, want in ((["export", "--ckpt", str(DEMO / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "x")],
                        "error: export needs PyTorch: pip install torch"),

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vqdeploy.artifacts import Artifacts
 from vqdeploy.errors import ParityError
 from vqdeploy.export import exporter
+from vqdeploy.families import load_reference
+from vqdeploy.parity.checks import StageReport, check_backend
 from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-from vqdeploy.runtime.backends.select import load_reference_model
 from vqdeploy.runtime.backends.torch_backend import TorchBackend
-from vqdeploy.runtime.parity import StageReport, check_backend
 
 
 class Corrupt:
@@ -85,18 +86,16 @@ class Corrupt:
 ])
 def test_corrupted_stage_fails_its_check(exported, stage: str, failing: set[str]) -> None:
     _, out, manifest = exported("first_stage")
-    reference = TorchBackend(load_reference_model(manifest), manifest)
-    reports = check_backend(reference, Corrupt(OnnxRuntimeBackend(out, manifest), stage), manifest.model, "fp32")
+    reference = TorchBackend(load_reference(manifest), manifest)
+    reports = check_backend(reference, Corrupt(OnnxRuntimeBackend(Artifacts(out, manifest)), stage), manifest.model, "fp32")
     assert {r.stage for r in reports if not r.passed} >= failing
     assert "sampler_graph" in {r.stage for r in reports}
-    good = check_backend(reference, OnnxRuntimeBackend(out, manifest), manifest.model, "fp32")
+    good = check_backend(reference, OnnxRuntimeBackend(Artifacts(out, manifest)), manifest.model, "fp32")
     assert all(r.passed for r in good)
 
 
 def test_export_beyond_tolerance_fails_and_installs_nothing(runs, tmp_path: Path, monkeypatch) -> None:
-    from vqdeploy.runtime import parity
-
-    monkeypatch.setattr(parity, "check_backend",
+    monkeypatch.setattr(exporter, "check_backend",
                         lambda *a, **k: [StageReport("decoder", False, {"psnr_db": 12.0}, "PSNR >= 60 dB")])
     with pytest.raises(ParityError, match="do not match"):
         exporter.export(runs("class_subsample").ckpt, tmp_path / "art", log=lambda m: None)

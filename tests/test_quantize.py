@@ -14,12 +14,14 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from vqdeploy.artifacts import Artifacts, read_manifest
 from vqdeploy.cli import main
 from vqdeploy.errors import ArtifactError, ConfigError, InputError, ParityError
 from vqdeploy.export import quantize as qz
 from vqdeploy.export.exporter import export
-from vqdeploy.export.manifest import read_manifest, sha256_file, write_manifest
-from vqdeploy.runtime import quantized_parity
+from vqdeploy.export.manifest import write_manifest
+from vqdeploy.files import sha256_file
+from vqdeploy.parity import quantized as quantized_parity
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo" / "checkpoints" / "last.ckpt"
@@ -113,9 +115,8 @@ def test_vqgan_graphs_are_unchanged_and_the_transformer_shrinks(demo_q, exported
 
 
 @pytest.fixture(scope="module")
-def exported_demo_fp32(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("demo_fp32") / "fp32"
-    return out, export(DEMO, out, parity=False, **QUIET)
+def exported_demo_fp32(demo_export: Path):
+    return demo_export, read_manifest(demo_export)
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
@@ -160,10 +161,10 @@ def test_export_refuses_below_the_quality_threshold(runs, tmp_path: Path, monkey
 def test_wrong_scales_fail_the_quality_check(demo_q, tmp_path: Path) -> None:
     """A quantized graph whose weights are off (every scale 1.5x: a plausible packing or scale bug)
     fails the threshold, so the check can tell a broken graph from quantization noise."""
+    from vqdeploy.families import load_reference
+    from vqdeploy.parity.checks import check_backend
     from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from vqdeploy.runtime.backends.select import load_reference_model
     from vqdeploy.runtime.backends.torch_backend import TorchBackend
-    from vqdeploy.runtime.parity import check_backend
 
     src, manifest = demo_q("int8")
     art = tmp_path / "broken"
@@ -178,8 +179,8 @@ def test_wrong_scales_fail_the_quality_check(demo_q, tmp_path: Path) -> None:
     data["graphs"]["transformer"]["sha256"] = sha256_file(art / "transformer.onnx")
     write_manifest(art, data)
     manifest = read_manifest(art)
-    reference = TorchBackend(load_reference_model(manifest, None), manifest, "cpu")
-    reports = {r.stage: r for r in check_backend(reference, OnnxRuntimeBackend(art, manifest), manifest.model,
+    reference = TorchBackend(load_reference(manifest, None), manifest, "cpu")
+    reports = {r.stage: r for r in check_backend(reference, OnnxRuntimeBackend(Artifacts(art, manifest)), manifest.model,
                                                  "fp32", greedy_steps=4, quantization="int8")}
     assert not reports["transformer_quantized"].passed, reports["transformer_quantized"].metrics
 
@@ -224,14 +225,15 @@ def test_quantized_transformer_builds_with_tensorrt_rtx(demo_q, scheme: str, tmp
 
 # --- bench -----------------------------------------------------------------------------------------
 def test_bench_compares_quantized_exports_side_by_side(demo_q, tmp_path: Path) -> None:
-    from vqdeploy.runtime.bench import run_bench
+    from vqdeploy.bench.benchmark import run_bench
 
     int8, m8 = demo_q("int8")
     int4, m4 = demo_q("int4")
     result = run_bench(int8, "onnxruntime", None, 1, 1, False, tmp_path / "bench.json", None, log=lambda m: None,
                        compare=[int4])
     rows = result["backends"]
-    assert set(rows) == {"torch-cpu fp32 KV cache", "onnxruntime-cpu int8", "onnxruntime-cpu int8, sampler graph",
+    # --backends onnxruntime: the deployment's rows only (no torch row, no checkpoint needed)
+    assert set(rows) == {"onnxruntime-cpu int8", "onnxruntime-cpu int8, sampler graph",
                          "onnxruntime-cpu int4", "onnxruntime-cpu int4, sampler graph"}
     assert result["transformer_weight_bytes"] == m8.raw["quantization"]["weight_bytes"]
     assert rows["onnxruntime-cpu int4"]["floor_ms"] < rows["onnxruntime-cpu int8"]["floor_ms"]

@@ -12,12 +12,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from vqdeploy.artifacts import Artifacts, read_manifest
 from vqdeploy.cli import main
-from vqdeploy.export.manifest import read_manifest
-from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-from vqdeploy.runtime.backends.select import load_reference_model
-from vqdeploy.runtime.backends.torch_backend import TorchBackend
 from vqdeploy.conditions.coordinates import coord_map
+from vqdeploy.families import load_reference
+from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from vqdeploy.runtime.backends.torch_backend import TorchBackend
 from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.sampling import SamplingParams
 
@@ -38,7 +38,7 @@ def condition(run, name: str) -> tuple[np.ndarray | None, int | None]:
 
 
 def backends(out: Path, manifest: dict) -> tuple[TorchBackend, OnnxRuntimeBackend]:
-    return TorchBackend(load_reference_model(manifest), manifest), OnnxRuntimeBackend(out, manifest)
+    return TorchBackend(load_reference(manifest), manifest), OnnxRuntimeBackend(Artifacts(out, manifest))
 
 
 @pytest.mark.parametrize("name", NET2NET)

@@ -6,15 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vqdeploy.artifacts import Artifacts
+from vqdeploy.parity.checks import check_sampler
 from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-from vqdeploy.runtime.generator import sample_tokens
-from vqdeploy.runtime.parity import check_sampler
+from vqdeploy.runtime.decoding import sample_tokens
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
 
 def test_sampler_graph_matches_host_sampler_on_many_draws(exported) -> None:
     _, out, manifest = exported("seg")
-    backend = OnnxRuntimeBackend(out, manifest)
+    backend = OnnxRuntimeBackend(Artifacts(out, manifest))
     report = check_sampler(backend, manifest.raw["model"]["transformer"]["vocab_size"], seed=3, rounds=60)
     # measured: 0 of 1440 draws differ (and 0 of 11200 with vocab 256), logits with many exact ties
     assert report.passed and report.metrics["draws"] == 1440 and report.metrics["differing"] == 0, report
@@ -23,7 +24,7 @@ def test_sampler_graph_matches_host_sampler_on_many_draws(exported) -> None:
 def test_graph_only_loop_samples_what_the_host_sampler_samples(exported) -> None:
     """transformer -> sampler -> transformer, with no logits post-processing outside the graphs."""
     _, out, manifest = exported("seg")
-    backend = OnnxRuntimeBackend(out, manifest)
+    backend = OnnxRuntimeBackend(Artifacts(out, manifest))
     tr = manifest.raw["graphs"]["transformer"]
     rng = np.random.default_rng(0)
     batch, steps = 3, manifest.raw["model"]["tokens"]["image"]
@@ -51,11 +52,11 @@ def test_graph_only_loop_samples_what_the_host_sampler_samples(exported) -> None
 
 
 def test_run_with_the_graph_sampler_gives_the_host_samplers_tokens(exported) -> None:
-    from vqdeploy.runtime.parity_inputs import sample_condition
+    from vqdeploy.parity.inputs import sample_condition
     from vqdeploy.runtime.pipeline import Pipeline
 
     _, out, manifest = exported("seg")
-    backend = OnnxRuntimeBackend(out, manifest)
+    backend = OnnxRuntimeBackend(Artifacts(out, manifest))
     condition = sample_condition(manifest.model, 0)
     for params in (SamplingParams(top_k=8), SamplingParams(temperature=1.2, top_k=None, top_p=0.8),
                    SamplingParams(top_k=1)):
@@ -68,16 +69,16 @@ def test_run_with_the_graph_sampler_gives_the_host_samplers_tokens(exported) -> 
 def test_graph_sampler_needs_a_graph_backend_and_runs_the_sliding_window(exported) -> None:
     """One loop for both strategies: the sliding window (a larger grid) samples the same tokens with the
     sampler graph as with the host sampler."""
-    from vqdeploy.errors import InputError
-    from vqdeploy.runtime.backends.select import load_reference_model
-    from vqdeploy.runtime.backends.torch_backend import TorchBackend
     from vqdeploy.conditions.coordinates import coord_map
+    from vqdeploy.errors import InputError
+    from vqdeploy.families import load_reference
+    from vqdeploy.runtime.backends.torch_backend import TorchBackend
     from vqdeploy.runtime.pipeline import Pipeline
 
     _, out, manifest = exported("coord_identity")
     with pytest.raises(InputError, match="needs a graph backend"):
-        Pipeline(TorchBackend(load_reference_model(manifest), manifest), manifest, sampler="graph")
-    backend = OnnxRuntimeBackend(out, manifest)
+        Pipeline(TorchBackend(load_reference(manifest), manifest), manifest, sampler="graph")
+    backend = OnnxRuntimeBackend(Artifacts(out, manifest))
     params = SamplingParams(temperature=1.1, top_k=6)
     graph = Pipeline(backend, manifest, sampler="graph")(coord_map(32, 32), num_samples=2, params=params, seed=4)
     host = Pipeline(backend, manifest)(coord_map(32, 32), num_samples=2, params=params, seed=4)
@@ -108,7 +109,7 @@ LARGE_VOCAB_SETTINGS = (SamplingParams(1.0, 3840, 0.95), SamplingParams(1.0, 500
 @pytest.fixture(scope="module")
 def large_samplers(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from vqdeploy.export.onnx_export import export_graph
-    from vqdeploy.export.specs import sampler_spec
+    from vqdeploy.families.graph_spec import sampler_spec
 
     out = {}
     for vocab in (8192, 16384):

@@ -15,7 +15,9 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from vqdeploy.artifacts import Artifacts
 from vqdeploy.cli import main
+from vqdeploy.conditions import Reading
 from vqdeploy.conditions.layout_builder import LayoutBuilder, LayoutObject
 from vqdeploy.conditions.objects import ObjectLayout
 from vqdeploy.errors import ArtifactError, ConfigError, InputError
@@ -73,7 +75,7 @@ def test_builder_tokens_equal_upstreams_for_every_case() -> None:
     cases = _cases()["cases"]
     assert len(cases) == 5
     for i, case in enumerate(cases):
-        tokens = layout.read(_scene(case))
+        tokens = layout.read(_scene(case)).tokens
         assert tokens.tolist() == [case["tokens"]], f"case {i}"
     # they cover more objects than the model takes and encoded crops; with encode_crop upstream keeps
     # the boxes in image coordinates and no case's crop misses a box (the centre-points test drops one)
@@ -103,7 +105,7 @@ def test_more_objects_than_the_model_takes_warn_and_keep_the_first() -> None:
     layout = ObjectLayout(_builder())
     case = _cases()["cases"][4]
     lines: list[str] = []
-    tokens = layout.read(_scene(case), log=lines.append)
+    tokens = layout.read(_scene(case), Reading(log=lines.append)).tokens
     assert tokens.tolist() == [case["tokens"]]
     assert lines == [f"warning: the scene has {len(case['objects'])} objects; this model takes 30: the first 30 are "
                      "kept (as upstream)"]
@@ -114,7 +116,7 @@ def test_model_matches_upstreams_outputs(model, reference) -> None:
     """Encoder indices, decoded images, condition tokens, teacher-forced logits and greedy samples."""
     layout = model.cond_stage_model.layout
     cases = _cases()["cases"]
-    c = torch.from_numpy(np.concatenate([layout.read(_scene(cases[1])), layout.read(_scene(cases[2]))]))
+    c = torch.from_numpy(np.concatenate([layout.read(_scene(cases[1])).tokens, layout.read(_scene(cases[2])).tokens]))
     assert torch.equal(c, reference["c_indices"])
     with torch.no_grad():
         quant, z = model.encode_to_z(reference["x"])
@@ -127,7 +129,7 @@ def test_model_matches_upstreams_outputs(model, reference) -> None:
         # measured 2.4e-6 against logits up to 5.4 (fp32 summation order)
         assert float((first8 - reference["logits_first8"]).abs().max()) <= 1e-5
         from vqdeploy.runtime.backends.torch_backend import TorchTransformer
-        from vqdeploy.runtime.generator import sample_tokens
+        from vqdeploy.runtime.decoding import sample_tokens
         from vqdeploy.runtime.sampling import SamplingParams
 
         assert torch.equal(model.sample(z[:, :0], c, steps=256, sample=False), reference["greedy"])  # upstream's loop
@@ -160,7 +162,7 @@ def test_onnx_graphs_match_upstreams_outputs(artifacts, reference) -> None:
     from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     out, manifest = artifacts
-    ort = OnnxRuntimeBackend(out, manifest)
+    ort = OnnxRuntimeBackend(Artifacts(out, manifest))
     z = ort.encode(reference["x"].numpy())
     assert np.array_equal(z.reshape(2, -1), reference["z_indices"].numpy())
     assert float(np.abs(ort.decode(z) - reference["x_rec"].numpy()).max()) <= 1e-5  # measured 2.8e-6
@@ -209,7 +211,7 @@ def test_run_gives_identical_tokens_on_torch_and_onnxruntime_and_upstreams_greed
     out, manifest = artifacts
     scene = tmp_path / "scene.json"
     scene.write_text(json.dumps(_scene(_cases()["cases"][1])))
-    ort = OnnxRuntimeBackend(out, manifest)
+    ort = OnnxRuntimeBackend(Artifacts(out, manifest))
     torch_be = TorchBackend(model, manifest)
     params = SamplingParams(temperature=1.0, top_k=100)
     a = Pipeline(torch_be, manifest)(scene, num_samples=2, params=params, seed=3)
@@ -287,24 +289,17 @@ def test_an_image_for_a_layout_model_and_a_scene_for_an_image_model(artifacts, t
         cond = CONDITIONS[entry["kind"]].from_manifest(entry, "model.conditioning")
         with pytest.raises(InputError, match=f"a scene file is for models conditioned on an object layout; this model "
                                              f"is {what}"):
-            cond.read_input(scene, None, 1 << 20)
+            cond.read(scene)
     with pytest.raises(InputError, match="--save-layout is for object-layout"):
-        from vqdeploy.runtime.run import run_pipeline
-        from vqdeploy.typed_manifest import as_manifest
+        from vqdeploy.artifacts import Artifacts
+        from vqdeploy.artifacts.manifest import as_manifest
+        from vqdeploy.runtime.run import RunOptions, run_pipeline
 
         data = copy.deepcopy(dict(manifest.raw))
         data["model"]["conditioning"] = {"kind": "class", "n_classes": 4, "tokens": 1}
         data["model"]["tokens"]["cond"] = 1
-        manifest2 = as_manifest(data)
-        import vqdeploy.runtime.run as run_module
-
-        real = run_module.read_manifest
-        run_module.read_manifest = lambda a: manifest2
-        try:
-            run_pipeline(None, out, "onnxruntime", None, 1, 1.0, 100, None, 0, None, None, tmp_path / "y.png", False,
-                         save_layout=True)
-        finally:
-            run_module.read_manifest = real
+        run_pipeline(None, Artifacts(out, as_manifest(data)),
+                     RunOptions(backend="onnxruntime", out=tmp_path / "y.png", save_layout=True))
 
 
 def test_coco_category_names_follow_upstreams_numbering(artifacts) -> None:
@@ -323,8 +318,8 @@ def test_coco_category_names_follow_upstreams_numbering(artifacts) -> None:
                            {"category": "Sky-Other", "bbox": [0, 0, 1, 0.4], "is_group_of": True}]}
     by_number = {"objects": [{"category": ids.index("24"), "bbox": [0.1, 0.1, 0.3, 0.3]},
                              {"category": ids.index("157"), "bbox": [0, 0, 1, 0.4], "is_group_of": True}]}
-    assert np.array_equal(layout.read(by_name), layout.read(by_number))
-    assert layout.read(by_name)[0, 0] == 98 and layout.read(by_name)[0, 3] == ids.index("157") + 183
+    assert np.array_equal(layout.read(by_name).tokens, layout.read(by_number).tokens)
+    assert layout.read(by_name).tokens[0, 0] == 98 and layout.read(by_name).tokens[0, 3] == ids.index("157") + 183
 
 
 def test_inspect_says_what_a_scene_file_holds() -> None:
@@ -349,7 +344,7 @@ def _config(tmp_path: Path, **data_params) -> Path:
 
 
 def test_object_classes_from_config_data_set_or_option(tmp_path: Path) -> None:
-    from vqdeploy.describe import describe
+    from vqdeploy.families.taming.describe import describe
     from vqdeploy.loading.load import load_model
 
     ckpt = REFERENCE / "checkpoints" / "last.ckpt"
@@ -374,7 +369,7 @@ def test_object_classes_from_config_data_set_or_option(tmp_path: Path) -> None:
 
 
 def test_manifest_builder_is_checked(artifacts, tmp_path: Path) -> None:
-    from vqdeploy.export.manifest import read_manifest
+    from vqdeploy.artifacts import read_manifest
 
     out, _ = artifacts
     for path, value, message in ((("no_max_objects",), 31, "tokens: 92 is not the builder's 95"),
@@ -459,7 +454,23 @@ def test_serve_takes_a_scene_as_json_or_as_a_file(artifacts) -> None:
             assert r.json()["tokens"] == alone.tokens.tolist()
         for body, match in (({"condition": {"objects": [{"category": 3, "bbox": [0.5, 0.5, 0.9, 0.1]}]}}, "outside"),
                             ({"condition": {"objects": [], "extra": 1}}, "unknown key 'extra'"),
-                            ({"seed": 1}, "pass a scene JSON file")):
+                            ({"seed": 1}, "send the scene as the 'condition'")):
             bad = httpx.post(f"{url}/v1/generate", json=body, timeout=60)
             assert bad.status_code == 400 and bad.json()["error"]["field"] == "condition", bad.text
             assert match in bad.json()["error"]["message"], bad.text
+
+
+@pytest.mark.parametrize("stated", [True, False, None])
+def test_the_data_configs_use_additional_parameters_is_honoured(stated) -> None:
+    """A run trained with use_additional_parameters: true (upstream's builder supports it) gets the occluded /
+    depiction / inside modifiers in its condition tokens; false or unstated (upstream's default) does not."""
+    params = {"no_tokens": 1024, "max_objects_per_image": 4, "encode_crop": False, "use_group_parameter": True,
+              "no_object_classes": 20, **({} if stated is None else {"use_additional_parameters": stated})}
+    data = {"params": {"validation": {"target": "taming.data.annotated_objects_coco.AnnotatedObjectsCoco",
+                                      "params": params}}}
+    layout = ObjectLayout.from_config("objects_bbox", data)
+    assert layout.builder.use_additional_parameters is bool(stated)
+    assert layout.describe()["builder"]["use_additional_parameters"] is bool(stated)
+    scene = {"objects": [{"category": 3, "bbox": [0.1, 0.1, 0.5, 0.5], "is_occluded": True, "is_inside": True}]}
+    assert layout.read(scene).tokens[0, 0] == (3 + 20 * (2 + 8) if stated else 3)
+    assert ObjectLayout.from_manifest(layout.describe()).builder.use_additional_parameters is bool(stated)

@@ -1,5 +1,5 @@
 """`vqdeploy serve` (issue 14): the endpoints on a real server on a free loopback port. Concurrent requests
-share engine batches and still get exactly the images `vqdeploy run` gives each of them alone."""
+share batches and still get exactly the images `vqdeploy run` gives each of them alone."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ httpx = pytest.importorskip("httpx")
 
 from serve_support import SKETCHES, decode_png, running, sketch_bytes  # noqa: E402
 
-from vqdeploy.runtime.images import load_condition, to_uint8  # noqa: E402
+from vqdeploy.images import load_condition, to_uint8  # noqa: E402
 from vqdeploy.runtime.pipeline import Pipeline  # noqa: E402
 from vqdeploy.runtime.sampling import SamplingParams  # noqa: E402
 from vqdeploy.serve.app import ServeConfig, create_app  # noqa: E402

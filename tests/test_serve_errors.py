@@ -81,7 +81,7 @@ BAD = [  # (fields, condition bytes or None for the demo sketch, status, field)
     ({}, b"not an image at all", 400, "condition"),
     ({}, png("RGB", (64, 64))[:60], 400, "condition"),  # truncated
     ({}, png("CMYK", (64, 64), (0, 0, 0, 0)), 415, "condition"),
-    ({}, png("L", (2048, 1024)), 413, "condition"),  # over the pixel budget (checked on the header)
+    ({}, png("L", (3000, 2000)), 413, "condition"),  # over the condition budget (checked on the header)
 ]
 
 
@@ -95,6 +95,14 @@ def test_bad_fields_get_a_4xx_naming_the_field(url, spool_dir, fields, condition
     err = r.json()["error"]
     assert err["field"] == field and err["message"]
     assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_a_large_sketch_is_resized_as_run_resizes_it(url, tmp_path):
+    """The same input rules as `vqdeploy run`: an 800x600 sketch is resized to the trained size, with run's note."""
+    r = httpx.post(f"{url}/v1/generate", files={"condition": ("s.png", png("L", (800, 600)), "image/png")},
+                   data={"seed": "1"}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert any("800x600; resized to" in n for n in r.json()["notes"]), r.json()["notes"]
 
 
 def test_body_errors(url):
@@ -140,11 +148,12 @@ def test_large_upload_is_not_spooled_to_disk(url, spool_dir):
 
 
 class Gate:
-    """An engine stand-in that holds every batch until released (the queue fills up meanwhile)."""
+    """A batch runner stand-in that holds every batch until released (the queue fills up meanwhile)."""
 
-    def __init__(self, engine) -> None:
-        self.engine = engine
-        self.max_batch = engine.max_batch
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self.max_batch = runner.max_batch
+        self.key = runner.key
         self.open = threading.Event()
         self.entered = threading.Event()
         self.ran = 0
@@ -153,15 +162,15 @@ class Gate:
         self.entered.set()
         self.open.wait(60)
         self.ran += sum(it.count for it in items)
-        return self.engine.run(items)
+        return self.runner.run(items)
 
 
 @pytest.fixture()
 def gated(pipeline):
     app = create_app(pipeline, ServeConfig(max_batch=1, max_wait_s=0.0, max_queue=2, request_timeout_s=1.5))
     server = app.state.server
-    gate = Gate(server.engine)
-    server.batcher.engine = gate
+    gate = Gate(server.runner)
+    server.batcher.runner = gate
     with running(app) as base:
         yield base, gate, server
         gate.open.set()

@@ -15,7 +15,7 @@ httpx = pytest.importorskip("httpx")
 from PIL import Image  # noqa: E402
 from serve_support import decode_png, running  # noqa: E402
 
-from vqdeploy.runtime.images import to_uint8  # noqa: E402
+from vqdeploy.images import to_uint8  # noqa: E402
 from vqdeploy.runtime.pipeline import Pipeline  # noqa: E402
 from vqdeploy.serve.app import create_app  # noqa: E402
 

@@ -44,9 +44,10 @@ def ray_url(demo_export: Path):
 
 
 def test_two_replicas_answer_with_the_same_images_as_one_server(ray_url, demo_export):
-    from vqdeploy.runtime.images import load_condition, to_uint8
-    from vqdeploy.runtime.pipeline import Pipeline
     from serve_support import decode_png
+
+    from vqdeploy.images import load_condition, to_uint8
+    from vqdeploy.runtime.pipeline import Pipeline
 
     assert httpx.get(f"{ray_url}/healthz", timeout=30).json()["status"] == "ok"
     model = httpx.get(f"{ray_url}/v1/model", timeout=30).json()

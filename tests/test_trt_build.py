@@ -20,15 +20,18 @@ import yaml
 
 trt = pytest.importorskip("tensorrt_rtx_bindings")
 
+from vqdeploy import artifacts as mf
+from vqdeploy.artifacts import Artifacts
+from vqdeploy.artifacts import engines as record
+from vqdeploy.artifacts.manifest import as_manifest
+from vqdeploy.artifacts.tensors import TensorSpec
 from vqdeploy.cli import main
 from vqdeploy.errors import ArtifactError, BackendError, ConfigError
-from vqdeploy.export import manifest as mf
 from vqdeploy.export.exporter import export
+from vqdeploy.files import sha256_file
 from vqdeploy.loading.targets import BuildContext, build_module
-from vqdeploy.tensor_spec import TensorSpec
-from vqdeploy.trt import check, profiles, record, shim
-from vqdeploy.trt.engines import BuildOptions, build_engines
-from vqdeploy.typed_manifest import as_manifest
+from vqdeploy.trt import check, profiles, shim
+from vqdeploy.trt.engines import BuildOptions, build_engines, cache_key
 
 SM86 = ("8.6",)
 
@@ -121,7 +124,7 @@ def test_every_engine_built_and_recorded(trt_built: dict[str, Any], precision: s
         e = data["engines"][name]
         path = art / "engines" / e["file"]
         assert path.is_file() and path.stat().st_size == e["bytes"] > 0
-        assert mf.sha256_file(path) == e["sha256"]
+        assert sha256_file(path) == e["sha256"]
         assert e["graph"]["sha256"] == g["sha256"]
         assert e["tensorrt"] == {"flavour": "tensorrt-rtx", "version": trt.__version__}
         assert e["target"] == {"compute_capabilities": ["8.6"], "gpu": None}
@@ -190,7 +193,7 @@ def test_cache_skips_unchanged_and_rebuilds_on_change(trt_built: dict[str, Any],
 def test_cache_key_covers_every_input() -> None:
     base = {"graph": {"sha256": "a"}, "tensorrt": {"flavour": "tensorrt-rtx", "version": "1"},
             "target": {"compute_capabilities": ["8.6"], "gpu": None}, "precision": "fp32", "profiles": {}, "workspace": None}
-    keys = {record.cache_key(base)}
+    keys = {cache_key(base)}
     for path, value in [(("graph", "sha256"), "b"), (("tensorrt", "version"), "2"), (("tensorrt", "flavour"), "tensorrt"),
                         (("target", "compute_capabilities"), ["8.9"]), (("target", "gpu"), "RTX 4090"),
                         (("precision",), "fp16"), (("profiles",), {"default": {}}), (("workspace",), 1 << 30)]:
@@ -199,13 +202,13 @@ def test_cache_key_covers_every_input() -> None:
         for k in path[:-1]:
             node = node[k]
         node[path[-1]] = value
-        keys.add(record.cache_key(d))
+        keys.add(cache_key(d))
     assert len(keys) == 9
 
 
 def _fix_manifest_sha(art: Path, name: str) -> None:
     m = json.loads((art / mf.MANIFEST).read_text())
-    m["graphs"][name]["sha256"] = mf.sha256_file(art / m["graphs"][name]["file"])
+    m["graphs"][name]["sha256"] = sha256_file(art / m["graphs"][name]["file"])
     (art / mf.MANIFEST).write_text(json.dumps(m))
 
 
@@ -298,7 +301,7 @@ def test_flavour_detection(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_imports_do_not_load_tensorrt() -> None:
     import subprocess
 
-    code = ("import sys, vqdeploy, vqdeploy.cli, vqdeploy.trt.command, vqdeploy.runtime.backends.tensorrt_backend;"
+    code = ("import sys, vqdeploy, vqdeploy.cli, vqdeploy.commands.build_trt, vqdeploy.runtime.backends.tensorrt_backend;"
             "print([m for m in sys.modules if m.startswith('tensorrt')])")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
@@ -349,7 +352,7 @@ def _machine(**kw: str) -> check.Machine:
 def test_load_checks_name_what_differs(trt_built: dict[str, Any]) -> None:
     art, data, _ = trt_built["fp32"]
     manifest = mf.read_manifest(art)
-    path, entry = check.engine_path(art, manifest, "transformer", _machine())
+    path, entry = check.engine_path(Artifacts(art, manifest), "transformer", _machine())
     assert path == art / "engines" / "transformer.engine" and entry == data["engines"]["transformer"]
 
     cases = [
@@ -358,14 +361,14 @@ def test_load_checks_name_what_differs(trt_built: dict[str, Any]) -> None:
     ]
     for machine, why in cases:
         with pytest.raises(ArtifactError) as e:
-            check.engine_path(art, manifest, "decoder", machine)
+            check.engine_path(Artifacts(art, manifest), "decoder", machine)
         assert why in str(e.value) and str(e.value).endswith(f"rebuild: vqdeploy build-trt --artifacts {art}")
 
     data = json.loads(json.dumps(manifest.raw))
     data["graphs"]["decoder"]["sha256"] = "0" * 64
     other = as_manifest(data)
     with pytest.raises(ArtifactError, match="built from another decoder.onnx"):
-        check.engine_path(art, other, "decoder", _machine())
+        check.engine_path(Artifacts(art, other), "decoder", _machine())
 
 
 def test_load_checks_missing_and_corrupt_engines(trt_built: dict[str, Any], tmp_path: Path) -> None:
@@ -373,13 +376,13 @@ def test_load_checks_missing_and_corrupt_engines(trt_built: dict[str, Any], tmp_
     manifest = mf.read_manifest(art)
     (art / "engines" / "encoder.engine").write_bytes(b"garbage")
     with pytest.raises(ArtifactError, match="does not match engines.json"):
-        check.engine_path(art, manifest, "encoder", _machine())
+        check.engine_path(Artifacts(art, manifest), "encoder", _machine())
     (art / "engines" / "decoder.engine").unlink()
     with pytest.raises(ArtifactError, match="decoder.engine is missing"):
-        check.engine_path(art, manifest, "decoder", _machine())
+        check.engine_path(Artifacts(art, manifest), "decoder", _machine())
     shutil.rmtree(art / "engines")
     with pytest.raises(ArtifactError, match=f"no TensorRT engines .*vqdeploy build-trt --artifacts {art}"):
-        check.engine_path(art, manifest, "decoder", _machine())
+        check.engine_path(Artifacts(art, manifest), "decoder", _machine())
 
 
 def test_backend_needs_a_gpu(trt_built: dict[str, Any]) -> None:
@@ -389,7 +392,7 @@ def test_backend_needs_a_gpu(trt_built: dict[str, Any]) -> None:
         pytest.skip("a GPU is present")
     art = trt_built["fp32"][0]
     with pytest.raises(BackendError, match="CUDA GPU only"):
-        TensorRTBackend(art, mf.read_manifest(art), "cuda")
+        TensorRTBackend(Artifacts(art, mf.read_manifest(art)), "cuda")
 
 
 def test_cli_build_trt_reports_cached_engines(trt_built: dict[str, Any]) -> None:
@@ -442,7 +445,7 @@ def test_executor_binds_the_kv_cache_by_address(trt_built: dict[str, Any], monke
     art, data, _ = trt_built["fp32"]
     manifest = mf.read_manifest(art)
     entry = data["engines"]["transformer"]
-    backend = GraphBackend(art, manifest, "cpu")  # host memory: the fake contexts only record addresses
+    backend = GraphBackend(Artifacts(art, manifest), "cpu")  # host memory: the fake contexts only record addresses
     scratch = backend.memory.empty((256,), "uint8")
     contexts = {p: FakeContext(manifest, entry["profiles"][p]) for p in entry["profile_order"]}
     executors = {p: TrtExecutor(f"transformer ({p})", contexts[p], entry, p, 0, scratch, None, False)
@@ -483,7 +486,7 @@ def test_datacenter_step_is_captured_once_and_replayed(trt_built: dict[str, Any]
     art, data, _ = trt_built["fp32"]
     manifest = mf.read_manifest(art)
     entry = data["engines"]["transformer"]
-    backend = GraphBackend(art, manifest, "cpu")
+    backend = GraphBackend(Artifacts(art, manifest), "cpu")
     scratch = backend.memory.empty((256,), "uint8")
     rt = CaptureCudart()
     launches = CapturedLaunches(CudaRuntime(rt), 7)

@@ -29,10 +29,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import copy_artifacts
 
+from vqdeploy.artifacts import MANIFEST, Artifacts, read_manifest
 from vqdeploy.cli import main
 from vqdeploy.errors import ArtifactError, BackendError, VQDeployError
-from vqdeploy.export.manifest import MANIFEST, read_manifest, sha256_file
+from vqdeploy.files import sha256_file
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo"
 SKETCH = sorted((DEMO / "sketches").glob("*.png"))[0]
@@ -41,13 +43,9 @@ SM86 = ("8.6",)
 
 # --- fixtures and helpers ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo exported once (no parity: exporting is not under test here)."""
-    from vqdeploy.export.exporter import export
-
-    out = tmp_path_factory.mktemp("untrusted") / "demo"
-    export(DEMO / "checkpoints" / "last.ckpt", out, parity=False, log=lambda m: None)
-    return out
+def demo(demo_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's demo export (exporting is not under test here)."""
+    return copy_artifacts(demo_export, tmp_path_factory.mktemp("untrusted") / "demo")
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +92,6 @@ class Outside:
 @pytest.fixture
 def outside(tmp_path: Path) -> Outside:
     return Outside(tmp_path)
-
-
-def copy_artifacts(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
 
 
 def edit_manifest(art: Path, change: Callable[[dict[str, Any]], Any]) -> None:
@@ -462,12 +455,12 @@ def test_malformed_engines_json(demo_engines: Path, tmp_path: Path, outside: Out
     art = copy_artifacts(demo_engines, tmp_path / "art")
     _edit_engines(art, change)
     with pytest.raises(ArtifactError) as e:
-        check.engine_path(art, read_manifest(art), "sampler", _machine())
+        check.engine_path(Artifacts(art, read_manifest(art)), "sampler", _machine())
     assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
     res = cli(*build_args(art))
     assert res.exit_code == 0, res.output
     assert f"note: {art / 'engines' / 'engines.json'}" in res.stderr and "built sampler.engine" in res.stderr
-    check.engine_path(art, read_manifest(art), "sampler", _machine())  # a valid record again
+    check.engine_path(Artifacts(art, read_manifest(art)), "sampler", _machine())  # a valid record again
     outside.assert_untouched()
 
 
@@ -485,10 +478,10 @@ def test_cached_build_restates_what_the_key_covers(demo_engines: Path, tmp_path:
 
     _edit_engines(art, damage)
     with pytest.raises(ArtifactError, match="no shapes for input 'temperature'"):
-        check.engine_path(art, read_manifest(art), "sampler", _machine())
+        check.engine_path(Artifacts(art, read_manifest(art)), "sampler", _machine())
     res = cli(*build_args(art))
     assert res.exit_code == 0 and "unchanged, kept sampler.engine" in res.stderr, res.output
-    _, entry = check.engine_path(art, read_manifest(art), "sampler", _machine())
+    _, entry = check.engine_path(Artifacts(art, read_manifest(art)), "sampler", _machine())
     assert entry["profiles"] == good["profiles"]
 
 
@@ -509,7 +502,7 @@ def test_engine_loading_refuses_symlinks(demo_engines: Path, tmp_path: Path, out
         outside.files[outside.dir / planted] = ((outside.dir / planted).read_bytes(),
                                                 (outside.dir / planted).stat().st_mtime_ns)
     with pytest.raises(ArtifactError, match="is a symlink"):
-        check.engine_path(art, read_manifest(art), "sampler", _machine())
+        check.engine_path(Artifacts(art, read_manifest(art)), "sampler", _machine())
     outside.assert_untouched()
 
 
@@ -599,7 +592,7 @@ def test_onnxruntime_run_error_is_one_line(demo: Path, capfd: pytest.CaptureFixt
     from vqdeploy.runtime.backends.buffers import HostMemory
     from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    be = OnnxRuntimeBackend(demo, read_manifest(demo))
+    be = OnnxRuntimeBackend(Artifacts.open(demo))
     ex = be.executor("decoder")
     mem = HostMemory()
     capfd.readouterr()
@@ -693,9 +686,8 @@ def _untouched(root: Path, mtime: int) -> None:
 def test_fuzz_manifest(demo: Path, fuzz_root: Path) -> None:
     """Mutated manifest.json through read_manifest, the ONNX Runtime backend and (sometimes) a
     short Pipeline call: success or a VQDeployError, nothing else, nothing outside touched."""
-    from vqdeploy.export.graph_files import graph_file
-    from vqdeploy.runtime.backends.select import open_backend
-    from vqdeploy.runtime.parity_inputs import sample_condition
+    from vqdeploy.parity.inputs import sample_condition
+    from vqdeploy.runtime.backends.registry import open_backend
     from vqdeploy.runtime.pipeline import Pipeline
 
     art = copy_artifacts(demo, fuzz_root / "manifest_art")
@@ -712,12 +704,13 @@ def test_fuzz_manifest(demo: Path, fuzz_root: Path) -> None:
     def check(mutations: list[Any], sample: bool) -> None:
         (art / MANIFEST).write_text(_mutate(base, mutations))
         try:
-            m = read_manifest(art)
-            be = open_backend("onnxruntime", art, m, "cpu")
+            opened = Artifacts.open(art)
+            m = opened.manifest
+            be = open_backend("onnxruntime", opened, "cpu")
             for name in m.graphs:
-                graph_file(art, m, name)
+                opened.graph_file(name)
             if sample and m.model.samples:
-                Pipeline(be, m)(sample_condition(m.model, 0), num_samples=1, seed=0, class_id=0)
+                Pipeline(be, m)(sample_condition(m.model, 0), num_samples=1, seed=0)
             outcomes["ok"] = outcomes.get("ok", 0) + 1
         except VQDeployError as e:
             assert "\n" not in str(e)
@@ -756,10 +749,10 @@ def test_fuzz_engines_json(demo_engines: Path, fuzz_root: Path) -> None:
         for step in ("load", "build"):
             try:
                 if step == "load":
-                    check.engine_path(art, manifest, "sampler", machine)
+                    check.engine_path(Artifacts(art, manifest), "sampler", machine)
                 else:
                     build_engines(art, BuildOptions(target_cc=SM86, graphs=("sampler",)), echo=lambda m: None)
-                    check.engine_path(art, manifest, "sampler", machine)  # the build left a valid record
+                    check.engine_path(Artifacts(art, manifest), "sampler", machine)  # the build left a valid record
                 outcomes[f"{step} ok"] = outcomes.get(f"{step} ok", 0) + 1
             except VQDeployError as e:
                 assert step == "load", f"build-trt failed on a damaged engines.json: {e}"

@@ -30,8 +30,8 @@ import yaml
 from taming_runs import save_run
 
 import vqdeploy
-from vqdeploy.describe import describe
 from vqdeploy.errors import CheckpointError, ConfigError, VQDeployError
+from vqdeploy.families.taming.describe import describe
 from vqdeploy.loading.checkpoint import read_state_dict
 from vqdeploy.loading.config import read_config
 from vqdeploy.loading.config_tree import MAX_CONFIG_BYTES

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_artifacts
 from PIL import Image
 
 from vqdeploy.errors import ArtifactError, InputError
 from vqdeploy.export import install as inst
 from vqdeploy.limits import AREA_FACTOR, DECODE_PIXELS
-from vqdeploy.runtime.pipeline import check_request
+from vqdeploy.runtime.generation import check_size
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo"
 CKPT = DEMO / "checkpoints" / "last.ckpt"
@@ -46,12 +47,8 @@ def assert_one_error(proc: subprocess.CompletedProcess, pattern: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    from vqdeploy.export.exporter import export
-
-    out = tmp_path_factory.mktemp("demo") / "artifacts"
-    export(CKPT, out, parity=False, log=lambda m: None)
-    return out
+def demo(demo_export: Path, tmp_path_factory) -> Path:
+    return copy_artifacts(demo_export, tmp_path_factory.mktemp("demo") / "artifacts")
 
 
 def _images(root: Path) -> dict[str, Path]:
@@ -138,23 +135,23 @@ def test_run_refuses_bad_input_with_one_line_and_writes_nothing(run_results, nam
 
 
 def test_budget_follows_the_model_and_can_be_raised(demo):
-    from vqdeploy.export.manifest import read_manifest
+    from vqdeploy.artifacts import read_manifest
 
     info = read_manifest(demo).model
     res = info.first_stage.resolution
     side = int(res * AREA_FACTOR**0.5)
-    check_request(info, 1, (side, side))  # exactly the default budget: accepted
+    check_size(info, (side, side))  # exactly the default budget: accepted
     with pytest.raises(InputError, match="over this model's budget"):
-        check_request(info, 1, (side + 16, side))
-    check_request(info, 1, (side + 16, side), max_pixels=(side + 16) * side)
+        check_size(info, (side + 16, side))
+    check_size(info, (side + 16, side), max_pixels=(side + 16) * side)
     assert DECODE_PIXELS >= AREA_FACTOR * res * res
 
 
 def test_a_large_image_is_resized_before_the_encoder_sees_it(demo, tmp_path):
     """7992x7992 (under the decode limit) made the encoder ask for 8 GB when the grid followed the input;
     now the encoder sees the trained size, and an image kept at its own size is held to the budget."""
-    from vqdeploy.export.manifest import read_manifest
-    from vqdeploy.runtime.images import load_condition
+    from vqdeploy.artifacts import read_manifest
+    from vqdeploy.images import load_condition
 
     info = read_manifest(demo).raw["model"]
     big = tmp_path / "big.png"
@@ -166,17 +163,14 @@ def test_a_large_image_is_resized_before_the_encoder_sees_it(demo, tmp_path):
 
 
 def test_library_refuses_nan_conditions_and_bad_seeds(demo):
-    from vqdeploy.export.manifest import read_manifest
-    from vqdeploy.runtime.backends.select import open_backend
     from vqdeploy.runtime.pipeline import Pipeline
 
-    manifest = read_manifest(demo)
-    pipe = Pipeline(open_backend("onnxruntime", demo, manifest, "cpu"), manifest)
+    pipe = Pipeline.from_artifacts(demo, "onnxruntime", "cpu")
     cond = np.zeros((1, 1, 64, 64), np.float32)
     cond[0, 0, 1, 2] = np.nan
     with pytest.raises(InputError, match="NaN"):
         pipe(cond)
-    with pytest.raises(InputError, match="--seed"):
+    with pytest.raises(InputError, match="^seed must be in 0.."):  # the library's own words
         pipe(np.zeros((1, 1, 64, 64), np.float32), seed=-3)
     with pytest.raises(InputError, match="budget"):
         pipe(np.zeros((1, 1, 2048, 2048), np.float32))

@@ -366,7 +366,7 @@ def test_net2net_greedy_samples_token_identical(net2net_pairs, name, start):
     got = ours.sample(z0, c, steps=steps, sample=False)
     # the runtime's one token loop (KV cache, host sampler, greedy) on our model
     from vqdeploy.runtime.backends.torch_backend import TorchTransformer
-    from vqdeploy.runtime.generator import sample_tokens
+    from vqdeploy.runtime.decoding import sample_tokens
     from vqdeploy.runtime.sampling import SamplingParams
 
     prompt = torch.cat((c, z0), dim=1).numpy()

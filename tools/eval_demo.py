@@ -114,7 +114,7 @@ def sample(model: Net2NetTransformer, sketches: np.ndarray, n: int) -> np.ndarra
     PyTorch model (KV cache, host sampler), sample i of every sketch drawing from ``default_rng([seed, i])``, as
     ``vqdeploy run`` draws sample i (so ``--artifacts`` of an fp32 export samples the same images up to rounding)."""
     from vqdeploy.runtime.backends.torch_backend import TorchTransformer
-    from vqdeploy.runtime.generator import sample_tokens
+    from vqdeploy.runtime.decoding import sample_tokens
     from vqdeploy.runtime.sampling import uniform_noise
 
     c = to_unit(np.repeat(sketches, n, axis=0))

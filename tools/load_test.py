@@ -147,7 +147,7 @@ def engine_breakdown(args: argparse.Namespace, condition_path: Path | None, size
     """Per-image stage times of one engine batch of each size, in this process (no HTTP): what batching can
     save at most on this machine (pin with taskset to compare with a pinned server)."""
     from vqdeploy.runtime.pipeline import Pipeline
-    from vqdeploy.serve.engine import Engine, Item, Job
+    from vqdeploy.serve.runner import Engine, Item, Job
     from vqdeploy.serve.requests import read_condition, parse_fields
 
     engine = Engine(Pipeline.from_artifacts(args.artifacts, args.backend))

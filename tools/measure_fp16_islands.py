@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 import vqdeploy
-from vqdeploy.describe import describe
-from vqdeploy.export.graphs import DecoderGraph, EncoderGraph
+from vqdeploy.families.taming.describe import describe
+from vqdeploy.families.taming.graphs import DecoderGraph, EncoderGraph
 from vqdeploy.models import autoencoder, mingpt, precision
-from vqdeploy.runtime.parity_inputs import parity_inputs
-from vqdeploy.typed_manifest import ModelInfo
+from vqdeploy.parity.inputs import parity_inputs
+from vqdeploy.artifacts.manifest import ModelInfo
 
 
 def main(ckpt: str) -> None:

@@ -7,7 +7,6 @@ reported the same way as "internal error", with the traceback only when ``VQDEPL
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
@@ -58,41 +57,7 @@ def main() -> None:
     """Deploy taming-transformers models: export to ONNX, build TensorRT engines, sample."""
 
 
-@main.command(epilog="""\b
-Example:
-  vqdeploy inspect logs/2020-11-09T13-31-51_sflckr      # a run directory, or its checkpoints/last.ckpt
-""")
-@click.argument("ckpt", type=click.Path(path_type=str))
-@click.option("--config", type=click.Path(path_type=str), help="Model config YAML (default: <run>/configs/*-project.yaml).")
-@click.option("--object-classes", type=click.IntRange(1, 1 << 24), default=None,
-              help="Object-layout models whose data config states no no_object_classes: the number of categories.")
-def inspect(ckpt: str, config: str | None, object_classes: int | None) -> None:
-    """Load a checkpoint and print what it is (kind, conditioning, token grid) as JSON; for an object-layout
-    model, conditioning.input says what a scene file must contain."""
-    from vqdeploy.needs_torch import require_torch
+from vqdeploy.commands import COMMANDS  # noqa: E402  (the group first, then its commands)
 
-    require_torch("inspect loads the checkpoint with PyTorch")
-    from vqdeploy.describe import describe
-    from vqdeploy.loading.load import load_model
-
-    model = load_model(ckpt, config, object_classes=object_classes)
-    click.echo(json.dumps(describe(model), indent=2))
-
-
-from vqdeploy.export.command import export
-
-main.add_command(export)
-
-from vqdeploy.runtime.command import bench, parity, run
-
-main.add_command(run)
-main.add_command(parity)
-main.add_command(bench)
-
-from vqdeploy.trt.command import build_trt
-
-main.add_command(build_trt)
-
-from vqdeploy.serve.command import serve
-
-main.add_command(serve)
+for command in COMMANDS:
+    main.add_command(command)

@@ -25,6 +25,14 @@ class InputError(VQDeployError):
     """Bad condition image, class id, size or sampling option."""
 
 
+class TooLargeError(InputError):
+    """An input over a size limit (``serve`` answers 413)."""
+
+
+class UnsupportedInputError(InputError):
+    """An input of a type or mode the model does not take (``serve`` answers 415)."""
+
+
 class ArtifactError(VQDeployError):
     """Missing, foreign or inconsistent export artifacts or engines."""
 

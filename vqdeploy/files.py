@@ -12,6 +12,7 @@ expensive work starts.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import tempfile
@@ -21,6 +22,14 @@ from pathlib import Path
 from vqdeploy.errors import ArtifactError, InputError
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def default_mode(directory: bool = False) -> int:

@@ -11,16 +11,17 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from vqdeploy.errors import InputError
+from vqdeploy.errors import InputError, TooLargeError
 
 if TYPE_CHECKING:
-    from vqdeploy.typed_manifest import ModelInfo
+    from vqdeploy.artifacts.manifest import ModelInfo
 
 DECODE_PIXELS = 64_000_000  # any image file: beyond this it is a decompression bomb, whatever the model
 AREA_FACTOR = 16  # default image budget: 16x the trained area (4x each side; sliding window beyond 1x)
 MAX_SEED = 2**63  # seeds are 0 <= seed < 2^63 (numpy's SeedSequence takes non-negative integers)
 MAX_SAMPLES = 4096  # per call; a backend's batch limit applies on top
 MAX_TOP_K = 2**31 - 1
+CONDITION_PIXELS = 1 << 22  # a condition image is decoded up to 4 MP (2048x2048) or the model's budget if larger
 MAX_UPLOAD_BYTES = 4 * 2**20  # `serve`: a whole request body (condition image included), read into memory only
 
 
@@ -29,10 +30,16 @@ def pixel_budget(info: ModelInfo, max_pixels: int | None = None) -> int:
     return int(max_pixels) if max_pixels is not None else AREA_FACTOR * info.first_stage.trained_pixels
 
 
+def condition_budget(info: ModelInfo, max_pixels: int | None = None) -> int:
+    """The largest condition image (in pixels) decoded for a request (it is then resized to the size sampled):
+    the same for ``run``, the library and ``serve``."""
+    return max(pixel_budget(info, max_pixels), CONDITION_PIXELS if max_pixels is None else 0)
+
+
 def check_pixels(height: int, width: int, budget: int, what: str) -> None:
     """``what`` (e.g. "--size 4096x4096", "input.png") must fit ``budget`` pixels."""
     if height * width > budget:
-        raise InputError(f"{what}: {width}x{height} is {height * width} pixels, over this model's budget of {budget} "
+        raise TooLargeError(f"{what}: {width}x{height} is {height * width} pixels, over this model's budget of {budget} "
                          f"(default: {AREA_FACTOR}x its trained size); pass --max-pixels N to raise it")
 
 
@@ -57,9 +64,9 @@ def check_int(value: int, name: str, low: int, high: int) -> int:
     return value
 
 
-def check_seed(seed: int) -> int:
-    return check_int(seed, "--seed", 0, MAX_SEED - 1)
+def check_seed(seed: int, name: str = "--seed") -> int:
+    return check_int(seed, name, 0, MAX_SEED - 1)
 
 
-def check_num_samples(n: int) -> int:
-    return check_int(n, "--num-samples", 1, MAX_SAMPLES)
+def check_num_samples(n: int, name: str = "--num-samples") -> int:
+    return check_int(n, name, 1, MAX_SAMPLES)

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-from vqdeploy.artifact_paths import check_name, check_relative
 from vqdeploy.errors import ArtifactError
 
 MAX_JSON_BYTES = 16 << 20
@@ -123,21 +122,6 @@ def sha256(v: Any, where: str) -> None:
         fail(where, "a sha256 (64 lowercase hex digits)", v)
 
 
-def name(v: Any, where: str) -> None:
-    check_name(v, where)
-
-
-def relative_file(v: Any, where: str) -> None:
-    check_relative(v, where)
-
-
-def plain_file(v: Any, where: str) -> None:
-    """A file in the same directory: one path component."""
-    check_relative(v, where)
-    if "/" in v:
-        fail(where, "a file name in the same directory", v)
-
-
 def nullable(inner: Rule) -> Rule:
     def rule(v: Any, where: str) -> None:
         if v is not None:
@@ -156,7 +140,16 @@ def list_of(item: Rule, lo: int = 0, hi: int = 1024) -> Rule:
     return rule
 
 
-def mapping(value: Rule, key: Rule = name, lo: int = 0, hi: int = 64) -> Rule:
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def identifier(v: Any, where: str) -> None:
+    """A plain identifier (a graph, engine or dim name: it may become part of a file name)."""
+    if not isinstance(v, str) or not IDENTIFIER.fullmatch(v):
+        raise ArtifactError(f"{where}: refused name {v!r}: expected a plain identifier (letters, digits, _)")
+
+
+def mapping(value: Rule, key: Rule = identifier, lo: int = 0, hi: int = 64) -> Rule:
     """An object used as a dictionary: every key checked by ``key``, every value by ``value``."""
     def rule(v: Any, where: str) -> None:
         if not isinstance(v, dict) or not lo <= len(v) <= hi:

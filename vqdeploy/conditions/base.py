@@ -1,11 +1,12 @@
-"""What a conditioning kind is: one class that owns its whole path, so nothing else tests kind strings.
+"""What a conditioning kind is at run time: one class that owns its path, so nothing else tests kind strings.
 
-A kind declares its manifest entry (``schema``, checked before anything indexes it) and parses it
-into an instance (``from_manifest``); the instance reads the user's input (``read_input`` for
-``run``'s INPUT, ``as_condition`` for the library), makes the condition tokens (``condition_tokens``), says
-which extra graphs it runs, gives seeded parity inputs and a picture for reports. The export side
-(``from_model``: the manifest entry of a loaded PyTorch model; ``export_graphs``; ``torch_encoder``)
-imports PyTorch only inside those methods, so the runtime stays torch-free.
+A kind declares its manifest entry (``schema``, checked before anything indexes it) and parses it into an
+instance (``from_manifest``). The instance turns what a user hands over into the kind's typed value
+(``read``: a file for ``run``, a Python value for the library, uploaded bytes for ``serve``; one entry point
+for all three, so the same input gets the same answer everywhere), makes the condition tokens of that
+value (``condition_tokens``), says which image grid it implies and which sizes it takes, and gives seeded parity
+inputs and a picture for reports. The export side (which PyTorch module of a checkpoint is which kind, its
+encoder graph) belongs to the model family (``vqdeploy.families``): this package never imports PyTorch.
 
 Adding a kind: subclass ``Condition``, decorate it with ``@register``, import its module in
 ``vqdeploy/conditions/__init__.py``.
@@ -14,6 +15,7 @@ Adding a kind: subclass ``Condition``, decorate it with ``@register``, import it
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
@@ -23,18 +25,86 @@ from vqdeploy.errors import ArtifactError, InputError
 from vqdeploy.schema import Rule
 
 if TYPE_CHECKING:
+    from vqdeploy.artifacts.manifest import VQStage
     from vqdeploy.runtime.backends.base import Backend
-    from vqdeploy.typed_manifest import VQStage
 
 Log = Callable[[str], None]
 
 
+# --- the typed values (one per kind) ---------------------------------------------------------------
+class ConditionInput:
+    """A condition as its kind reads it: what ``Condition.read`` returns and ``Condition.condition_tokens`` takes."""
+
+
+@dataclass(frozen=True, eq=False)
+class ImageInput(ConditionInput):
+    """A preprocessed condition image: (1,C,H,W) float32 in [-1,1], or (1,H,W) int64 class ids."""
+
+    array: np.ndarray
+
+
+@dataclass(frozen=True)
+class ClassId(ConditionInput):
+    """A class label (``--class``, ``class_id=``, the ``class_id`` field)."""
+
+    value: int
+
+
+@dataclass(frozen=True)
+class NoInput(ConditionInput):
+    """Nothing: the condition of an unconditional model."""
+
+
+@dataclass(frozen=True, eq=False)
+class CoordinateInput(ConditionInput):
+    """A [0,1] raster-position map (1,1,H,W) float32."""
+
+    array: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class LayoutInput(ConditionInput):
+    """An object layout as its tokens (1, tokens) int64 (built from a scene by the kind)."""
+
+    tokens: np.ndarray
+
+
+# --- how an input is read ----------------------------------------------------------------------------
+_OPTIONS = {  # what users know an option by: (CLI, library, HTTP)
+    "input": ("INPUT", "the condition", "the condition file part"),
+    "class": ("--class", "class_id", "class_id"),
+    "size": ("--size", "size", "size"),
+}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a condition is read: the image to sample (``size`` (H, W) pixels, None: the trained size), the
+    pixel budgets, where notes go, and who asks (``via``: "cli", "library" or "http"), so that messages name
+    the option the user can change."""
+
+    size: tuple[int, int] | None = None
+    budget: int = 1 << 62  # pixels an image file may have (it is resized to ``size``)
+    log: Log | None = None
+    via: str = "cli"
+    max_pixels: int = 1 << 62  # pixels a condition used at its own size (a preprocessed array) may have
+
+    def option(self, name: str) -> str:
+        return _OPTIONS[name][("cli", "library", "http").index(self.via)]
+
+    def note(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+
+
+# --- the kind ------------------------------------------------------------------------------------------
 class Condition:
     """One model's conditioning: the parsed ``model.conditioning`` entry of its manifest."""
 
     kind: ClassVar[str]
     schema: ClassVar[Rule]  # the manifest entry (``vqdeploy.schema`` rules), checked before ``from_manifest``
     what: ClassVar[str]  # what the model is conditioned on, in messages ("an image", "a class label")
+    value_type: ClassVar[type[ConditionInput]] = NoInput  # what ``read`` returns
     graphs: ClassVar[tuple[str, ...]] = ()  # graphs it runs besides the transformer and the decoder
     picture_width: ClassVar[int] = 96  # how wide the parity report shows ``picture``
     draws_layout: ClassVar[bool] = False  # ``run --save-layout`` applies
@@ -56,86 +126,70 @@ class Condition:
     def fail(where: str, message: str) -> NoReturn:
         raise ArtifactError(f"{where}: {message} (re-export)")
 
-    # --- export side (PyTorch) -----------------------------------------------------------------------
-    @classmethod
-    def from_model(cls, model: Any) -> dict[str, Any] | None:
-        """The manifest entry of a loaded Net2NetTransformer whose cond stage is this kind, else None."""
-        return None
-
-    def export_graphs(self, model: Any, dtype: Any, max_batch: int) -> list[Any]:
-        """The ``GraphSpec``s of ``graphs`` for a loaded model (in the model's precision copy)."""
-        return []
-
-    def torch_encoder(self, model: Any, first_stage_encoder: Any) -> Any:
-        """The torch backend's module for ``Backend.encode_cond``, or None (no cond encoder)."""
-        return None
-
-    def load_options(self) -> dict[str, Any]:
-        """``load_model`` keyword arguments the checkpoint alone does not fix."""
-        return {}
-
-    # --- input -------------------------------------------------------------------------------------
-    @classmethod
-    def claims(cls, path: Path) -> bool:
-        """Whether ``path`` is obviously this kind's input (a scene file), for a clear error when it is
-        given to a model of another kind."""
-        return False
-
     @property
     def summary(self) -> str:
         """The model, in messages: "conditioned on an image"."""
         return f"conditioned on {self.what}"
-
-    def read_input(self, input: Path | None, size: tuple[int, int] | None, budget: int,
-                   log: Log | None = None) -> np.ndarray | None:
-        """``run``'s INPUT (or its absence) -> the preprocessed condition; ``size`` (H, W): the image to sample."""
-        if input is not None:
-            from vqdeploy.conditions.registry import CONDITIONS
-
-            for other in CONDITIONS.values():
-                if other is not type(self) and other.claims(input) and not self.claims(input):
-                    raise InputError(f"{input}: a {other.input_name} is for models conditioned on {other.what}; "
-                                     f"this model is {self.summary}")
-        return self.load_input(input, size, budget, log)
-
-    def load_input(self, input: Path | None, size: tuple[int, int] | None, budget: int,
-                   log: Log | None = None) -> np.ndarray | None:
-        """``read_input`` once no other kind claims ``input``: the default, no INPUT at all."""
-        if input is not None:
-            raise InputError(f"this model is {self.summary}: it takes no INPUT")
-        return self.default_input(size)
-
-    def from_upload(self, data: bytes, log: Log | None = None) -> np.ndarray:
-        """An uploaded condition file's bytes (``serve``) -> the preprocessed condition (image kinds are
-        decoded by ``serve`` itself, which answers oversized and unreadable images with their HTTP status)."""
-        raise InputError(f"this model is {self.summary}: it takes no condition upload")
-
-    def default_input(self, size: tuple[int, int] | None) -> np.ndarray | None:
-        """The condition when the user gives none (None: the kind needs nothing)."""
-        return None
-
-    def as_condition(self, x: Any, size: tuple[int, int] | None, budget: int,
-                     log: Log | None = None) -> np.ndarray | None:
-        """A library caller's condition (a path, an image, an array ...) -> the preprocessed condition."""
-        return x
-
-    def check_class(self, class_id: int | None, option: str = "--class") -> None:
-        """A class id is only for class-conditional models."""
-        if class_id is not None:
-            raise InputError(f"{option} is for class-conditional models; this model is {self.summary}")
 
     @property
     def classes(self) -> int | None:
         """How many class ids the model takes (None: it takes none)."""
         return None
 
-    # --- tokens ------------------------------------------------------------------------------------
-    def condition_tokens(self, backend: Backend, batch: int, condition: np.ndarray | None,
-                         class_id: int | None) -> np.ndarray:
-        """(B,h,w) condition tokens on a grid, or (B,n)."""
+    # --- input: one entry point ------------------------------------------------------------------------
+    def read(self, raw: Any, reading: Reading = Reading()) -> ConditionInput:
+        """What the user handed over -> this kind's value: a path (``run``'s INPUT, or the library's), bytes (an
+        upload), a ``ClassId``, None (nothing given), a Python value (a PIL image, an array, a mapping ...), or
+        a value of this kind already read (returned as it is)."""
+        if isinstance(raw, self.value_type) and type(raw) is not ClassId:
+            return raw
+        if isinstance(raw, ClassId):
+            return self.read_class(raw.value, reading)
+        if isinstance(raw, ConditionInput):
+            raise InputError(f"this model is {self.summary}; got a {type(raw).__name__}")
+        if isinstance(raw, (str, Path)):
+            path = Path(raw)
+            for other in CONDITIONS.values():
+                if other is not type(self) and other.claims(path) and not self.claims(path):
+                    raise InputError(f"{path}: a {other.input_name} is for models conditioned on {other.what}; "
+                                     f"this model is {self.summary}")
+            return self.read_file(path, reading)
+        if isinstance(raw, (bytes, bytearray, memoryview)):
+            return self.read_bytes(bytes(raw), reading)
+        if raw is None:
+            return self.read_nothing(reading)
+        return self.read_value(raw, reading)
+
+    @classmethod
+    def claims(cls, path: Path) -> bool:
+        """Whether ``path`` is obviously this kind's input (a scene file), for a clear error when it is
+        given to a model of another kind."""
+        return False
+
+    def read_file(self, path: Path, reading: Reading) -> ConditionInput:
+        raise InputError(f"this model is {self.summary}: it takes no {reading.option('input')}")
+
+    def read_bytes(self, data: bytes, reading: Reading) -> ConditionInput:
+        raise InputError(f"this model is {self.summary}: it takes no condition upload")
+
+    def read_nothing(self, reading: Reading) -> ConditionInput:
+        """Nothing given: a kind conditioned on nothing (its ``value_type`` is ``NoInput``) takes that."""
+        if self.value_type is NoInput:
+            return NoInput()
+        raise InputError(f"this model is {self.summary}: pass {reading.option('input')}")
+
+    def read_value(self, value: Any, reading: Reading) -> ConditionInput:
+        raise InputError(f"this model is {self.summary}: a {type(value).__name__} is not a condition it takes")
+
+    def read_class(self, class_id: int, reading: Reading) -> ConditionInput:
+        raise InputError(f"{reading.option('class')} is for class-conditional models; this model is {self.summary}")
+
+    # --- tokens and sizes ----------------------------------------------------------------------------
+    def condition_tokens(self, backend: Backend, value: ConditionInput, batch: int) -> np.ndarray:
+        """(B,h,w) condition tokens on a grid, or (B,n), for ``batch`` samples of one condition."""
         raise NotImplementedError
 
-    def image_grid(self, cond_grid: np.ndarray, first: VQStage) -> tuple[int, int] | None:
+    def image_grid(self, cond_tokens: np.ndarray, first: VQStage) -> tuple[int, int] | None:
         """The image latent grid a spatial condition implies (None: the kind fixes none)."""
         return None
 
@@ -146,12 +200,16 @@ class Condition:
         """--size must be a multiple of this (besides the first stage's factor)."""
         return 1
 
-    # --- parity and reports ----------------------------------------------------------------------------
+    # --- reports ---------------------------------------------------------------------------------------
     def parity_input(self, rng: np.random.Generator, batch: int, first: VQStage, image: np.ndarray) -> np.ndarray | None:
-        """A seeded condition of ``batch`` rows (``image``: the first-stage parity input)."""
+        """A seeded condition of ``batch`` rows, as the graphs take it (``image``: the first-stage parity input)."""
         return None
 
-    def picture(self, condition: np.ndarray | None, size: tuple[int, int] = (256, 256)) -> np.ndarray | None:
+    def as_value(self, batch_input: np.ndarray | None) -> ConditionInput:
+        """A ``parity_input`` (its rows, one condition each) as this kind's value."""
+        return NoInput()
+
+    def picture(self, value: ConditionInput, size: tuple[int, int] = (256, 256)) -> np.ndarray | None:
         """(H,W,C) uint8: the condition as people look at it, or None."""
         return None
 
@@ -160,13 +218,9 @@ class Condition:
         return self.kind
 
 
+CONDITIONS: dict[str, type[Condition]] = {}  # every registered kind by name (``registry.register``)
+
+
 def repeat_rows(grid: np.ndarray, batch: int) -> np.ndarray:
     """One condition for every sample of a batch."""
     return np.repeat(grid, batch, axis=0) if grid.shape[0] == 1 and batch > 1 else grid
-
-
-def require_condition(condition: np.ndarray | None, what: str) -> np.ndarray:
-    if condition is None:
-        raise InputError(f"this model needs a condition input ({what})")
-    return condition
-

@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from vqdeploy.conditions.base import Condition
+from vqdeploy.bounds import MAX_VOCAB
+from vqdeploy.conditions.base import ClassId, Condition, ConditionInput, Reading
 from vqdeploy.conditions.registry import register
 from vqdeploy.errors import InputError
-from vqdeploy.export.manifest_schema import MAX_VOCAB
 from vqdeploy.schema import integer, obj, one_of
 
 
@@ -18,6 +18,7 @@ class ClassLabel(Condition):
     kind = "class"
     schema = obj({"n_classes": integer(1, MAX_VOCAB), "tokens": one_of(1)})
     what = "a class label"
+    value_type = ClassId
 
     def __init__(self, entry: Any) -> None:
         super().__init__(entry)
@@ -35,24 +36,35 @@ class ClassLabel(Condition):
         if self.n_classes > vocab_size:
             self.fail(f"{where}.n_classes", f"over the vocabulary {vocab_size}")
 
-    @classmethod
-    def from_model(cls, model: Any) -> dict[str, Any] | None:
-        from vqdeploy.models.conditioning import Labelator
-
-        cond = model.cond_stage_model
-        return {"kind": cls.kind, "n_classes": cond.n_classes, "tokens": 1} if isinstance(cond, Labelator) else None
-
-    def check_class(self, class_id: int | None, option: str = "--class") -> None:
+    # --- input -------------------------------------------------------------------------------------
+    def read_class(self, class_id: int, reading: Reading) -> ConditionInput:
         n = self.n_classes
-        if class_id is None:
-            raise InputError(f"this model is class-conditional: pass {option} ID (0..{n - 1})")
+        if not isinstance(class_id, (int, np.integer)) or isinstance(class_id, bool):
+            raise InputError(f"{reading.option('class')} must be an integer class id (0..{n - 1})")
         if not 0 <= class_id < n:
-            raise InputError(f"{option} {class_id} is out of range (0..{n - 1})")
+            raise InputError(f"{reading.option('class')} {class_id} is out of range (0..{n - 1})")
+        return ClassId(int(class_id))
 
-    def condition_tokens(self, backend: Any, batch: int, condition: np.ndarray | None,
-                         class_id: int | None) -> np.ndarray:
-        self.check_class(class_id)
-        return np.full((batch, 1), class_id, dtype=np.int64)
+    def read_value(self, value: Any, reading: Reading) -> ConditionInput:
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):  # the library: pipe(281)
+            return self.read_class(int(value), reading)
+        return super().read_value(value, reading)
+
+    def read_nothing(self, reading: Reading) -> ConditionInput:
+        option = reading.option("class") + (" ID" if reading.via == "cli" else "")
+        raise InputError(f"this model is class-conditional: pass {option} (0..{self.n_classes - 1})")
+
+    def read_file(self, path: Any, reading: Reading) -> ConditionInput:
+        raise InputError(f"this model is class-conditional: it takes no {reading.option('input')}; pass "
+                         f"{reading.option('class')} (0..{self.n_classes - 1})")
+
+    # --- tokens and reports -------------------------------------------------------------------------
+    def condition_tokens(self, backend: Any, value: ConditionInput, batch: int) -> np.ndarray:
+        assert isinstance(value, ClassId)
+        return np.full((batch, 1), value.value, dtype=np.int64)
+
+    def as_value(self, batch_input: np.ndarray | None) -> ConditionInput:
+        return ClassId(0)
 
     def text(self) -> str:
         return "class 0"

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from vqdeploy.conditions.base import repeat_rows, require_condition
+from vqdeploy.bounds import GRID, MAX_FACTOR, MAX_RESOLUTION, MAX_VOCAB, TOKENS
+from vqdeploy.conditions.base import ConditionInput, CoordinateInput, Reading, repeat_rows
 from vqdeploy.conditions.grid import GridCondition
 from vqdeploy.conditions.registry import register
-from vqdeploy.export.manifest_schema import GRID, MAX_FACTOR, MAX_RESOLUTION, MAX_VOCAB, TOKENS
+from vqdeploy.errors import InputError
 from vqdeploy.schema import integer, obj
 
 
@@ -41,6 +42,7 @@ class Coordinates(GridCondition):
     schema = obj({"n_embed": integer(1, MAX_VOCAB), "down_factor": integer(1, MAX_FACTOR),
                   "resolution": integer(1, MAX_RESOLUTION), "latent_grid": GRID, "tokens": TOKENS})
     what = "pixel coordinates"
+    value_type = CoordinateInput
     factor_key = "down_factor"
 
     def __init__(self, entry: Any) -> None:
@@ -51,27 +53,28 @@ class Coordinates(GridCondition):
     def summary(self) -> str:
         return "coordinate-conditional"
 
-    @classmethod
-    def from_model(cls, model: Any) -> dict[str, Any] | None:
-        from vqdeploy.models.conditioning import CoordStage
+    def read_nothing(self, reading: Reading) -> ConditionInput:
+        """The map of the size sampled (nothing else is a coordinate condition)."""
+        h, w = reading.size or (self.resolution, self.resolution)
+        return CoordinateInput(coord_map(h, w))
 
-        cond = model.cond_stage_model
-        if not isinstance(cond, CoordStage):
-            return None
-        res = int(model.first_stage_model.ddconfig["resolution"])
-        grid = res // cond.down_factor
-        return {"kind": cls.kind, "n_embed": cond.n_embed, "down_factor": cond.down_factor,
-                "resolution": res, "latent_grid": [grid, grid], "tokens": grid * grid}
+    def read_value(self, value: Any, reading: Reading) -> ConditionInput:
+        if isinstance(value, np.ndarray) and value.ndim == 4 and value.shape[:2] == (1, 1) and value.dtype.kind == "f":
+            if not np.isfinite(value).all():
+                raise InputError("the coordinate map holds NaN or infinite values")
+            return CoordinateInput(value.astype(np.float32))
+        return super().read_value(value, reading)
 
-    def default_input(self, size: tuple[int, int] | None) -> np.ndarray | None:
-        h, w = size or (self.resolution, self.resolution)
-        return coord_map(h, w)
-
-    def condition_tokens(self, backend: Any, batch: int, condition: np.ndarray | None,
-                         class_id: int | None) -> np.ndarray:
-        coords = require_condition(condition, "a coordinate map")
-        return repeat_rows(coord_tokens(coords.astype(np.float32), self.n_embed, self.factor), batch)
+    def condition_tokens(self, backend: Any, value: ConditionInput, batch: int) -> np.ndarray:
+        assert isinstance(value, CoordinateInput)
+        return repeat_rows(coord_tokens(value.array, self.n_embed, self.factor), batch)
 
     def parity_input(self, rng: np.random.Generator, batch: int, first: Any, image: np.ndarray) -> np.ndarray | None:
         return np.repeat(coord_map(self.resolution, self.resolution), batch, axis=0)
 
+    def as_value(self, batch_input: np.ndarray | None) -> ConditionInput:
+        assert batch_input is not None
+        return CoordinateInput(batch_input)
+
+    def picture(self, value: ConditionInput, size: tuple[int, int] = (256, 256)) -> np.ndarray | None:
+        return self.grid_picture(value.array if isinstance(value, CoordinateInput) else None)

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vqdeploy.conditions.base import Condition
+from vqdeploy.images import to_uint8
 
 if TYPE_CHECKING:
-    from vqdeploy.typed_manifest import VQStage
+    from vqdeploy.artifacts.manifest import VQStage
 
 
 class GridCondition(Condition):
@@ -46,10 +47,8 @@ class GridCondition(Condition):
         scale = self.resolution / self.latent_grid[0] / first.downsample_factor  # cond pixels per image cell
         return round(cond_grid.shape[1] * scale), round(cond_grid.shape[2] * scale)
 
-    def picture(self, condition: np.ndarray | None, size: tuple[int, int] = (256, 256)) -> np.ndarray | None:
+    def grid_picture(self, condition: np.ndarray | None) -> np.ndarray | None:
         """Label maps spread over grey levels; images (or [0,1] coordinates) as they are."""
-        from vqdeploy.runtime.images import to_uint8
-
         if condition is None:
             return None
         x = np.asarray(condition)

@@ -8,29 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from vqdeploy.conditions.base import Log, repeat_rows, require_condition
+from vqdeploy.bounds import MAX_CHANNELS, MAX_RESOLUTION, TOKENS, VQ
+from vqdeploy.conditions.base import ConditionInput, ImageInput, Reading, repeat_rows
 from vqdeploy.conditions.grid import GridCondition
 from vqdeploy.conditions.registry import register
-from vqdeploy.errors import ConfigError, InputError
-from vqdeploy.export.manifest_schema import MAX_CHANNELS, MAX_RESOLUTION, TOKENS, VQ
+from vqdeploy.conditions.synthetic import label_map, smooth_field
+from vqdeploy.errors import InputError
+from vqdeploy.images import as_condition, load_condition
+from vqdeploy.limits import check_pixels
 from vqdeploy.schema import integer, obj, string, tagged
 
 PREPROCESSING = tagged("kind", {"onehot": obj({"num_classes": integer(1, MAX_CHANNELS)}), "grey": obj({}), "rgb": obj({})})
-
-
-def image_preprocessing(cond_key: str, in_channels: int) -> dict[str, Any]:
-    """How a condition image becomes the cond encoder's input tensor (stored in the manifest)."""
-    if cond_key == "segmentation" or (cond_key not in ("image", "depth", "sketch") and in_channels > 3):
-        return {"kind": "onehot", "num_classes": in_channels, "input": "label map (PNG of class ids, or palette PNG)",
-                "resize": "nearest"}
-    if in_channels == 1 and cond_key == "sketch":
-        return {"kind": "grey", "range": [-1.0, 1.0], "resize": "bicubic", "background": "light",
-                "input": "greyscale sketch: dark strokes on a light (white) background, as in taming's sketch data"}
-    if in_channels == 1:
-        return {"kind": "grey", "range": [-1.0, 1.0], "input": "greyscale image (depth or sketch)", "resize": "bicubic"}
-    if in_channels == 3:
-        return {"kind": "rgb", "range": [-1.0, 1.0], "input": "RGB image", "resize": "bicubic"}
-    raise ConfigError(f"unsupported image condition: key '{cond_key}' with {in_channels} channels")
 
 
 @register
@@ -39,6 +27,7 @@ class ImageCondition(GridCondition):
     schema = obj({**VQ, "tokens": TOKENS, "preprocessing": PREPROCESSING},
                  {"key": string(64), "downsample_cond_size": integer(-1, MAX_RESOLUTION)})
     what = "an image"
+    value_type = ImageInput
     graphs = ("cond_encoder",)
 
     def __init__(self, entry: Any) -> None:
@@ -58,78 +47,61 @@ class ImageCondition(GridCondition):
     def fixed_grid(self) -> bool:
         return self.downsample_cond_size > -1
 
-    # --- export side ---------------------------------------------------------------------------------
-    @classmethod
-    def _claims_model(cls, model: Any) -> bool:
-        from vqdeploy.models.vqgan import VQModel
-
-        return isinstance(model.cond_stage_model, VQModel) and not model.cond_is_first_stage
-
-    @classmethod
-    def from_model(cls, model: Any) -> dict[str, Any] | None:
-        if not cls._claims_model(model):
-            return None
-        from vqdeploy.describe import describe_vq
-
-        info = describe_vq(model.cond_stage_model)
-        res = model.downsample_cond_size if model.downsample_cond_size > -1 else info["resolution"]
-        grid = res // info["downsample_factor"]
-        info.update(kind=cls.kind, key=model.cond_stage_key, resolution=res, latent_grid=[grid, grid],
-                    tokens=grid * grid, downsample_cond_size=model.downsample_cond_size,
-                    preprocessing=image_preprocessing(model.cond_stage_key, info["in_channels"]))
-        return info
-
-    def export_graphs(self, model: Any, dtype: Any, max_batch: int) -> list[Any]:
-        from vqdeploy.export.specs import encoder_spec
-
-        return [encoder_spec("cond_encoder", model.cond_stage_model, dtype, max_batch, 1, self.preprocessing,
-                             model.downsample_cond_size)]
-
-    def torch_encoder(self, model: Any, first_stage_encoder: Any) -> Any:
-        import torch
-
-        from vqdeploy.export.graphs import EncoderGraph
-
-        onehot = self.preprocessing["num_classes"] if self.preprocessing["kind"] == "onehot" else None
-        return EncoderGraph(model.cond_stage_model, torch.float32, onehot, self.downsample_cond_size)
+    def _size(self, reading: Reading) -> tuple[int, int]:
+        return reading.size or (self.resolution, self.resolution)
 
     # --- input -----------------------------------------------------------------------------------------
-    def load_input(self, input: Path | None, size: tuple[int, int] | None, budget: int,
-             log: Log | None = None) -> np.ndarray | None:
-        from vqdeploy.runtime.images import load_condition
+    def read_file(self, path: Path, reading: Reading) -> ConditionInput:
+        return ImageInput(load_condition(path, self.preprocessing, self._size(reading), reading.budget, reading.log))
 
-        if input is None:
-            raise InputError("this model is conditioned on an image: pass INPUT (e.g. a sketch or label map PNG)")
-        return load_condition(input, self.preprocessing, size or (self.resolution, self.resolution), budget, log)
+    def read_bytes(self, data: bytes, reading: Reading) -> ConditionInput:
+        if not data:
+            return self.read_nothing(reading)
+        return ImageInput(load_condition(data, self.preprocessing, self._size(reading), reading.budget, reading.log,
+                                         "condition"))
 
-    def as_condition(self, x: Any, size: tuple[int, int] | None, budget: int, log: Log | None = None) -> np.ndarray | None:
-        """A path, PIL image or raw (H,W[,C]) array, resized to ``size`` or the trained size; a
-        preprocessed array (what ``load_condition`` returns) is used as is."""
-        from vqdeploy.runtime.images import as_condition
+    def read_nothing(self, reading: Reading) -> ConditionInput:
+        what = {"cli": "pass INPUT (e.g. a sketch or label map PNG)",
+                "library": "pass the condition (a path, a PIL image or an array)",
+                "http": f"send the file part 'condition' ({self.preprocessing.get('input', 'an image')})"}[reading.via]
+        raise InputError(f"this model is conditioned on an image: {what}")
 
-        if x is None:
-            return None
-        if isinstance(x, np.ndarray) and ((x.ndim == 4 and x.dtype.kind == "f") or (
-                self.preprocessing["kind"] == "onehot" and x.ndim == 3 and x.dtype.kind in "iu")):
-            return x
-        return as_condition(x, self.preprocessing, size or (self.resolution, self.resolution), budget, log)
+    def read_value(self, value: Any, reading: Reading) -> ConditionInput:
+        """A PIL image or a raw (H,W[,C]) array, resized to the size sampled; a preprocessed array (what
+        ``load_condition`` returns: (1,C,H,W) float, or (1,H,W) class ids) is used as it is."""
+        if isinstance(value, np.ndarray) and ((value.ndim == 4 and value.dtype.kind == "f") or (
+                self.preprocessing["kind"] == "onehot" and value.ndim == 3 and value.dtype.kind in "iu")):
+            check_pixels(value.shape[-2], value.shape[-1], reading.max_pixels, "the condition")
+            return ImageInput(_checked(value))
+        return ImageInput(as_condition(value, self.preprocessing, self._size(reading), reading.budget, reading.log))
 
     def size_multiple(self) -> int:
         return 1 if self.fixed_grid else self.factor
 
     # --- tokens and parity -------------------------------------------------------------------------------
-    def condition_tokens(self, backend: Any, batch: int, condition: np.ndarray | None,
-                         class_id: int | None) -> np.ndarray:
-        return repeat_rows(backend.encode_cond(require_condition(condition, self.preprocessing.get("input", "an image"))),
-                           batch)
+    def condition_tokens(self, backend: Any, value: ConditionInput, batch: int) -> np.ndarray:
+        assert isinstance(value, ImageInput)
+        return repeat_rows(backend.encode_cond(value.array), batch)
 
     def parity_input(self, rng: np.random.Generator, batch: int, first: Any, image: np.ndarray) -> np.ndarray | None:
-        from vqdeploy.runtime.parity_inputs import label_map, smooth_field
-
         size = self.resolution if self.downsample_cond_size < 0 else first.resolution
         if self.preprocessing["kind"] == "onehot":
             return label_map(rng, batch, self.preprocessing["num_classes"], size)
         return smooth_field(rng, batch, self.in_channels, size)
+
+    def as_value(self, batch_input: np.ndarray | None) -> ConditionInput:
+        assert batch_input is not None
+        return ImageInput(batch_input)
+
+    def picture(self, value: ConditionInput, size: tuple[int, int] = (256, 256)) -> np.ndarray | None:
+        return self.grid_picture(value.array if isinstance(value, ImageInput) else None)
+
+
+def _checked(x: np.ndarray) -> np.ndarray:
+    """A preprocessed condition handed to the library: finite values."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise InputError("the condition holds NaN or infinite values")
+    return x
 
 
 @register
@@ -139,21 +111,8 @@ class FirstStageCondition(ImageCondition):
     kind = "first_stage"
     graphs = ("encoder",)
 
-    @classmethod
-    def _claims_model(cls, model: Any) -> bool:
-        from vqdeploy.models.vqgan import VQModel
-
-        return isinstance(model.cond_stage_model, VQModel) and bool(model.cond_is_first_stage)
-
-    def export_graphs(self, model: Any, dtype: Any, max_batch: int) -> list[Any]:
-        return []  # the first stage's encoder graph
-
-    def torch_encoder(self, model: Any, first_stage_encoder: Any) -> Any:
-        return first_stage_encoder
-
     def size_multiple(self) -> int:
         return 1  # the first stage's factor applies anyway
 
     def parity_input(self, rng: np.random.Generator, batch: int, first: Any, image: np.ndarray) -> np.ndarray | None:
         return image
-

@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from vqdeploy.conditions.base import Condition, Log, repeat_rows, require_condition
+from vqdeploy.bounds import MAX_VOCAB, TOKENS
+from vqdeploy.conditions.base import Condition, ConditionInput, LayoutInput, Log, Reading, repeat_rows
 from vqdeploy.conditions.categories import category_names
 from vqdeploy.conditions.layout_builder import BUILDERS, Box, LayoutBuilder, LayoutObject
 from vqdeploy.conditions.registry import register
 from vqdeploy.errors import ArtifactError, ConfigError, InputError
-from vqdeploy.export.manifest_schema import MAX_VOCAB, TOKENS
+from vqdeploy.images import read_input_file
 from vqdeploy.schema import fail, integer, list_of, nullable, obj, one_of, parse_json, string
 
 KIND = "objects"
@@ -81,6 +82,7 @@ class ObjectLayout(Condition):
         "use_group_parameter": _bool, "use_additional_parameters": _bool})},
         {"dataset": nullable(string(64)), "categories": nullable(list_of(string(128), 1, 4096))})
     what = "an object layout"
+    value_type = LayoutInput
     input_name = "scene file"
     picture_width = 256
     draws_layout = True
@@ -129,9 +131,13 @@ class ObjectLayout(Condition):
                 raise ConfigError(f"the number of object classes of this {conditional_key} model is unknown: the "
                                   "data config states no no_object_classes and upstream counts the categories of "
                                   f"the loaded annotations; pass {OBJECT_CLASSES_OPTION} N")
+        additional = params.get("use_additional_parameters", False)  # upstream's data sets default it to false
+        if not isinstance(additional, bool):
+            raise ConfigError(f"data set params: 'use_additional_parameters' must be true or false (the "
+                              f"{conditional_key} token builder reads it)")
         builder = LayoutBuilder(conditional_key, classes, need("max_objects_per_image", int), need("no_tokens", int),
                                 need("encode_crop", bool), need("use_group_parameter", bool),
-                                use_additional_parameters=False)  # upstream's data sets never set it
+                                use_additional_parameters=additional)
         plain = not params.get("category_allow_list_target") and not params.get("category_mapping_target")
         layout = cls(builder, dataset, category_names(dataset) if plain else None)
         layout.check()
@@ -187,19 +193,6 @@ class ObjectLayout(Condition):
             self.fail(f"{where}.builder.no_tokens", f"over the vocabulary {vocab_size}")
 
     @classmethod
-    def from_model(cls, model: Any) -> dict[str, Any] | None:
-        from vqdeploy.models.conditioning import DummyCondStage
-
-        cond = model.cond_stage_model
-        if not isinstance(cond, DummyCondStage):
-            return None
-        cond.layout.check(model.transformer.vocab_size)
-        return cond.layout.describe()
-
-    def load_options(self) -> dict[str, Any]:
-        return {"object_classes": self.builder.no_object_classes}
-
-    @classmethod
     def claims(cls, path: Path) -> bool:
         return is_scene_file(path)
 
@@ -209,13 +202,17 @@ class ObjectLayout(Condition):
             raise InputError(f"--size {size[1]}x{size[0]}: an object-layout model samples its trained {res}x{res} "
                              "(the layout is relative to the whole image)")
 
-    def condition_tokens(self, backend: Any, batch: int, condition: np.ndarray | None,
-                         class_id: int | None) -> np.ndarray:
+    def condition_tokens(self, backend: Any, value: ConditionInput, batch: int) -> np.ndarray:
         """The tokens themselves (built on the host from the scene)."""
-        return repeat_rows(require_condition(condition, "a scene file"), batch)
+        assert isinstance(value, LayoutInput)
+        return repeat_rows(value.tokens, batch)
 
     def parity_input(self, rng: np.random.Generator, batch: int, first: Any, image: np.ndarray) -> np.ndarray | None:
         return self.parity_condition(rng, batch)
+
+    def as_value(self, batch_input: np.ndarray | None) -> ConditionInput:
+        assert batch_input is not None
+        return LayoutInput(batch_input)
 
     def input_help(self) -> str:
         b = self.builder
@@ -229,45 +226,38 @@ class ObjectLayout(Condition):
                 f"{b.no_max_objects} objects are kept, in the order given")
 
     # --- input -------------------------------------------------------------------------------------
-    def read(self, source: str | Path | Mapping[str, Any], log: Callable[[str], None] | None = None) -> np.ndarray:
-        """A scene file (path) or its parsed content -> (1, tokens) int64."""
-        if isinstance(source, Mapping):
-            scene: Any = source
-            label = "scene"
-        else:
-            label = str(source)
-            scene = read_scene_json(Path(source))
+    def scene_tokens(self, scene: Any, label: str, log: Log | None = None) -> np.ndarray:
+        """A parsed scene -> (1, tokens) int64."""
         objects, crop = self.parse(scene, label)
         return self.build_tokens(objects, crop, log)
 
-    def load_input(self, input: Path | None, size: tuple[int, int] | None, budget: int,
-                   log: Log | None = None) -> np.ndarray | None:
-        """``run``'s INPUT: a scene file, nothing else."""
-        if input is None:
-            raise InputError("this model is conditioned on an object layout: pass a scene JSON file as INPUT "
-                             "(`vqdeploy inspect` shows what it must contain)")
-        if not is_scene_file(input):
-            raise InputError(f"{input}: this model is conditioned on an object layout, not an image: pass a scene "
+    def read_file(self, path: Path, reading: Reading) -> ConditionInput:
+        """``run``'s INPUT (or the library's path): a scene file, nothing else."""
+        if not is_scene_file(path):
+            raise InputError(f"{path}: this model is conditioned on an object layout, not an image: pass a scene "
                              "JSON file (`vqdeploy inspect` shows what it must contain)")
-        return self.read(input, log)
+        return LayoutInput(self.scene_tokens(read_scene_json(path), str(path), reading.log))
 
-    def as_condition(self, x: Any, size: tuple[int, int] | None = None, budget: int = 0,
-                     log: Log | None = None) -> np.ndarray | None:
-        """The library's condition: a scene file path, a parsed scene mapping, or (B, tokens) tokens."""
-        if x is None:
-            return None
-        if isinstance(x, np.ndarray):
-            return self.check_tokens(x)
-        if isinstance(x, (str, Path)):
-            return self.load_input(Path(x), size, budget, log)
-        if isinstance(x, Mapping):
-            return self.read(x, log)
+    def read_bytes(self, data: bytes, reading: Reading) -> ConditionInput:
+        """An uploaded scene file (``serve``): its JSON bytes."""
+        if not data:
+            return self.read_nothing(reading)
+        return LayoutInput(self.scene_tokens(parse_scene(data, "condition"), "condition", reading.log))
+
+    def read_nothing(self, reading: Reading) -> ConditionInput:
+        what = {"cli": "pass a scene JSON file as INPUT (`vqdeploy inspect` shows what it must contain)",
+                "library": "pass a scene file, a scene mapping or the layout's tokens",
+                "http": "send the scene as the 'condition' (a JSON object, or a scene file part)"}[reading.via]
+        raise InputError(f"this model is conditioned on an object layout: {what}")
+
+    def read_value(self, value: Any, reading: Reading) -> ConditionInput:
+        """The library's condition: a parsed scene mapping, or the (tokens,) / (1, tokens) tokens of one layout."""
+        if isinstance(value, np.ndarray):
+            return LayoutInput(self.check_tokens(value))
+        if isinstance(value, Mapping):
+            return LayoutInput(self.scene_tokens(value, "scene", reading.log))
         raise InputError(f"this model is conditioned on an object layout: pass a scene file, a scene mapping or "
-                         f"tokens, not {type(x).__name__}")
-
-    def from_upload(self, data: bytes, log: Log | None = None) -> np.ndarray:
-        """An uploaded scene file (``serve``): its JSON bytes -> (1, tokens)."""
-        return self.read(parse_scene(data, "condition"), log)
+                         f"tokens, not {type(value).__name__}")
 
     def parse(self, scene: Any, label: str = "scene") -> tuple[list[LayoutObject], Box | None]:
         if not isinstance(scene, Mapping):
@@ -356,14 +346,14 @@ class ObjectLayout(Condition):
         return np.stack(rows)
 
     # --- picture -----------------------------------------------------------------------------------
-    def picture(self, tokens: np.ndarray | None, size: tuple[int, int] = (256, 256)) -> np.ndarray | None:
+    def picture(self, value: ConditionInput, size: tuple[int, int] = (256, 256)) -> np.ndarray | None:
         """(H, W, 3) uint8: the layout the model got (decoded from its tokens: one layout, or the first
         row of a batch), boxes or points with their category numbers (+ g for group-of), the crop in grey."""
         from PIL import Image, ImageDraw
 
-        if tokens is None:
+        if not isinstance(value, LayoutInput):
             return None
-        tokens = np.asarray(tokens)
+        tokens = np.asarray(value.tokens)
         if tokens.ndim == 2:
             tokens = tokens[0]
         b = self.builder
@@ -405,12 +395,7 @@ def is_scene_file(path: Path | str) -> bool:
 
 
 def read_scene_json(path: Path) -> Any:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SCENE_BYTES + 1)
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the scene file ({e.strerror})") from None
-    return parse_scene(data, str(path))
+    return parse_scene(read_input_file(path, "scene", MAX_SCENE_BYTES), str(path))
 
 
 def parse_scene(data: bytes, label: str) -> Any:

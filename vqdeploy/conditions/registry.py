@@ -1,16 +1,14 @@
-"""The conditioning kinds by name: the manifest schema, ``read_manifest`` and ``export`` find a
-kind here, never by testing its name."""
+"""The conditioning kinds by name: the manifest schema and ``read_manifest`` find a kind here, never by
+testing its name."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from vqdeploy.conditions.base import Condition
-from vqdeploy.errors import ConfigError
+from vqdeploy.conditions.base import CONDITIONS, Condition
 from vqdeploy.schema import Rule, tagged
 
-CONDITIONS: dict[str, type[Condition]] = {}
 C = TypeVar("C", bound=type[Condition])
 
 
@@ -30,12 +28,3 @@ def schema() -> Rule:
 def condition_from_manifest(entry: Mapping[str, Any], where: str) -> Condition:
     """A schema-valid ``model.conditioning`` entry as its kind's object."""
     return CONDITIONS[entry["kind"]].from_manifest(entry, where)
-
-
-def describe_condition(model: Any) -> dict[str, Any]:
-    """The manifest entry of a loaded Net2NetTransformer's cond stage (the kind that claims it)."""
-    for cls in CONDITIONS.values():
-        entry = cls.from_model(model)
-        if entry is not None:
-            return entry
-    raise ConfigError(f"unsupported cond stage {type(model.cond_stage_model).__name__}")

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from vqdeploy.conditions.base import Condition
+from vqdeploy.bounds import MAX_VOCAB
+from vqdeploy.conditions.base import Condition, ConditionInput, NoInput
 from vqdeploy.conditions.registry import register
-from vqdeploy.export.manifest_schema import MAX_VOCAB
 from vqdeploy.schema import integer, obj, one_of
 
 
@@ -17,6 +17,7 @@ class Unconditional(Condition):
     kind = "sos"
     schema = obj({"sos_token": integer(0, MAX_VOCAB - 1), "tokens": one_of(1)})
     what = "nothing"
+    value_type = NoInput
 
     def __init__(self, entry: Any) -> None:
         super().__init__(entry)
@@ -30,15 +31,7 @@ class Unconditional(Condition):
         if self.sos_token >= vocab_size:
             self.fail(f"{where}.sos_token", f"not below the vocabulary {vocab_size}")
 
-    @classmethod
-    def from_model(cls, model: Any) -> dict[str, Any] | None:
-        from vqdeploy.models.conditioning import SOSProvider
-
-        cond = model.cond_stage_model
-        return {"kind": cls.kind, "sos_token": cond.sos_token, "tokens": 1} if isinstance(cond, SOSProvider) else None
-
-    def condition_tokens(self, backend: Any, batch: int, condition: np.ndarray | None,
-                         class_id: int | None) -> np.ndarray:
+    def condition_tokens(self, backend: Any, value: ConditionInput, batch: int) -> np.ndarray:
         return np.full((batch, 1), self.sos_token, dtype=np.int64)
 
     def text(self) -> str:

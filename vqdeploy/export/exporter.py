@@ -14,21 +14,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vqdeploy.artifact_paths import artifact_file
-from vqdeploy.describe import describe
+from vqdeploy.artifacts import Artifacts, Manifest
+from vqdeploy.artifacts.manifest import FORMAT, FORMAT_VERSION, KV_CACHE_DOC, MANIFEST, SAMPLING_DOC
+from vqdeploy.artifacts.manifest_schema import validate  # what is exported must read back
+from vqdeploy.artifacts.paths import artifact_file
+from vqdeploy.bounds import MAX_BATCH
 from vqdeploy.errors import ArtifactError, ConfigError, ParityError
 from vqdeploy.export import BF16_MIN_OPSET, default_opset
-from vqdeploy.export import manifest as mf
-from vqdeploy.export.fingerprint import model_fingerprint
 from vqdeploy.export.install import export_lock, install, temp_prefix
-from vqdeploy.export.manifest_schema import MAX_BATCH, validate  # what is exported must read back
+from vqdeploy.export.manifest import versions, write_manifest
 from vqdeploy.export.onnx_export import export_graph
 from vqdeploy.export.quantize import SCHEMES, quantization_entry
-from vqdeploy.export.specs import graph_specs
-from vqdeploy.files import atomic_write, check_writable, default_mode
+from vqdeploy.families import Family, family_for
+from vqdeploy.files import atomic_write, check_writable, default_mode, sha256_file
 from vqdeploy.limits import check_int
+from vqdeploy.loading.fingerprint import model_fingerprint
+from vqdeploy.parity.checks import check_backend
+from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from vqdeploy.runtime.backends.torch_backend import TorchBackend
 from vqdeploy.schema import read_json
-from vqdeploy.typed_manifest import Manifest
 
 Log = Callable[[str], None]
 
@@ -40,10 +44,10 @@ def _check_destination(out: Path, fingerprint: str) -> None:
         raise ArtifactError(f"--out {out} is a symlink; pass the directory it points to")
     if not out.is_dir():
         raise ArtifactError(f"--out {out} exists and is not a directory")
-    manifest = out / mf.MANIFEST
+    manifest = out / MANIFEST
     if os.path.lexists(manifest):
         # untrusted like any artifacts directory: bounded read, no symlink, any shape
-        data = read_json(artifact_file(out, mf.MANIFEST, str(manifest)), str(manifest))
+        data = read_json(artifact_file(out, MANIFEST, str(manifest)), str(manifest))
         other = data.get("model_fingerprint") if isinstance(data, dict) else None
         if other != fingerprint:
             raise ArtifactError(f"{out} holds the artifacts of another model; choose another --out or remove it")
@@ -78,11 +82,11 @@ def export(
     quantize: str | None = None,
     object_classes: int | None = None,
 ) -> Manifest:
-    """Export ``ckpt`` to ``out``; returns the manifest. ``object_classes``: see ``load_model``. Raises
+    """Export ``ckpt`` to ``out``; returns the manifest. ``object_classes``: see ``load_model``; the family that loads ``ckpt`` is found by ``families.family_for``. Raises
     ParityError beyond tolerance (after writing the report, without installing the artifacts). ``out`` is locked for the whole
     export and replaced atomically (``install``). ``quantize`` (int8/int4): the transformer's
     linear layers weight-only quantized (``export/quantize.py``), its quality checked against the
-    fp32 model (``runtime/quantized_parity.py``)."""
+    fp32 model (``parity/quantized.py``)."""
     t0 = time.perf_counter()
     out = Path(out)
     if not out.name or out.name in (".", ".."):
@@ -104,17 +108,17 @@ def export(
 def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, precision: str, opset: int,
                    max_batch: int, parity: bool, log: Log, t0: float, quantize: str | None = None,
                    object_classes: int | None = None) -> Manifest:
-    from vqdeploy.loading.load import load_model
-
+    options = {"object_classes": object_classes} if object_classes is not None else {}
+    family: Family = family_for(ckpt, options)
     log(f"loading {ckpt}")
-    model = load_model(ckpt, config, object_classes=object_classes)
-    info = describe(model)
+    model = family.load(ckpt, config, **options)
+    info = family.describe(model)
     fingerprint = model_fingerprint(model)
     _check_destination(out, fingerprint)
-    if quantize is not None and info["kind"] != "net2net":
+    if quantize is not None and family.quantizable(model) is None:
         raise ConfigError(f"--quantize {quantize}: {ckpt} is a VQGAN without a transformer; only the transformer's "
                           f"weights are quantized")
-    specs = graph_specs(model, precision, max_batch)
+    specs = family.graph_specs(model, precision, max_batch)
 
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
     tmp.chmod(default_mode(directory=True))  # mkdtemp makes it private; artifacts are ordinary files
@@ -129,10 +133,10 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
             if q:
                 quantization = quantization_entry(q, layers, int(info["transformer"]["parameters"]), precision)
             entry = spec.to_manifest()
-            entry["sha256"] = mf.sha256_file(tmp / spec.file)
+            entry["sha256"] = sha256_file(tmp / spec.file)
             data = tmp / f"{spec.file}.data"
             if data.exists():
-                entry["external_data"] = {"file": data.name, "sha256": mf.sha256_file(data)}
+                entry["external_data"] = {"file": data.name, "sha256": sha256_file(data)}
             entry["bytes"] = (tmp / spec.file).stat().st_size + (data.stat().st_size if data.exists() else 0)
             graphs[spec.name] = entry
             _return_freed_memory()
@@ -141,8 +145,8 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
         _return_freed_memory()
         src = model.source  # type: ignore[attr-defined]
         manifest: dict[str, Any] = {
-            "format": mf.FORMAT,
-            "format_version": mf.FORMAT_VERSION,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
             "model": info,
             "model_fingerprint": fingerprint,
             "source": {"checkpoint": src.checkpoint, "config": src.config},
@@ -152,9 +156,9 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
             "custom_domains": {"vqdeploy": 1},
             "max_batch": max_batch,
             "graphs": graphs,
-            "kv_cache": mf.KV_CACHE_DOC,
-            "sampling": mf.SAMPLING_DOC,
-            "versions": mf.versions(),
+            "kv_cache": KV_CACHE_DOC,
+            "sampling": SAMPLING_DOC,
+            "versions": versions(),
         }
         typed = Manifest.from_json(validate(manifest, "manifest.json"))  # what is written reads back
         if parity:
@@ -163,7 +167,7 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
             manifest["parity"] = {"backend": "onnxruntime-cpu", "skipped": True}
             log("parity check skipped (--no-parity)")
         manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
-        mf.write_manifest(tmp, manifest)
+        write_manifest(tmp, manifest)
         if parity and not manifest["parity"]["passed"]:
             report = out.parent / f"{out.name}.parity-failed.json"
             atomic_write(report, json.dumps(manifest["parity"], indent=2) + "\n")
@@ -179,11 +183,7 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
 
 
 def _export_parity(model: Any, directory: Path, manifest: Manifest, precision: str, log: Log) -> dict[str, Any]:
-    from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from vqdeploy.runtime.backends.torch_backend import TorchBackend
-    from vqdeploy.runtime.parity import check_backend
-
-    candidate = OnnxRuntimeBackend(directory, manifest)
+    candidate = OnnxRuntimeBackend(Artifacts(directory, manifest))
     log("parity: onnxruntime (CPU) vs PyTorch ..." + (f" ({candidate.emulation})" if candidate.emulation else ""))
     t = time.perf_counter()
     scheme = manifest.quantization.scheme if manifest.quantization else None

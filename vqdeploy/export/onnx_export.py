@@ -13,11 +13,10 @@ import onnx
 import torch
 
 from vqdeploy.errors import ConfigError
-from vqdeploy.export import DEFAULT_OPSET
-from vqdeploy.export import kv_cache_onnx
+from vqdeploy.export import DEFAULT_OPSET, kv_cache_onnx
 from vqdeploy.export.nearest_code_onnx import attach_function, translate
 from vqdeploy.export.quantize import QuantizedLayer, quantize_model
-from vqdeploy.export.specs import GraphSpec
+from vqdeploy.families.graph_spec import GraphSpec
 from vqdeploy.models.kv_cache import kv_write_op
 from vqdeploy.models.nearest_code import nearest_code
 

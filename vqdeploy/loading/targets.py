@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vqdeploy.conditions.objects import ObjectLayout
 from vqdeploy.errors import ConfigError
 from vqdeploy.loading.sizes import MAX_VOCAB, check_params, check_sequence
 from vqdeploy.models import conditioning, mingpt, net2net, permuter, vqgan
@@ -108,8 +109,6 @@ def _net2net(params: dict[str, Any], ctx: BuildContext) -> nn.Module:
 
 
 def _dummy_cond(params: dict[str, Any], ctx: BuildContext) -> nn.Module:
-    from vqdeploy.conditions.objects import ObjectLayout
-
     key = params.pop("conditional_key", None)
     if params:
         raise ConfigError(f"invalid params for DummyCondStage: unexpected '{sorted(params)[0]}'")

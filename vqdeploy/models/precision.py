@@ -16,11 +16,6 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.float()
 
 
-def softmax_fp32(x: torch.Tensor, dim: int, out_dtype: torch.dtype) -> torch.Tensor:
-    y = F.softmax(upcast(x), dim=dim)
-    return y if y.dtype == out_dtype else y.to(out_dtype)
-
-
 class GroupNorm32(torch.nn.GroupNorm):
     """GroupNorm whose statistics are always computed in fp32 (same state_dict as nn.GroupNorm)."""
 

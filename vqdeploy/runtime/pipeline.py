@@ -1,71 +1,39 @@
-"""The sampling pipeline: condition -> tokens -> image, thin over any backend.
+"""The library's entry point: ``vqdeploy.Pipeline``, condition -> images on one backend.
 
-cond encoder -> prefill -> one cached step per image token -> decoder, N samples in one batch.
-Grids larger than the trained one are sampled with taming's sliding window.
+Thin over ``generation.Generator`` (the one path ``run``, ``serve``, ``bench`` and ``parity`` share): it
+reads what the caller passes into the condition's typed value, splits a request into batches of the
+backend's limit and puts the parts back together.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vqdeploy.artifacts import Artifacts, Manifest, open_artifacts
+from vqdeploy.conditions import ClassId, Reading
 from vqdeploy.errors import InputError
-from vqdeploy.limits import check_num_samples, check_pixels, check_seed, pixel_budget
+from vqdeploy.images import parse_size, to_uint8
+from vqdeploy.limits import check_num_samples, condition_budget, pixel_budget
 from vqdeploy.runtime.backends.base import Backend
-from vqdeploy.runtime.generator import check_sampler, generate, generate_sliding, start_decoding
-from vqdeploy.runtime.images import to_uint8
-from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
-from vqdeploy.typed_manifest import Manifest, ModelInfo
+from vqdeploy.runtime.backends.registry import OpenOptions, open_backend
+from vqdeploy.runtime.generation import Generator, Request, Rows
+from vqdeploy.runtime.sampling import SamplingParams
 
-
-def check_request(info: ModelInfo, num_samples: int = 1, size: tuple[int, int] | None = None,
-                  max_pixels: int | None = None) -> None:
-    """What a sampling request can get wrong without a backend (``run`` checks it before reading
-    any input or opening a session)."""
-    info.sampling()
-    check_num_samples(num_samples)
-    if size is not None:
-        check_size(info, size, max_pixels)
-
-
-def check_size(info: ModelInfo, size: tuple[int, int], max_pixels: int | None = None) -> None:
-    """--size (H, W) within the pixel budget, in whole latent cells, and whole cond cells where the
-    condition is read at that size."""
-    check_pixels(size[0], size[1], pixel_budget(info, max_pixels), f"--size {size[1]}x{size[0]}")
-    cond, _ = info.sampling()
-    first = info.first_stage
-    cond.check_size(size, first)
-    res = first.resolution
-    if size[0] < res or size[1] < res:
-        raise InputError(f"--size {size[1]}x{size[0]} is smaller than the trained {res}x{res}: the transformer "
-                         "samples the trained grid or larger (sliding window)")
-    f = math.lcm(first.downsample_factor, cond.size_multiple())
-    if size[0] % f or size[1] % f:
-        raise InputError(f"--size {size[1]}x{size[0]}: width and height must be multiples of {f} pixels")
-
-
-def check_condition(condition: np.ndarray | None, budget: int) -> None:
-    """A condition handed to the library: finite values, spatial size within the pixel budget."""
-    if condition is None:
-        return
-    if not isinstance(condition, np.ndarray):
-        raise InputError(f"the condition must be a numpy array, got {type(condition).__name__}")
-    if condition.dtype.kind == "f" and not np.isfinite(condition).all():
-        raise InputError("the condition holds NaN or infinite values")
-    if condition.ndim >= 2:
-        check_pixels(condition.shape[-2], condition.shape[-1], budget, "the condition")
+Progress = Callable[[int, str], Callable[[int], None]]  # (total tokens, description) -> per-token callback
 
 
 @dataclass
 class Result:
-    images: np.ndarray  # (N,C,H,W) fp32 in [-1,1]
-    tokens: np.ndarray  # (N,h,w) raster-order token ids
+    """What a call returns: ``images`` (N,C,H,W) float32 in [-1,1], ``tokens`` (N,h,w) raster-order ids,
+    ``timings`` in seconds per stage."""
+
+    images: np.ndarray
+    tokens: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     sliding_window: bool = False
 
@@ -81,118 +49,139 @@ class Result:
         return self.tokens.size / t if t > 0 else float("nan")
 
 
-class Pipeline:
-    def __init__(self, backend: Backend, manifest: Manifest, sampler: str = "host") -> None:
-        """``sampler``: "host" (numpy, every backend) or "graph" (the exported sampler graph on the
-        backend's device, so a GPU backend never copies logits to the host)."""
-        self.cond, _ = manifest.model.sampling()
-        check_sampler(backend, sampler)
-        self.backend = backend
-        self.manifest = manifest
-        self.sampler = sampler
-        self.info = manifest.model
-        self.first = self.info.first_stage
+def as_params(params: SamplingParams | Mapping[str, Any] | None, **overrides: Any) -> SamplingParams:
+    """``params`` as ``SamplingParams``: one, a mapping of its fields ({"temperature": 0.5}), or None (the
+    defaults); ``overrides`` (temperature=, top_k=, top_p=) replace fields."""
+    if params is None:
+        fields: dict[str, Any] = {}
+    elif isinstance(params, SamplingParams):
+        fields = {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p}
+    elif isinstance(params, Mapping):
+        unknown = sorted(set(params) - {"temperature", "top_k", "top_p"})
+        if unknown:
+            raise InputError(f"params: unknown field {unknown[0]!r} (temperature, top_k, top_p)")
+        fields = dict(params)
+    else:
+        raise InputError(f"params must be a SamplingParams or a mapping, not {type(params).__name__}")
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return SamplingParams(**fields)
 
-    def _grid(self, cond_grid: np.ndarray, size: tuple[int, int] | None) -> tuple[int, int]:
-        """The image latent grid implied by the condition (spatial kinds) or by --size."""
-        implied = self.cond.image_grid(cond_grid, self.first)
-        if implied is not None:
-            return implied
-        if size is None:
-            return self.first.latent_grid
-        f = self.first.downsample_factor
-        return size[0] // f, size[1] // f  # checked by check_request
+
+def as_size(size: int | str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``size`` as (H, W): S (a square), "WxH" (as ``--size``), or an (H, W) pair."""
+    if size is None:
+        return None
+    if isinstance(size, bool):
+        raise InputError(f"size must be S, 'WxH' or (H, W), not {size!r}")
+    if isinstance(size, int):
+        return parse_size(str(size), "size")
+    if isinstance(size, str):
+        return parse_size(size, "size")
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        return int(size[0]), int(size[1])
+    raise InputError(f"size must be S, 'WxH' or (H, W) with positive integers, not {size!r}")
+
+
+class Pipeline:
+    """Sample images from exported artifacts::
+
+        pipe = vqdeploy.Pipeline.from_artifacts("artifacts/demo")          # ONNX Runtime, or TensorRT with a GPU
+        result = pipe("sketch.png", num_samples=4, seed=0, temperature=0.8)
+        result.images      # (4, C, H, W) float32 in [-1, 1]
+        result.to_pil()    # PIL images
+
+    The condition is whatever the model is conditioned on: an image (a path, a PIL image, a uint8 or label
+    array), a class id (``pipe(class_id=3)`` or ``pipe(3)``), a scene (a path or a mapping) for object-layout
+    models, or nothing. Sample ``i`` of a seed is the same on every backend and at every batch size.
+    ``sampler``: "host" (numpy, any backend) or "graph" (the exported sampler graph on the backend's device).
+    """
+
+    def __init__(self, backend: Backend, manifest: Manifest | None = None, sampler: str = "host") -> None:
+        self.generator = Generator(backend, manifest, sampler)
+        self.backend = backend
+        self.manifest = self.generator.manifest
+        self.info = self.manifest.model
+        self.cond = self.generator.cond
+        self.sampler = sampler
+
+    @classmethod
+    def from_artifacts(cls, artifacts: str | Path | Artifacts, backend: str = "auto", device: str | None = None,
+                       sampler: str = "host", cuda_graphs: bool = False, ckpt: str | None = None,
+                       log: Callable[[str], None] | None = None) -> Pipeline:
+        """The pipeline of an artifacts directory on a backend (``auto``: TensorRT where engines and a GPU
+        are there, else ONNX Runtime; ``torch`` runs the exported checkpoint, or ``ckpt``); ``cuda_graphs``
+        replays each captured token step (GPU only)."""
+        opened = open_artifacts(artifacts)
+        be = open_backend(backend, opened, device, OpenOptions(cuda_graphs=cuda_graphs, ckpt=ckpt), log=log)
+        return cls(be, opened.manifest, sampler)
+
+    @property
+    def max_batch(self) -> int:
+        """Samples per backend batch; larger requests run in batches (same images)."""
+        return self.generator.max_batch
+
+    def read(self, condition: Any = None, *, class_id: int | None = None, size: Any = None,
+             max_pixels: int | None = None, log: Callable[[str], None] | None = None, via: str = "library") -> Any:
+        """The condition's typed value (what ``__call__`` samples from) for what the caller passes."""
+        if class_id is not None:
+            if condition is not None:
+                raise InputError("pass the condition or class_id, not both")
+            condition = ClassId(class_id)
+        reading = Reading(as_size(size), condition_budget(self.info, max_pixels), log, via,
+                          pixel_budget(self.info, max_pixels))
+        return self.cond.read(condition, reading)
 
     def __call__(
         self,
-        condition: np.ndarray | None = None,
+        condition: Any = None,
         *,
         num_samples: int = 1,
-        params: SamplingParams | None = None,
+        params: SamplingParams | Mapping[str, Any] | None = None,
         seed: int = 0,
         class_id: int | None = None,
-        size: tuple[int, int] | None = None,
-        progress: Callable[[int, str], Callable[[int], None]] | None = None,
+        size: int | str | tuple[int, int] | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        progress: Progress | None = None,
         max_pixels: int | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> Result:
-        """``progress(total, description)`` is called once the token count is known and returns a
-        per-token callback. ``max_pixels`` raises the image budget (default: 16x the trained area)."""
-        check_request(self.info, num_samples, size, max_pixels)
-        check_seed(seed)
-        condition = self._condition(condition, size, max_pixels)
-        check_condition(condition, pixel_budget(self.info, max_pixels))
-        params = params or SamplingParams()
-        limit = max(1, min(self.backend.max_batch(g) for g in self._graphs()))
-        starts = range(0, num_samples, limit)
-        ticks: list[Callable[[int], None] | None] = []
+        """Sample ``num_samples`` images for ``condition``. ``params`` (or ``temperature``/``top_k``/``top_p``)
+        choose how tokens are drawn (default: temperature 1, top-k 100); ``size`` S, "WxH" or (H, W) pixels
+        samples a larger image with the sliding window; ``max_pixels`` raises the image budget (default: 16x
+        the trained area). ``progress(total, description)`` is called once the token count is known and
+        returns a per-token callback; ``log`` hears notes about the input (resizing ...)."""
+        check_num_samples(num_samples, "num_samples")
+        hw = as_size(size)
+        if hw is not None:
+            self.generator.check_size(hw, max_pixels)
+        sampling = as_params(params, temperature=temperature, top_k=top_k, top_p=top_p)
+        value = self.read(condition, class_id=class_id, size=hw, max_pixels=max_pixels, log=log)
+        request = Request(value, num_samples, sampling, seed, hw)
+        return self.sample(request, progress)
 
-        def announce(tokens: int, sliding: bool) -> Callable[[int], None] | None:
-            """The first chunk announces the whole request; later chunks reuse its callback."""
-            if not ticks:
+    def sample(self, request: Request, progress: Progress | None = None) -> Result:
+        """Sample a ``Request`` (its condition already read), in batches of ``max_batch``."""
+        limit = self.max_batch
+        starts = range(0, request.num_samples, limit)
+        ticks: list[Callable[[int], None]] = []
+
+        def on_start(tokens: int, sliding: bool, starts_in_batch: list[int]) -> None:
+            """The first batch announces the whole request; later batches reuse its callback."""
+            if not ticks and progress is not None:
                 how = " (sliding window)" if sliding else ""
                 chunks = f" in {len(starts)} batches of up to {limit}" if len(starts) > 1 else ""
-                ticks.append(None if progress is None else progress(
-                    tokens * len(starts), f"sampling {num_samples} x {tokens} tokens{how}{chunks} with "
-                                          f"{self.backend.name} ({self.backend.device})"))
-            return ticks[0]
+                ticks.append(progress(tokens * len(starts), f"sampling {request.num_samples} x {tokens} tokens{how}"
+                                                            f"{chunks} with {self.backend.name} ({self.backend.device})"))
 
-        parts = [self._batch(condition, min(limit, num_samples - s), s, params, seed, class_id, size, announce)
-                 for s in starts]
-        if len(parts) == 1:
-            return parts[0]
-        timings = {k: sum(p.timings[k] for p in parts) for k in parts[0].timings}
-        return Result(np.concatenate([p.images for p in parts]), np.concatenate([p.tokens for p in parts]), timings,
-                      parts[0].sliding_window)
+        def on_token(drawn: int, decoding: Any) -> None:
+            if ticks:
+                ticks[0](1)
 
-    @classmethod
-    def from_artifacts(cls, artifacts: str | Path, backend: str = "auto", device: str | None = None,
-                       sampler: str = "host", cuda_graphs: bool = False) -> Pipeline:
-        """The pipeline of an artifacts directory on a backend (``auto``: TensorRT where engines and a GPU
-        are there, else ONNX Runtime); ``cuda_graphs`` replays each captured token step (GPU only)."""
-        from vqdeploy.export.manifest import read_manifest
-        from vqdeploy.runtime.backends.select import open_backend
-
-        manifest = read_manifest(artifacts)
-        return cls(open_backend(backend, Path(artifacts), manifest, device, cuda_graphs=cuda_graphs), manifest, sampler)
-
-    def _condition(self, x: Any, size: tuple[int, int] | None, max_pixels: int | None) -> np.ndarray | None:
-        """What the library caller passed (a path, an image, a scene, an array ...) as the condition's
-        kind preprocesses it, at ``size`` or the trained size."""
-        return self.cond.as_condition(x, size, pixel_budget(self.info, max_pixels))
-
-    def _graphs(self) -> list[str]:
-        """The graphs a request runs (their batch limits bound a chunk)."""
-        used = ["transformer", "decoder", *self.cond.graphs]
-        return [g for g in used if g in self.manifest.graphs]
-
-    def _batch(self, condition: np.ndarray | None, num_samples: int, first: int, params: SamplingParams, seed: int,
-               class_id: int | None, size: tuple[int, int] | None,
-               announce: Callable[[int, bool], Callable[[int], None] | None]) -> Result:
-        """Samples ``first .. first + num_samples - 1`` of a request: sample b always draws from
-        ``default_rng([seed, b])``, so chunking does not change the images."""
-        timings: dict[str, float] = {}
-        t = time.perf_counter()
-        cond = self.cond.condition_tokens(self.backend, num_samples, condition, class_id)
-        timings["cond_encoder"] = time.perf_counter() - t
-        grid = self._grid(cond, size)
-        trained = self.first.latent_grid
-        sliding = grid != trained
-        tick = announce(grid[0] * grid[1], sliding)
-        steps = grid[0] * grid[1]
-        noise = uniform_noise(seed, num_samples, steps, first)
-        t = time.perf_counter()
-        decoding = start_decoding(self.backend, self.sampler, params, noise)
-        if not sliding:
-            tokens = self.info.to_raster(generate(decoding, cond.reshape(num_samples, -1), steps, tick), grid)
-        else:
-            if self.info.order is not None:
-                raise InputError("sliding-window sampling needs a raster-order (Identity permuter) model")
-            if grid[0] < trained[0] or grid[1] < trained[1]:
-                raise InputError(f"the image grid {grid[0]}x{grid[1]} is smaller than the trained {trained[0]}x{trained[1]}")
-            c = cond if cond.ndim == 3 else cond.reshape(num_samples, -1)
-            tokens = generate_sliding(decoding, c, grid, trained, tick)
-        timings["sampling"] = time.perf_counter() - t
-        t = time.perf_counter()
-        images = self.backend.decode(tokens)
-        timings["decoder"] = time.perf_counter() - t
-        return Result(images, tokens, timings, sliding)
+        outputs = [self.generator.run([Rows(request, s, min(limit, request.num_samples - s))], on_start, on_token)
+                   for s in starts]
+        timings = {k: sum(o.timings[k] for o in outputs) for k in outputs[0].timings}
+        images = np.clip(np.concatenate([o.images for o in outputs]), -1.0, 1.0)  # decoders overshoot by ~1e-3
+        return Result(images, np.concatenate([o.tokens for o in outputs]), timings, outputs[0].sliding_window)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vqdeploy.artifacts import Artifacts, open_artifacts
+from vqdeploy.conditions import ClassId, Reading
 from vqdeploy.errors import InputError
-from vqdeploy.export.manifest import read_manifest
 from vqdeploy.files import check_writable
-from vqdeploy.limits import check_seed, pixel_budget
-from vqdeploy.runtime.backends.select import open_backend
-from vqdeploy.runtime.images import grid_image, output_paths, parse_size, to_uint8, write_pngs
-from vqdeploy.runtime.pipeline import Pipeline, check_request
+from vqdeploy.images import grid_image, output_paths, parse_size, to_uint8, write_pngs
+from vqdeploy.limits import check_seed, condition_budget
+from vqdeploy.runtime.backends.registry import OpenOptions, open_backend
+from vqdeploy.runtime.generation import Request, check_size
+from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.progress import TokenProgress
 from vqdeploy.runtime.sampling import SamplingParams
 
@@ -28,39 +31,61 @@ def check_outputs(paths: list[Path]) -> None:
             raise InputError(f"--out: {p} is a directory; name a file (e.g. {p / 'sample.png'})")
 
 
-def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int,
-                 temperature: float, top_k: int | None, top_p: float | None, seed: int, class_id: int | None,
-                 size: str | None, out: Path, grid: bool, ckpt: str | None = None,
-                 log: Callable[[str], None] = print, sampler: str = "host",
-                 max_pixels: int | None = None, cuda_graphs: bool = False,
-                 save_layout: bool = False) -> dict[str, Any]:
-    manifest = read_manifest(artifacts)
-    params = SamplingParams(temperature, top_k, top_p)
+@dataclass(frozen=True)
+class RunOptions:
+    """``vqdeploy run``'s options: where to run, what to sample, where the images go."""
+
+    backend: str = "auto"
+    device: str | None = None
+    sampler: str = "host"
+    cuda_graphs: bool = False
+    ckpt: str | None = None  # torch backend: another checkpoint than the exported one
+    num_samples: int = 1
+    params: SamplingParams = field(default_factory=SamplingParams)
+    seed: int = 0
+    class_id: int | None = None
+    size: str | None = None  # "S" or "WxH"
+    max_pixels: int | None = None
+    out: Path = Path("samples/sample.png")
+    grid: bool = False
+    save_layout: bool = False
+
+
+def run_pipeline(input: Path | None, artifacts: Path | Artifacts, options: RunOptions,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Everything is checked before the backend opens (artifacts, options, the input, where the images go)."""
+    o = options
+    backend, device, sampler, cuda_graphs, ckpt = o.backend, o.device, o.sampler, o.cuda_graphs, o.ckpt
+    num_samples, params, seed, class_id, size, max_pixels = o.num_samples, o.params, o.seed, o.class_id, o.size, \
+        o.max_pixels
+    out, grid, save_layout = o.out, o.grid, o.save_layout
+    opened = open_artifacts(artifacts)
     check_seed(seed)
-    info = manifest.model
-    vocab = info.transformer.vocab_size if info.transformer is not None else 0
-    if top_k is not None and vocab and top_k > vocab:
-        log(f"note: --top-k {top_k} is more than the {vocab} tokens of this model: all are kept")
-        params = SamplingParams(temperature, vocab, top_p)
-        top_k = vocab
+    info = opened.manifest.model
+    cond, tr = info.sampling()
+    if params.top_k is not None and params.top_k > tr.vocab_size:
+        log(f"note: --top-k {params.top_k} is more than the {tr.vocab_size} tokens of this model: all are kept")
+        params = SamplingParams(params.temperature, tr.vocab_size, params.top_p)
     hw = parse_size(size)
-    check_request(info, num_samples, hw, max_pixels)
+    if hw is not None:
+        check_size(info, hw, max_pixels)
     paths = output_paths(out, num_samples, grid)
-    cond, _ = info.sampling()
     if save_layout and not cond.draws_layout:
         raise InputError("--save-layout is for object-layout (scene) models")
     layout_path = out.with_name(f"{out.stem}-layout.png") if save_layout else None
     check_outputs(paths + ([layout_path] if layout_path else []))
-    if class_id is not None:
-        cond.check_class(class_id)
-    condition = cond.read_input(input, hw, pixel_budget(info, max_pixels), log)
+    if class_id is not None and input is not None and cond.classes:
+        raise InputError("this model is class-conditional: it takes no INPUT; pass --class ID alone")
+    raw = ClassId(class_id) if class_id is not None else input
+    value = cond.read(raw, Reading(hw, condition_budget(info, max_pixels), log, "cli"))
+    request = Request(value, num_samples, params, seed, hw)
     t = time.perf_counter()
-    be = open_backend(backend, artifacts, manifest, device, ckpt, log=log, cuda_graphs=cuda_graphs)
+    be = open_backend(backend, opened, device, OpenOptions(cuda_graphs=cuda_graphs, ckpt=ckpt), log=log)
     load_s = time.perf_counter() - t
+    pipe = Pipeline(be, opened.manifest, sampler)
     progress = TokenProgress(log)
     try:
-        result = Pipeline(be, manifest, sampler)(condition, num_samples=num_samples, params=params, seed=seed,
-                                                 class_id=class_id, size=hw, progress=progress, max_pixels=max_pixels)
+        result = pipe.sample(request, progress)
     finally:
         progress.close()
     images = to_uint8(result.images)
@@ -69,7 +94,7 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     pictures = {paths[0]: grid_image(images)} if grid else dict(zip(paths, images))
     if layout_path is not None:  # the layout the model got, decoded from its tokens
         h, w = images.shape[1:3]
-        picture = cond.picture(condition, (max(h, 256), max(w, 256)))
+        picture = cond.picture(value, (max(h, 256), max(w, 256)))
         if picture is not None:
             pictures[layout_path] = picture
     write_pngs(pictures)
@@ -77,7 +102,7 @@ def run_pipeline(input: Path | None, artifacts: Path, backend: str, device: str 
     return {
         "backend": be.name, "device": be.device, "sampler": sampler, "cuda_graphs": cuda_graphs, "seed": seed,
         "num_samples": num_samples,
-        "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
+        "sampling": {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
         "tokens_per_sample": int(result.tokens[0].size), "sliding_window": result.sliding_window,
         "timings_s": {"load": round(load_s, 4), **{k: round(v, 4) for k, v in result.timings.items()}},
         "tokens_per_s": round(result.tokens_per_second, 2),

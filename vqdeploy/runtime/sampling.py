@@ -13,14 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vqdeploy.errors import InputError
 from vqdeploy.limits import MAX_TOP_K, check_finite, check_int, check_seed
-
 
 # ``vqdeploy run``'s and ``vqdeploy serve``'s defaults (one place, so both give the same images)
 DEFAULT_SEED = 0
 DEFAULT_NUM_SAMPLES = 1
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_K = 100
+# below this, logits / temperature overflows float64 for ordinary logits (a subnormal temperature gave neither
+# greedy nor sampled tokens): 0 means greedy, anything in between is refused
+MIN_TEMPERATURE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -30,11 +33,13 @@ class SamplingParams:
     top_p: float | None = None
 
     def __post_init__(self) -> None:
-        check_finite(self.temperature, "--temperature", low=0.0)
+        check_finite(self.temperature, "temperature", low=0.0)
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise InputError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {self.temperature:g}")
         if self.top_k is not None:
-            check_int(self.top_k, "--top-k", 1, MAX_TOP_K)
+            check_int(self.top_k, "top_k", 1, MAX_TOP_K)
         if self.top_p is not None:
-            check_finite(self.top_p, "--top-p", low=0.0, high=1.0, low_open=True)
+            check_finite(self.top_p, "top_p", low=0.0, high=1.0, low_open=True)
 
     @property
     def greedy(self) -> bool:

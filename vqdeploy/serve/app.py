@@ -1,6 +1,6 @@
 """The HTTP application (Starlette): generate (JSON or a server-sent event stream), model, health,
-metrics and the sketch pad page. One backend per process, driven by the ``Batcher``'s engine thread;
-the event loop only parses, queues and answers.
+metrics and the sketch pad page. One backend per process, driven by the ``Batcher``'s thread; the event
+loop only parses, queues and answers. Starlette is imported where the app is built (the ``serve`` extra).
 """
 
 from __future__ import annotations
@@ -16,14 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from vqdeploy.errors import InputError, VQDeployError
+from vqdeploy.errors import InputError, TooLargeError, UnsupportedInputError, VQDeployError
 from vqdeploy.limits import MAX_UPLOAD_BYTES, pixel_budget
 from vqdeploy.runtime.pipeline import Pipeline
+from vqdeploy.runtime.sampling import SamplingParams
 from vqdeploy.serve.batcher import Batcher, QueueFull
-from vqdeploy.serve.engine import Abandoned, Engine, Item, Job, JobResult
 from vqdeploy.serve.metrics import Metrics
-from vqdeploy.serve.requests import (FIELDS, FieldError, GenerateRequest, condition_bytes, encode_pngs, parse_fields,
-                                     read_condition)
+from vqdeploy.serve.requests import (
+    FIELDS,
+    FieldError,
+    GenerateRequest,
+    condition_bytes,
+    encode_pngs,
+    parse_fields,
+    read_condition,
+)
+from vqdeploy.serve.runner import Abandoned, BatchRunner, Item, Job, JobResult
 
 ROUTES = ("/", "/v1/generate", "/v1/generate/stream", "/v1/model", "/healthz", "/metrics")
 PROGRESS_EVERY_S = 0.05  # progress events are coalesced to at most one per 50 ms
@@ -33,7 +41,7 @@ PROGRESS_EVERY_S = 0.05  # progress events are coalesced to at most one per 50 m
 class ServeConfig:
     """Limits of one server; each is an option of ``vqdeploy serve``."""
 
-    max_batch: int | None = None  # rows per engine batch (default and cap: the backend's batch limit)
+    max_batch: int | None = None  # rows per batch (default and cap: the backend's batch limit)
     max_wait_s: float = 0.02  # how long the oldest request waits for others to share its batch
     max_queue: int = 32  # requests waiting beyond the running batch; more get 429
     request_timeout_s: float = 120.0  # arrival to answer; then 504 and the request's rows are dropped
@@ -43,20 +51,20 @@ class ServeConfig:
 
 
 class Server:
-    """What the routes share: the pipeline, its engine and batcher, the metrics, the limits."""
+    """What the routes share: the pipeline, its batch runner and batcher, the metrics, the limits."""
 
     def __init__(self, pipeline: Pipeline, config: ServeConfig) -> None:
         self.pipeline = pipeline
         self.info = pipeline.info
         self.config = config
         self.metrics = Metrics()
-        self.engine = Engine(pipeline)
-        self.batcher = Batcher(self.engine, config.max_batch, config.max_wait_s, config.max_queue, self._on_batch)
+        self.runner = BatchRunner(pipeline.generator)
+        self.batcher = Batcher(self.runner, config.max_batch, config.max_wait_s, config.max_queue, self._on_batch)
         self.started = time.time()
 
     def _on_batch(self, batch: list[Item], timings: dict[str, float]) -> None:
         rows = sum(it.count for it in batch)
-        self.metrics.batch(rows, len({id(it.job) for it in batch}), rows * self.engine.steps, timings)
+        self.metrics.batch(rows, len({id(it.job) for it in batch}), rows * self.runner.steps, timings)
         self._queue_gauges()
 
     def _queue_gauges(self) -> None:
@@ -68,12 +76,11 @@ class Server:
         raw = self.pipeline.manifest.raw["model"]
         info = {k: v for k, v in raw.items() if k != "permuter"}
         info["permuter"] = {"name": raw["permuter"].get("name")}
-        from vqdeploy.runtime.sampling import SamplingParams
-
         d = SamplingParams()
         return {
             "model": info,
-            "backend": {"name": self.pipeline.backend.name, "device": self.pipeline.backend.device},
+            "backend": {"name": self.pipeline.backend.name, "device": self.pipeline.backend.device,
+                        "sampler": self.pipeline.sampler},
             "defaults": {"seed": GenerateRequest().seed, "num_samples": GenerateRequest().num_samples,
                          "temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p},
             "limits": {"max_samples": self.config.max_samples, "max_upload_bytes": self.config.max_upload_bytes,
@@ -233,11 +240,15 @@ class Call:
 
 
 def failure(e: BaseException) -> Any:
-    """The JSON answer for an exception from parsing or the engine."""
+    """The JSON answer for an exception from parsing or sampling."""
     if isinstance(e, FieldError):
         return error(e.status, str(e), e.field)
     if isinstance(e, QueueFull):
         return error(429, f"the queue is full ({e}); retry later", None, {"Retry-After": str(e.retry_after)})
+    if isinstance(e, TooLargeError):
+        return error(413, str(e))
+    if isinstance(e, UnsupportedInputError):
+        return error(415, str(e))
     if isinstance(e, InputError):
         return error(400, str(e))
     if isinstance(e, VQDeployError):
@@ -245,24 +256,20 @@ def failure(e: BaseException) -> Any:
     return error(500, f"internal error: {type(e).__name__}: {e}")
 
 
-def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
-    """The Starlette application serving ``pipeline`` (the engine thread starts with the first request
-    or the app's startup, and stops at its shutdown)."""
-    from contextlib import asynccontextmanager
+class Routes:
+    """The application's handlers over one ``Server`` (each a Starlette endpoint)."""
 
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-    from starlette.routing import Route
+    def __init__(self, server: Server) -> None:
+        self.server = server
 
-    server = Server(pipeline, config or ServeConfig())
+    async def prepare(self, request: Any) -> Call:
+        """Parse, read the condition (in a worker thread: decoding an image is work) and queue the request."""
+        from starlette.concurrency import run_in_threadpool
 
-    async def prepare(request: Request) -> Call:
+        server = self.server
         fields, data = await parse_body(request, server.config.max_upload_bytes)
-        req = parse_fields(fields, server.info, server.config.max_samples)
-        req.condition, req.notes = await run_in_threadpool(read_condition, data, server.info, server.config.max_pixels)
+        req = parse_fields(fields, server.info, server.config.max_samples, server.config.max_pixels)
+        await run_in_threadpool(read_condition, data, req, server.info, server.config.max_pixels)
         call = Call(server, req)
         try:
             call.submit()
@@ -271,9 +278,22 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
             raise
         return call
 
-    async def generate(request: Request) -> Response:
+    async def answer(self, call: Call, route: str) -> Any:
+        """The JSON answer of a finished call."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        body = await run_in_threadpool(result_json, call.future.result(), call.req)
+        self.server.metrics.images.inc(call.req.num_samples)
+        self.server.metrics.latency.labels(route).observe(time.perf_counter() - call.arrived)
+        return JSONResponse(body)
+
+    async def generate(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        server = self.server
         try:
-            call = await prepare(request)
+            call = await self.prepare(request)
         except Exception as e:  # noqa: BLE001 (every failure is a JSON answer)
             return failure(e)
         while not call.future.done():
@@ -285,85 +305,102 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
                 call.cancel("disconnected")
                 return Response(status_code=499)
         try:
-            result = call.future.result()
+            return await self.answer(call, "/v1/generate")
         except Abandoned:
             return error(504, "the request was abandoned")
         except Exception as e:  # noqa: BLE001
             return failure(e)
-        body = await run_in_threadpool(result_json, result, call.req)
-        server.metrics.images.inc(call.req.num_samples)
-        server.metrics.latency.labels("/v1/generate").observe(time.perf_counter() - call.arrived)
-        return JSONResponse(body)
 
-    async def generate_stream(request: Request) -> Response:
+    async def generate_stream(self, request: Any) -> Any:
         """Server-sent events: queued, progress {done,total} (tokens), partial {rows,images} when
         partial_every asks for it, then result (the JSON answer of /v1/generate) or error."""
+        from starlette.responses import StreamingResponse
+
         try:
-            call = await prepare(request)
+            call = await self.prepare(request)
         except Exception as e:  # noqa: BLE001
             return failure(e)
-
-        async def events() -> AsyncIterator[bytes]:
-            try:
-                yield sse("queued", {"waiting": server.batcher.waiting_jobs(),
-                                     "total": call.req.num_samples * server.engine.steps})
-                while True:
-                    if call.remaining <= 0:
-                        call.cancel("timeout")
-                        message = f"the request took longer than {server.config.request_timeout_s}s"
-                        yield sse("error", {"error": {"field": None, "status": 504, "message": message}})
-                        return
-                    try:
-                        kind, data = await asyncio.wait_for(call.events.get(), timeout=min(1.0, call.remaining))
-                    except asyncio.TimeoutError:
-                        yield b": keep-alive\n\n"  # a write: a client that left is noticed here
-                        continue
-                    if kind == "progress":
-                        yield sse("progress", data)
-                    elif kind == "partial":
-                        rows, images = data
-                        yield sse("partial", {"rows": rows, "images": await run_in_threadpool(encode_pngs, images)})
-                    elif kind == "done":
-                        break
-                try:
-                    result = call.future.result()
-                except Exception as e:  # noqa: BLE001
-                    answer = failure(e)
-                    yield sse("error", json.loads(answer.body))
-                    return
-                body = await run_in_threadpool(result_json, result, call.req)
-                server.metrics.images.inc(call.req.num_samples)
-                server.metrics.latency.labels("/v1/generate/stream").observe(time.perf_counter() - call.arrived)
-                yield sse("result", body)
-            finally:
-                if not call.future.done():
-                    call.cancel("disconnected")
-
-        return StreamingResponse(events(), media_type="text/event-stream",
+        return StreamingResponse(self.events(call), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def model(request: Request) -> Response:
-        return JSONResponse(server.model())
+    async def events(self, call: Call) -> AsyncIterator[bytes]:
+        from starlette.concurrency import run_in_threadpool
 
-    async def healthz(request: Request) -> Response:
+        server = self.server
+        try:
+            yield sse("queued", {"waiting": server.batcher.waiting_jobs(),
+                                 "total": call.req.num_samples * server.runner.steps_of(call.req)})
+            while True:
+                if call.remaining <= 0:
+                    call.cancel("timeout")
+                    message = f"the request took longer than {server.config.request_timeout_s}s"
+                    yield sse("error", {"error": {"field": None, "status": 504, "message": message}})
+                    return
+                try:
+                    kind, data = await asyncio.wait_for(call.events.get(), timeout=min(1.0, call.remaining))
+                except asyncio.TimeoutError:
+                    yield b": keep-alive\n\n"  # a write: a client that left is noticed here
+                    continue
+                if kind == "progress":
+                    yield sse("progress", data)
+                elif kind == "partial":
+                    rows, images = data
+                    yield sse("partial", {"rows": rows, "images": await run_in_threadpool(encode_pngs, images)})
+                elif kind == "done":
+                    break
+            try:
+                answer = await self.answer(call, "/v1/generate/stream")
+            except Exception as e:  # noqa: BLE001
+                yield sse("error", json.loads(failure(e).body))
+                return
+            yield sse("result", json.loads(answer.body))
+        finally:
+            if not call.future.done():
+                call.cancel("disconnected")
+
+    async def model(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(self.server.model())
+
+    async def healthz(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        server = self.server
         return JSONResponse({"status": "ok", "backend": server.pipeline.backend.name,
-                             "queue": server.batcher.waiting_jobs(),
-                             "uptime_s": round(time.time() - server.started, 1)})
+                             "queue": server.batcher.waiting_jobs(), "uptime_s": round(time.time() - server.started, 1)})
 
-    async def metrics(request: Request) -> Response:
-        server._queue_gauges()
-        body, ctype = server.metrics.render()
+    async def metrics(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        self.server._queue_gauges()
+        body, ctype = self.server.metrics.render()
         return Response(body, media_type=ctype)
 
-    async def page(request: Request) -> Response:
+    async def page(self, request: Any) -> Any:
+        from starlette.responses import HTMLResponse
+
         return HTMLResponse(resources.files("vqdeploy.serve").joinpath("page/index.html").read_text("utf-8"))
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return error(exc.status_code, exc.detail or "error", headers=getattr(exc, "headers", None))
+    async def http_error(self, request: Any, exc: Exception) -> Any:
+        return error(getattr(exc, "status_code", 500), getattr(exc, "detail", None) or "error",
+                     headers=getattr(exc, "headers", None))
 
-    async def internal_error(request: Request, exc: Exception) -> Response:
+    async def internal_error(self, request: Any, exc: Exception) -> Any:
         return failure(exc)
+
+
+def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
+    """The Starlette application serving ``pipeline`` (the batch thread starts with the first request
+    or the app's startup, and stops at its shutdown)."""
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Route
+
+    server = Server(pipeline, config or ServeConfig())
+    routes = Routes(server)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -372,10 +409,10 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
         server.batcher.stop()
 
     app = Starlette(
-        routes=[Route("/", page), Route("/v1/generate", generate, methods=["POST"]),
-                Route("/v1/generate/stream", generate_stream, methods=["POST"]), Route("/v1/model", model),
-                Route("/healthz", healthz), Route("/metrics", metrics)],
-        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        routes=[Route("/", routes.page), Route("/v1/generate", routes.generate, methods=["POST"]),
+                Route("/v1/generate/stream", routes.generate_stream, methods=["POST"]), Route("/v1/model", routes.model),
+                Route("/healthz", routes.healthz), Route("/metrics", routes.metrics)],
+        exception_handlers={HTTPException: routes.http_error, Exception: routes.internal_error},
         lifespan=lifespan,
     )
     app.state.server = server

@@ -1,10 +1,11 @@
 """Request-level dynamic batching: one engine thread, a bounded queue, a bounded wait.
 
-The engine thread takes the oldest waiting job, waits at most ``max_wait_s`` (from that job's arrival)
-for more rows, then runs up to ``max_batch`` rows of the waiting jobs as one batch; jobs that arrive
-meanwhile form the next batch. Continuous batching at step granularity (a request joining a batch
-between tokens) would need a position per row, but the exported transformer takes one scalar
-``position`` for the whole batch, so rows cannot be at different positions without a re-export.
+The batch thread takes the oldest waiting job, waits at most ``max_wait_s`` (from that job's arrival)
+for more rows, then runs up to ``max_batch`` rows of the waiting jobs that may share its batch (the same
+image size) as one batch; jobs that arrive meanwhile form the next batch. Continuous batching at step
+granularity (a request joining a batch between tokens) would need a position per row, but the exported
+transformer takes one scalar ``position`` for the whole batch, so rows cannot be at different positions
+without a re-export.
 
 Sync and thread-based, so the Starlette app and the Ray Serve replicas share it.
 """
@@ -16,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from vqdeploy.serve.engine import Abandoned, Engine, Item, Job
+from vqdeploy.serve.runner import Abandoned, BatchRunner, Item, Job
 
 
 class QueueFull(Exception):
@@ -28,10 +29,10 @@ class QueueFull(Exception):
 
 
 class Batcher:
-    def __init__(self, engine: Engine, max_batch: int | None = None, max_wait_s: float = 0.02, max_queue: int = 32,
+    def __init__(self, runner: BatchRunner, max_batch: int | None = None, max_wait_s: float = 0.02, max_queue: int = 32,
                  on_batch: Callable[[list[Item], dict[str, float]], None] | None = None) -> None:
-        self.engine = engine
-        self.max_batch = min(max_batch or engine.max_batch, engine.max_batch)
+        self.runner = runner
+        self.max_batch = min(max_batch or runner.max_batch, runner.max_batch)
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.on_batch = on_batch
@@ -46,7 +47,7 @@ class Batcher:
         if self._thread is not None:
             return
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="vqdeploy-engine", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="vqdeploy-batches", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -75,7 +76,7 @@ class Batcher:
     def waiting_rows(self) -> int:
         return sum(it.count for it in self._pending)
 
-    # -- the engine thread ---------------------------------------------------------------------------
+    # -- the batch thread ----------------------------------------------------------------------------
     def _take(self) -> list[Item] | None:
         """The next batch: wait for a job, then for company (bounded), dropping cancelled jobs."""
         with self._cv:
@@ -93,11 +94,12 @@ class Batcher:
                     self._cv.wait(deadline - now)
                     continue
                 batch, rows, keep = [], 0, deque()
+                key = self.runner.key(self._pending[0].job)
                 while self._pending:
                     it = self._pending.popleft()
                     if it.job.cancelled.is_set():
                         continue
-                    if rows + it.count <= self.max_batch:
+                    if rows + it.count <= self.max_batch and self.runner.key(it.job) == key:
                         batch.append(it)
                         rows += it.count
                     else:
@@ -110,7 +112,7 @@ class Batcher:
         while (batch := self._take()) is not None:
             t = time.perf_counter()
             try:
-                timings = self.engine.run(batch)
+                timings = self.runner.run(batch)
             except Abandoned:
                 timings = {}
                 for it in batch:

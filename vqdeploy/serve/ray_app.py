@@ -16,7 +16,8 @@ from typing import Any
 
 from ray import serve
 
-from vqdeploy.serve.app import ServeConfig
+from vqdeploy.runtime.pipeline import Pipeline
+from vqdeploy.serve.app import ServeConfig, create_app
 
 
 @serve.deployment
@@ -31,9 +32,6 @@ class VQDeployReplica:
 
     def __serve_build_asgi_app__(self) -> Any:
         """Called by Ray after ``__init__`` on the replica: the app of ``vqdeploy serve``."""
-        from vqdeploy.runtime.pipeline import Pipeline
-        from vqdeploy.serve.app import create_app
-
         return create_app(Pipeline.from_artifacts(self.artifacts, self.backend, self.device), self.config)
 
 

@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from vqdeploy.conditions.image import ImageCondition
-from vqdeploy.errors import InputError
-from vqdeploy.limits import MAX_SEED, MAX_TOP_K, check_finite, check_int, pixel_budget
+from vqdeploy.artifacts import ModelInfo
+from vqdeploy.conditions import ClassId, ConditionInput, Reading
+from vqdeploy.errors import InputError, TooLargeError, UnsupportedInputError
+from vqdeploy.images import parse_size, png_bytes, to_uint8
+from vqdeploy.limits import MAX_SEED, MAX_TOP_K, check_finite, check_int, condition_budget
+from vqdeploy.runtime.generation import Request, check_size
 from vqdeploy.runtime.sampling import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, SamplingParams
-from vqdeploy.typed_manifest import ModelInfo
 
-FIELDS = ("condition", "seed", "num_samples", "temperature", "top_k", "top_p", "class_id", "partial_every")
-# PIL modes a condition upload may have (others, e.g. CMYK or YCbCr, are refused rather than guessed at)
-IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "F")
+FIELDS = ("condition", "seed", "num_samples", "temperature", "top_k", "top_p", "class_id", "size", "partial_every")
 
 
 class FieldError(InputError):
@@ -38,9 +36,15 @@ class GenerateRequest:
     num_samples: int = DEFAULT_NUM_SAMPLES
     params: SamplingParams = field(default_factory=SamplingParams)
     class_id: int | None = None
-    condition: np.ndarray | None = None  # preprocessed, as the pipeline takes it
+    size: tuple[int, int] | None = None  # (H, W) pixels: larger than the trained size samples a sliding window
+    condition: ConditionInput | None = None  # the kind's value, read by ``read_condition``
     partial_every: int = 0  # stream a partial decode every N token rows (0: none)
     notes: list[str] = field(default_factory=list)
+
+    def sampling(self) -> Request:
+        """The request as the generation path takes it (after ``read_condition``)."""
+        assert self.condition is not None, "read the condition first"
+        return Request(self.condition, self.num_samples, self.params, self.seed, self.size)
 
 
 def _int(value: Any, name: str, low: int, high: int) -> int:
@@ -72,7 +76,8 @@ def _absent(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
-def parse_fields(fields: dict[str, Any], info: ModelInfo, max_samples: int) -> GenerateRequest:
+def parse_fields(fields: dict[str, Any], info: ModelInfo, max_samples: int,
+                 max_pixels: int | None = None) -> GenerateRequest:
     """Sampling fields -> a request (the condition is read separately by ``read_condition``)."""
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
@@ -91,9 +96,19 @@ def parse_fields(fields: dict[str, Any], info: ModelInfo, max_samples: int) -> G
         top_k = _int(fields["top_k"], "top_k", 1, MAX_TOP_K)
     if not _absent(fields.get("top_p")):
         top_p = _float(fields["top_p"], "top_p", low=0.0, high=1.0, low_open=True)
-    req.params = SamplingParams(temperature, top_k, top_p)
+    try:
+        req.params = SamplingParams(temperature, top_k, top_p)
+    except InputError as e:
+        raise FieldError("temperature", str(e)) from None  # the one rule between fields: a tiny temperature
     if not _absent(fields.get("partial_every")):
         req.partial_every = _int(fields["partial_every"], "partial_every", 0, 1 << 16)
+    if not _absent(fields.get("size")):
+        try:
+            req.size = parse_size(str(fields["size"]), "size")
+            check_size(info, req.size, max_pixels)  # type: ignore[arg-type]
+        except InputError as e:
+            raise FieldError("size", str(e).replace("--size", "size"), 413 if isinstance(e, TooLargeError) else 400) \
+                from None
     cond, _ = info.sampling()
     n = cond.classes
     if not _absent(fields.get("class_id")):
@@ -118,48 +133,26 @@ def condition_bytes(value: Any) -> bytes:
         raise FieldError("condition", "condition is not valid base64") from None
 
 
-def read_condition(data: bytes | None, info: ModelInfo, max_pixels: int | None = None) -> tuple[Any, list[str]]:
-    """The preprocessed condition of an upload (resized to the trained size, as ``vqdeploy run`` does)
-    and the notes ``run`` would print about it. The pixel budget is checked on the image header."""
-    from vqdeploy.runtime.images import decode_image, prepare_condition
-
+def read_condition(data: bytes | None, req: GenerateRequest, info: ModelInfo, max_pixels: int | None = None) -> None:
+    """The request's condition from the uploaded bytes (or the class id, or nothing), read by its kind exactly as
+    ``vqdeploy run`` reads a file (resized to the size sampled, the same notes), into ``req``. An input over a
+    size limit answers 413, one of a mode or type the model does not take 415, anything else wrong 400."""
     cond, _ = info.sampling()
-    notes: list[str] = []
-    if not isinstance(cond, ImageCondition):  # an image upload is decoded below, any other by its kind
-        try:
-            if data:
-                return cond.from_upload(data, notes.append), notes
-            return cond.read_input(None, None, pixel_budget(info, max_pixels)), notes  # its default, or what to send
-        except InputError as e:
-            raise FieldError("condition", str(e)) from None
-    if not data:
-        raise FieldError("condition", f"this model is conditioned on an image: send the file part 'condition' "
-                                      f"({cond.preprocessing['input']})")
-    budget = pixel_budget(info, max_pixels)
+    raw: Any = data or None
+    if req.class_id is not None:
+        if raw is not None:
+            raise FieldError("condition", "this model is class-conditional: it takes class_id, not a condition upload")
+        raw = ClassId(req.class_id)
     try:
-        img = decode_image(io.BytesIO(data), "condition", budget)
-    except InputError as e:
-        oversized = ("budget" in str(e) and "pixels" in str(e)) or "too large" in str(e) or "bomb" in str(e)
-        status = 413 if oversized else 400
-        raise FieldError("condition", str(e), status) from None
-    if img.mode not in IMAGE_MODES:
-        raise FieldError("condition", f"condition: image mode {img.mode} is not accepted; send one of "
-                                      f"{', '.join(IMAGE_MODES)} (e.g. a greyscale, RGB or palette PNG)", 415)
-    res = cond.resolution
-    try:
-        arr = prepare_condition(img, cond.preprocessing, (res, res), "condition", notes.append)
+        req.condition = cond.read(raw, Reading(req.size, condition_budget(info, max_pixels), req.notes.append, "http"))
+    except TooLargeError as e:
+        raise FieldError("condition", str(e), 413) from None
+    except UnsupportedInputError as e:
+        raise FieldError("condition", str(e), 415) from None
     except InputError as e:
         raise FieldError("condition", str(e)) from None
-    return arr, notes
 
 
 def encode_pngs(images: np.ndarray) -> list[str]:
     """(N,C,H,W) in [-1,1] -> base64 PNG strings."""
-    from vqdeploy.runtime.images import png_bytes, to_uint8
-
     return [base64.b64encode(png_bytes(a)).decode("ascii") for a in to_uint8(images)]
-
-
-def json_number(value: float) -> float | None:
-    """Metrics and timings in JSON: NaN has no JSON spelling."""
-    return value if math.isfinite(value) else None

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vqdeploy.artifact_paths import artifact_file
+from vqdeploy.artifacts import Artifacts
+from vqdeploy.artifacts import engines as record
+from vqdeploy.artifacts.paths import artifact_file
 from vqdeploy.errors import ArtifactError
-from vqdeploy.export import manifest as mf
-from vqdeploy.files import inside_dir
-from vqdeploy.trt import record
+from vqdeploy.files import sha256_file
 from vqdeploy.trt.shim import FLAVOURS
 from vqdeploy.trt.target import sm_name
-from vqdeploy.typed_manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -50,17 +49,18 @@ def problems(entry: dict[str, Any], graph: Mapping[str, Any], machine: Machine) 
     return out
 
 
-def engine_path(artifacts: Path, manifest: Manifest, name: str, machine: Machine) -> tuple[Path, dict[str, Any]]:
+def engine_path(opened: Artifacts, name: str, machine: Machine) -> tuple[Path, dict[str, Any]]:
     """The checked engine file of graph ``name`` and its engines.json entry; ArtifactError saying
     what differs and how to rebuild otherwise. engines.json is validated (``record.ENGINES``) and
     the engine file resolved like every artifact file (inside ``engines/``, no symlink, regular)."""
+    artifacts, manifest = opened.path, opened.manifest
     rebuild = f"rebuild: vqdeploy build-trt --artifacts {artifacts}"
     none = (f"{artifacts}: no TensorRT engines (no readable {record.ENGINES_DIR}/{record.ENGINES_JSON}); "
             f"build them: vqdeploy build-trt --artifacts {artifacts}")
-    if not os.path.lexists(artifacts / record.ENGINES_DIR):
+    if not os.path.lexists(opened.engines_path):
         raise ArtifactError(none)
-    directory = inside_dir(artifacts, record.ENGINES_DIR)
-    data = record.read(directory)
+    directory = opened.engines_dir()
+    data = opened.engines()
     if data is None:
         raise ArtifactError(none)
     entry = data["engines"].get(name)
@@ -77,6 +77,6 @@ def engine_path(artifacts: Path, manifest: Manifest, name: str, machine: Machine
     path = artifact_file(directory, entry["file"], f"{record.ENGINES_JSON} engines.{name}.file", must_exist=False)
     if not path.is_file():
         raise ArtifactError(f"{path} is missing; {rebuild}")
-    if mf.sha256_file(path) != entry["sha256"]:
+    if sha256_file(path) != entry["sha256"]:
         raise ArtifactError(f"{path} does not match engines.json (modified or partly written); {rebuild}")
     return path, entry

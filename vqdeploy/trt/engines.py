@@ -1,5 +1,12 @@
 """``build-trt``: one engine per exported graph, into ``<artifacts>/engines/``, skipping every
-engine whose cache key (see ``record``) is unchanged.
+engine whose cache key is unchanged.
+
+An engine is rebuilt only when its cache key changes. The key hashes everything that decides
+the engine's content: the graph bytes (sha256 from the manifest, plus external data), the
+resolved optimization profiles, precision, workspace limit, the TensorRT flavour and version,
+the target (compute capabilities; the GPU name for datacenter TensorRT) and ``RECIPE``, the
+version of the way vqdeploy configures the builder. The timing cache and the log level are not
+part of it: they change build time, not what the engine computes.
 
 Writes stay inside the artifacts directory (README, Safety): ``engines/`` is a real directory
 (``inside_dir``), engine files are ``<graph name>.engine`` written with ``atomic_write``, the
@@ -9,24 +16,33 @@ it is checked writable before TensorRT builds anything."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqdeploy.artifact_paths import artifact_file, check_name
+from vqdeploy.artifacts import Artifacts, Manifest, open_artifacts
+from vqdeploy.artifacts import engines as record
+from vqdeploy.artifacts.paths import artifact_file, check_name
+from vqdeploy.bounds import PRECISIONS
 from vqdeploy.errors import ArtifactError, ConfigError
-from vqdeploy.export import manifest as mf
-from vqdeploy.export.graph_files import graph_file
-from vqdeploy.files import atomic_write, check_writable, exclusive_lock, inside_dir
+from vqdeploy.files import atomic_write, check_writable, exclusive_lock, sha256_file
+from vqdeploy.trt import builder as bd
+from vqdeploy.trt import network as nw
 from vqdeploy.trt import profiles as pf
-from vqdeploy.trt import record, target
+from vqdeploy.trt import target
 from vqdeploy.trt.logs import LOG, BuildLog, Echo, LogFile
-from vqdeploy.trt.shim import TensorRT, load
-from vqdeploy.typed_manifest import Manifest
+from vqdeploy.trt.shim import TensorRT, load, trt
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+RECIPE = 1  # bump when the builder configuration changes in a way that changes engines
+
+
+def cache_key(inputs: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``inputs`` (graph hash, options, TensorRT, target)."""
+    blob = json.dumps({"recipe": RECIPE, **inputs}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -55,10 +71,11 @@ def check_precision(requested: str | None, manifest: Manifest, artifacts: Path) 
                       f"builds them strongly typed (engine precision = graph precision); {how}")
 
 
-def build_engines(artifacts: str | Path, options: BuildOptions = BuildOptions(), echo: Echo = print) -> dict[str, Any]:
+def build_engines(artifacts: str | Path | Artifacts, options: BuildOptions = BuildOptions(),
+                  echo: Echo = print) -> dict[str, Any]:
     """Build (or reuse) every engine; returns the engines.json content."""
-    artifacts = Path(artifacts)
-    manifest = mf.read_manifest(artifacts)
+    opened = open_artifacts(artifacts)
+    artifacts, manifest = opened.path, opened.manifest
     precision = check_precision(options.precision, manifest, artifacts)
     graphs: Mapping[str, Any] = manifest.graphs
     unknown = [g for g in options.graphs if g not in graphs]
@@ -72,27 +89,28 @@ def build_engines(artifacts: str | Path, options: BuildOptions = BuildOptions(),
     if options.workspace is not None and api.rtx and target.current_gpu() is None:
         # observed with TensorRT-RTX 1.7: a workspace limit makes the ahead-of-time build allocate it, and fail
         raise ConfigError("--workspace: TensorRT-RTX cannot apply a workspace limit without a GPU here; leave it out")
-    out = inside_dir(artifacts, record.ENGINES_DIR, create=True)
+    out = opened.engines_dir(create=True)
     check_writable(out, "build-trt")
     for n in names:  # a symlink or a directory in an engine's place fails now, not after its build
         _engine_file(out, n)
-    mf.verify_graph_files(artifacts, manifest)
+    opened.verify()
     echo(f"{api}, target {tgt}, precision {precision}: {len(names)} engine(s) into {out}/ (log: {out / LOG})")
     if options.timing_cache is not None and api.rtx:
         echo("note: --timing-cache is ignored: TensorRT-RTX does not time tactics")
     with exclusive_lock(out / ".build.lock", f"{out}: another build-trt is running on these artifacts"):
         log_file = LogFile(out)
         try:
-            return _build_all(api, artifacts, manifest, names, resolved, tgt, precision, options,
+            return _build_all(api, opened, names, resolved, tgt, precision, options,
                               BuildLog(log_file, "verbose" if options.verbose else "info"), echo)
         finally:
             log_file.close()
 
 
-def _build_all(api: TensorRT, artifacts: Path, manifest: Manifest, names: list[str],
+def _build_all(api: TensorRT, artifacts: Artifacts, names: list[str],
                resolved: dict[str, pf.Profiles], tgt: target.Target, precision: str, options: BuildOptions,
                log: BuildLog, echo: Echo) -> dict[str, Any]:
-    out = artifacts / record.ENGINES_DIR
+    out = artifacts.engines_path
+    manifest = artifacts.manifest
     try:
         data = record.read(out)
     except ArtifactError as e:  # a damaged record only costs a rebuild: every engine is built again
@@ -102,7 +120,7 @@ def _build_all(api: TensorRT, artifacts: Path, manifest: Manifest, names: list[s
         data = record.empty(manifest.fingerprint)
     t_all = time.perf_counter()
     for i, name in enumerate(names, 1):
-        entry = _build_one(api, artifacts, manifest, name, resolved[name], tgt, precision, options, data, log,
+        entry = _build_one(api, artifacts, name, resolved[name], tgt, precision, options, data, log,
                            f"[{i}/{len(names)}] {name}", echo)
         data["engines"][name] = entry
         record.write(out, data)  # after every engine: a later failure keeps the finished ones
@@ -116,15 +134,11 @@ def _engine_file(directory: Path, name: str) -> Path:
     return artifact_file(directory, file, f"the engine of {name}", must_exist=False)
 
 
-def _build_one(api: TensorRT, artifacts: Path, manifest: Manifest, name: str, profiles: pf.Profiles,
+def _build_one(api: TensorRT, artifacts: Artifacts, name: str, profiles: pf.Profiles,
                tgt: target.Target, precision: str, options: BuildOptions, data: dict[str, Any], log: BuildLog,
                label: str, echo: Echo) -> dict[str, Any]:
-    from vqdeploy.trt import builder as bd
-    from vqdeploy.trt import network as nw
-    from vqdeploy.trt.shim import trt
-
-    graph = manifest.graphs[name]
-    out = artifacts / record.ENGINES_DIR
+    graph = artifacts.manifest.graphs[name]
+    out = artifacts.engines_path
     engine = _engine_file(out, name)
     file = engine.name
     key_inputs = {
@@ -136,10 +150,10 @@ def _build_one(api: TensorRT, artifacts: Path, manifest: Manifest, name: str, pr
         "profiles": pf.to_json(profiles),
         "workspace": options.workspace,
     }
-    key = record.cache_key(key_inputs)
+    key = cache_key(key_inputs)
     old = data["engines"].get(name)
     if (not options.force and old is not None and old["cache_key"] == key and engine.is_file()
-            and mf.sha256_file(engine) == old["sha256"]):
+            and sha256_file(engine) == old["sha256"]):
         echo(f"{label}: unchanged, kept {file}")
         # what the key covers is restated from this build, not trusted from the record (which the
         # key does not protect: a renamed profile tensor there would survive every cached build)
@@ -149,7 +163,7 @@ def _build_one(api: TensorRT, artifacts: Path, manifest: Manifest, name: str, pr
     log.section(f"{name}: {graph['file']} -> {file}")
     t0 = time.perf_counter()
     builder = trt.Builder(log.logger)
-    source = graph_file(artifacts, manifest, name)  # its external data checked before the parser follows it
+    source = artifacts.graph_file(name)  # its hashes and external data checked before the parser follows it
     network, _parser = nw.parse(builder, log.logger, source)  # the parser owns the weights: keep it
     inputs, outputs = nw.io(network)
     nw.check_io(name, inputs, outputs, graph)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vqdeploy import machine
+from vqdeploy.artifacts import Artifacts
 from vqdeploy.errors import ArtifactError
+from vqdeploy.trt import check, engines, target
 from vqdeploy.trt.logs import Echo
+from vqdeploy.trt.shim import load
 
 ENV = "VQDEPLOY_BUILD_ENGINES"
 
@@ -17,30 +21,23 @@ ENV = "VQDEPLOY_BUILD_ENGINES"
 def wanted(backend: str, device: str | None) -> bool:
     """Whether the run could use TensorRT here: backend auto/tensorrt, not on the CPU, a GPU and
     TensorRT present (``auto`` then picks TensorRT once the engines exist)."""
-    from vqdeploy.runtime.backends.devices import gpu_present
-    from vqdeploy.runtime.backends.select import tensorrt_installed
-
-    return backend in ("auto", "tensorrt") and device != "cpu" and tensorrt_installed() and gpu_present()
+    return backend in ("auto", "tensorrt") and device != "cpu" and machine.tensorrt_installed() and machine.gpu_present()
 
 
 def engines_current(artifacts: Path) -> bool:
     """Every graph has an engine that the TensorRT backend would load on this GPU (the load-time
     checks of ``check.engine_path``). Current engines need no write, so a read-only mount works."""
-    from vqdeploy.export import manifest as mf
-    from vqdeploy.trt import check, target
-    from vqdeploy.trt.shim import load
-
-    if not (artifacts / "engines" / "engines.json").is_file():
+    if not (Path(artifacts) / "engines" / "engines.json").is_file():
         return False
     gpu = target.current_gpu()
     if gpu is None:
         return False
     api = load()
-    machine = check.Machine(api.flavour, api.version, *gpu)
-    manifest = mf.read_manifest(artifacts)
+    here = check.Machine(api.flavour, api.version, *gpu)
+    opened = Artifacts.open(artifacts)
     try:
-        for name in manifest.graphs:
-            check.engine_path(artifacts, manifest, name, machine)
+        for name in opened.manifest.graphs:
+            check.engine_path(opened, name, here)
     except ArtifactError:
         return False
     return True
@@ -51,9 +48,7 @@ def ensure_engines(artifacts: Path, backend: str, device: str | None, echo: Echo
     and they are missing or outdated; True when a build ran."""
     if not wanted(backend, device) or engines_current(artifacts):
         return False
-    from vqdeploy.trt.engines import build_engines
-
     echo(f"TensorRT engines for this GPU are missing or outdated in {artifacts}/engines/: building them once "
          f"(later runs reuse them)")
-    build_engines(artifacts, echo=echo)
+    engines.build_engines(artifacts, echo=echo)
     return True

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from vqdeploy.artifacts.tensors import TensorSpec
 from vqdeploy.errors import ConfigError
-from vqdeploy.tensor_spec import TensorSpec
 
 Range = tuple[int, int, int]
 Shape = tuple[int, ...]

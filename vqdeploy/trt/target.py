@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vqdeploy import machine
 from vqdeploy.errors import BackendError, ConfigError
 from vqdeploy.trt.shim import TensorRT
 
@@ -45,26 +46,8 @@ def sm_name(cc: str) -> str:
 
 
 def current_gpu() -> tuple[str, str] | None:
-    """(name, compute capability) of CUDA device 0; None without one (asked of cuda-python, else torch)."""
-    from vqdeploy.errors import BackendError
-    from vqdeploy.runtime.backends.devices import gpu_present
-
-    if not gpu_present():
-        return None
-    try:
-        from vqdeploy.runtime.backends.cuda_memory import CudaRuntime
-
-        return CudaRuntime().device(0)
-    except BackendError:
-        pass
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability(0)
-    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+    """(name, compute capability) of CUDA device 0; None without one (asked of the driver)."""
+    return machine.gpu_info(0)
 
 
 def rtx_supported(api: TensorRT) -> list[str]:

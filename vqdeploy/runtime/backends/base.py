@@ -7,8 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from vqdeploy.artifacts import Manifest
 from vqdeploy.runtime.sampling import SamplingParams
-from vqdeploy.typed_manifest import Manifest
 
 
 class TransformerRunner(Protocol):
@@ -75,6 +75,7 @@ class Backend(Protocol):
     def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call of an exported graph on host arrays (graph backends only)."""
 
-    def device_decoding(self, params: SamplingParams, noise: np.ndarray) -> Decoding | None:
+    def device_decoding(self, groups: list[tuple[SamplingParams, np.ndarray]], noise: np.ndarray) -> Decoding | None:
         """A decoding that draws with the exported sampler graph on the backend's device (logits never
-        leave it), or None where there is none (torch; artifacts without a sampler graph)."""
+        leave it), each (params, contiguous rows) group with its own setting, or None where there is none
+        (torch; artifacts without a sampler graph)."""

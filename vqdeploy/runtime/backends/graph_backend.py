@@ -14,16 +14,15 @@ shapes and addresses are the same at every position.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from vqdeploy.artifacts import Artifacts
+from vqdeploy.artifacts.tensors import TensorSpec, bind_dims
 from vqdeploy.errors import ArtifactError, InputError
 from vqdeploy.runtime.backends.buffers import Buffer, HostMemory, Memory
 from vqdeploy.runtime.sampling import SamplingParams, sampler_inputs
-from vqdeploy.tensor_spec import TensorSpec, bind_dims
-from vqdeploy.typed_manifest import Manifest
 
 
 class Executor(Protocol):
@@ -37,9 +36,9 @@ class GraphBackend:
     # a step can be captured as a CUDA graph once and replayed; set by backends that capture
     cuda_graphs = False
 
-    def __init__(self, artifacts: Path, manifest: Manifest, device: str, memory: Memory | None = None) -> None:
-        self.artifacts = Path(artifacts)
-        self.manifest = manifest
+    def __init__(self, artifacts: Artifacts, device: str, memory: Memory | None = None) -> None:
+        self.artifacts = artifacts
+        self.manifest = artifacts.manifest
         self.device = device
         self.memory: Memory = memory if memory is not None else HostMemory()
         self._runner: KVTransformer | None = None
@@ -61,7 +60,7 @@ class GraphBackend:
         try:
             return self.manifest.graphs[name]
         except KeyError:
-            raise ArtifactError(f"{self.artifacts}: the artifacts have no '{name}' graph") from None
+            raise ArtifactError(f"{self.artifacts.path}: the artifacts have no '{name}' graph") from None
 
     def specs(self, name: str, kind: str) -> list[TensorSpec]:
         return [TensorSpec.from_dict(t) for t in self.graph(name)[kind]]
@@ -100,12 +99,13 @@ class GraphBackend:
             self._runner = KVTransformer(self)
         return self._runner
 
-    def device_decoding(self, params: SamplingParams, noise: np.ndarray) -> DeviceDecoding | None:
+    def device_decoding(self, groups: list[tuple[SamplingParams, np.ndarray]],
+                        noise: np.ndarray) -> DeviceDecoding | None:
         """The sampler graph's loop on this backend's memory (None: artifacts without a sampler graph,
         a vocabulary beyond TensorRT's TopK limit)."""
         if not self.has_graph("sampler"):
             return None
-        return DeviceDecoding(self.transformer(), params, noise)
+        return DeviceDecoding(self.transformer(), groups, noise)
 
 
 class KVTransformer:
@@ -119,7 +119,7 @@ class KVTransformer:
         self.vocab = info.vocab_size
         cache = next((t for t in backend.graph("transformer")["inputs"] if t["name"] == "cache.0.key"), None)
         if cache is None:
-            raise ArtifactError(f"{backend.artifacts}: the transformer graph has no in-place KV cache "
+            raise ArtifactError(f"{backend.artifacts.path}: the transformer graph has no in-place KV cache "
                                 "(exported by an older vqdeploy); re-export")
         self.kv_dtype = str(cache["dtype"])
         self.names = [(f"cache.{i}.{p}", f"cache_out.{i}.{p}") for i in range(self.n_layer) for p in ("key", "value")]
@@ -190,18 +190,28 @@ class DeviceDecoding:
     """The graph-only loop: transformer -> sampler graph -> transformer, with the logits and the drawn
     tokens in device memory (each token is bound as the next step's input) and the tokens read back
     only when asked. Same rules as the host sampler, in fp32 (parity checks them against each other);
-    this is the loop an app that loads only engine files runs."""
+    this is the loop an app that loads only engine files runs.
 
-    def __init__(self, kv: KVTransformer, params: SamplingParams, noise: np.ndarray) -> None:
+    The sampler graph takes one setting for its whole batch, so rows with different params (``serve``)
+    come as groups of contiguous rows, one sampler call each, on views of the same buffers."""
+
+    def __init__(self, kv: KVTransformer, groups: list[tuple[SamplingParams, np.ndarray]], noise: np.ndarray) -> None:
         backend = kv.backend
         self.kv, self.memory = kv, kv.memory
         steps, self.batch = noise.shape
         self.sampler = backend.executor("sampler")
         dtypes = {t["name"]: str(t["dtype"]) for t in backend.graph("sampler")["inputs"]}
-        self.settings: dict[str, Buffer] = {}
-        for name, value in sampler_inputs(params, kv.vocab).items():
-            self.settings[name] = buf = self.memory.empty(tuple(value.shape), dtypes[name])
-            self.memory.upload(value, buf)
+        self.groups: list[tuple[int, int, dict[str, Buffer]]] = []  # (first row, rows, settings)
+        for params, rows in groups:
+            rows = np.asarray(rows)
+            first, count = int(rows[0]), len(rows)
+            if not np.array_equal(rows, np.arange(first, first + count)):
+                raise InputError("the graph sampler needs each sampling setting's rows together")
+            settings = {}
+            for name, value in sampler_inputs(params, kv.vocab).items():
+                settings[name] = buf = self.memory.empty(tuple(value.shape), dtypes[name])
+                self.memory.upload(value, buf)
+            self.groups.append((first, count, settings))
         self.uniform = self.memory.empty((steps, self.batch), "float32")
         self.memory.upload(np.ascontiguousarray(noise, dtype=np.float32), self.uniform)
         self.history = self.memory.empty((steps, self.batch, 1), "int64")
@@ -223,8 +233,15 @@ class DeviceDecoding:
         assert self.logits is not None, "prefill first"
         drawn = self.history.view((b, 1), k * b)
         into = self.kv.io_buffers(b, 1)[0] if self.fixed else drawn
-        self.sampler.run({"logits": self.logits, "uniform": self.uniform.view((b,), k * b), **self.settings},
-                         {"tokens": into})
+        if len(self.groups) == 1:
+            self.sampler.run({"logits": self.logits, "uniform": self.uniform.view((b,), k * b), **self.groups[0][2]},
+                             {"tokens": into})
+        else:
+            t, v = self.logits.shape[1], self.logits.shape[2]
+            for first, count, settings in self.groups:
+                self.sampler.run({"logits": self.logits.view((count, t, v), first * t * v),
+                                  "uniform": self.uniform.view((count,), k * b + first), **settings},
+                                 {"tokens": into.view((count, 1), first)})
         if self.fixed:
             self.memory.copy(into, drawn)
         self.drawn = k + 1

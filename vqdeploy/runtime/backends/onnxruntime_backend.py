@@ -2,7 +2,7 @@
 the preallocated buffers of ``GraphBackend``; sessions are created once, on first use. bf16 graphs
 run on CPU through ``bf16_emulation`` (ONNX Runtime CPU has no bf16 kernels).
 
-A graph file is resolved and its external data checked (``graph_files.graph_file``) before ONNX
+A graph file is resolved, hashed and its external data checked (``Artifacts.graph_file``) before ONNX
 Runtime opens it, and the session's inputs and outputs must be the manifest's (the buffers bound by
 address are sized from the manifest). ONNX Runtime's own log is off (fatal only, or errors with
 VQDEPLOY_DEBUG=1): its errors arrive as exceptions, folded into one line here."""
@@ -13,11 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vqdeploy.artifacts import Artifacts
 from vqdeploy.errors import ArtifactError, BackendError, VQDeployError
-from vqdeploy.export.graph_files import graph_file
 from vqdeploy.runtime.backends.buffers import ELEMENT_TYPE, Buffer, HostMemory
 from vqdeploy.runtime.backends.graph_backend import GraphBackend
-from vqdeploy.typed_manifest import Manifest
+from vqdeploy.runtime.backends.ort_memory import OrtDeviceMemory
 
 BF16_EMULATION = "bf16 graphs emulated on CPU: fp32 arithmetic, bf16 rounding at every node output"
 # the manifest's dtype names as ONNX Runtime spells them
@@ -65,7 +65,7 @@ class OrtExecutor:
                  ort: Any = None, capture: bool | None = None) -> None:
         self.session = session
         self.label = label
-        self.kind = device
+        self.device_type = device
         self.index = index
         self.ort = ort
         self.capture = capture  # None: the session does not capture
@@ -77,7 +77,7 @@ class OrtExecutor:
         if self.capture is None:
             return self
         if capture not in self.profiles:
-            self.profiles[capture] = OrtExecutor(self.session, self.kind, self.index, self.label, self.ort, capture)
+            self.profiles[capture] = OrtExecutor(self.session, self.device_type, self.index, self.label, self.ort, capture)
         return self.profiles[capture]
 
     def run_options(self, inputs: dict[str, Buffer]) -> Any:
@@ -92,9 +92,9 @@ class OrtExecutor:
     def run(self, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> None:
         io = self.session.io_binding()
         for name, t in inputs.items():
-            io.bind_input(name, self.kind, self.index, ELEMENT_TYPE[t.dtype], list(t.shape), t.ptr)
+            io.bind_input(name, self.device_type, self.index, ELEMENT_TYPE[t.dtype], list(t.shape), t.ptr)
         for name, t in outputs.items():
-            io.bind_output(name, self.kind, self.index, ELEMENT_TYPE[t.dtype], list(t.shape), t.ptr)
+            io.bind_output(name, self.device_type, self.index, ELEMENT_TYPE[t.dtype], list(t.shape), t.ptr)
         try:
             self.session.run_with_iobinding(io, self.run_options(inputs))
         except Exception as e:  # noqa: BLE001 (onnxruntime raises its own, unexported exception types)
@@ -104,7 +104,7 @@ class OrtExecutor:
 class OnnxRuntimeBackend(GraphBackend):
     name = "onnxruntime"
 
-    def __init__(self, artifacts: Path, manifest: Manifest, device: str = "cpu", cuda_graphs: bool = False) -> None:
+    def __init__(self, artifacts: Artifacts, device: str = "cpu", cuda_graphs: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -114,21 +114,19 @@ class OnnxRuntimeBackend(GraphBackend):
         if kind == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendError("onnxruntime has no CUDA provider here (pip install 'vqdeploy[gpu]' for onnxruntime-gpu)")
-            from vqdeploy.runtime.backends.ort_memory import OrtDeviceMemory
-
-            super().__init__(artifacts, manifest, device, OrtDeviceMemory(ort, "cuda", self.index))
+            super().__init__(artifacts, device, OrtDeviceMemory(ort, "cuda", self.index))
             self.providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self.index}), "CPUExecutionProvider"]
         else:
-            super().__init__(artifacts, manifest, device, HostMemory())
+            super().__init__(artifacts, device, HostMemory())
             self.providers = ["CPUExecutionProvider"]
-        self.kind = kind
+        self.device_type = kind
         self.ort = ort
         if cuda_graphs and kind != "cuda":
             raise BackendError("CUDA graphs need a CUDA device (onnxruntime runs on the CPU here)")
         self.cuda_graphs = cuda_graphs
         ort.set_default_logger_severity(log_severity())
         self._executors: dict[str, OrtExecutor] = {}
-        self.emulation = BF16_EMULATION if manifest.precision == "bf16" and kind == "cpu" else None
+        self.emulation = BF16_EMULATION if self.manifest.precision == "bf16" and kind == "cpu" else None
 
     def executor(self, graph: str, profile: str | None = None) -> OrtExecutor:
         ex = self._executors.get(graph)
@@ -137,7 +135,7 @@ class OnnxRuntimeBackend(GraphBackend):
         return ex.profile(profile == "step")
 
     def captures(self, graph: str) -> bool:
-        return self.cuda_graphs and self.kind == "cuda" and graph == "transformer"
+        return self.cuda_graphs and self.device_type == "cuda" and graph == "transformer"
 
     def _providers(self, graph: str) -> list[Any]:
         """The transformer captures its step as a CUDA graph where asked (the other graphs run once
@@ -147,11 +145,11 @@ class OnnxRuntimeBackend(GraphBackend):
         return self.providers
 
     def _session(self, graph: str) -> OrtExecutor:
-        path = graph_file(self.artifacts, self.manifest, graph)
+        path = self.artifacts.graph_file(graph)
         opts = self.ort.SessionOptions()
         opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = log_severity()
-        if self.kind == "cpu":
+        if self.device_type == "cpu":
             opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
         try:
             source: str | bytes = str(path)
@@ -169,4 +167,4 @@ class OnnxRuntimeBackend(GraphBackend):
             raise ArtifactError(f"{path}: onnxruntime cannot load it ({one_line(e)[:200]})") from None
         check_io(session, graph, self.graph(graph), path)
         capture = False if self.captures(graph) else None
-        return OrtExecutor(session, self.kind, self.index, graph, self.ort, capture)
+        return OrtExecutor(session, self.device_type, self.index, graph, self.ort, capture)

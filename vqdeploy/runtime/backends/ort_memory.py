@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from vqdeploy.runtime.backends.buffers import STORAGE, Buffer, check_copy, host_array
+from vqdeploy.runtime.backends.cuda_memory import CudaRuntime
 
 
 class OrtDeviceMemory:
@@ -46,8 +47,6 @@ class OrtDeviceMemory:
         if self.device == "cpu":
             ctypes.memmove(dst.ptr, src.ptr, src.nbytes)
             return
-        from vqdeploy.runtime.backends.cuda_memory import CudaRuntime
-
         if self.cuda is None:
             self.cuda = CudaRuntime()
         cuda = self.cuda

@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
+from vqdeploy import machine
+from vqdeploy.artifacts import Artifacts
 from vqdeploy.errors import ArtifactError, BackendError, InputError
 from vqdeploy.runtime.backends.buffers import Buffer, Memory
 from vqdeploy.runtime.backends.cuda_graphs import CapturedLaunches
+from vqdeploy.runtime.backends.cuda_memory import CudaMemory, CudaRuntime
 from vqdeploy.runtime.backends.graph_backend import GraphBackend
 from vqdeploy.trt import check
 from vqdeploy.trt.logs import BuildLog, Discard, last_error
 from vqdeploy.trt.network import dims
 from vqdeploy.trt.shim import TensorRT, load, trt
-from vqdeploy.typed_manifest import Manifest
 
 
 class SharedActivations:
@@ -131,20 +132,17 @@ class TrtExecutor:
 class TensorRTBackend(GraphBackend):
     name = "tensorrt"
 
-    def __init__(self, artifacts: Path, manifest: Manifest, device: str = "cuda",
+    def __init__(self, artifacts: Artifacts, device: str = "cuda",
                  share_memory: bool = True, cuda_graphs: bool = False) -> None:
         kind, _, index = device.partition(":")
         if kind != "cuda":
             raise BackendError("the tensorrt backend runs on a CUDA GPU only")
-        from vqdeploy.runtime.backends.cuda_memory import CudaMemory, CudaRuntime
-        from vqdeploy.runtime.backends.devices import gpu_present
-
-        if not gpu_present():
+        if not machine.gpu_present():
             raise BackendError("the tensorrt backend runs on a CUDA GPU only, and none is available here")
         cuda = CudaRuntime()
         self.index = int(index or 0)
         memory = CudaMemory(self.index, cuda)  # current device, its primary context and our stream
-        super().__init__(artifacts, manifest, f"cuda:{self.index}" if index else "cuda", memory)
+        super().__init__(artifacts, f"cuda:{self.index}" if index else "cuda", memory)
         self.stream = memory.stream
         self.scratch = memory.empty((256,), "uint8")
         self.api: TensorRT = load()
@@ -173,9 +171,9 @@ class TensorRTBackend(GraphBackend):
     def _engine(self, graph: str) -> tuple[trt.ICudaEngine, dict[str, Any]]:
         if graph not in self._engines:
             self.graph(graph)  # the manifest has it
-            path, entry = check.engine_path(self.artifacts, self.manifest, graph, self.machine)
+            path, entry = check.engine_path(self.artifacts, graph, self.machine)
             blob = path.read_bytes()
-            rebuild = f"rebuild: vqdeploy build-trt --artifacts {self.artifacts}"
+            rebuild = f"rebuild: vqdeploy build-trt --artifacts {self.artifacts.path}"
             if hasattr(self.runtime, "get_engine_validity"):  # TensorRT-RTX: names the reason before loading
                 validity, diagnostics = self.runtime.get_engine_validity(blob)
                 if validity == trt.EngineValidity.INVALID:
@@ -213,7 +211,7 @@ class TensorRTBackend(GraphBackend):
         if ex is None:
             if profile not in order:
                 raise ArtifactError(f"{graph}: the engine has no '{profile}' profile (it has {', '.join(order)}); "
-                                    f"rebuild: vqdeploy build-trt --artifacts {self.artifacts}")
+                                    f"rebuild: vqdeploy build-trt --artifacts {self.artifacts.path}")
             index = order.index(profile)
             ctx = self._context(engine)
             ctx.set_optimization_profile_async(index, self.stream)

@@ -1,5 +1,6 @@
 """PyTorch eager backend: the model the artifacts were exported from, run through the same
-stage wrappers as the export (so preprocessing is identical), with the KV-cached forward."""
+stage modules as the export (its family's ``TorchStages``: preprocessing is identical), with the
+KV-cached forward. Importing this module imports torch; the registry opens it only when asked."""
 
 from __future__ import annotations
 
@@ -9,14 +10,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from vqdeploy.errors import ArtifactError, BackendError, InputError
-from vqdeploy.export.graphs import DecoderGraph, EncoderGraph
+from vqdeploy.artifacts import Artifacts, Manifest
+from vqdeploy.errors import BackendError, InputError
+from vqdeploy.families import family_named, load_reference
+from vqdeploy.families.base import CachedGPT
 from vqdeploy.limits import MAX_SAMPLES
 from vqdeploy.models.kv_cache import KVCache, write_at
-from vqdeploy.models.mingpt import GPT
-from vqdeploy.models.net2net import Net2NetTransformer
-from vqdeploy.models.vqgan import VQModel
-from vqdeploy.typed_manifest import Manifest
+from vqdeploy.runtime.backends.registry import OpenOptions
 
 
 class TorchTransformer:
@@ -28,7 +28,7 @@ class TorchTransformer:
     step; the position is read on the device (``kv_cache.write_at``), so one capture serves every
     position. The prefill runs eagerly."""
 
-    def __init__(self, gpt: GPT, device: torch.device, cuda_graphs: bool = False) -> None:
+    def __init__(self, gpt: CachedGPT, device: torch.device, cuda_graphs: bool = False) -> None:
         if cuda_graphs and device.type != "cuda":
             raise BackendError("CUDA graphs need a CUDA device (the torch backend runs on the CPU here)")
         self.gpt = gpt
@@ -70,7 +70,7 @@ class StepGraph:
     """One-token steps of one batch size, captured once (after warm-up runs on a side stream, as
     PyTorch's CUDA-graph notes prescribe) and replayed with new token and position values."""
 
-    def __init__(self, gpt: GPT, cache: KVCache, idx: torch.Tensor, position: int) -> None:
+    def __init__(self, gpt: CachedGPT, cache: KVCache, idx: torch.Tensor, position: int) -> None:
         self.idx = idx.clone()
         self.position = torch.tensor([position], dtype=torch.int64, device=idx.device)
         layers = cache.layers
@@ -105,16 +105,13 @@ class TorchBackend:
         self.manifest = manifest
         self.torch_device = torch.device(device)
         self.model = model.to(self.torch_device)
-        first = model.first_stage_model if isinstance(model, Net2NetTransformer) else model
-        if not isinstance(first, VQModel):
-            raise ArtifactError("the torch backend needs a VQModel or Net2NetTransformer checkpoint")
-        self._encoder = EncoderGraph(first, torch.float32)
-        self._decoder = DecoderGraph(first, torch.float32)
-        cond = manifest.model.condition
-        self.cond_graph: EncoderGraph | None = None if cond is None else cond.torch_encoder(model, self._encoder)
+        self.family = family_named(manifest.model.family)
+        stages = self.family.torch_stages(self.model, manifest)
+        self._encoder, self._decoder = stages.encoder, stages.decoder
+        self.cond_graph = stages.cond_encoder
         self.cuda_graphs = cuda_graphs
-        self._runner = (TorchTransformer(model.transformer, self.torch_device, cuda_graphs)
-                        if isinstance(model, Net2NetTransformer) else None)
+        self._runner = (TorchTransformer(stages.transformer, self.torch_device, cuda_graphs)
+                        if stages.transformer is not None else None)
 
     def max_batch(self, graph: str) -> int:
         """PyTorch takes any batch; the request limit applies."""
@@ -130,7 +127,7 @@ class TorchBackend:
     def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise InputError(f"the torch backend runs the checkpoint, not the exported '{name}' graph")
 
-    def device_decoding(self, params: Any, noise: np.ndarray) -> None:
+    def device_decoding(self, groups: Any, noise: np.ndarray) -> None:
         """No sampler graph here: the host sampler."""
         return None
 
@@ -153,3 +150,10 @@ class TorchBackend:
         if self._runner is None:
             raise InputError("this model has no transformer")
         return self._runner
+
+
+def open_torch(artifacts: Artifacts, device: str, options: OpenOptions) -> TorchBackend:
+    """The registry's opener: the exported checkpoint (or ``options.ckpt``), checked by fingerprint."""
+    model = options.model if options.model is not None else load_reference(artifacts.manifest, options.ckpt,
+                                                                             options.config)
+    return TorchBackend(model, artifacts.manifest, device, options.cuda_graphs)

@@ -1,0 +1,36 @@
+"""``vqdeploy export``."""
+
+from __future__ import annotations
+
+import click
+
+from vqdeploy.needs_torch import require_torch
+
+
+@click.command(epilog="""\b
+Examples:
+  vqdeploy export --ckpt logs/2020-11-09T13-31-51_sflckr/checkpoints/last.ckpt --out artifacts/sflckr
+  vqdeploy export --ckpt models/demo/checkpoints/last.ckpt --out artifacts/demo-fp16 --precision fp16
+  vqdeploy export --ckpt models/demo/checkpoints/last.ckpt --out artifacts/demo-int4 --quantize int4
+""")
+@click.option("--ckpt", required=True, type=click.Path(path_type=str), help="Lightning last.ckpt, run directory, state_dict or .safetensors.")
+@click.option("--config", type=click.Path(path_type=str), help="Model config YAML (default: <run>/configs/*-project.yaml).")
+@click.option("--out", default="artifacts", show_default=True, type=click.Path(path_type=str), help="Artifacts directory.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Graph precision; fp16/bf16 keep normalisation, softmax and the quantizer in fp32.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (18..23); default: 18, or 22 for bf16.")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch the graphs' profiles cover.")
+@click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
+              help="Weight-only quantized transformer (linear layers; activations and KV cache at --precision); "
+                   "refused below a measured quality threshold against fp32.")
+@click.option("--parity/--no-parity", default=True, show_default=True, help="Check every graph against PyTorch (ONNX Runtime CPU).")
+@click.option("--object-classes", type=click.IntRange(1, 1 << 24), default=None,
+              help="Object-layout models whose data config states no no_object_classes: the number of categories.")
+def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool,
+           quantize: str | None, object_classes: int | None) -> None:
+    """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest."""
+    require_torch("export needs PyTorch")
+    from vqdeploy.export.exporter import export as run_export  # imports torch
+
+    run_export(ckpt, out, config, precision, opset, max_batch, parity, log=lambda m: click.echo(m, err=True),
+               quantize=quantize, object_classes=object_classes)

@@ -1,0 +1,88 @@
+"""``vqdeploy serve``: one process, one backend, uvicorn in front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vqdeploy.commands.options import BACKEND, BACKEND_HELP, CUDA_GRAPHS_HELP, DEVICE, DEVICE_HELP, SAMPLER_HELP
+from vqdeploy.errors import BackendError
+from vqdeploy.limits import MAX_SAMPLES, MAX_UPLOAD_BYTES, check_finite, check_int
+from vqdeploy.runtime.decoding import SAMPLERS
+from vqdeploy.runtime.pipeline import Pipeline
+
+SERVE_EXAMPLE = """\b
+Examples:
+  vqdeploy serve --artifacts artifacts/demo --port 8000        # then open http://127.0.0.1:8000/
+  curl -F condition=@sketch.png -F seed=3 -F num_samples=2 http://127.0.0.1:8000/v1/generate
+  vqdeploy serve --artifacts artifacts/demo --max-batch 16 --max-wait-ms 20 --max-queue 64
+"""
+
+
+def require_serve_extra() -> None:
+    """One line instead of an ImportError when the ``serve`` extra is missing."""
+    try:
+        import multipart  # noqa: F401  (python-multipart)
+        import prometheus_client  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise BackendError(f"serve needs its extra: pip install 'vqdeploy[serve]' ({e.name} is missing)") from None
+
+
+@click.command(epilog=SERVE_EXAMPLE)
+@click.option("--artifacts", default="artifacts", show_default=True, type=click.Path(path_type=Path),
+              help="Artifacts directory written by `vqdeploy export`.")
+@click.option("--backend", type=BACKEND, default="auto", show_default=True, help=BACKEND_HELP)
+@click.option("--device", type=DEVICE, default=None, help=DEVICE_HELP)
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="host", show_default=True, help=SAMPLER_HELP)
+@click.option("--cuda-graphs", is_flag=True, help=CUDA_GRAPHS_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 exposes the server to the network (there is no authentication).")
+@click.option("--port", type=int, default=8000, show_default=True, help="TCP port to listen on.")
+@click.option("--max-batch", type=int, default=None,
+              help="Samples per engine batch, shared by concurrent requests (default and cap: the backend's limit).")
+@click.option("--max-wait-ms", type=float, default=20.0, show_default=True,
+              help="How long the oldest waiting request waits for others to share its batch.")
+@click.option("--max-queue", type=int, default=32, show_default=True,
+              help="Requests that may wait for the engine; beyond it requests get 429 with Retry-After.")
+@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
+              help="Seconds from a request's arrival to its answer; later it gets 504 and its samples are dropped.")
+@click.option("--max-samples", type=int, default=16, show_default=True, help="Largest num_samples of one request.")
+@click.option("--max-upload-bytes", type=int, default=MAX_UPLOAD_BYTES, show_default=True,
+              help="Largest request body (the condition image included); larger gets 413.")
+@click.option("--max-pixels", type=int, default=None,
+              help="Largest condition image in pixels (default: 16x the trained area); larger gets 413.")
+def serve(artifacts: Path, backend: str, device: str | None, sampler: str, cuda_graphs: bool, host: str, port: int,
+          max_batch: int | None,
+          max_wait_ms: float, max_queue: int, timeout_s: float, max_samples: int, max_upload_bytes: int,
+          max_pixels: int | None) -> None:
+    """Serve the model over HTTP: POST /v1/generate (and /v1/generate/stream for progress events),
+    GET /v1/model, /healthz, /metrics (Prometheus) and a sketch pad page at /.
+
+    Concurrent requests share engine batches (dynamic batching with a bounded wait). Needs the serve
+    extra: pip install 'vqdeploy[serve]'."""
+    check_int(port, "--port", 0, 65535)
+    if max_batch is not None:
+        check_int(max_batch, "--max-batch", 1, MAX_SAMPLES)
+    check_finite(max_wait_ms, "--max-wait-ms", low=0.0, high=10_000.0)
+    check_int(max_queue, "--max-queue", 1, 1 << 20)
+    check_finite(timeout_s, "--timeout", low=0.0, low_open=True)
+    check_int(max_samples, "--max-samples", 1, MAX_SAMPLES)
+    check_int(max_upload_bytes, "--max-upload-bytes", 1, 1 << 30)
+    if max_pixels is not None:
+        check_int(max_pixels, "--max-pixels", 1, 2**40)
+    require_serve_extra()
+    import uvicorn
+
+    from vqdeploy.serve.app import ServeConfig, create_app  # the serve extra
+
+    pipeline = Pipeline.from_artifacts(artifacts, backend, device, sampler, cuda_graphs,
+                                       log=lambda m: click.echo(m, err=True))
+    config = ServeConfig(max_batch, max_wait_ms / 1000.0, max_queue, timeout_s, max_upload_bytes, max_samples,
+                         max_pixels)
+    app = create_app(pipeline, config)
+    click.echo(f"serving {artifacts} with {pipeline.backend.name} ({pipeline.backend.device}) on http://{host}:{port}/",
+               err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

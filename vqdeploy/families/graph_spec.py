@@ -1,0 +1,158 @@
+"""One spec per exported graph: names, dtypes, dynamic dims, sample inputs and the TensorRT
+optimization profiles. The same spec drives the export, the parity check, the manifest and the
+engine build, so they cannot disagree about a tensor name or a shape range. A family makes the
+specs of its graphs (``Family.graph_specs``); what every family shares is here (the sampler graph
+included).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vqdeploy.artifacts.tensors import Dim, TensorSpec
+from vqdeploy.errors import ConfigError
+from vqdeploy.models.sampler import TOPK_MAX, SamplerGraph
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
+# export precision -> the dtype the model runs in (fp32 islands aside)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass
+class GraphSpec:
+    name: str
+    module: nn.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    dims: dict[str, Dim]
+    # TensorRT optimization profiles: per profile, (min, opt, max) of every dim
+    profiles: dict[str, dict[str, tuple[int, int, int]]] = field(default_factory=dict)
+    sample_dims: dict[str, int] = field(default_factory=dict)
+    id_ranges: dict[str, int] = field(default_factory=dict)  # exclusive upper bound of int64 inputs
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.onnx"
+
+    def sample_inputs(self, dims: dict[str, int] | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Random inputs of the right dtypes (token ids within range) for the given dim values."""
+        dims = {**self.sample_dims, **(dims or {})}
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for t in self.inputs:
+            shape = t.concrete(dims)
+            if t.dtype == "int64":
+                high = self.id_ranges.get(t.name, 2)
+                out.append(torch.randint(0, high, shape, generator=g))
+            else:
+                out.append(torch.rand(shape, generator=g).mul(2).sub(1).to(DTYPES[t.dtype]))
+        return tuple(out)
+
+    def torch_dynamic_shapes(self) -> dict[str, Any]:
+        """``dynamic_shapes`` for torch.export, keyed like the wrapper's forward arguments."""
+        tdims = {n: torch.export.Dim(n, min=d.min, max=d.max) for n, d in self.dims.items()}
+
+        def axes(t: TensorSpec) -> dict[int, Any]:
+            ax: dict[int, Any] = {}
+            for i, d in enumerate(t.shape):
+                if isinstance(d, str):
+                    name, _, k = d.partition("*")
+                    ax[i] = tdims[name] * int(k) if k else tdims[name]
+            return ax
+
+        # the wrappers' forward is (first, *rest): name the first argument, group the rest
+        params = list(inspect.signature(self.module.forward).parameters.values())
+        shapes: dict[str, Any] = {params[0].name: axes(self.inputs[0])}
+        if len(self.inputs) > 1:
+            rest = next(p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL)
+            shapes[rest] = tuple(axes(t) for t in self.inputs[1:])
+        return shapes
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "inputs": [_tensor_dict(t) for t in self.inputs],
+            "outputs": [_tensor_dict(t) for t in self.outputs],
+            "dims": {n: asdict(d) for n, d in self.dims.items()},
+            "profiles": {p: {n: list(r) for n, r in dims.items()} for p, dims in self.profiles.items()},
+        }
+
+
+def _tensor_dict(t: TensorSpec) -> dict[str, Any]:
+    return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+
+
+def batch_dim(max_batch: int, opt: int) -> Dim:
+    return Dim(1, min(opt, max_batch), max_batch)
+
+
+def one_profile(dims: dict[str, Dim]) -> dict[str, dict[str, tuple[int, int, int]]]:
+    return {"default": {n: (d.min, d.opt, d.max) for n, d in dims.items()}}
+
+
+def grid_dims(grid: list[int], scale: int) -> dict[str, Dim]:
+    """Latent grid range, ``scale`` pixels per cell: from 1 cell up to twice the trained grid
+    (sliding-window sampling)."""
+    return {"latent_h": Dim(1, grid[0], 2 * grid[0], scale), "latent_w": Dim(1, grid[1], 2 * grid[1], scale)}
+
+
+def precision_copy(model: nn.Module, dtype: torch.dtype, keep_fp32: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """The model in ``dtype``, its floating weights converted one tensor at a time into the copy
+    (deepcopy with each converted tensor in its memo): an fp32 copy of the whole model first would
+    hold the weights twice in fp32 at once (a 1.4 B-parameter model: 12 GB before the half copy)."""
+    if dtype == torch.float32:
+        return model
+    memo: dict[int, Any] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.is_floating_point() and id(t) not in memo:
+            half = t.detach().to(dtype)
+            memo[id(t)] = nn.Parameter(half, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else half
+    m = copy.deepcopy(model, memo).to(dtype)
+    if keep_fp32 is not None:
+        keep_fp32(m)  # the family's fp32 islands (taming: the quantizers' distances, argmin, Gumbel logits)
+    return m
+
+
+# the sampler graph sorts the vocabulary with TopKs of K <= 3840 (TensorRT's limit), in
+# ceil(V / 3840) rounds beyond 3840 tokens (``graphs.ranked_desc``); 16 rounds is where we stop
+# exporting it (every released taming model has at most 16384 tokens: 5 rounds)
+SAMPLER_MAX_VOCAB = 16 * TOPK_MAX
+
+
+def sampler_spec(vocab_size: int, block_size: int, max_batch: int) -> GraphSpec:
+    dims = {"batch": batch_dim(max_batch, 4), "tokens": Dim(1, 1, block_size)}
+    spec = GraphSpec(
+        name="sampler",
+        module=SamplerGraph(vocab_size).eval(),
+        inputs=[TensorSpec("logits", "float32", ("batch", "tokens", vocab_size)),
+                TensorSpec("uniform", "float32", ("batch",)),
+                TensorSpec("temperature", "float32", (1,)),
+                TensorSpec("top_k", "int64", (1,)),
+                TensorSpec("top_p", "float32", (1,))],
+        outputs=[TensorSpec("tokens", "int64", ("batch", 1))],
+        dims=dims,
+        sample_dims={"batch": 2, "tokens": 3},
+    )
+    spec.profiles = one_profile(dims)
+    spec.id_ranges = {"top_k": vocab_size + 1}
+    return spec
+
+
+
+
+def check_options(precision: str, max_batch: int) -> torch.dtype:
+    """The dtype of ``precision``; ConfigError for an unknown precision or a batch below 1."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unsupported precision '{precision}' ({', '.join(PRECISIONS)})")
+    if max_batch < 1:
+        raise ConfigError("--max-batch must be at least 1")
+    return PRECISIONS[precision]

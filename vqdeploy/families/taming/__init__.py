@@ -1,0 +1,1 @@
+"""taming-transformers: the first family (its modules are ``vqdeploy.models``, its loader ``vqdeploy.loading``)."""
