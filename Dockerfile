@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# vqdeploy images (README.md, "Docker"):
+# vqdeploy images (docs/docker.md; docker/build-local.sh builds them with buildah where no Docker daemon runs):
 #   docker build --target gpu -t vqdeploy:gpu .   # TensorRT + ONNX Runtime on CUDA; runs exported artifacts
 #   docker build --target cpu -t vqdeploy:cpu .   # slim Python + CPU torch; exports and runs
 # Both install through docker/install.sh, which CI runs in a fresh venv (tests/test_docker.py), and mount

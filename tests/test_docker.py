@@ -1,7 +1,8 @@
 """The Dockerfile, checked without Docker (no engine or base images on the project's machines):
-hadolint with .hadolint.yaml (OCI labels required, registries allowed), the pins and structure the
-README's "Docker" section promises, and docker/install.sh, which the Dockerfile's RUN steps call,
-run in a fresh venv on a wheel built from exactly the files .dockerignore lets into the context.
+hadolint with .hadolint.yaml (OCI labels required, registries allowed), the pins and structure that
+docs/docker.md promises (the README's short "Docker" section links there), and docker/install.sh, which
+the Dockerfile's RUN steps call, run in a fresh venv on a wheel built from exactly the files .dockerignore
+lets into the context.
 The install test needs the package index: VQDEPLOY_OFFLINE=1 skips it."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DEMO = ROOT / "models" / "demo"
 SKETCH = DEMO / "sketches" / "07_house-square-circle_horizon.png"
-UID = 10001  # the images' user (README)
+UID = 10001  # the images' user (docs/docker.md)
 
 
 def _hadolint() -> str:
@@ -85,10 +86,12 @@ def test_images_are_pinned_non_root_and_install_through_the_script() -> None:
         assert "WORKDIR /artifacts" in lines
     assert any("VQDEPLOY_BUILD_ENGINES=1" in line for line in stages["gpu"])
     readme = (ROOT / "README.md").read_text().split("\n## Docker\n")[1].split("\n## ")[0]
+    assert "(docs/docker.md)" in readme
+    docs = (ROOT / "docs" / "docker.md").read_text()
     for promised in ("docker build --target gpu -t vqdeploy:gpu .", "docker build --target cpu -t vqdeploy:cpu .",
                      f"`{args['TENSORRT_IMAGE']}`", f"`{args['PYTHON_IMAGE']}`", "**`/artifacts`**", f"uid {UID}",
-                     "Neither image has been built or run"):
-        assert promised in readme, promised
+                     "The `gpu` image has not been built or run", "tests/test_container_image.py"):
+        assert promised in docs, promised
 
 
 def _context() -> list[str]:
