@@ -25,9 +25,10 @@
 #
 # With buildah, these make it work on a machine without a daemon (root, no registry; docs/docker.md):
 #   --runtime runc          crun cannot set the default rlimits in some sandboxes and refuses hybrid cgroups
-#   --ulimit nofile/nproc   within this machine's hard limits: the defaults (1048576) may exceed them
+#   --ulimit nofile/nproc   within this machine's hard limits (podman's default nofile, 1048576, may exceed them),
+#                           nproc at most 32768 (buildah and podman lower their own limit to that)
 #   --format docker         the OCI format ignores SHELL (the Dockerfile's RUN steps use bash -o pipefail)
-#   --network host          pip reaches the package index as this machine does
+#   --network host          the RUN steps get exactly this machine's network (a proxy on loopback included)
 #   pip configuration       `pip config list` (files and PIP_* variables) as one file, build argument
 #                           PIP_CONFIG_FILE, and the local paths it names (CA bundle, find-links and file://
 #                           index folders, constraint files) bind-mounted read-only into the RUN steps under
