@@ -1,13 +1,14 @@
 """The CPU image, built and run (issue 27; docs/docker.md): `docker/build-local.sh --mode local` builds the
 Dockerfile's `cpu` target with buildah on a stand-in base image made here (Debian minbase with the machine's
 Python 3 by mmdebstrap), once per session, into a private overlay storage in /tmp that is removed afterwards
-(the build log stays in pytest's tmp directory). podman then runs the image as its non-root user, without a network: `--help`,
-`export` of the demo run (parity checks included) and `run`, whose images must equal, pixel for pixel, what
-`vqdeploy run` writes on the host for the same seed, on the host's export and on the container's.
+(the build log stays in pytest's tmp directory). podman then runs the image as its non-root user, without a
+network: `--help`, `export` of the demo run (parity checks included) and `run`, whose images must equal, pixel
+for pixel, what `vqdeploy run` writes on the host for the same seed, on the host's export and on the container's.
 
 It skips, with the reason, where buildah/podman cannot run as it needs: not root, buildah, podman,
 mmdebstrap or runc missing (`.ci/run` installs them), no kernel overlay mounts; VQDEPLOY_OFFLINE=1 skips it
-too (the build installs from the package index). About 3 minutes on 2 cores."""
+too (the build installs from the package index). Measured: 6 min 15 s on 2 cores shared with other work (load
+6-8), the build 4 min of it; the build alone took 2 min 6 s when the machine was quieter."""
 
 from __future__ import annotations
 
