@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# vqdeploy images (README.md, "Docker"):
+# vqdeploy images (docs/docker.md; docker/build-local.sh builds them with buildah where no Docker daemon runs):
 #   docker build --target gpu -t vqdeploy:gpu .   # TensorRT + ONNX Runtime on CUDA; runs exported artifacts
 #   docker build --target cpu -t vqdeploy:cpu .   # slim Python + CPU torch; exports and runs
 # Both install through docker/install.sh, which CI runs in a fresh venv (tests/test_docker.py), and mount
@@ -12,7 +12,10 @@ ARG PYTHON_IMAGE=python:3.12-slim-trixie
 ARG VQDEPLOY_VERSION=0.1.0
 
 # The vqdeploy wheel, built once for both images (they hold no source tree).
+# PIP_CONFIG_FILE (each stage): unset unless given; docker/build-local.sh passes the build machine's pip
+# configuration, bind-mounted read-only for the RUN steps, so nothing of it stays in an image.
 FROM ${PYTHON_IMAGE} AS wheel
+ARG PIP_CONFIG_FILE
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY vqdeploy ./vqdeploy
@@ -20,6 +23,7 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # CPU: export (torch) and run (ONNX Runtime).
 FROM ${PYTHON_IMAGE} AS cpu
+ARG PIP_CONFIG_FILE
 ARG PYTHON_IMAGE
 ARG VQDEPLOY_VERSION
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -48,6 +52,7 @@ CMD ["--help"]
 
 # GPU: run and bench with TensorRT (engines built per GPU at first start) or ONNX Runtime on CUDA.
 FROM ${TENSORRT_IMAGE} AS gpu
+ARG PIP_CONFIG_FILE
 ARG TENSORRT_IMAGE
 ARG VQDEPLOY_VERSION
 LABEL org.opencontainers.image.title="vqdeploy-gpu" \

@@ -91,7 +91,7 @@ def test_images_are_pinned_non_root_and_install_through_the_script() -> None:
     docs = (ROOT / "docs" / "docker.md").read_text()
     for promised in ("docker build --target gpu -t vqdeploy:gpu .", "docker build --target cpu -t vqdeploy:cpu .",
                      f"`{args['TENSORRT_IMAGE']}`", f"`{args['PYTHON_IMAGE']}`", "**`/artifacts`**", f"uid {UID}",
-                     "Neither image has been built or run"):
+                     "The `gpu` image has not been built or run", "tests/test_container_image.py"):
         assert promised in docs, promised
 
 
