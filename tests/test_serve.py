@@ -204,3 +204,28 @@ def test_vqdeploy_imports_and_runs_without_the_serve_extra():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == (
         "error: serve needs its extra: pip install 'vqdeploy[serve]' (uvicorn is missing)"), proc.stderr
+
+
+def test_serve_samples_with_the_graph_sampler_and_a_larger_size_like_the_pipeline(demo_export):
+    """`serve` is on the one generation path: --sampler graph (per-request settings drawn on the sampler graph,
+    rows of one setting together) and a `size` field (sliding window) give what the pipeline gives."""
+    pipe = Pipeline.from_artifacts(demo_export, "onnxruntime", sampler="graph")
+    app = create_app(Pipeline.from_artifacts(demo_export, "onnxruntime", sampler="graph"),
+                     ServeConfig(max_wait_s=0.3, max_batch=8))
+    requests = [(0, {"seed": "3", "num_samples": "2"}), (1, {"seed": "4", "num_samples": "1", "temperature": "0.7"}),
+                (2, {"seed": "5", "num_samples": "2"})]
+    with running(app) as base:
+        assert httpx.get(f"{base}/v1/model").json()["backend"]["sampler"] == "graph"
+        with ThreadPoolExecutor(len(requests)) as pool:
+            answers = list(pool.map(lambda r: post(base, {"condition": ("s.png", sketch_bytes(r[0]), "image/png")}, r[1]),
+                                    requests))
+        wide = post(base, {"condition": ("s.png", sketch_bytes(0), "image/png")}, {"seed": "6", "size": "96x64"})
+    for (i, fields), answer in zip(requests, answers):
+        assert answer.status_code == 200, answer.text
+        alone = pipe(SKETCHES[i], num_samples=int(fields["num_samples"]), seed=int(fields["seed"]),
+                     temperature=float(fields.get("temperature", 1.0)))
+        assert np.array_equal(np.array(answer.json()["tokens"]), alone.tokens)
+    assert wide.status_code == 200, wide.text
+    alone = pipe(SKETCHES[0], seed=6, size="96x64")
+    assert alone.sliding_window and np.array(wide.json()["tokens"]).shape == (1, 8, 12)
+    assert np.array_equal(np.array(wide.json()["tokens"]), alone.tokens)

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from vqdeploy.runtime.sampling import SamplingParams
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str) -> Any:
     if name == "load_model":
         from vqdeploy.loading.load import load_model
