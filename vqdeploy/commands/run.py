@@ -28,7 +28,7 @@ from vqdeploy.runtime.sampling import (
     MIN_TEMPERATURE,
     SamplingParams,
 )
-from vqdeploy.trt.ensure import ensure_engines
+from vqdeploy.trt import ensure
 
 RUN_EXAMPLE = """\b
 Examples:
@@ -87,7 +87,7 @@ def run(input: Path | None, artifacts: Path, backend: str, device: str | None, n
         check_int(max_pixels, "--max-pixels", 1, 2**40)
     params = sampling_options(temperature, top_k, top_p)
     if build_engines:
-        ensure_engines(artifacts, backend, device, echo=lambda m: click.echo(m, err=True))
+        ensure.ensure_engines(artifacts, backend, device, echo=lambda m: click.echo(m, err=True))
     options = RunOptions(backend, device, sampler, cuda_graphs, ckpt, num_samples, params, seed, class_id, size,
                          max_pixels, out, grid, save_layout)
     summary = run_pipeline(input, artifacts, options, log=lambda m: click.echo(m, err=True))

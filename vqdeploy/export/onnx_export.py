@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import torch
 
 from vqdeploy.errors import ConfigError
@@ -37,6 +38,23 @@ def _quiet() -> Iterator[None]:
     finally:
         for lg, lvl in zip(loggers, levels):
             lg.setLevel(lvl)
+
+
+# metadata that says how the exporting process ran (absolute source paths, line numbers, FX node dumps, symbolic
+# shape names numbered in the order torch.export met them): dropped, so that a graph's bytes (its sha256, the
+# engines' cache keys) depend on the model and the versions only, not on the process or the install path
+_PLACE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
+_GRAPH_METADATA = ("pkg.torch.export.ExportedProgram.range_constraints",
+                   "pkg.torch.export.ExportedProgram.graph_signature")
+
+
+def _reproducible(model: ir.Model) -> None:
+    for key in _GRAPH_METADATA:
+        model.graph.metadata_props.pop(key, None)
+    for graph in (model.graph, *model.functions.values()):
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            for key in _PLACE_METADATA:
+                node.metadata_props.pop(key, None)
 
 
 def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET,
@@ -67,6 +85,7 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET,
     kv_cache_onnx.to_tensor_scatter(program.model)  # the transformer graph: opset 24
     layers = quantize_model(program.model, quantize) if quantize else []
     program.model.graph.name = spec.name
+    _reproducible(program.model)
     weight_bytes = sum(p.numel() * p.element_size() for p in spec.module.parameters())
     external = weight_bytes > _EXTERNAL_DATA_BYTES
     program.save(str(path), external_data=external)

@@ -13,7 +13,7 @@ from vqdeploy.conditions import ClassId, Reading
 from vqdeploy.errors import InputError
 from vqdeploy.files import check_writable
 from vqdeploy.images import grid_image, output_paths, parse_size, to_uint8, write_pngs
-from vqdeploy.limits import check_seed, condition_budget
+from vqdeploy.limits import check_num_samples, check_seed, condition_budget
 from vqdeploy.runtime.backends.registry import OpenOptions, open_backend
 from vqdeploy.runtime.generation import Request, check_size
 from vqdeploy.runtime.pipeline import Pipeline
@@ -61,6 +61,7 @@ def run_pipeline(input: Path | None, artifacts: Path | Artifacts, options: RunOp
     out, grid, save_layout = o.out, o.grid, o.save_layout
     opened = open_artifacts(artifacts)
     check_seed(seed)
+    check_num_samples(num_samples)
     info = opened.manifest.model
     cond, tr = info.sampling()
     if params.top_k is not None and params.top_k > tr.vocab_size:
