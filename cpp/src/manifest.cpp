@@ -469,7 +469,7 @@ Manifest read_manifest(const std::string& directory) {
   if (!data.is_object() || !data.contains("format") || data["format"] != kFormat)
     artifact_error(m.label + ": not a vqdeploy manifest");
   if (!data.contains("format_version") || data["format_version"] != kFormatVersion) {
-    std::string v = data.contains("format_version") ? data["format_version"].dump() : "None";
+    std::string v = data.contains("format_version") ? describe(data["format_version"]) : "None";
     artifact_error(m.label + ": manifest format " + v.substr(0, 20) + " is not supported by this vqdeploy-cpp (expects " +
                    std::to_string(kFormatVersion) + "); re-export");
   }

@@ -46,12 +46,11 @@ struct Raw {
   std::vector<std::uint8_t> bytes;
   std::vector<png_bytep> rows;
   std::vector<std::uint8_t> palette;
-  std::string problem;  // refused after the header: the caller's error
 };
 
-// 0: decoded; 1: libpng failed (err->message); 2: refused on the header (raw->problem)
-int decode_raw(std::FILE* f, const std::string* path, std::pair<std::int64_t, std::int64_t> expect, Raw* raw,
-               PngError* err) {
+// 0: decoded; 1: libpng failed (err->message); 2: refused on the header (size). No C++ object is
+// created or changed between setjmp and the end (-Wclobbered): only libpng calls and raw's vectors.
+int decode_raw(std::FILE* f, std::pair<std::int64_t, std::int64_t> expect, Raw* raw, PngError* err) {
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, err, on_error, on_warning);
   if (!png) return std::snprintf(err->message, sizeof err->message, "out of memory"), 1;
   png_infop info = png_create_info_struct(png);
@@ -73,18 +72,9 @@ int decode_raw(std::FILE* f, const std::string* path, std::pair<std::int64_t, st
   raw->bit_depth = png_get_bit_depth(png, info);
   raw->color_type = png_get_color_type(png, info);
   const auto w = static_cast<std::int64_t>(raw->width), h = static_cast<std::int64_t>(raw->height);
-  if (w * h > kDecodePixels) {
-    raw->problem = *path + ": " + std::to_string(w) + "x" + std::to_string(h) + " is too large (limit " +
-                   std::to_string(kDecodePixels) + " pixels)";
-  } else if (expect.first >= 0 && (h != expect.first || w != expect.second)) {
-    raw->problem = *path + ": is " + std::to_string(w) + "x" + std::to_string(h) +
-                   "; vqdeploy-cpp takes condition images at the model's trained size " +
-                   std::to_string(expect.second) + "x" + std::to_string(expect.first) +
-                   " only (it does not resize; vqdeploy run does)";
-  }
-  if (!raw->problem.empty()) {
+  if (w * h > kDecodePixels || (expect.first >= 0 && (h != expect.first || w != expect.second))) {
     png_destroy_read_struct(&png, &info, nullptr);
-    return 2;
+    return 2;  // refused on the header, before decoding (the caller says why)
   }
   if (raw->color_type == PNG_COLOR_TYPE_GRAY && raw->bit_depth < 8) png_set_expand_gray_1_2_4_to_8(png);
   if (raw->color_type == PNG_COLOR_TYPE_PALETTE) png_set_packing(png);
@@ -122,9 +112,17 @@ DecodedPng read_png(const std::string& path, std::pair<std::int64_t, std::int64_
     input_error(path + ": not a PNG image (vqdeploy-cpp reads PNG conditions)");
   Raw raw;
   PngError err;
-  int status = decode_raw(file.f, &path, expect, &raw, &err);
+  int status = decode_raw(file.f, expect, &raw, &err);
   if (status == 1) input_error(path + ": corrupt image (" + err.message + ")");
-  if (status == 2) input_error(raw.problem);
+  if (status == 2) {
+    const auto w = static_cast<std::int64_t>(raw.width), h = static_cast<std::int64_t>(raw.height);
+    if (w * h > kDecodePixels)
+      input_error(path + ": " + std::to_string(w) + "x" + std::to_string(h) + " is too large (limit " +
+                  std::to_string(kDecodePixels) + " pixels)");
+    input_error(path + ": is " + std::to_string(w) + "x" + std::to_string(h) +
+                "; vqdeploy-cpp takes condition images at the model's trained size " + std::to_string(expect.second) + "x" +
+                std::to_string(expect.first) + " only (it does not resize; vqdeploy run does)");
+  }
 
   DecodedPng out;
   out.width = raw.width;

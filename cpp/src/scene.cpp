@@ -72,7 +72,8 @@ std::int64_t parse_category(const Conditioning& c, const Json& v, const std::str
   const std::string range = "0.." + std::to_string(n - 1);
   if (v.is_number_integer()) {
     if (v.is_number_unsigned() ? v.get<std::uint64_t>() >= static_cast<std::uint64_t>(n) : (v.get<std::int64_t>() < 0 || v.get<std::int64_t>() >= n))
-      input_error(where + ": unknown category " + v.dump() + ": this model has categories " + range);
+      input_error(where + ": unknown category " + (v.is_number_unsigned() ? std::to_string(v.get<std::uint64_t>()) : std::to_string(v.get<std::int64_t>())) +
+                  ": this model has categories " + range);
     return v.get<std::int64_t>();
   }
   if (v.is_string()) {

@@ -15,8 +15,6 @@
 #include <sys/stat.h>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "vqdeploy/pipeline.hpp"
 
 namespace {
@@ -128,6 +126,31 @@ std::string suffix_of(const std::string& name) {
 std::string parent_of(const std::string& path) {
   auto pos = path.rfind('/');
   return pos == std::string::npos ? "." : path.substr(0, pos == 0 ? 1 : pos);
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+std::string json_number(double v) {  // shortest round trip, as Python's json writes floats
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof buf, v);
+  std::string s(buf, res.ptr);
+  if (s.find_first_of(".en") == std::string::npos) s += ".0";
+  return s;
 }
 
 bool is_dir(const std::string& p) {
@@ -271,18 +294,20 @@ int run(int argc, char** argv) {
   } else {
     for (std::size_t i = 0; i < paths.size(); ++i) files.emplace_back(paths[i], vqdeploy::encode_png(result.images[i]));
   }
-  if (values.count("--tokens-out")) {
-    nlohmann::json rows = nlohmann::json::array();
-    const std::int64_t per = result.grid_h * result.grid_w;
+  if (values.count("--tokens-out")) {  // {"shape": [N, h, w], "tokens": [[[...], ...], ...]}
+    std::string text = "{\"shape\": [" + std::to_string(result.num_samples) + ", " + std::to_string(result.grid_h) + ", " +
+                       std::to_string(result.grid_w) + "], \"tokens\": [";
+    std::size_t k = 0;
     for (std::int64_t i = 0; i < result.num_samples; ++i) {
-      nlohmann::json grid_rows = nlohmann::json::array();
-      for (std::int64_t y = 0; y < result.grid_h; ++y)
-        grid_rows.push_back(std::vector<std::int64_t>(result.tokens.begin() + i * per + y * result.grid_w,
-                                                      result.tokens.begin() + i * per + (y + 1) * result.grid_w));
-      rows.push_back(grid_rows);
+      text += i ? ", [" : "[";
+      for (std::int64_t y = 0; y < result.grid_h; ++y) {
+        text += y ? ", [" : "[";
+        for (std::int64_t x = 0; x < result.grid_w; ++x) text += (x ? ", " : "") + std::to_string(result.tokens[k++]);
+        text += "]";
+      }
+      text += "]";
     }
-    nlohmann::json doc{{"shape", {result.num_samples, result.grid_h, result.grid_w}}, {"tokens", rows}};
-    std::string text = doc.dump() + "\n";
+    text += "]}\n";
     files.emplace_back(values["--tokens-out"], std::vector<std::uint8_t>(text.begin(), text.end()));
   }
   vqdeploy::write_files_atomically(files);
@@ -290,26 +315,24 @@ int run(int argc, char** argv) {
   for (const auto& p : paths) wrote += (wrote.empty() ? "" : ", ") + p;
   std::cerr << "wrote " << wrote << std::endl;
 
-  if (flags["--json"]) {
+  if (flags["--json"]) {  // the keys of vqdeploy run --json
     const double sampling = result.timings.sampling;
     const double tps = sampling > 0 ? static_cast<double>(result.tokens.size()) / sampling : 0.0;
-    auto r4 = [](double v) { return std::round(v * 1e4) / 1e4; };
-    nlohmann::ordered_json s;
-    s["backend"] = pipe.backend();
-    s["device"] = pipe.device();
-    s["sampler"] = options.sampler;
-    s["cuda_graphs"] = options.cuda_graphs;
-    s["seed"] = req.seed;
-    s["num_samples"] = req.num_samples;
-    s["sampling"] = {{"temperature", req.params.temperature}, {"top_k", req.params.top_k ? nlohmann::ordered_json(*req.params.top_k) : nullptr},
-                     {"top_p", req.params.top_p ? nlohmann::ordered_json(*req.params.top_p) : nullptr}};
-    s["tokens_per_sample"] = result.grid_h * result.grid_w;
-    s["sliding_window"] = false;
-    s["timings_s"] = {{"load", r4(load_s)}, {"cond_encoder", r4(result.timings.cond_encoder)},
-                      {"sampling", r4(sampling)}, {"decoder", r4(result.timings.decoder)}};
-    s["tokens_per_s"] = std::round(tps * 100) / 100;
-    s["outputs"] = paths;
-    std::cout << s.dump(2) << std::endl;
+    auto num = [](double v, double scale) { return json_number(std::round(v * scale) / scale); };
+    std::string outputs;
+    for (const auto& p : paths) outputs += (outputs.empty() ? "\n    " : ",\n    ") + json_string(p);
+    std::cout << "{\n  \"backend\": " << json_string(pipe.backend()) << ",\n  \"device\": " << json_string(pipe.device())
+              << ",\n  \"sampler\": " << json_string(options.sampler) << ",\n  \"cuda_graphs\": "
+              << (options.cuda_graphs ? "true" : "false") << ",\n  \"seed\": " << req.seed
+              << ",\n  \"num_samples\": " << req.num_samples << ",\n  \"sampling\": {\n    \"temperature\": "
+              << json_number(req.params.temperature) << ",\n    \"top_k\": "
+              << (req.params.top_k ? std::to_string(*req.params.top_k) : "null") << ",\n    \"top_p\": "
+              << (req.params.top_p ? json_number(*req.params.top_p) : "null") << "\n  },\n  \"tokens_per_sample\": "
+              << result.grid_h * result.grid_w << ",\n  \"sliding_window\": false,\n  \"timings_s\": {\n    \"load\": "
+              << num(load_s, 1e4) << ",\n    \"cond_encoder\": " << num(result.timings.cond_encoder, 1e4)
+              << ",\n    \"sampling\": " << num(sampling, 1e4) << ",\n    \"decoder\": " << num(result.timings.decoder, 1e4)
+              << "\n  },\n  \"tokens_per_s\": " << num(tps, 100) << ",\n  \"outputs\": [" << outputs << "\n  ]\n}"
+              << std::endl;
   }
   return 0;
 }
