@@ -238,7 +238,8 @@ void check_external_data(const std::vector<std::uint8_t>& onnx, const std::strin
       auto wire = static_cast<unsigned>(key & 7);
       Msg sub{};
       if (s.kind == Msg::Tensor && field == 14 && wire == 0) {
-        external = external || r.varint() == 1;  // data_location EXTERNAL
+        const bool marked = r.varint() == 1;  // data_location EXTERNAL
+        external = external || marked;
         if (!r.ok) artifact_error(malformed);
         continue;
       }

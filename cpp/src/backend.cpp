@@ -82,7 +82,7 @@ std::unique_ptr<Backend> open_backend(const Manifest& m, const BackendOptions& o
     if (o.device.empty()) announce(o, name, "cuda", "");
     return open_tensorrt(m, o.cuda_graphs);
 #else
-    backend_error("this vqdeploy-cpp was built without TensorRT (cmake -DVQDEPLOY_WITH_TENSORRT=ON)");
+    backend_error("the tensorrt backend is not in this vqdeploy-cpp (built without TensorRT: cmake -DVQDEPLOY_WITH_TENSORRT=ON)");
 #endif
   }
   // onnxruntime

@@ -106,4 +106,6 @@ void write_files_atomically(const std::vector<std::pair<std::string, std::vector
   }
 }
 
+void write_png(const std::string& path, const Image& image) { write_files_atomically({{path, encode_png(image)}}); }
+
 }  // namespace vqdeploy

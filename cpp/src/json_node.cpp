@@ -1,5 +1,7 @@
 #include "json_node.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -33,13 +35,12 @@ int max_depth(const std::string& data) {
 
 }  // namespace
 
-Json parse_json(const std::string& data, const std::string& label,
-                const std::function<void(const std::string&)>& fail) {
-  if (max_depth(data) > kMaxJsonDepth) fail(label + ": unreadable JSON (nested too deeply)");
-  Json out = Json::parse(data, nullptr, /*allow_exceptions=*/false);
-  if (out.is_discarded()) {
-    // find the reason once more with exceptions, for the message
-    std::string why = "not JSON";
+JsonDocument::JsonDocument(const std::string& data, const std::string& label, ErrorKind kind, const std::string& suffix)
+    : kind_(kind) {
+  if (max_depth(data) > kMaxJsonDepth) throw Error(kind, label + ": unreadable JSON (nested too deeply)" + suffix);
+  json_ = std::make_unique<Json>(Json::parse(data, nullptr, /*allow_exceptions=*/false));
+  if (json_->is_discarded()) {
+    std::string why = "not JSON";  // the parser's reason, once more with exceptions
     try {
       Json again = Json::parse(data);
       (void)again;
@@ -49,10 +50,13 @@ Json parse_json(const std::string& data, const std::string& label,
       if (pos != std::string::npos) why = why.substr(pos);
       if (why.size() > 120) why = why.substr(0, 120);
     }
-    fail(label + ": unreadable JSON (" + why + ")");
+    throw Error(kind, label + ": unreadable JSON (" + why + ")" + suffix);
   }
-  return out;
 }
+
+JsonDocument::~JsonDocument() = default;
+
+Node JsonDocument::root(const std::string& where) const { return Node(*json_, where, kind_); }
 
 std::string read_small_file(const std::string& path, std::size_t max_bytes, const std::string& label, ErrorKind kind) {
   int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -82,11 +86,66 @@ std::string read_small_file(const std::string& path, std::size_t max_bytes, cons
   return data;
 }
 
-std::string describe(const Json& v) {
+namespace {
+
+std::string describe_value(const Json& v) {
   if (v.is_object()) return "an object";
   if (v.is_array()) return "a list of " + std::to_string(v.size());
   std::string text = v.dump(-1, ' ', false, Json::error_handler_t::replace);
   return text.size() <= 40 ? text : text.substr(0, 37) + "...";
+}
+
+}  // namespace
+
+std::string Node::describe() const { return describe_value(*v_); }
+bool Node::is_null() const { return v_->is_null(); }
+bool Node::is_object() const { return v_->is_object(); }
+bool Node::is_array() const { return v_->is_array(); }
+bool Node::is_string() const { return v_->is_string(); }
+bool Node::is_boolean() const { return v_->is_boolean(); }
+bool Node::is_number() const { return v_->is_number(); }
+bool Node::is_integer() const { return v_->is_number_integer(); }
+std::size_t Node::size() const { return v_->is_array() || v_->is_object() ? v_->size() : 0; }
+
+std::vector<std::string> Node::object_keys() const {
+  std::vector<std::string> out;
+  if (v_->is_object())
+    for (auto it = v_->begin(); it != v_->end(); ++it) out.push_back(it.key());
+  return out;
+}
+
+double Node::as_double() const {
+  if (!is_number()) fail("a number");
+  return v_->get<double>();
+}
+
+std::optional<std::int64_t> Node::as_int64() const {
+  if (v_->is_number_unsigned()) {
+    auto u = v_->get<std::uint64_t>();
+    if (u > static_cast<std::uint64_t>(INT64_MAX)) return std::nullopt;
+    return static_cast<std::int64_t>(u);
+  }
+  if (v_->is_number_integer()) return v_->get<std::int64_t>();
+  return std::nullopt;
+}
+
+std::optional<std::string> Node::text() const {
+  if (!v_->is_string()) return std::nullopt;
+  return v_->get<std::string>();
+}
+
+bool Node::equals(std::int64_t x) const {
+  if (v_->is_number_unsigned()) return x >= 0 && v_->get<std::uint64_t>() == static_cast<std::uint64_t>(x);
+  return v_->is_number_integer() && v_->get<std::int64_t>() == x;
+}
+
+bool Node::equals(const std::string& x) const { return v_->is_string() && v_->get_ref<const std::string&>() == x; }
+
+bool Node::equals(const std::vector<std::string>& x) const {
+  if (!v_->is_array() || v_->size() != x.size()) return false;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (!(*v_)[i].is_string() || (*v_)[i].get_ref<const std::string&>() != x[i]) return false;
+  return true;
 }
 
 std::string at_path(const std::string& where, const std::string& key) {
@@ -97,7 +156,7 @@ std::string at_path(const std::string& where, const std::string& key) {
 void Node::fail(const std::string& expected) const {
   std::string w = where_;
   while (!w.empty() && w.back() == ':') w.pop_back();
-  throw Error(kind_, w + ": expected " + expected + ", got " + describe(*v_));
+  throw Error(kind_, w + ": expected " + expected + ", got " + describe_value(*v_));
 }
 
 void Node::fail_message(const std::string& message) const {

@@ -78,12 +78,12 @@ bool valid_expr(const std::string& e) {
 }
 
 std::string sha256_of(const Node& n) {
-  const auto& v = n.json();
-  bool ok = v.is_string() && v.get_ref<const std::string&>().size() == 64;
+  const std::optional<std::string> v = n.text();
+  bool ok = v && v->size() == 64;
   if (ok)
-    for (char c : v.get_ref<const std::string&>()) ok = ok && ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
+    for (char c : *v) ok = ok && ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
   if (!ok) n.fail("a sha256 (64 lowercase hex digits)");
-  return v.get<std::string>();
+  return *v;
 }
 
 std::string tensor_name(const Node& n) {
@@ -111,8 +111,8 @@ TensorSpec parse_tensor(const Node& n) {
   for (std::size_t i = 0; i < rank; ++i) {
     Node e = shape.item(i);
     Extent x;
-    if (e.json().is_string()) {
-      x.expr = e.json().get<std::string>();
+    if (e.is_string()) {
+      x.expr = *e.text();
       if (!valid_expr(x.expr)) e.fail("a size or a dim expression such as 'batch', 'latent_h*8', 'past+tokens'");
     } else {
       x.fixed = e.integer(0, kMaxDim);
@@ -219,21 +219,21 @@ Conditioning parse_conditioning(const Node& n, std::int64_t vocab) {
       require(c.num_classes == c.in_channels, where + ".preprocessing.num_classes",
               "differs from model.conditioning.in_channels");
     }
-    if (auto bg = pre.get("background")) c.light_background = bg->json() == "light";
-    if (auto in = pre.get("input"); in && in->json().is_string()) c.input_help = in->json().get<std::string>().substr(0, 256);
+    if (auto bg = pre.get("background")) c.light_background = bg->equals(std::string("light"));
+    if (auto in = pre.get("input"); in && in->is_string()) c.input_help = in->text()->substr(0, 256);
     if (auto k = n.get("key")) k->string(64);
     if (auto d = n.get("downsample_cond_size")) c.downsample_cond_size = d->integer(-1, kMaxResolution);
     check_grid(c, where, "downsample_factor");
   } else if (c.kind == "class") {
     c.n_classes = n.at("n_classes").integer(1, kMaxVocab);
     Node t = n.at("tokens");
-    if (!(t.json().is_number_integer() && t.json().get<std::int64_t>() == 1)) t.fail("one of 1");
+    if (!t.equals(std::int64_t(1))) t.fail("one of 1");
     c.tokens = 1;
     require(c.n_classes <= vocab, where + ".n_classes", "over the vocabulary " + std::to_string(vocab));
   } else if (c.kind == "sos") {
     c.sos_token = n.at("sos_token").integer(0, kMaxVocab - 1);
     Node t = n.at("tokens");
-    if (!(t.json().is_number_integer() && t.json().get<std::int64_t>() == 1)) t.fail("one of 1");
+    if (!t.equals(std::int64_t(1))) t.fail("one of 1");
     c.tokens = 1;
     require(c.sos_token < vocab, where + ".sos_token", "not below the vocabulary " + std::to_string(vocab));
   } else if (c.kind == "coord") {
@@ -263,7 +263,7 @@ Conditioning parse_conditioning(const Node& n, std::int64_t vocab) {
       std::size_t count = cats->list(1, 4096);
       for (std::size_t i = 0; i < count; ++i) c.categories.push_back(cats->item(i).string(128));
     }
-    if (auto r = n.get("rule"); r && r->json().is_string()) c.rule = r->json().get<std::string>();
+    if (auto r = n.get("rule"); r && r->is_string()) c.rule = *r->text();
     // ObjectLayout.check: the ids with their modifiers fit no_tokens, and the token count is the builder's
     std::int64_t modifier = (s.use_additional_parameters ? (8 | 4 | 2) : 0) | (s.use_group_parameter ? 1 : 0);
     std::int64_t top = s.no_object_classes * (modifier + 1) - 1;
@@ -278,13 +278,14 @@ Conditioning parse_conditioning(const Node& n, std::int64_t vocab) {
     require(s.no_tokens <= vocab, where + ".builder.no_tokens", "over the vocabulary " + std::to_string(vocab));
     // what the builder's derived numbers say, where the manifest states them
     if (auto ns = b.get("no_sections"))
-      require(ns->json() == static_cast<std::int64_t>(std::sqrt(static_cast<double>(s.no_tokens))), ns->where(),
+      require(ns->equals(static_cast<std::int64_t>(std::sqrt(static_cast<double>(s.no_tokens)))), ns->where(),
               "not floor(sqrt(no_tokens))");
-    if (auto none = b.get("none_token")) require(none->json() == s.no_tokens - 1, none->where(), "not no_tokens - 1");
+    if (auto none = b.get("none_token")) require(none->equals(s.no_tokens - 1), none->where(), "not no_tokens - 1");
     if (auto desc = b.get("descriptor")) {
-      Json want = s.name == "objects_bbox" ? Json::array({"object", "point(x0,y0)", "point(x0+w,y0+h)"})
-                                           : Json::array({"object", "point(x0+w/2,y0+h/2)"});
-      require(desc->json() == want, desc->where(), "not the " + s.name + " descriptor this runtime builds");
+      const std::vector<std::string> want = s.name == "objects_bbox"
+                                                ? std::vector<std::string>{"object", "point(x0,y0)", "point(x0+w,y0+h)"}
+                                                : std::vector<std::string>{"object", "point(x0+w/2,y0+h/2)"};
+      require(desc->equals(want), desc->where(), "not the " + s.name + " descriptor this runtime builds");
     }
   }
   return c;
@@ -464,16 +465,15 @@ Manifest read_manifest(const std::string& directory) {
   if (::lstat(m.label.c_str(), &st) != 0)
     artifact_error(directory + ": no manifest.json (export the model first: vqdeploy export --ckpt ... --out " + directory + ")");
   const std::string path = artifact_file(directory, "manifest.json", m.label);
-  const Json data = parse_json(read_small_file(path, kMaxJsonBytes, m.label, ErrorKind::Artifact), m.label,
-                               [](const std::string& msg) { artifact_error(msg); });
-  if (!data.is_object() || !data.contains("format") || data["format"] != kFormat)
+  const JsonDocument doc(read_small_file(path, kMaxJsonBytes, m.label, ErrorKind::Artifact), m.label, ErrorKind::Artifact);
+  const Node root = doc.root(m.label + ":");
+  if (!root.is_object() || !root.has("format") || !root.at("format").equals(std::string(kFormat)))
     artifact_error(m.label + ": not a vqdeploy manifest");
-  if (!data.contains("format_version") || data["format_version"] != kFormatVersion) {
-    std::string v = data.contains("format_version") ? describe(data["format_version"]) : "None";
+  if (!root.has("format_version") || !root.at("format_version").equals(kFormatVersion)) {
+    std::string v = root.has("format_version") ? root.at("format_version").describe() : "None";
     artifact_error(m.label + ": manifest format " + v.substr(0, 20) + " is not supported by this vqdeploy-cpp (expects " +
                    std::to_string(kFormatVersion) + "); re-export");
   }
-  const Node root(data, m.label + ":");
 
   // --- structure (manifest_schema.MANIFEST) ---
   Node model = root.at("model");
@@ -489,7 +489,7 @@ Manifest read_manifest(const std::string& directory) {
     tr.at("parameters").integer(0, std::int64_t(1) << 48);
     m.conditioning = parse_conditioning(model.at("conditioning"), m.transformer.vocab_size);
     Node perm = model.at("permuter");
-    if (auto p = perm.get("name"); p && p->json().is_string()) m.permuter = p->json().get<std::string>().substr(0, 64);
+    if (auto p = perm.get("name"); p && p->is_string()) m.permuter = p->text()->substr(0, 64);
     perm.at("order");
     if (auto order = perm.get("order")) {
       std::size_t n = order->list(1, kMaxBlock);
@@ -511,12 +511,12 @@ Manifest read_manifest(const std::string& directory) {
     m.graphs[name] = parse_graph(name, graphs.at(name));
   }
   if (auto sampling = root.get("sampling")) {
-    if (!sampling->json().is_object()) sampling->fail("an object");
+    if (!sampling->is_object()) sampling->fail("an object");
     if (auto gen = sampling->get("noise_generator")) {
       // the generator this runtime implements (vqdeploy/export/manifest.py NOISE_GENERATOR); another is refused
       gen->at("seed_sequence").one_of({"numpy.SeedSequence"});
       Node entropy = gen->at("entropy");
-      if (entropy.json() != Json::array({"seed", "sample_index"})) entropy.fail("one of [\"seed\", \"sample_index\"]");
+      if (!entropy.equals(std::vector<std::string>{"seed", "sample_index"})) entropy.fail("one of [\"seed\", \"sample_index\"]");
       gen->at("bit_generator").one_of({"numpy.PCG64"});
       gen->at("draw").one_of({"numpy.Generator.random"});
       m.states_noise_generator = true;

@@ -32,25 +32,23 @@ std::string fmt_g(double v) {  // Python's f"{v:g}"
   return buf;
 }
 
-void check_keys(const Json& d, const std::set<std::string>& required, const std::set<std::string>& allowed,
+void check_keys(const Node& d, const std::set<std::string>& required, const std::set<std::string>& allowed,
                 const std::string& where) {
   std::string expected;
   for (const auto& k : allowed) expected += (expected.empty() ? "" : ", ") + k;
   for (const auto& k : required)
-    if (!d.contains(k)) input_error(where + ": missing key '" + k + "' (expected " + expected + ")");
+    if (!d.has(k)) input_error(where + ": missing key '" + k + "' (expected " + expected + ")");
   std::set<std::string> extra;
-  for (auto it = d.begin(); it != d.end(); ++it)
-    if (!allowed.count(it.key())) extra.insert(it.key().substr(0, 40));
+  for (const auto& k : d.object_keys())
+    if (!allowed.count(k)) extra.insert(k.substr(0, 40));
   if (!extra.empty()) input_error(where + ": unknown key '" + *extra.begin() + "' (expected " + expected + ")");
 }
 
-bool is_number(const Json& v) { return v.is_number() && !v.is_boolean(); }
-
-Box parse_box(const Json& v, const std::string& where, bool positive) {
+Box parse_box(const Node& v, const std::string& where, bool positive) {
   bool ok = v.is_array() && v.size() == 4;
-  for (std::size_t i = 0; ok && i < 4; ++i) ok = is_number(v[i]) && std::isfinite(v[i].get<double>());
+  for (std::size_t i = 0; ok && i < 4; ++i) ok = v.item(i).is_number() && std::isfinite(v.item(i).as_double());
   if (!ok) input_error(where + ": expected [x0, y0, w, h], four numbers in [0, 1]");
-  Box b{v[0].get<double>(), v[1].get<double>(), v[2].get<double>(), v[3].get<double>()};
+  Box b{v.item(0).as_double(), v.item(1).as_double(), v.item(2).as_double(), v.item(3).as_double()};
   if (b.w < 0 || b.h < 0 || (positive && (b.w <= 0 || b.h <= 0)))
     input_error(where + ": " + (positive ? "a crop needs a positive" : "a box cannot have a negative") + " size (w = " +
                 fmt_g(b.w) + ", h = " + fmt_g(b.h) + ")");
@@ -67,17 +65,16 @@ std::string fold(std::string s) {  // str.casefold for the ASCII names of the da
   return s;
 }
 
-std::int64_t parse_category(const Conditioning& c, const Json& v, const std::string& where) {
+std::int64_t parse_category(const Conditioning& c, const Node& v, const std::string& where) {
   const std::int64_t n = c.builder.no_object_classes;
   const std::string range = "0.." + std::to_string(n - 1);
-  if (v.is_number_integer()) {
-    if (v.is_number_unsigned() ? v.get<std::uint64_t>() >= static_cast<std::uint64_t>(n) : (v.get<std::int64_t>() < 0 || v.get<std::int64_t>() >= n))
-      input_error(where + ": unknown category " + (v.is_number_unsigned() ? std::to_string(v.get<std::uint64_t>()) : std::to_string(v.get<std::int64_t>())) +
-                  ": this model has categories " + range);
-    return v.get<std::int64_t>();
+  if (v.is_integer()) {
+    const std::optional<std::int64_t> k = v.as_int64();
+    if (k && *k >= 0 && *k < n) return *k;
+    input_error(where + ": unknown category " + v.describe() + ": this model has categories " + range);
   }
   if (v.is_string()) {
-    const std::string& s = v.get_ref<const std::string&>();
+    const std::string s = *v.text();
     const std::size_t names = std::min<std::size_t>(c.categories.size(), static_cast<std::size_t>(n));
     for (std::size_t i = 0; i < names; ++i)
       if (c.categories[i] == s) return static_cast<std::int64_t>(i);
@@ -114,31 +111,33 @@ Box rescale(const Box& b, const Box& crop) {
 
 std::vector<std::int64_t> scene_tokens(const Conditioning& c, const std::string& path, const Log& log) {
   const std::string data = read_small_file(path, kMaxSceneBytes, path, ErrorKind::Input);
-  const Json scene = parse_json(data, path, [](const std::string& m) { input_error(m + " (a scene file is JSON)"); });
+  const JsonDocument doc(data, path, ErrorKind::Input, " (a scene file is JSON)");
+  const Node scene = doc.root(path + ":");
   if (!scene.is_object()) input_error(path + ": expected a JSON object {\"objects\": [...], \"crop\": [...]}");
   check_keys(scene, {"objects"}, {"objects", "crop"}, path);
-  const Json& items = scene["objects"];
+  const Node items = scene.at("objects");
   if (!items.is_array()) input_error(path + ": 'objects' must be a list of {\"category\", \"bbox\"} objects");
   if (items.size() > kMaxSceneObjects)
     input_error(path + ": " + std::to_string(items.size()) + " objects, over " + std::to_string(kMaxSceneObjects));
   std::vector<Object> objects;
   for (std::size_t i = 0; i < items.size(); ++i) {
     const std::string where = path + ": objects[" + std::to_string(i) + "]";
-    const Json& o = items[i];
+    const Node o = items.item(i);
     if (!o.is_object()) input_error(where + ": expected an object {\"category\", \"bbox\"}");
     check_keys(o, {"category", "bbox"}, {"category", "bbox", kFlags[0], kFlags[1], kFlags[2], kFlags[3]}, where);
     Object obj{};
     for (int f = 0; f < 4; ++f) {
-      if (!o.contains(kFlags[f])) continue;
-      if (!o[kFlags[f]].is_boolean()) input_error(where + "." + kFlags[f] + ": expected true or false");
-      obj.flags[f] = o[kFlags[f]].get<bool>();
+      if (!o.has(kFlags[f])) continue;
+      const Node flag = o.at(kFlags[f]);
+      if (!flag.is_boolean()) input_error(where + "." + kFlags[f] + ": expected true or false");
+      obj.flags[f] = flag.boolean();
     }
-    obj.category = parse_category(c, o["category"], where + ".category");
-    obj.box = parse_box(o["bbox"], where + ".bbox", false);
+    obj.category = parse_category(c, o.at("category"), where + ".category");
+    obj.box = parse_box(o.at("bbox"), where + ".bbox", false);
     objects.push_back(obj);
   }
   std::optional<Box> crop;
-  if (scene.contains("crop") && !scene["crop"].is_null()) crop = parse_box(scene["crop"], path + ": crop", true);
+  if (auto node = scene.get("crop")) crop = parse_box(*node, path + ": crop", true);
 
   const LayoutBuilderSpec& b = c.builder;
   if (static_cast<std::int64_t>(objects.size()) > b.no_max_objects && log)

@@ -85,11 +85,11 @@ std::map<std::string, EngineEntry> read_engines(const Manifest& m, std::string& 
       artifact_error(none);
     }
   }();
-  const Json data = parse_json(text, label, [](const std::string& msg) { artifact_error(msg); });
-  if (!data.is_object() || !data.contains("format") || data["format"] != "vqdeploy-engines" ||
-      !data.contains("format_version") || data["format_version"] != 1)
+  const JsonDocument doc(text, label, ErrorKind::Artifact);
+  const Node root = doc.root(label + ":");
+  if (!root.is_object() || !root.has("format") || !root.at("format").equals(std::string("vqdeploy-engines")) ||
+      !root.has("format_version") || !root.at("format_version").equals(std::int64_t(1)))
     artifact_error(none);
-  const Node root(data, label + ":");
   std::map<std::string, EngineEntry> out;
   Node engines = root.at("engines");
   for (const auto& name : engines.keys(0, 32)) {

@@ -232,9 +232,10 @@ int run(int argc, char** argv) {
 
   const vqdeploy::Manifest manifest = vqdeploy::read_manifest(artifacts);
   req.params.check();
+  std::string note;  // said once the run has passed every check, so that a refusal stays one line
   if (manifest.kind == "net2net" && req.params.top_k && *req.params.top_k > manifest.transformer.vocab_size) {
-    options.log("note: --top-k " + std::to_string(*req.params.top_k) + " is more than the " +
-                std::to_string(manifest.transformer.vocab_size) + " tokens of this model: all are kept");
+    note = "note: --top-k " + std::to_string(*req.params.top_k) + " is more than the " +
+           std::to_string(manifest.transformer.vocab_size) + " tokens of this model: all are kept";
     req.params.top_k = manifest.transformer.vocab_size;
   }
   if (values.count("--size")) {  // 'S' or 'WxH'; only the trained size
@@ -287,6 +288,7 @@ int run(int argc, char** argv) {
   vqdeploy::Pipeline pipe = vqdeploy::Pipeline::open(artifacts, options);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   vqdeploy::Result result = pipe.run(req);
+  if (!note.empty()) options.log(note);
 
   std::vector<std::pair<std::string, std::vector<std::uint8_t>>> files;
   if (grid) {

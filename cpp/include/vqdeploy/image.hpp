@@ -37,6 +37,9 @@ std::vector<std::uint8_t> encode_png(const Image& image);
 // (a symlink at a target is replaced, not followed). Input error naming the file otherwise.
 void write_files_atomically(const std::vector<std::pair<std::string, std::vector<std::uint8_t>>>& files);
 
+// encode_png + write_files_atomically for one image
+void write_png(const std::string& path, const Image& image);
+
 // Fail before any work when ``directory`` cannot take new files (nothing is created).
 void check_writable(const std::string& directory, const std::string& what);
 
