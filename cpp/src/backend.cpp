@@ -6,7 +6,6 @@
 #include <sys/stat.h>
 
 #include "artifacts.hpp"
-#include "sha256.hpp"
 #include "vqdeploy/error.hpp"
 
 namespace vqdeploy {
@@ -31,24 +30,6 @@ bool gpu_present() {
 }
 
 namespace {
-
-// every graph file (and its external data) is a regular file inside the directory with the
-// manifest's hash (export/manifest.py verify_graph_files)
-void verify_graph_files(const Manifest& m) {
-  for (const auto& [name, g] : m.graphs) {
-    const std::string where = "manifest.json graphs." + name + ".file";
-    const std::string path = artifact_file(m.directory, g.file, where);
-    if (sha256_file(path, where) != g.sha256)
-      artifact_error(path + ": does not match the manifest (sha256 differs); re-export");
-    if (g.external_data_file) {
-      const std::string ext_where = "manifest.json graphs." + name + ".external_data.file";
-      const std::string rel = dirname_of(g.file).empty() ? *g.external_data_file : dirname_of(g.file) + "/" + *g.external_data_file;
-      const std::string ext = artifact_file(m.directory, rel, ext_where);
-      if (sha256_file(ext, ext_where) != *g.external_data_sha256)
-        artifact_error(ext + ": does not match the manifest (sha256 differs); re-export");
-    }
-  }
-}
 
 void announce(const BackendOptions& o, const std::string& backend, const std::string& device, const std::string& why) {
   if (o.log) o.log("backend " + backend + " on " + device + (why.empty() ? "" : " (" + why + ")"));
@@ -106,7 +87,6 @@ std::unique_ptr<Backend> open_backend(const Manifest& m, const BackendOptions& o
   }
   if (o.cuda_graphs && device != "cuda") backend_error("--cuda-graphs needs a CUDA device; onnxruntime runs on the CPU here");
   if (o.cuda_graphs) backend_error("--cuda-graphs: vqdeploy-cpp captures CUDA graphs with TensorRT only (--backend tensorrt)");
-  verify_graph_files(m);
   return open_onnxruntime(m, device, false);
 }
 

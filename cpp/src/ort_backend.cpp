@@ -149,6 +149,16 @@ class OrtBackend : public Backend {
       cuda_memory_ = std::make_unique<CudaMemory>(0);
     }
 #endif
+    // every graph file is checked against the manifest before any work (as Python's verify_graph_files):
+    // the graphs sampling uses by opening their sessions now, from the bytes that are hashed (each file is
+    // read and hashed once), the others by their hash alone
+    const std::string cond = m.conditioning.encoder_graph();
+    for (const auto& [name, g] : m.graphs) {
+      if (name == "transformer" || name == "decoder" || name == "sampler" || name == cond)
+        executors_.emplace(name, open(name));
+      else
+        verify_file(g);
+    }
   }
 
   std::string name() const override { return "onnxruntime"; }
@@ -167,10 +177,29 @@ class OrtBackend : public Backend {
   }
 
  private:
+  // the graph file's (and its external data's) hash, read in chunks
+  void verify_file(const GraphSpec& g) const {
+    const std::string where = "manifest.json graphs." + g.name + ".file";
+    const std::string path = artifact_file(manifest_.directory, g.file, where);
+    if (sha256_file(path, where) != g.sha256)
+      artifact_error(path + ": does not match the manifest (sha256 differs); re-export");
+    verify_external_data(g);
+  }
+
+  void verify_external_data(const GraphSpec& g) const {
+    if (!g.external_data_file) return;
+    const std::string where = "manifest.json graphs." + g.name + ".external_data.file";
+    const std::string dir = dirname_of(g.file);
+    const std::string ext = artifact_file(manifest_.directory, dir.empty() ? *g.external_data_file : dir + "/" + *g.external_data_file, where);
+    if (sha256_file(ext, where) != *g.external_data_sha256)
+      artifact_error(ext + ": does not match the manifest (sha256 differs); re-export");
+  }
+
   std::unique_ptr<OrtExecutor> open(const std::string& graph) {
     const GraphSpec& g = manifest_.graph(graph);
     const std::string where = "manifest.json graphs." + graph + ".file";
     const std::string path = artifact_file(manifest_.directory, g.file, where);
+    verify_external_data(g);
     // the bytes hashed are the bytes loaded; their external data is checked by hash beforehand
     const std::vector<std::uint8_t> bytes = read_file_bytes(path, kMaxGraphBytes, where);
     if (sha256_hex(bytes.data(), bytes.size()) != g.sha256)
