@@ -114,6 +114,19 @@ def demo_export(shared) -> Path:
     return shared("demo-fp32", lambda out: export(DEMO_CKPT, out, log=lambda m: None))
 
 
+SCENE_RUN = ROOT.parent / "shared" / "reference" / "scene_bbox"
+
+
+@pytest.fixture(scope="session")
+def scene_export(shared) -> Path:
+    """The shared reference scene (object-layout) model exported once per session (fp32, parity checked)."""
+    from vqdeploy.export.exporter import export
+
+    if not SCENE_RUN.is_dir():
+        pytest.skip(f"needs {SCENE_RUN}")
+    return shared("scene-fp32", lambda out: export(SCENE_RUN / "checkpoints" / "last.ckpt", out, log=lambda m: None))
+
+
 @pytest.fixture
 def demo_copy(demo_export: Path, tmp_path: Path) -> Path:
     """A private copy of the demo export, for a test that writes into or tampers with it."""

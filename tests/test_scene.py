@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import copy_artifacts
 import torch
 import yaml
 from click.testing import CliRunner
@@ -61,12 +63,12 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    from vqdeploy.export.exporter import export
+def artifacts(scene_export: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A private copy of the session's scene export (some tests build engines into it)."""
+    from vqdeploy.artifacts import read_manifest
 
-    out = tmp_path_factory.mktemp("scene") / "art"
-    manifest = export(REFERENCE / "checkpoints" / "last.ckpt", out, log=lambda m: None)
-    return out, manifest
+    out = copy_artifacts(scene_export, tmp_path_factory.mktemp("scene") / "art")
+    return out, read_manifest(out)
 
 
 # --- tokens ------------------------------------------------------------------------------------------

@@ -40,12 +40,21 @@ KV_CACHE_DOC = (
 )
 
 
+# sampling.noise as identifiers: numpy's SeedSequence (entropy [seed, sample index], each split into uint32
+# words, low word first; pool size 4) seeds numpy's PCG64 (128-bit LCG, XSL-RR output), and each step draws
+# Generator.random() = (next_uint64 >> 11) * 2**-53 (vqdeploy.runtime.sampling.uniform_noise)
+NOISE_GENERATOR = {"seed_sequence": "numpy.SeedSequence", "entropy": ["seed", "sample_index"],
+                   "bit_generator": "numpy.PCG64", "draw": "numpy.Generator.random"}
+
+
 SAMPLING_DOC = {
     "order": "logits / temperature -> top-k (keeps every logit equal to the k-th largest) -> top-p "
              "(keeps the smallest set of most likely tokens whose mass reaches p, ties at the threshold kept) "
              "-> inverse-CDF draw in token-id order with one uniform number per sample and step",
     "greedy": "top_k == 1 or temperature == 0: argmax (first maximum)",
     "noise": "numpy PCG64: sample b of seed s draws its uniforms from default_rng([s, b]).random(steps)",
+    # the same, machine-readable, for runtimes outside Python (the C++ runtime refuses what it does not implement)
+    "noise_generator": NOISE_GENERATOR,
     "graph": "sampler.onnx (vocabularies up to 61440: it sorts with TopKs of K <= 3840, TensorRT's limit, in "
              "ceil(vocab / 3840) rounds beyond 3840 tokens, so every setting is exact) applies these rules in fp32: "
              "logits (batch, tokens, vocab) of which the last position is used, uniform (batch), temperature (1), "

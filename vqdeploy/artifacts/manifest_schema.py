@@ -98,11 +98,14 @@ MODEL = tagged("kind", {
 QUANTIZATION = obj({"scheme": one_of(*QUANTIZATION_SCHEMES), "graphs": list_of(one_of("transformer"), 1, 1),
                     "block_size": integer(16, MAX_QUANT_BLOCK), "layers": integer(0, 16 * MAX_LAYERS),
                     "weight_bytes": integer(0, 1 << 48)})
+# sampling.noise_generator (optional; written since the C++ runtime): the uniforms' generator as identifiers
+NOISE_GENERATOR = obj({"seed_sequence": one_of("numpy.SeedSequence"), "entropy": one_of(["seed", "sample_index"]),
+                       "bit_generator": one_of("numpy.PCG64"), "draw": one_of("numpy.Generator.random")})
 MANIFEST = obj(
     {"model": MODEL, "model_fingerprint": sha256, "precision": one_of(*PRECISIONS),
      "max_batch": integer(1, MAX_BATCH), "graphs": mapping(GRAPH, lo=1, hi=MAX_GRAPHS)},
     {"source": obj({}, {"checkpoint": nullable(string(4096)), "config": list_of(string(4096), 0, 16)}),
-     "quantization": nullable(QUANTIZATION)},
+     "quantization": nullable(QUANTIZATION), "sampling": obj({}, {"noise_generator": NOISE_GENERATOR})},
 )
 
 
