@@ -179,24 +179,24 @@ def test_library_refuses_nan_conditions_and_bad_seeds(demo):
 # ---- export: lock, atomic install, recovery -------------------------------------------------------------
 
 
-def test_two_exports_to_one_out_the_second_is_refused(tmp_path):
-    first = subprocess.Popen([sys.executable, "-m", "vqdeploy", "export", "--ckpt", str(CKPT), "--out", "a",
+def test_two_exports_to_one_out_the_second_is_refused(runs, tmp_path):
+    ckpt = runs("class_subsample").ckpt  # a tiny model: the lock is under test, not the export
+    first = subprocess.Popen([sys.executable, "-m", "vqdeploy", "export", "--ckpt", str(ckpt), "--out", "a",
                               "--no-parity"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".a.export-*")) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.1)  # the first export holds the lock once its temp dir exists
-    second = cli("export", "--ckpt", str(CKPT), "--out", "a", "--no-parity", cwd=tmp_path)
+    second = cli("export", "--ckpt", str(ckpt), "--out", "a", "--no-parity", cwd=tmp_path)
     assert_one_error(second, "another export to a is running")
     assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
     assert (tmp_path / "a" / "manifest.json").is_file()
 
 
-def test_killed_export_leaves_the_old_artifacts_and_is_cleaned_up(tmp_path):
+def test_killed_export_leaves_the_old_artifacts_and_is_cleaned_up(demo_export, tmp_path):
     from vqdeploy.export.exporter import export
 
-    out = tmp_path / "a"
-    export(CKPT, out, parity=False, log=lambda m: None)
+    out = copy_artifacts(demo_export, tmp_path / "a")  # a previous export of the same model
     (out / "engines").mkdir()
     (out / "engines" / "demo.engine").write_bytes(b"engine")
     manifest = (out / "manifest.json").read_bytes()

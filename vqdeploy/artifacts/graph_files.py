@@ -5,18 +5,17 @@ An ONNX file names its own external data file (``location`` in each TensorProto)
 and the TensorRT parser read whatever it names, relative to the graph: ``../../etc/passwd`` or an
 absolute path included. So before a graph is loaded, every tensor stored outside the protobuf must
 point at the manifest's ``external_data.file``, a plain name beside the graph, itself a regular
-file inside the artifacts directory. Reading the protobuf without its external data is cheap
-(the weights of a graph with external data are not in it; demo graphs: < 0.1 s).
+file inside the artifacts directory. The references are read from the protobuf's wire format
+(``onnx_scan``: no ``onnx`` import, weights skipped by their length prefix over a memory map).
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from vqdeploy.artifacts.manifest import Manifest
+from vqdeploy.artifacts.onnx_scan import MalformedOnnx, external_tensors
 from vqdeploy.artifacts.paths import artifact_file
 from vqdeploy.errors import ArtifactError
 from vqdeploy.files import sha256_file
@@ -58,46 +57,14 @@ def graph_file(artifacts: Path, manifest: Manifest, name: str) -> Path:
 
 def check_external_data(path: Path, expected: str | None, name: str) -> None:
     """Every tensor of ``path`` stored outside the protobuf names ``expected`` (None: none may)."""
-    import onnx
-
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001  not decodable: no loader gets as far as its external data; it reports this itself
+        found = external_tensors(path)
+    except (MalformedOnnx, OSError):  # not decodable: no loader gets as far as its external data; it reports this itself
         return
-    for t in _tensors(model):
-        if t.data_location != onnx.TensorProto.EXTERNAL and not len(t.external_data):
-            continue
-        location = next((e.value for e in t.external_data if e.key == "location"), None)
+    for tensor, location in found:
         if expected is None:
-            raise ArtifactError(f"{path}: tensor '{t.name[:64]}' keeps its data in file {location!r}, but "
+            raise ArtifactError(f"{path}: tensor '{tensor[:64]}' keeps its data in file {location!r}, but "
                                 f"{where(name, 'external_data')} lists none; refused (re-export)")
         if location != expected:
-            raise ArtifactError(f"{path}: tensor '{t.name[:64]}' keeps its data in file {location!r}, not in "
+            raise ArtifactError(f"{path}: tensor '{tensor[:64]}' keeps its data in file {location!r}, not in "
                                 f"{where(name, 'external_data.file')} {expected!r}; refused (re-export)")
-
-
-def _tensors(model: Any) -> Iterator[Any]:
-    """Every TensorProto of a model: initializers (dense and sparse) and tensor attributes, in the
-    graph, its subgraphs and its functions (iteratively: nesting depth is the file's choice)."""
-    pending: list[Any] = [model.graph, *model.functions]
-    while pending:
-        g = pending.pop()
-        for init in getattr(g, "initializer", ()):
-            yield init
-        for sparse in getattr(g, "sparse_initializer", ()):
-            yield sparse.values
-            yield sparse.indices
-        for node in g.node:
-            for a in node.attribute:
-                if a.HasField("t"):
-                    yield a.t
-                yield from a.tensors
-                if a.HasField("sparse_tensor"):
-                    yield a.sparse_tensor.values
-                    yield a.sparse_tensor.indices
-                for s in a.sparse_tensors:
-                    yield s.values
-                    yield s.indices
-                if a.HasField("g"):
-                    pending.append(a.g)
-                pending.extend(a.graphs)
