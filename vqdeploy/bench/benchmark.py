@@ -25,6 +25,7 @@ from vqdeploy.parity.inputs import sample_condition
 from vqdeploy.runtime.backends.base import Backend, Decoding
 from vqdeploy.runtime.backends.registry import OpenOptions, open_backend, parse_backends, spec
 from vqdeploy.runtime.generation import Generator, Request, Rows
+from vqdeploy.runtime.jacobi import DEFAULT_WINDOW
 from vqdeploy.runtime.sampling import SamplingParams
 
 PARAMS = SamplingParams(temperature=1.0, top_k=100)
@@ -119,6 +120,27 @@ def bench_backend(be: Backend, condition: ConditionInput, info: ModelInfo, n: in
     return res
 
 
+def bench_jacobi(be: Backend, condition: ConditionInput, info: ModelInfo, n: int, repeats: int,
+                 window: int) -> dict[str, Any]:
+    """Speculative Jacobi decoding on the one generation path: medians of each stage, tokens per transformer call.
+    ``step`` is the sampling time per token of a row (rows run one after another); there is no separate prefill."""
+    steps = info.image_tokens
+    generator = Generator(be, be.manifest, "host", "jacobi", window)
+    rows = [Rows(Request(condition, n, PARAMS, 0), 0, n)]
+    runs: dict[str, list[float]] = {k: [] for k in ("cond_encoder", "sampling", "decoder", "total")}
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        out = generator.run(rows, synchronize=True)
+        total = time.perf_counter() - t0
+        for key, v in zip(runs, (out.timings["cond_encoder"], out.timings["sampling"], out.timings["decoder"], total)):
+            runs[key].append(v)
+    res: dict[str, Any] = {k: statistics.median(v[1:]) for k, v in runs.items()}
+    res.update(prefill=float("nan"), step=res["sampling"] / (n * steps), tokens_per_s=n * steps / res["sampling"],
+               sampler="host", decoding="jacobi", jacobi_window=window,
+               jacobi_tokens_per_call=generator.jacobi_stats.tokens_per_call)
+    return res
+
+
 def reference_model(manifest: Manifest, ckpt: str | None, wanted: bool, log: Callable[[str], None]) -> Any:
     """The PyTorch model for the torch and upstream rows, or None with a note: a deployment is benchmarked
     with its artifacts alone. ``wanted``: the torch backend was asked for by name (then it must load)."""
@@ -209,7 +231,8 @@ def compared_artifacts(artifacts: Path, compare: list[Path], fingerprint: str) -
 
 def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n: int, repeats: int, reference: bool,
               out: Path, ckpt: str | None, log: Callable[[str], None] = print, cuda_graphs: bool = False,
-              compare: list[Path] | None = None) -> dict[str, Any]:
+              compare: list[Path] | None = None, decoding: str = "sequential",
+              jacobi_window: int = DEFAULT_WINDOW) -> dict[str, Any]:
     check_num_samples(n)
     check_int(repeats, "--repeats", 1, MAX_REPEATS)
     opened = open_artifacts(artifacts)
@@ -258,6 +281,13 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": graphs,
                            "floor_ms": 1e3 * (fp32_bytes if reference_row else transformer_weight_bytes(m)) / bw,
                            **bench_backend(be, condition, info, n, repeats, sampler)}
+        if decoding == "jacobi" and not graphs:  # host sampler only
+            label = f"{spec(name).label(dev)} {precision}" + (" KV cache" if reference_row else "") + \
+                f", Jacobi (window {jacobi_window})"
+            log(f"bench: {label} ...")
+            rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": False,
+                           "floor_ms": 1e3 * (fp32_bytes if reference_row else transformer_weight_bytes(m)) / bw,
+                           **bench_jacobi(be, condition, info, n, repeats, jacobi_window)}
     steps = info.image_tokens
     if reference and model is not None and torch_cpu is not None:
         log("bench: upstream's sampler (full recomputation per token) ...")
@@ -312,6 +342,8 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
         f"{result['transformer_weight_bytes'] / 1e6:.0f} MB ({result['precision']}) -> CPU floor "
         f"{result['step_floor_ms_cpu']:.2f} ms per token")
     for label, r in rows.items():
+        if "jacobi_tokens_per_call" in r:
+            log(f"  {label}: {r['jacobi_tokens_per_call']:.2f} tokens per transformer call (rows one at a time)")
         if "step_ms_at_position" in r:
             at = ", ".join(f"{p}: {ms:.2f}" for p, ms in r["step_ms_at_position"].items())
             log(f"  {label}: token ms at sequence position {at}")

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from vqdeploy.bench.benchmark import run_bench
-from vqdeploy.commands.options import ARTIFACTS, DEVICE, DEVICE_HELP
+from vqdeploy.commands.options import ARTIFACTS, DECODING, DEVICE, DEVICE_HELP, JACOBI_WINDOW_HELP
+from vqdeploy.runtime.jacobi import DEFAULT_WINDOW, check_window
 
 
 @click.command(epilog="""\b
@@ -25,10 +26,15 @@ Example:
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="JSON results (default: ARTIFACTS/bench.json).")
 @click.option("--ckpt", default=None, help="Reference checkpoint (default: the exported one).")
 @click.option("--cuda-graphs", is_flag=True, help="GPU backends: also time them with CUDA graphs (rows side by side).")
+@click.option("--decoding", type=DECODING, default="sequential", show_default=True,
+              help="jacobi: time speculative Jacobi decoding (host sampler) next to the sequential loop.")
+@click.option("--jacobi-window", type=int, default=DEFAULT_WINDOW, show_default=True, help=JACOBI_WINDOW_HELP)
 @click.option("--compare", multiple=True, type=click.Path(path_type=Path),
               help="Other artifacts of the same model (e.g. --quantize int4, --precision fp16): rows side by side.")
 def bench(artifacts: Path, backends: str, device: str | None, num_samples: int, repeats: int, reference: bool,
-          out: Path | None, ckpt: str | None, cuda_graphs: bool, compare: tuple[Path, ...]) -> None:
+          out: Path | None, ckpt: str | None, cuda_graphs: bool, decoding: str, jacobi_window: int,
+          compare: tuple[Path, ...]) -> None:
     """Per-stage latency and tokens/s for each backend, next to the reference sampler, in one run."""
     run_bench(artifacts, backends, device, num_samples, repeats, reference, out or artifacts / "bench.json", ckpt,
-              log=lambda m: click.echo(m, err=True), cuda_graphs=cuda_graphs, compare=list(compare))
+              log=lambda m: click.echo(m, err=True), cuda_graphs=cuda_graphs, compare=list(compare),
+              decoding=decoding, jacobi_window=check_window(jacobi_window))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from vqdeploy.runtime.backends.registry import DEVICES, choices
+from vqdeploy.runtime.generation import DECODINGS
 
 BACKEND = click.Choice(choices())
 ARTIFACTS = "Artifacts directory written by `vqdeploy export`."
@@ -15,3 +16,7 @@ CUDA_GRAPHS_HELP = ("GPU: capture the one-token step as a CUDA graph once per ba
 BACKEND_HELP = "auto: TensorRT when engines and a GPU are there, else ONNX Runtime; torch runs the checkpoint."
 SAMPLER_HELP = "graph: the exported sampler graph on the backend's device (logits never leave it)."
 DEVICE = click.Choice(DEVICES)
+DECODING = click.Choice(DECODINGS)
+DECODING_HELP = ("jacobi: speculative Jacobi decoding, several tokens per transformer call with the sequential "
+                 "sampler's distribution (host sampler, trained size; rows one at a time); see docs/runtime.md.")
+JACOBI_WINDOW_HELP = "Draft tokens verified per transformer call with --decoding jacobi."

@@ -12,13 +12,17 @@ from vqdeploy.commands.options import (
     BACKEND,
     BACKEND_HELP,
     CUDA_GRAPHS_HELP,
+    DECODING,
+    DECODING_HELP,
     DEVICE,
     DEVICE_HELP,
+    JACOBI_WINDOW_HELP,
     SAMPLER_HELP,
 )
 from vqdeploy.errors import InputError
 from vqdeploy.limits import MAX_TOP_K, check_finite, check_int
 from vqdeploy.runtime.decoding import SAMPLERS
+from vqdeploy.runtime.jacobi import DEFAULT_WINDOW, check_window
 from vqdeploy.runtime.run import RunOptions, run_pipeline
 from vqdeploy.runtime.sampling import (
     DEFAULT_NUM_SAMPLES,
@@ -61,6 +65,8 @@ Examples:
 @click.option("--grid", is_flag=True, help="Write all samples into one grid image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (timings, tokens/s, backend, seed).")
 @click.option("--ckpt", default=None, help="torch backend: checkpoint to use instead of the exported one.")
+@click.option("--decoding", type=DECODING, default="sequential", show_default=True, help=DECODING_HELP)
+@click.option("--jacobi-window", type=int, default=DEFAULT_WINDOW, show_default=True, help=JACOBI_WINDOW_HELP)
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="host", show_default=True,
               help=SAMPLER_HELP)
 @click.option("--max-pixels", type=int, default=None,
@@ -75,7 +81,7 @@ Examples:
                    "missing or outdated (the GPU image's first start); current engines are reused.")
 def run(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int, temperature: float,
         top_k: int, top_p: float | None, seed: int, class_id: int | None, size: str | None, out: Path, grid: bool,
-        as_json: bool, ckpt: str | None, sampler: str, max_pixels: int | None, cuda_graphs: bool,
+        as_json: bool, ckpt: str | None, decoding: str, jacobi_window: int, sampler: str, max_pixels: int | None, cuda_graphs: bool,
         save_layout: bool, build_engines: bool) -> None:
     """Sample images: encode the condition INPUT, sample tokens with the KV cache, decode.
 
@@ -89,7 +95,7 @@ def run(input: Path | None, artifacts: Path, backend: str, device: str | None, n
     if build_engines:
         ensure.ensure_engines(artifacts, backend, device, echo=lambda m: click.echo(m, err=True))
     options = RunOptions(backend, device, sampler, cuda_graphs, ckpt, num_samples, params, seed, class_id, size,
-                         max_pixels, out, grid, save_layout)
+                         max_pixels, out, grid, save_layout, decoding, check_window(jacobi_window))
     summary = run_pipeline(input, artifacts, options, log=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
-from vqdeploy.commands.options import BACKEND, BACKEND_HELP, CUDA_GRAPHS_HELP, DEVICE, DEVICE_HELP, SAMPLER_HELP
+from vqdeploy.commands.options import (BACKEND, BACKEND_HELP, CUDA_GRAPHS_HELP, DECODING, DECODING_HELP, DEVICE,
+                                       DEVICE_HELP, JACOBI_WINDOW_HELP, SAMPLER_HELP)
 from vqdeploy.errors import BackendError
 from vqdeploy.limits import MAX_SAMPLES, MAX_UPLOAD_BYTES, check_finite, check_int
 from vqdeploy.runtime.decoding import SAMPLERS
+from vqdeploy.runtime.jacobi import DEFAULT_WINDOW, check_window
 from vqdeploy.runtime.pipeline import Pipeline
 
 SERVE_EXAMPLE = """\b
@@ -37,6 +39,8 @@ def require_serve_extra() -> None:
 @click.option("--backend", type=BACKEND, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--device", type=DEVICE, default=None, help=DEVICE_HELP)
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="host", show_default=True, help=SAMPLER_HELP)
+@click.option("--decoding", type=DECODING, default="sequential", show_default=True, help=DECODING_HELP)
+@click.option("--jacobi-window", type=int, default=DEFAULT_WINDOW, show_default=True, help=JACOBI_WINDOW_HELP)
 @click.option("--cuda-graphs", is_flag=True, help=CUDA_GRAPHS_HELP)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 exposes the server to the network (there is no authentication).")
@@ -54,7 +58,8 @@ def require_serve_extra() -> None:
               help="Largest request body (the condition image included); larger gets 413.")
 @click.option("--max-pixels", type=int, default=None,
               help="Largest condition image in pixels (default: 16x the trained area); larger gets 413.")
-def serve(artifacts: Path, backend: str, device: str | None, sampler: str, cuda_graphs: bool, host: str, port: int,
+def serve(artifacts: Path, backend: str, device: str | None, sampler: str, decoding: str, jacobi_window: int,
+          cuda_graphs: bool, host: str, port: int,
           max_batch: int | None,
           max_wait_ms: float, max_queue: int, timeout_s: float, max_samples: int, max_upload_bytes: int,
           max_pixels: int | None) -> None:
@@ -79,7 +84,8 @@ def serve(artifacts: Path, backend: str, device: str | None, sampler: str, cuda_
     from vqdeploy.serve.app import ServeConfig, create_app  # the serve extra
 
     pipeline = Pipeline.from_artifacts(artifacts, backend, device, sampler, cuda_graphs,
-                                       log=lambda m: click.echo(m, err=True))
+                                       log=lambda m: click.echo(m, err=True), decoding=decoding,
+                                       jacobi_window=check_window(jacobi_window))
     config = ServeConfig(max_batch, max_wait_ms / 1000.0, max_queue, timeout_s, max_upload_bytes, max_samples,
                          max_pixels)
     app = create_app(pipeline, config)

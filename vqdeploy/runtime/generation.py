@@ -22,8 +22,10 @@ from vqdeploy.errors import InputError
 from vqdeploy.limits import check_num_samples, check_pixels, check_seed, pixel_budget
 from vqdeploy.runtime.backends.base import Backend, Decoding
 from vqdeploy.runtime.decoding import check_sampler, generate, generate_sliding, start_decoding
+from vqdeploy.runtime.jacobi import DEFAULT_WINDOW, JacobiStats, check_window, generate_jacobi, row_generator
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
+DECODINGS = ("sequential", "jacobi")  # one token per transformer call, or speculative Jacobi decoding
 OnStart = Callable[[int, bool, list[int]], None]  # (tokens per sample, sliding window, each Rows' first batch row)
 OnToken = Callable[[int, Decoding], None]  # (tokens drawn per row so far, the decoding)
 
@@ -88,13 +90,21 @@ class Generator:
     """A backend and its manifest, sampling batches of rows; ``sampler``: "host" (numpy, every backend) or
     "graph" (the exported sampler graph on the backend's device)."""
 
-    def __init__(self, backend: Backend, manifest: Manifest | None = None, sampler: str = "host") -> None:
+    def __init__(self, backend: Backend, manifest: Manifest | None = None, sampler: str = "host",
+                 decoding: str = "sequential", jacobi_window: int = DEFAULT_WINDOW) -> None:
         self.backend = backend
         self.manifest = manifest if manifest is not None else backend.manifest
         self.info = self.manifest.model
         self.cond, _ = self.info.sampling()
         check_sampler(backend, sampler)
+        if decoding not in DECODINGS:
+            raise InputError(f"--decoding {decoding}: expected one of {', '.join(DECODINGS)}")
+        if decoding == "jacobi" and sampler != "host":
+            raise InputError("--decoding jacobi draws on the host: it takes --sampler host")
         self.sampler = sampler
+        self.decoding = decoding
+        self.jacobi_window = check_window(jacobi_window)
+        self.jacobi_stats = JacobiStats()  # what Jacobi verification did, over this generator's batches
         self.first_stage = self.info.first_stage
 
     @property
@@ -170,7 +180,24 @@ class Generator:
             if on_token is not None:
                 on_token(drawn[0], decoding)
 
-        if not sliding:
+        if self.decoding == "jacobi":
+            if sliding:
+                raise InputError("--decoding jacobi samples the trained size (no sliding window)")
+            prompt = np.concatenate([c.reshape(c.shape[0], -1) for c in conds])
+            rngs = [row_generator(r.request.seed, r.first + i) for r in in_batch for i in range(r.count)]
+            params = [r.request.params for r in in_batch for _ in range(r.count)]
+            counted = [0, 0]  # tokens of every row, whole steps reported
+
+            def row_tokens(n: int) -> None:  # rows run one after another: report steps of the whole batch
+                counted[0] += n
+                if counted[0] // batch > counted[1]:
+                    tick(counted[0] // batch - counted[1])
+                    counted[1] = counted[0] // batch
+
+            seq = generate_jacobi(self.backend.transformer(), prompt, steps, params, rngs, self.jacobi_window,
+                                  row_tokens, self.jacobi_stats)
+            tokens = self.info.to_raster(seq, grid)
+        elif not sliding:
             prompt = np.concatenate([c.reshape(c.shape[0], -1) for c in conds])
             tokens = self.info.to_raster(generate(decoding, prompt, steps, tick), grid)
         else:

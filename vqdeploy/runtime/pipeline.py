@@ -22,6 +22,7 @@ from vqdeploy.limits import check_num_samples, condition_budget, pixel_budget
 from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.backends.registry import OpenOptions, open_backend
 from vqdeploy.runtime.generation import Generator, Request, Rows
+from vqdeploy.runtime.jacobi import DEFAULT_WINDOW
 from vqdeploy.runtime.sampling import SamplingParams
 
 Progress = Callable[[int, str], Callable[[int], None]]  # (total tokens, description) -> per-token callback
@@ -97,8 +98,9 @@ class Pipeline:
     ``sampler``: "host" (numpy, any backend) or "graph" (the exported sampler graph on the backend's device).
     """
 
-    def __init__(self, backend: Backend, manifest: Manifest | None = None, sampler: str = "host") -> None:
-        self.generator = Generator(backend, manifest, sampler)
+    def __init__(self, backend: Backend, manifest: Manifest | None = None, sampler: str = "host",
+                 decoding: str = "sequential", jacobi_window: int = DEFAULT_WINDOW) -> None:
+        self.generator = Generator(backend, manifest, sampler, decoding, jacobi_window)
         self.backend = backend
         self.manifest = self.generator.manifest
         self.info = self.manifest.model
@@ -108,13 +110,15 @@ class Pipeline:
     @classmethod
     def from_artifacts(cls, artifacts: str | Path | Artifacts, backend: str = "auto", device: str | None = None,
                        sampler: str = "host", cuda_graphs: bool = False, ckpt: str | None = None,
-                       log: Callable[[str], None] | None = None) -> Pipeline:
+                       log: Callable[[str], None] | None = None, decoding: str = "sequential",
+                       jacobi_window: int = DEFAULT_WINDOW) -> Pipeline:
         """The pipeline of an artifacts directory on a backend (``auto``: TensorRT where engines and a GPU
         are there, else ONNX Runtime; ``torch`` runs the exported checkpoint, or ``ckpt``); ``cuda_graphs``
-        replays each captured token step (GPU only)."""
+        replays each captured token step (GPU only); ``decoding="jacobi"``: speculative Jacobi decoding (more
+        than one token per transformer call, the same distribution; ``runtime/jacobi.py``)."""
         opened = open_artifacts(artifacts)
         be = open_backend(backend, opened, device, OpenOptions(cuda_graphs=cuda_graphs, ckpt=ckpt), log=log)
-        return cls(be, opened.manifest, sampler)
+        return cls(be, opened.manifest, sampler, decoding, jacobi_window)
 
     @property
     def max_batch(self) -> int:
@@ -176,9 +180,14 @@ class Pipeline:
                 ticks.append(progress(tokens * len(starts), f"sampling {request.num_samples} x {tokens} tokens{how}"
                                                             f"{chunks} with {self.backend.name} ({self.backend.device})"))
 
+        last = [0]
+
         def on_token(drawn: int, decoding: Any) -> None:
+            if drawn < last[0]:  # a new batch
+                last[0] = 0
             if ticks:
-                ticks[0](1)
+                ticks[0](drawn - last[0])
+            last[0] = drawn
 
         outputs = [self.generator.run([Rows(request, s, min(limit, request.num_samples - s))], on_start, on_token)
                    for s in starts]

@@ -16,6 +16,7 @@ from vqdeploy.images import grid_image, output_paths, parse_size, to_uint8, writ
 from vqdeploy.limits import check_num_samples, check_seed, condition_budget
 from vqdeploy.runtime.backends.registry import OpenOptions, open_backend
 from vqdeploy.runtime.generation import Request, check_size
+from vqdeploy.runtime.jacobi import DEFAULT_WINDOW
 from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.progress import TokenProgress
 from vqdeploy.runtime.sampling import SamplingParams
@@ -49,6 +50,8 @@ class RunOptions:
     out: Path = Path("samples/sample.png")
     grid: bool = False
     save_layout: bool = False
+    decoding: str = "sequential"
+    jacobi_window: int = DEFAULT_WINDOW
 
 
 def run_pipeline(input: Path | None, artifacts: Path | Artifacts, options: RunOptions,
@@ -83,7 +86,7 @@ def run_pipeline(input: Path | None, artifacts: Path | Artifacts, options: RunOp
     t = time.perf_counter()
     be = open_backend(backend, opened, device, OpenOptions(cuda_graphs=cuda_graphs, ckpt=ckpt), log=log)
     load_s = time.perf_counter() - t
-    pipe = Pipeline(be, opened.manifest, sampler)
+    pipe = Pipeline(be, opened.manifest, sampler, o.decoding, o.jacobi_window)
     progress = TokenProgress(log)
     try:
         result = pipe.sample(request, progress)
@@ -102,6 +105,8 @@ def run_pipeline(input: Path | None, artifacts: Path | Artifacts, options: RunOp
     log("wrote " + ", ".join(str(p) for p in pictures))
     return {
         "backend": be.name, "device": be.device, "sampler": sampler, "cuda_graphs": cuda_graphs, "seed": seed,
+        "decoding": o.decoding, **({"jacobi_tokens_per_call": round(pipe.generator.jacobi_stats.tokens_per_call, 3)}
+                                   if o.decoding == "jacobi" else {}),
         "num_samples": num_samples,
         "sampling": {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
         "tokens_per_sample": int(result.tokens[0].size), "sliding_window": result.sliding_window,

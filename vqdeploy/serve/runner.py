@@ -103,7 +103,8 @@ class BatchRunner:
         """The per-token callback: progress per job, partial decodes (raster order, the trained grid), and an
         early stop once every job of the batch has gone. ``starts``: each item's first row in the batch."""
         h, w = self.info.first_stage.latent_grid
-        raster = self.info.order is None  # partial images only make sense in raster order
+        # partial images only make sense in raster order, and from the sequential loop's state
+        raster = self.info.order is None and self.generator.decoding == "sequential"
 
         def tick(k: int, decoding: Decoding) -> None:
             if all(it.job.cancelled.is_set() for it in items):

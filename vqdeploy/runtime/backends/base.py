@@ -24,6 +24,9 @@ class TransformerRunner(Protocol):
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         """Append (B,T) int64 tokens to the cache; (B,T,V) fp32 logits of the new positions."""
 
+    def rewind(self, length: int) -> None:
+        """Keep the first ``length`` cached positions (later ones are masked, then overwritten)."""
+
 
 class Decoding(Protocol):
     """One generation in progress (``runtime.generator`` drives it): B rows, the KV cache, the latest

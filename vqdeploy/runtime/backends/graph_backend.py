@@ -158,6 +158,11 @@ class KVTransformer:
                                           self.memory.empty((batch, t, self.vocab), "float32"))
         return pair
 
+    def rewind(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise InputError(f"transformer: cannot rewind {self.length} cached positions to {length}")
+        self.length = length
+
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         if tokens.ndim != 2:
             raise InputError(f"transformer: tokens must be (batch, length), got shape {tokens.shape}")

@@ -42,6 +42,11 @@ class TorchTransformer:
     def length(self) -> int:
         return 0 if self.cache is None else self.cache.length
 
+    def rewind(self, length: int) -> None:
+        if self.cache is None or not 0 <= length <= self.cache.length:
+            raise InputError(f"transformer: cannot rewind {self.length} cached positions to {length}")
+        self.cache.length = length
+
     def reset(self, batch: int) -> None:
         if self.cache is None or self.cache.batch != batch:
             self.cache = self.gpt.new_cache(batch, device=self.device)
