@@ -5,7 +5,8 @@ An ONNX file names its own external data file (``location`` in each TensorProto)
 and the TensorRT parser read whatever it names, relative to the graph: ``../../etc/passwd`` or an
 absolute path included. So before a graph is loaded, every tensor stored outside the protobuf must
 point at the manifest's ``external_data.file``, a plain name beside the graph, itself a regular
-file inside the artifacts directory. Reading the protobuf without its external data is cheap
+file inside the artifacts directory with one link (a hard link is a second name of a file that may
+lie outside it). Reading the protobuf without its external data is cheap
 (the weights of a graph with external data are not in it; demo graphs: < 0.1 s).
 """
 
@@ -34,7 +35,7 @@ def graph_files(artifacts: Path, manifest: Manifest, name: str) -> list[tuple[Pa
     ext = g.get("external_data")
     if ext is not None:
         rel = posixpath.join(posixpath.dirname(g["file"]), ext["file"])  # beside the graph, as loaders resolve it
-        out.append((artifact_file(artifacts, rel, where(name, "external_data.file")), ext["sha256"],
+        out.append((artifact_file(artifacts, rel, where(name, "external_data.file"), single_link=True), ext["sha256"],
                     where(name, "external_data.file")))
     return out
 
