@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ def check_outputs(paths: list[Path]) -> None:
     for directory in sorted({p.parent for p in paths}):
         check_writable(directory, "--out")
     for p in paths:
-        if p.is_dir() and not p.is_symlink():
+        if os.path.isdir(p) and not os.path.islink(p):  # os.path: a name too long is not a directory
             raise InputError(f"--out: {shown(p)} is a directory; name a file (e.g. {shown(p / 'sample.png')})")
         check_target(p, "--out", " (--out - writes the image to stdout)")
 
