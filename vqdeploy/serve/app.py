@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -440,6 +441,9 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
 
     server = Server(pipeline, config or ServeConfig())
     routes = Routes(server)
+    # a malformed multipart body is a 400 to its client, not a line in the server's log per request (python-multipart
+    # logs each at warning level, which Python's last-resort handler prints)
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
