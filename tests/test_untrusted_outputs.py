@@ -22,7 +22,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,11 +39,11 @@ SKETCH = sorted((DEMO / "sketches").glob("*.png"))[0]
 ROOT = os.geteuid() == 0
 
 
-def cli(*args: str, timeout: int = 300) -> tuple[int, bytes, str]:
-    env = {k: v for k, v in os.environ.items() if k != "VQDEPLOY_DEBUG"}
-    proc = subprocess.run([sys.executable, "-m", "vqdeploy", *args], capture_output=True, timeout=timeout,
-                          check=False, env=env)
-    return proc.returncode, proc.stdout, proc.stderr.decode(errors="replace")
+def cli(*args: str) -> tuple[int, bytes, str]:
+    """The command in-process (as the console script runs it, without an interpreter start per case)."""
+    res = CliRunner().invoke(main, list(args))
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    return res.exit_code, res.stdout_bytes, res.stderr
 
 
 def one_error(rc: int, stderr: str, *needles: str) -> str:
@@ -102,7 +101,7 @@ def test_run_out_never_replaces_a_node(demo_export: Path, short_dir: Path, kind:
     target = short_dir / "s.png"
     make_node(kind, target)
     before = identity(target)
-    rc, _, err = cli("run", str(SKETCH), "--artifacts", str(demo_export), "--out", str(target), timeout=120)
+    rc, _, err = cli("run", str(SKETCH), "--artifacts", str(demo_export), "--out", str(target))
     one_error(rc, err, "--out: refused to write", f"it is {KINDS[kind]}", "regular file or a new name")
     assert "sampling" not in err  # refused before any work
     assert identity(target) == before

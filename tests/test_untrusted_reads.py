@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -31,13 +29,28 @@ from vqdeploy.errors import CheckpointError, ConfigError, InputError, VQDeployEr
 SKETCH = sorted((DEMO_CKPT.parent.parent / "sketches").glob("*.png"))[0]
 
 
-def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "VQDEPLOY_DEBUG"}
-    return subprocess.run([sys.executable, "-m", "vqdeploy", *args], capture_output=True, text=True, check=False,
-                          timeout=timeout, env=env)
+class Ran:
+    def __init__(self, returncode: int, stderr: str) -> None:
+        self.returncode, self.stderr = returncode, stderr
 
 
-def one_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+def cli(*args: str, timeout: float = 60) -> Ran:
+    """The command in-process, in a thread: a blocking open fails the test instead of hanging it."""
+    from click.testing import CliRunner
+
+    from vqdeploy.cli import main
+
+    done: list[Any] = []
+    thread = threading.Thread(target=lambda: done.append(CliRunner().invoke(main, list(args))), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert done, f"vqdeploy {' '.join(args)} blocked"
+    res = done[0]
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    return Ran(res.exit_code, res.stderr)
+
+
+def one_error(proc: Ran, *needles: str) -> str:
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
