@@ -246,7 +246,8 @@ BAD_BODIES = {
     "many_urlencoded_fields": (b"&".join(b"f%d=1" % i for i in range(100_000)), "application/x-www-form-urlencoded",
                                "body"),
     "many_multipart_fields": (b"".join(b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\n1\r\n' % i
-                                       for i in range(100_000)) + b"--b--\r\n", "multipart/form-data; boundary=b", None),
+                                       for i in range(100_000)) + b"--b--\r\n", "multipart/form-data; boundary=b",
+                              None),
     "subnormal_temperature_form": (b"temperature=1e-320", "application/x-www-form-urlencoded", "temperature"),
     "subnormal_temperature_json": (b'{"temperature": 1e-320}', "application/json", "temperature"),
     "huge_temperature": (b'{"temperature": 1e300}', "application/json", "temperature"),
@@ -308,9 +309,9 @@ def test_fuzz_request_parsing(demo_export: Path) -> None:
                        st.dictionaries(field_names, values, max_size=5).map(json_body),
                        st.dictionaries(field_names, st.text(max_size=12), max_size=5).map(
                            lambda d: "&".join(f"{k}={v}" for k, v in d.items()).encode()),
-                       st.binary(max_size=200).map(lambda b: b"--b\r\nContent-Disposition: form-data; name=\"condition\"; "
-                                                             b"filename=\"s.png\"\r\n\r\n" + sketch[:len(b)] + b
-                                                             + b"\r\n--b--\r\n"))
+                       st.binary(max_size=200).map(
+                           lambda b: b"--b\r\nContent-Disposition: form-data; name=\"condition\"; filename=\"s.png\"\r\n"
+                                     b"\r\n" + sketch[:len(b)] + b + b"\r\n--b--\r\n"))
 
     async def parse(ctype: str, body: bytes) -> None:
         from starlette.requests import Request
@@ -323,7 +324,8 @@ def test_fuzz_request_parsing(demo_export: Path) -> None:
             sent[0] = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        headers = [(b"content-length", str(len(body)).encode())] + ([(b"content-type", ctype.encode())] if ctype else [])
+        headers = [(b"content-length", str(len(body)).encode())]
+        headers += [(b"content-type", ctype.encode())] if ctype else []
         request = Request({"type": "http", "method": "POST", "path": "/v1/generate", "headers": headers,
                            "query_string": b""}, receive)
         fields, data = await parse_body(request, MiB)

@@ -233,7 +233,7 @@ def _zip_records(f: BinaryIO, path: Path) -> tuple[dict[str, Record], io.BytesIO
                 out.writestr(zipfile.ZipInfo(name, zi.date_time), data)
     except VQDeployError:
         raise
-    except Exception as e:  # noqa: BLE001 - zipfile on arbitrary bytes: BadZipFile, ValueError, struct.error, zlib.error
+    except Exception as e:  # noqa: BLE001 - zipfile on arbitrary bytes: BadZipFile, ValueError, struct.error, zlib
         raise corrupt(path, e) from None
     return records, skeleton, names, byteorder
 

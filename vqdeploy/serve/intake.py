@@ -113,7 +113,7 @@ class Intake:
             return
         held = Reservation(self.budget)
         try:
-            declared = None if chunked else int(length)  # type: ignore[arg-type]  (h11 checked it is digits)
+            declared = None if chunked or length is None else int(length)  # h11 checked that it is digits
             limit = self.limits.max_upload_bytes
             if declared is not None and declared > limit:
                 raise Refused(413, f"the request body is {declared} bytes, over the limit of {limit}")
