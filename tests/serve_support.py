@@ -15,10 +15,13 @@ SKETCHES = sorted((ROOT / "models" / "demo" / "sketches").glob("*.png"))
 
 @contextmanager
 def running(app: Any) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1, a port the OS picks; yields the base URL."""
+    """Serve ``app`` on 127.0.0.1, a port the OS picks, with ``vqdeploy serve``'s uvicorn settings (the
+    protocol with the headers deadline); yields the base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    from vqdeploy.serve.intake import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

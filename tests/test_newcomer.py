@@ -64,7 +64,7 @@ def test_run_resizes_to_the_trained_size_and_says_so(demo, tmp_path):
     assert "sliding window" not in proc.stderr
     assert Image.open(tmp_path / "s.png").size == (64, 64)
     small = cli("run", str(SKETCH), "--artifacts", str(demo), "--size", "32", "--out", str(tmp_path / "t.png"))
-    assert small.returncode == 1 and "smaller than the trained 64x64" in small.stderr
+    assert small.returncode == 1 and "the width 32 and height 32 are below the trained 64 pixels" in small.stderr
     assert "sampling" not in small.stderr and not (tmp_path / "t.png").exists()
 
 

@@ -8,7 +8,14 @@ import torch
 
 from vqdeploy.errors import InputError
 from vqdeploy.models.net2net import Net2NetTransformer
-from vqdeploy.runtime.sampling import SamplingParams, next_tokens, uniform_noise
+from vqdeploy.runtime.sampling import (
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
+    SamplingParams,
+    next_tokens,
+    sampler_inputs,
+    uniform_noise,
+)
 
 
 def _reachable(logits: np.ndarray, params: SamplingParams, n: int = 4001) -> tuple[set[int], np.ndarray]:
@@ -77,7 +84,29 @@ def test_noise_per_sample_independent_of_batch_size() -> None:
     assert not np.array_equal(uniform_noise(8, 1, 10), uniform_noise(7, 1, 10))
 
 
-@pytest.mark.parametrize("kwargs", [{"temperature": -1}, {"top_k": 0}, {"top_p": 0.0}, {"top_p": 1.5}])
+@pytest.mark.parametrize("kwargs", [{"temperature": -1}, {"top_k": 0}, {"top_p": 0.0}, {"top_p": 1.5},
+                                    {"temperature": 1e-320}, {"temperature": 5e-5}, {"temperature": 1.0001e4},
+                                    {"temperature": 1e300}])
 def test_invalid_params(kwargs: dict) -> None:
     with pytest.raises(InputError):
         SamplingParams(**kwargs)
+
+
+def test_no_numpy_warning_at_the_bounds() -> None:
+    """Every accepted setting, at its extremes, on extreme logits: no warning (a warning would reach the user's
+    terminal). Before the upper bound, a temperature of 1e300 overflowed the sampler graph's float32 input."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(4, 512)) * 30).astype(np.float32)
+    logits[0] = 3.0e38
+    logits[1, :5] = -3.0e38
+    u = rng.random(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t in (0.0, MIN_TEMPERATURE, 1.0, MAX_TEMPERATURE):
+            for top_k in (None, 1, 100, 2**31 - 1):
+                for top_p in (None, 5e-324, 1e-300, 0.5, 1.0):
+                    p = SamplingParams(t, top_k, top_p)
+                    assert next_tokens(logits, u, p).shape == (4,)
+                    assert np.isfinite(sampler_inputs(p, 512)["temperature"]).all()

@@ -324,6 +324,29 @@ def test_external_data_outside_is_never_read(demo: Path, tmp_path: Path, outside
     outside.assert_untouched()
 
 
+@pytest.mark.parametrize("kind", ["hard_link", "fifo"])
+def test_external_data_that_is_a_hard_link_or_a_fifo_is_refused(demo: Path, tmp_path: Path, outside: Outside,
+                                                                kind: str) -> None:
+    """The listed data file, with the right sha256, but a second name of a file outside the directory (link
+    count 2), or a FIFO: refused before ONNX Runtime (or the hash) reads it."""
+    art = copy_artifacts(demo, tmp_path / "art")
+    data = outside.dir / "w.bin"
+    _externalize(art, "decoder.onnx.data", data)
+    outside.files[data] = (data.read_bytes(), data.stat().st_mtime_ns)
+    edit_manifest(art, _set("graphs", "decoder", "external_data",
+                            value={"file": "decoder.onnx.data", "sha256": sha256_file(data)}))
+    if kind == "hard_link":
+        os.link(data, art / "decoder.onnx.data")
+        expect = "it has 2 hard links"
+    else:
+        os.mkfifo(art / "decoder.onnx.data")
+        expect = "not a regular file"
+    t = time.perf_counter()
+    assert_one_error(cli(*run_args(art, tmp_path)), "graphs.decoder.external_data.file", "refused", expect)
+    assert time.perf_counter() - t < 60 and not (tmp_path / "s").exists()
+    outside.assert_untouched()
+
+
 def test_external_data_inside_still_loads(demo: Path, tmp_path: Path) -> None:
     """The check does not break the legitimate case: a data file beside the graph, as listed."""
     art = copy_artifacts(demo, tmp_path / "art")
@@ -338,20 +361,16 @@ def test_external_data_inside_still_loads(demo: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("planted", [".build.lock", "build.log", "build.prev.log", "sampler.engine", "engines.json"])
 def test_build_trt_never_writes_through_a_planted_link(demo_engines: Path, tmp_path: Path, outside: Outside,
                                                        planted: str) -> None:
-    """A symlink at each path build-trt writes: replaced or refused, never followed."""
+    """A symlink at each path build-trt writes: refused before anything is built, left alone, never followed."""
     art = copy_artifacts(demo_engines, tmp_path / "art")
     link = art / "engines" / planted
     if link.exists():
         link.unlink()
     outside.plant(link)
     res = cli(*build_args(art), "--force")
-    if planted in (".build.lock", "sampler.engine"):
-        assert_one_error(res, "is a symlink")
-        assert link.is_symlink()  # refused, left alone
-    else:
-        assert res.exit_code == 0, res.output
-        assert not link.is_symlink() and link.is_file()  # replaced by a file of ours
-        assert (art / "engines" / "sampler.engine").is_file() and not (art / "engines" / "sampler.engine").is_symlink()
+    assert_one_error(res, "is a symlink")
+    assert "building" not in res.stderr
+    assert link.is_symlink()  # refused, left alone
     assert not leftovers(art / "engines")
     outside.assert_untouched()
 
@@ -386,7 +405,7 @@ def test_build_trt_checks_its_outputs_before_building(demo: Path, tmp_path: Path
     shutil.rmtree(art / "engines")
     (art / "engines" / "build.log").mkdir(parents=True)
     res = cli(*build_args(art))
-    assert_one_error(res, "build.log: is a directory")
+    assert_one_error(res, "build.log: it is a directory")
     assert "building" not in res.stderr
 
 
@@ -512,15 +531,15 @@ PARITY_FILES = ["report.json", "report.html", "torch-cpu-0.png", "torch-cpu-1.pn
 
 
 def test_parity_never_writes_through_a_planted_link(demo: Path, tmp_path: Path, outside: Outside) -> None:
+    """A symlink where a report file goes: refused before any work (the write rule), never followed."""
     art = copy_artifacts(demo, tmp_path / "art")
     for name in PARITY_FILES:
         outside.plant(art / "parity" / name)
     res = cli("parity", "--artifacts", str(art), "--backends", "onnxruntime")
-    assert res.exit_code == 0, res.output
+    assert_one_error(res, "parity --out: refused to write", "it is a symlink")
+    assert "parity: onnxruntime" not in res.stderr
     for name in PARITY_FILES:
-        path = art / "parity" / name
-        assert path.is_file() and not path.is_symlink(), name
-    assert json.loads((art / "parity" / "report.json").read_text())["passed"]
+        assert (art / "parity" / name).is_symlink(), name
     assert not leftovers(art / "parity")
     outside.assert_untouched()
 
@@ -553,8 +572,8 @@ def test_bench_never_writes_through_a_planted_link(demo: Path, tmp_path: Path, o
     art = copy_artifacts(demo, tmp_path / "art")
     outside.plant(art / "bench.json")
     res = cli("bench", "--artifacts", str(art), "--backends", "onnxruntime", "--repeats", "1", "--no-reference")
-    assert res.exit_code == 0, res.output
-    assert not (art / "bench.json").is_symlink() and json.loads((art / "bench.json").read_text())["num_samples"] == 1
+    assert_one_error(res, "bench --out: refused to write", "it is a symlink")
+    assert "bench: " not in res.stderr and (art / "bench.json").is_symlink()
     outside.assert_untouched()
 
 

@@ -1,8 +1,11 @@
 """The ``vqdeploy`` command line: thin wrappers over the library API.
 
-Every command turns a ``VQDeployError`` (bad input or environment) or a bad option value into one
-``error:`` line on stderr and a non-zero exit; an unexpected exception (a bug in vqdeploy) is
-reported the same way as "internal error", with the traceback only when ``VQDEPLOY_DEBUG=1``.
+Every command turns a ``VQDeployError`` (bad input or environment), an ``OSError`` (no space, a
+read-only file system, a name too long, no permission, too many open files: the environment, not a
+bug) or a bad option value into one ``error:`` line on stderr and exit 1 (or the error's code); an
+unexpected exception (a bug in vqdeploy) is reported the same way as "internal error" (exit 2), with
+the traceback only when ``VQDEPLOY_DEBUG=1``. The line is one line whatever it quotes: non-printable
+characters (a newline in a file name) are escaped.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ from typing import Any
 
 import click
 
-from vqdeploy.errors import VQDeployError
+from vqdeploy.errors import VQDeployError, one_line, os_error
+
+
+def _error(message: str, code: int) -> None:
+    click.echo(f"error: {one_line(message)}", err=True)
+    sys.exit(code)
 
 
 def _one_line(e: click.ClickException, command: str) -> None:
     hint = f" (see: vqdeploy {command} --help)".replace("  ", " ") if isinstance(e, click.UsageError) else ""
-    click.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
-    sys.exit(e.exit_code)
+    _error(f"{' '.join(e.format_message().split())}{hint}", e.exit_code)
 
 
 class _Group(click.Group):
@@ -35,8 +42,11 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except VQDeployError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
+            _error(str(e), e.exit_code)
+        except OSError as e:  # the environment (a full disk, a read-only file system, ...), not a bug
+            if os.environ.get("VQDEPLOY_DEBUG"):
+                raise
+            _error(str(os_error(e)), 1)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
@@ -47,8 +57,7 @@ class _Group(click.Group):
         except Exception as e:  # a bug in vqdeploy: still one line unless debugging
             if os.environ.get("VQDEPLOY_DEBUG"):
                 raise
-            click.echo(f"error: internal error: {type(e).__name__}: {e} (set VQDEPLOY_DEBUG=1 for the traceback)", err=True)
-            sys.exit(2)
+            _error(f"internal error: {type(e).__name__}: {e} (set VQDEPLOY_DEBUG=1 for the traceback)", 2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

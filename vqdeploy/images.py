@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from vqdeploy.errors import InputError, TooLargeError, UnsupportedInputError
-from vqdeploy.files import atomic_write_many
+from vqdeploy.files import atomic_write_many, read_regular
 from vqdeploy.limits import DECODE_PIXELS, check_pixels
 
 MAX_PIXELS = DECODE_PIXELS  # beyond this a PNG is treated as a decompression bomb
@@ -24,24 +22,9 @@ IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "F")
 
 def read_input_file(path: Path, what: str = "input", max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes:
     """The bytes of a user's input file: opened without blocking (a FIFO does not hang), a regular file,
-    bounded; one line naming what it is otherwise."""
-    a = "an" if what[:1] in "aeiou" else "a"
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise InputError(f"{what} not found: {path}") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the {what} ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if stat.S_ISDIR(mode):
-            raise InputError(f"{path} is a directory, not {a} {what} file")
-        if not stat.S_ISREG(mode):
-            raise InputError(f"{path} is not a regular file (a device, FIFO or socket); pass {a} {what} file")
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise TooLargeError(f"{path}: over {max_bytes >> 20} MiB; too large for {a} {what} file")
-    return data
+    bounded; one line naming what it is otherwise (a directory, a FIFO, a character device such as
+    ``/dev/zero``, ...)."""
+    return read_regular(path, what, max_bytes, InputError, TooLargeError)
 
 
 def _open(path: Path, budget: int | None = None) -> Any:

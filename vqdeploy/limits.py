@@ -23,6 +23,8 @@ MAX_SAMPLES = 4096  # per call; a backend's batch limit applies on top
 MAX_TOP_K = 2**31 - 1
 CONDITION_PIXELS = 1 << 22  # a condition image is decoded up to 4 MP (2048x2048) or the model's budget if larger
 MAX_UPLOAD_BYTES = 4 * 2**20  # `serve`: a whole request body (condition image included), read into memory only
+MAX_INFLIGHT_UPLOAD_BYTES = 64 * 2**20  # `serve`: all bodies being received at once (16 of the largest)
+READ_TIMEOUT_S = 30.0  # `serve`: a request's headers, and then its body, must arrive within it
 
 
 def pixel_budget(info: ModelInfo, max_pixels: int | None = None) -> int:

@@ -5,8 +5,9 @@ An ONNX file names its own external data file (``location`` in each TensorProto)
 and the TensorRT parser read whatever it names, relative to the graph: ``../../etc/passwd`` or an
 absolute path included. So before a graph is loaded, every tensor stored outside the protobuf must
 point at the manifest's ``external_data.file``, a plain name beside the graph, itself a regular
-file inside the artifacts directory. The references are read from the protobuf's wire format
-(``onnx_scan``: no ``onnx`` import, weights skipped by their length prefix over a memory map).
+file inside the artifacts directory with one link (a hard link is a second name of a file that may
+lie outside it). The references are read from the protobuf's wire format (``onnx_scan``: no ``onnx``
+import, weights skipped by their length prefix over a memory map).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def graph_files(artifacts: Path, manifest: Manifest, name: str) -> list[tuple[Pa
     ext = g.get("external_data")
     if ext is not None:
         rel = posixpath.join(posixpath.dirname(g["file"]), ext["file"])  # beside the graph, as loaders resolve it
-        out.append((artifact_file(artifacts, rel, where(name, "external_data.file")), ext["sha256"],
+        out.append((artifact_file(artifacts, rel, where(name, "external_data.file"), single_link=True), ext["sha256"],
                     where(name, "external_data.file")))
     return out
 

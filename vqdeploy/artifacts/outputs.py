@@ -4,19 +4,17 @@ only when the results are written.
 Inside the artifacts directory (the defaults ``<artifacts>/parity/`` and ``<artifacts>/bench.json``)
 no component may be a symlink (``inside_dir``), so nothing is written outside the tree. A
 user-given ``--out`` elsewhere is used as given. Either way every file is written with
-``atomic_write`` (a symlink at a file's place is replaced, never written through), and a directory
-standing where a report file goes is refused before any work starts.
+``atomic_write``, and only a new name or a regular file is replaced: a directory, a symlink, a
+device node, a FIFO or a socket where a report file goes is refused before any work starts.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from vqdeploy.errors import InputError
-from vqdeploy.files import check_writable, inside_dir
+from vqdeploy.files import check_target, check_writable, inside_dir
 
 
 def _inside(artifacts: Path, path: Path) -> str | None:
@@ -54,12 +52,8 @@ def make_output_dir(artifacts: Path, directory: Path) -> Path:
     return directory
 
 
-def check_files(paths: Iterable[Path], what: str) -> None:
-    """None of ``paths`` is a directory (``atomic_write`` would refuse it after the work is done)."""
+def check_files(paths: Iterable[Path], what: str, hint: str = "") -> None:
+    """Every one of ``paths`` is a new name or a regular file (``check_target``; ``atomic_write`` would refuse
+    anything else after the work is done)."""
     for p in paths:
-        try:
-            mode = os.lstat(p).st_mode
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(mode):
-            raise InputError(f"{what}: cannot write {p}: it is a directory")
+        check_target(p, what, hint)

@@ -39,9 +39,10 @@ def check_relative(rel: object, where: str) -> str:
     return rel
 
 
-def artifact_file(root: Path, rel: object, where: str, must_exist: bool = True) -> Path:
+def artifact_file(root: Path, rel: object, where: str, must_exist: bool = True, single_link: bool = False) -> Path:
     """``root/rel`` for a file named by untrusted data; ``where`` names the entry (e.g.
-    ``manifest.json graphs.decoder.file``). With ``must_exist``, it must be a regular file."""
+    ``manifest.json graphs.decoder.file``). With ``must_exist``, it must be a regular file; with
+    ``single_link``, not a hard link either (a second name of a file that may lie outside the directory)."""
     rel = check_relative(rel, where)
     path = Path(root)
     parts = rel.split("/")
@@ -59,6 +60,9 @@ def artifact_file(root: Path, rel: object, where: str, must_exist: bool = True) 
         last = i == len(parts) - 1
         if last and not stat.S_ISREG(st.st_mode):
             raise ArtifactError(f"{where}: refused {path}: not a regular file")
+        if last and single_link and st.st_nlink > 1:
+            raise ArtifactError(f"{where}: refused {path}: it has {st.st_nlink} hard links, so it may be a file "
+                                "outside the artifacts directory; copy the directory (cp -r) rather than linking it")
         if not last and not stat.S_ISDIR(st.st_mode):
             raise ArtifactError(f"{where}: refused {path}: not a directory")
     return path

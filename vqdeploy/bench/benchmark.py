@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from vqdeploy import machine
 from vqdeploy.artifacts import Artifacts, Manifest, ModelInfo, open_artifacts
 from vqdeploy.artifacts.outputs import check_files, check_output_dir, make_output_dir
 from vqdeploy.conditions import ConditionInput
-from vqdeploy.errors import ArtifactError, CheckpointError, InputError
+from vqdeploy.errors import ArtifactError, CheckpointError, InputError, os_error, shown
 from vqdeploy.files import atomic_write
 from vqdeploy.limits import check_int, check_num_samples
 from vqdeploy.parity.inputs import sample_condition
@@ -241,8 +242,10 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
     info = manifest.model
     if not info.samples:
         raise InputError("bench needs a Net2NetTransformer (there is no sampling in a VQGAN)")
-    check_output_dir(artifacts, out.parent, "bench --out")
-    check_files([out], "bench --out")
+    to_stdout = str(out) == "-"
+    if not to_stdout:
+        check_output_dir(artifacts, out.parent, "bench --out")
+        check_files([out], "bench --out", " (--out - writes the JSON to stdout)")
     candidates = parse_backends(backends, opened, device)  # every requested backend can run, before any does
     other_candidates = [[c for c in parse_backends(backends, o, device) if not spec(c[0]).reference] for o in others]
     named_torch = backends != "auto" and any(spec(b).reference for b, _ in candidates)
@@ -305,10 +308,25 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
         "backends": rows,
     }
     _print_table(result, log)
+    text = json.dumps(result, indent=2) + "\n"
+    if to_stdout:
+        write_stdout(text.encode())
+        return result
     out = make_output_dir(artifacts, out.parent) / out.name
-    atomic_write(out, json.dumps(result, indent=2) + "\n")
-    log(f"wrote {out}")
+    atomic_write(out, text)
+    log(f"wrote {shown(out)}")
     return result
+
+
+def write_stdout(data: bytes) -> None:
+    """``--out -``: the JSON results on stdout (the table and progress go to stderr)."""
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        raise InputError("bench --out -: stdout was closed before the results were written") from None
+    except OSError as e:
+        raise os_error(e, "stdout", "write") from None
 
 
 def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:

@@ -23,7 +23,8 @@ Example:
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per stage (the median is shown).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time the upstream-style sampler (full recomputation per token).")
-@click.option("--out", default=None, type=click.Path(path_type=Path), help="JSON results (default: ARTIFACTS/bench.json).")
+@click.option("--out", default=None, type=click.Path(path_type=Path),
+              help="JSON results (default: ARTIFACTS/bench.json); '-' writes them to stdout.")
 @click.option("--ckpt", default=None, help="Reference checkpoint (default: the exported one).")
 @click.option("--cuda-graphs", is_flag=True, help="GPU backends: also time them with CUDA graphs (rows side by side).")
 @click.option("--decoding", type=DECODING, default="sequential", show_default=True,

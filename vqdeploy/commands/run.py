@@ -29,8 +29,8 @@ from vqdeploy.runtime.sampling import (
     DEFAULT_SEED,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,
-    MIN_TEMPERATURE,
     SamplingParams,
+    check_temperature,
 )
 from vqdeploy.trt import ensure
 
@@ -50,7 +50,8 @@ Examples:
 @click.option("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES, show_default=True,
               help="Images to sample; beyond the backend's batch limit they run in batches (same images).")
 @click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True,
-              help="Divides the logits: < 1 sharper, > 1 more varied; 0 = greedy (always the most likely token).")
+              help="Divides the logits: < 1 sharper, > 1 more varied; 0 = greedy (always the most likely token); "
+                   "otherwise 1e-4..1e4.")
 @click.option("--top-k", type=int, default=DEFAULT_TOP_K, show_default=True,
               help="Sample among the k most likely tokens; 1 = greedy; more than the vocabulary keeps all.")
 @click.option("--top-p", type=float, default=None, help="Nucleus sampling: the most likely tokens with mass p, in (0, 1].")
@@ -61,7 +62,8 @@ Examples:
               help="Output size S or WxH (width x height) in pixels; default: the trained size (the input is "
                    "resized to it); larger uses sliding-window sampling.")
 @click.option("--out", default="samples/sample.png", show_default=True, type=click.Path(path_type=Path),
-              help="Output PNG; with several samples NAME-0.png, NAME-1.png, ... unless --grid.")
+              help="Output PNG; with several samples NAME-0.png, NAME-1.png, ... unless --grid; '-' writes the PNG to "
+                   "stdout. Only a new name or a regular file is replaced (a symlink, FIFO or device is refused).")
 @click.option("--grid", is_flag=True, help="Write all samples into one grid image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (timings, tokens/s, backend, seed).")
 @click.option("--ckpt", default=None, help="torch backend: checkpoint to use instead of the exported one.")
@@ -92,6 +94,8 @@ def run(input: Path | None, artifacts: Path, backend: str, device: str | None, n
     if max_pixels is not None:
         check_int(max_pixels, "--max-pixels", 1, 2**40)
     params = sampling_options(temperature, top_k, top_p)
+    if as_json and str(out) == "-":
+        raise InputError("--json and --out - both write to stdout; pass a file name for --out")
     if build_engines:
         ensure.ensure_engines(artifacts, backend, device, echo=lambda m: click.echo(m, err=True))
     options = RunOptions(backend, device, sampler, cuda_graphs, ckpt, num_samples, params, seed, class_id, size,
@@ -103,9 +107,7 @@ def run(input: Path | None, artifacts: Path, backend: str, device: str | None, n
 
 def sampling_options(temperature: float, top_k: int | None, top_p: float | None) -> SamplingParams:
     """The sampling options, checked with the names the user typed."""
-    check_finite(temperature, "--temperature", low=0.0)
-    if 0 < temperature < MIN_TEMPERATURE:
-        raise InputError(f"--temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {temperature:g}")
+    check_temperature(temperature, "--temperature")
     if top_k is not None:
         check_int(top_k, "--top-k", 1, MAX_TOP_K)
     if top_p is not None:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 
 import click
 
 from vqdeploy.commands.options import (BACKEND, BACKEND_HELP, CUDA_GRAPHS_HELP, DECODING, DECODING_HELP, DEVICE,
                                        DEVICE_HELP, JACOBI_WINDOW_HELP, SAMPLER_HELP)
-from vqdeploy.errors import BackendError
-from vqdeploy.limits import MAX_SAMPLES, MAX_UPLOAD_BYTES, check_finite, check_int
+from vqdeploy.errors import BackendError, InputError, shown
+from vqdeploy.limits import (
+    MAX_INFLIGHT_UPLOAD_BYTES,
+    MAX_SAMPLES,
+    MAX_UPLOAD_BYTES,
+    READ_TIMEOUT_S,
+    check_finite,
+    check_int,
+)
 from vqdeploy.runtime.decoding import SAMPLERS
 from vqdeploy.runtime.jacobi import DEFAULT_WINDOW, check_window
 from vqdeploy.runtime.pipeline import Pipeline
+from vqdeploy.serve.intake import return_freed_memory, uvicorn_config
 
 SERVE_EXAMPLE = """\b
 Examples:
@@ -58,11 +68,17 @@ def require_serve_extra() -> None:
               help="Largest request body (the condition image included); larger gets 413.")
 @click.option("--max-pixels", type=int, default=None,
               help="Largest condition image in pixels (default: 16x the trained area); larger gets 413.")
+@click.option("--max-inflight-upload-bytes", type=int, default=MAX_INFLIGHT_UPLOAD_BYTES, show_default=True,
+              help="Request bodies being received at once, in bytes (each reserves its Content-Length before it is "
+                   "read); beyond it requests get 503 with Retry-After. Bounds the memory uploads hold.")
+@click.option("--read-timeout", "read_timeout_s", type=float, default=READ_TIMEOUT_S, show_default=True,
+              help="Seconds a client has to send a request's headers, and then its body; later it gets 408 and the "
+                   "connection is closed.")
 def serve(artifacts: Path, backend: str, device: str | None, sampler: str, decoding: str, jacobi_window: int,
           cuda_graphs: bool, host: str, port: int,
           max_batch: int | None,
           max_wait_ms: float, max_queue: int, timeout_s: float, max_samples: int, max_upload_bytes: int,
-          max_pixels: int | None) -> None:
+          max_pixels: int | None, max_inflight_upload_bytes: int, read_timeout_s: float) -> None:
     """Serve the model over HTTP: POST /v1/generate (and /v1/generate/stream for progress events),
     GET /v1/model, /healthz, /metrics (Prometheus) and a sketch pad page at /.
 
@@ -78,17 +94,46 @@ def serve(artifacts: Path, backend: str, device: str | None, sampler: str, decod
     check_int(max_upload_bytes, "--max-upload-bytes", 1, 1 << 30)
     if max_pixels is not None:
         check_int(max_pixels, "--max-pixels", 1, 2**40)
+    check_int(max_inflight_upload_bytes, "--max-inflight-upload-bytes", 1, 1 << 40)
+    if max_inflight_upload_bytes < max_upload_bytes:
+        raise InputError(f"--max-inflight-upload-bytes {max_inflight_upload_bytes} is below --max-upload-bytes "
+                         f"{max_upload_bytes}: no request of the largest size could ever be read")
+    check_finite(read_timeout_s, "--read-timeout", low=0.0, high=3600.0, low_open=True)
     require_serve_extra()
     import uvicorn
 
     from vqdeploy.serve.app import ServeConfig, create_app  # the serve extra
 
+    sock = listen(host, port)  # before the model loads: a port in use is one line, at once
+    return_freed_memory()  # uploads' memory goes back to the system when they end
     pipeline = Pipeline.from_artifacts(artifacts, backend, device, sampler, cuda_graphs,
                                        log=lambda m: click.echo(m, err=True), decoding=decoding,
                                        jacobi_window=check_window(jacobi_window))
     config = ServeConfig(max_batch, max_wait_ms / 1000.0, max_queue, timeout_s, max_upload_bytes, max_samples,
-                         max_pixels)
+                         max_pixels, max_inflight_upload_bytes, read_timeout_s)
     app = create_app(pipeline, config)
-    click.echo(f"serving {artifacts} with {pipeline.backend.name} ({pipeline.backend.device}) on http://{host}:{port}/",
-               err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    bound = sock.getsockname()
+    where = f"[{bound[0]}]:{bound[1]}" if sock.family == socket.AF_INET6 else f"{bound[0]}:{bound[1]}"
+    click.echo(f"serving {shown(artifacts)} with {pipeline.backend.name} ({pipeline.backend.device}) on "
+               f"http://{where}/", err=True)
+    uvicorn.Server(uvicorn_config(app, host, bound[1])).run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (uvicorn listens on it): an address in use or a host that does not
+    resolve is one error line before anything else happens."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise InputError(f"--host {shown(host)}: cannot resolve it ({getattr(e, 'strerror', None) or e})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart reuses the port at once
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        hint = "; another server is using it: stop it or pass another --port" if e.errno == errno.EADDRINUSE else ""
+        raise InputError(f"cannot listen on {shown(host)}:{port}: {e.strerror or e}{hint}") from None
+    sock.set_inheritable(True)
+    return sock

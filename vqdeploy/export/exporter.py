@@ -19,7 +19,7 @@ from vqdeploy.artifacts.manifest import FORMAT, FORMAT_VERSION, KV_CACHE_DOC, MA
 from vqdeploy.artifacts.manifest_schema import validate  # what is exported must read back
 from vqdeploy.artifacts.paths import artifact_file
 from vqdeploy.bounds import MAX_BATCH
-from vqdeploy.errors import ArtifactError, ConfigError, ParityError
+from vqdeploy.errors import ArtifactError, ConfigError, ParityError, os_error, shown
 from vqdeploy.export import BF16_MIN_OPSET, default_opset
 from vqdeploy.export.install import export_lock, install, temp_prefix
 from vqdeploy.export.manifest import versions, write_manifest
@@ -110,7 +110,7 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
                    object_classes: int | None = None) -> Manifest:
     options = {"object_classes": object_classes} if object_classes is not None else {}
     family: Family = family_for(ckpt, options)
-    log(f"loading {ckpt}")
+    log(f"loading {shown(ckpt)}")
     model = family.load(ckpt, config, **options)
     info = family.describe(model)
     fingerprint = model_fingerprint(model)
@@ -120,7 +120,10 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
                           f"weights are quantized")
     specs = family.graph_specs(model, precision, max_batch)
 
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
+    except OSError as e:
+        raise os_error(e, out, "write the export to") from None
     tmp.chmod(default_mode(directory=True))  # mkdtemp makes it private; artifacts are ordinary files
     try:
         graphs: dict[str, Any] = {}
@@ -175,10 +178,13 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
                     if quantization else "")
             raise ParityError(f"{what}exported graphs do not match PyTorch within tolerance (report: {report})")
         install(tmp, out, log=log)
+    except OSError as e:  # a full disk, a read-only file system ... while the export is written: one line
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise os_error(e, out, "write the export to") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"wrote {out}/ in {manifest['export_seconds']:.1f} s")
+    log(f"wrote {shown(out)}/ in {manifest['export_seconds']:.1f} s")
     return typed  # its ``raw`` is the manifest as written (parity and timing included)
 
 

@@ -8,8 +8,11 @@ refuse anything outside a short allowlist of framework namespaces, and let torch
 unpickler rebuild the allowed ones as inert placeholders: the real classes are never imported,
 so no code from the checkpoint or its framework can run.
 
-The pickle is unpickled with ``map_location="meta"``: every tensor comes back without data, with
-its storage's offset in the file (``_checkpoint_offset``, checked against the zip's own records).
+The pickle is unpickled with ``map_location="meta"``: every tensor comes back without data. Which
+zip record holds a storage comes from a skeleton of the archive (``_zip_records``: the small records,
+and an empty record per tensor data record), and where that record's bytes start from its local file
+header in the real file: a checkpoint re-zipped with Python's ``zipfile`` (other alignment, extra
+fields, deflated records) reads like one torch wrote.
 Only the model's tensors are then copied into private memory with positioned reads
 (``stable_read``): a 4 GB ``last.ckpt`` that is mostly optimizer state costs the model weights
 in RAM, once, and a checkpoint that a training job truncates or rewrites while we read it is
@@ -35,6 +38,7 @@ its exceptions stay bugs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -45,12 +49,13 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Container
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeGuard
 
 import torch
 
-from vqdeploy.errors import CheckpointError, VQDeployError
+from vqdeploy.errors import CheckpointError, VQDeployError, shown
 from vqdeploy.loading import stable_read
 
 # Namespaces whose objects may appear *beside* the weights in a training checkpoint. They are
@@ -122,11 +127,12 @@ def is_legacy(head: bytes) -> bool:
 def check_format(path: Path) -> None:
     """Refuse a file that is none of the formats we read (a torch zip, a legacy torch pickle, safetensors)
     before anything else looks for its config: "not a checkpoint" says more than "no config"."""
-    try:
-        with open(path, "rb") as f:
+    f, _ = stable_read.open_regular(path)  # without blocking (a FIFO fails at once), a regular file only
+    with f:
+        try:
             head = f.read(32)
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path} ({e.strerror})") from None
+        except OSError as e:
+            raise CheckpointError(f"cannot read checkpoint {shown(path)}: {e.strerror or e}") from None
     if not head:
         raise CheckpointError(f"{path}: empty checkpoint file")
     safetensors = len(head) >= 9 and head[8:9] == b"{"  # 8-byte little-endian header length, then JSON
@@ -160,29 +166,76 @@ def _check_globals(f: BinaryIO, path: Path) -> list[tuple[type, str]]:
     return [(_placeholder(n), n) for n in names]
 
 
-def _zip_records(f: BinaryIO, path: Path) -> tuple[dict[int, tuple[int, int]], bytes | None]:
-    """File offset of each stored member's data -> (size, CRC-32), and the ``byteorder`` record."""
-    records: dict[int, tuple[int, int]] = {}
+@dataclass(frozen=True)
+class Record:
+    """A tensor data record of the zip: where its bytes start (read from its local file header), how it is
+    stored, its sizes and CRC-32."""
+
+    name: str
+    offset: int  # of the (stored or compressed) data: local header offset + 30 + name + extra field
+    size: int  # uncompressed
+    compressed: int
+    compress_type: int
+    crc: int
+
+
+_DATA_RECORD = re.compile(r"[^/]+/data/[^/]+")
+MAX_DEFLATE_RATIO = 1100  # deflate expands at most ~1032x: a record claiming more is not deflate data
+MAX_METADATA_BYTES = 1 << 30  # the records beside the tensors' data (the pickle, byteorder, version ...)
+
+
+def _zip_records(f: BinaryIO, path: Path) -> tuple[dict[str, Record], io.BytesIO, dict[int, str], bytes | None]:
+    """The tensor data records by name, with their real data offsets from their local headers (a zip need not
+    be laid out as torch writes it: re-zipped with Python's ``zipfile``, with other alignment or extra fields,
+    or deflated); a skeleton of the archive for the unpickler, and the ``byteorder`` record.
+
+    The skeleton holds every record except the tensors' data, which become empty records of the same names,
+    and no ``.format_version``: torch then reads each storage's offset from its record's local header (instead
+    of computing it, assuming torch's own layout), so ``_checkpoint_offset`` of a meta storage is the offset of
+    its empty record in the skeleton, mapped back to the record's name here. Nothing but the small records is
+    copied."""
+    records: dict[str, Record] = {}
+    names: dict[int, str] = {}
+    skeleton = io.BytesIO()
     byteorder = None
+    copied = 0
     try:
         f.seek(0)
-        with zipfile.ZipFile(f) as z:
+        with zipfile.ZipFile(f) as z, zipfile.ZipFile(skeleton, "w", zipfile.ZIP_STORED) as out:
             for zi in z.infolist():
-                if zi.filename.rsplit("/", 1)[-1] == "byteorder" and zi.file_size <= 16:
-                    byteorder = z.read(zi)
-                if zi.compress_type != zipfile.ZIP_STORED or "/data/" not in zi.filename:
+                name = zi.filename
+                if _DATA_RECORD.fullmatch(name):
+                    if zi.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                        raise corrupt(path, f"record {name[:80]} uses zip compression {zi.compress_type}, which torch "
+                                            "does not read")
+                    if zi.compress_type == zipfile.ZIP_DEFLATED and \
+                            zi.file_size > MAX_DEFLATE_RATIO * zi.compress_size + (1 << 20):
+                        raise corrupt(path, f"record {name[:80]} claims {zi.file_size} bytes from {zi.compress_size}")
+                    f.seek(zi.header_offset)
+                    head = f.read(30)
+                    if len(head) < 30 or head[:4] != _ZIP_LOCAL:
+                        raise corrupt(path, f"bad zip header for {name[:80]}")
+                    name_len, extra_len = struct.unpack("<HH", head[26:30])
+                    records[name] = Record(name, zi.header_offset + 30 + name_len + extra_len, zi.file_size,
+                                           zi.compress_size, zi.compress_type, zi.CRC)
+                    stub = zipfile.ZipInfo(name, zi.date_time)
+                    out.writestr(stub, b"")
+                    names[stub.header_offset + 30 + len(stub.filename.encode()) + len(stub.extra)] = name
                     continue
-                f.seek(zi.header_offset)
-                head = f.read(30)
-                if len(head) < 30 or head[:4] != _ZIP_LOCAL:
-                    raise corrupt(path, f"bad zip header for {zi.filename[:80]}")
-                name_len, extra_len = struct.unpack("<HH", head[26:30])
-                records[zi.header_offset + 30 + name_len + extra_len] = (zi.file_size, zi.CRC)
+                if name.rsplit("/", 1)[-1] == ".format_version":
+                    continue
+                copied += zi.file_size
+                if copied > MAX_METADATA_BYTES:
+                    raise corrupt(path, f"over {MAX_METADATA_BYTES >> 20} MiB of records beside the tensors' data")
+                data = z.read(zi)
+                if name.rsplit("/", 1)[-1] == "byteorder" and len(data) <= 16:
+                    byteorder = data
+                out.writestr(zipfile.ZipInfo(name, zi.date_time), data)
     except VQDeployError:
         raise
-    except Exception as e:  # noqa: BLE001 - zipfile on arbitrary bytes: BadZipFile, ValueError, struct.error
+    except Exception as e:  # noqa: BLE001 - zipfile on arbitrary bytes: BadZipFile, ValueError, struct.error, zlib
         raise corrupt(path, e) from None
-    return records, byteorder
+    return records, skeleton, names, byteorder
 
 
 @functools.cache
@@ -224,35 +277,61 @@ def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _materialize(f: BinaryIO, sd: dict[str, torch.Tensor], records: dict[int, tuple[int, int]], path: Path,
-                 skip: Skip) -> dict[str, torch.Tensor]:
+def _record_bytes(f: BinaryIO, z: zipfile.ZipFile | None, rec: Record, path: Path) -> torch.Tensor:
+    """A record's data in private memory, checked against its CRC-32: a stored record by positioned reads, a
+    deflated one through ``zipfile`` (which checks the CRC at its end)."""
+    if rec.compress_type == zipfile.ZIP_STORED:
+        data = stable_read.read_tensor_bytes(f, rec.offset, rec.size, path)
+        if zlib.crc32(data.numpy().data) != rec.crc:
+            raise corrupt(path, f"CRC mismatch in record {rec.name[:80]}")
+        return data
+    assert z is not None
+    data = torch.empty(rec.size, dtype=torch.uint8)
+    view = data.numpy().data.cast("B")
+    try:
+        with z.open(rec.name) as member:
+            got = 0
+            while got < rec.size and (k := member.readinto(view[got:])):  # type: ignore[attr-defined]
+                got += k
+            if got != rec.size or member.read(1):
+                raise corrupt(path, f"record {rec.name[:80]} does not hold its {rec.size} bytes")
+    except VQDeployError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zipfile and zlib on arbitrary bytes: BadZipFile (CRC), zlib.error, EOFError
+        raise corrupt(path, e) from None
+    return data
+
+
+def _materialize(f: BinaryIO, sd: dict[str, torch.Tensor], records: dict[str, Record], names: dict[int, str],
+                 path: Path, skip: Skip) -> dict[str, torch.Tensor]:
     """Meta tensors -> tensors in private memory, each storage read once from its zip record and
     checked against the record's CRC-32 (flipped bits in the weights are an error, not garbage)."""
-    storages: dict[int, torch.UntypedStorage] = {}
+    storages: dict[str, torch.UntypedStorage] = {}
     out: dict[str, torch.Tensor] = {}
-    for key, t in sd.items():
-        if skip(key):
-            continue
-        if t.layout != torch.strided or t.is_quantized or not t.is_meta:
-            raise CheckpointError(f"{path}: unsupported tensor '{key}' ({t.layout}, {t.dtype})")
-        offset = getattr(t.untyped_storage(), "_checkpoint_offset", None)
-        offset = offset if isinstance(offset, int) else -1
-        size, crc = records.get(offset, (-1, 0))
-        need = stable_read.needed_bytes(tuple(t.shape), tuple(t.stride()), int(t.storage_offset()), t.element_size())
-        if size < 0 or need < 0 or need > size:
-            raise corrupt(path, f"tensor '{key[:80]}' does not match the archive's records")
-        if offset not in storages:
-            data = stable_read.read_tensor_bytes(f, offset, size, path)
-            if zlib.crc32(data.numpy().data) != crc:
-                raise corrupt(path, f"CRC mismatch in the data of tensor '{key[:80]}'")
-            storages[offset] = data.untyped_storage()
-        out[key] = torch.empty(0, dtype=t.dtype).set_(storages[offset], t.storage_offset(), t.shape, t.stride())
+    deflated = any(r.compress_type != zipfile.ZIP_STORED for r in records.values())
+    f.seek(0)
+    with zipfile.ZipFile(f) if deflated else contextlib.nullcontext() as z:
+        for key, t in sd.items():
+            if skip(key):
+                continue
+            if t.layout != torch.strided or t.is_quantized or not t.is_meta:
+                raise CheckpointError(f"{path}: unsupported tensor '{key}' ({t.layout}, {t.dtype})")
+            offset = getattr(t.untyped_storage(), "_checkpoint_offset", None)
+            rec = records.get(names.get(offset, "")) if isinstance(offset, int) else None
+            size = rec.size if rec is not None else -1
+            need = stable_read.needed_bytes(tuple(t.shape), tuple(t.stride()), int(t.storage_offset()),
+                                            t.element_size())
+            if rec is None or need < 0 or need > size:
+                raise corrupt(path, f"tensor '{key[:80]}' does not match the archive's records")
+            if rec.name not in storages:
+                storages[rec.name] = _record_bytes(f, z, rec, path).untyped_storage()
+            out[key] = torch.empty(0, dtype=t.dtype).set_(storages[rec.name], t.storage_offset(), t.shape, t.stride())
     return out
 
 
 def _load_zip(f: BinaryIO, path: Path, skip: Skip) -> dict[str, torch.Tensor]:
     allowed = _check_globals(f, path)
-    records, byteorder = _zip_records(f, path)
+    records, skeleton, names, byteorder = _zip_records(f, path)
     if byteorder not in (None, b"little", b"big"):
         raise corrupt(path, f"unknown byte order {byteorder[:16]!r}")
     if byteorder is not None and byteorder.decode() != sys.byteorder:
@@ -266,8 +345,8 @@ def _load_zip(f: BinaryIO, path: Path, skip: Skip) -> dict[str, torch.Tensor]:
             return {k: v.clone() for k, v in sd.items() if not skip(k)}
         except RuntimeError as e:
             raise corrupt(path, e) from None
-    sd = _state_dict(_unpickle(f, path, allowed, map_location="meta"), path)
-    return _materialize(f, sd, records, path, skip)
+    sd = _state_dict(_unpickle(skeleton, path, allowed, map_location="meta"), path)
+    return _materialize(f, sd, records, names, path, skip)
 
 
 # --- safetensors -------------------------------------------------------------------------------
@@ -336,10 +415,6 @@ def read_state_dict(path: str | Path, skip: Skip = lambda key: False) -> dict[st
     """The model weights of a Lightning ``.ckpt``, a plain state_dict file or ``.safetensors``, in
     private memory; entries whose key ``skip`` accepts are never read (e.g. training-only weights)."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if not path.is_file():
-        raise CheckpointError(f"not a checkpoint file: {path}")
     f, before = stable_read.open_regular(path)
     with f:
         if before.size == 0:

@@ -44,11 +44,7 @@ def read_run_config(source: str | Path | Mapping[str, Any] | list[Path]) -> tupl
         else:
             paths = source if isinstance(source, list) else [Path(source)]
             data = None
-            for p in paths:
-                if not Path(p).exists():
-                    raise ConfigError(f"config not found: {p}")
-                if not Path(p).is_file():
-                    raise ConfigError(f"config is not a regular file: {p}")
+            for p in paths:  # each opened without blocking and read only when regular (``read_yaml``)
                 data = read_yaml(Path(p), budget) if data is None else merge(data, read_yaml(Path(p), budget))
         if not isinstance(data, dict):
             raise ConfigError("invalid config: expected a mapping with a 'model' key")

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from vqdeploy.errors import ConfigError
+from vqdeploy.errors import ConfigError, shown
+from vqdeploy.files import read_regular
 
 MAX_CONFIG_BYTES = 1 << 20  # per YAML file; a taming *-project.yaml is ~2-5 KB
 MAX_NODES = 1_000_000  # containers + scalars of a config, after alias expansion and interpolation
@@ -81,15 +82,17 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
+class _TooLarge(ConfigError):
+    pass
+
+
 def read_yaml(path: Path, budget: Budget) -> Any:
     """One YAML file (at most ``MAX_CONFIG_BYTES``) as plain data."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES} bytes; a model config is a few KB")
+    try:  # without blocking (a FIFO fails at once), a regular file only: one line naming what it is otherwise
+        text = read_regular(path, "config", MAX_CONFIG_BYTES, ConfigError, _TooLarge)
+    except _TooLarge:
+        raise ConfigError(f"config {shown(path)} is larger than {MAX_CONFIG_BYTES} bytes; a model config is a few "
+                          "KB") from None
     try:
         doc = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as e:  # the parser's message spans lines: fold it into one

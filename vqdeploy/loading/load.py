@@ -8,6 +8,7 @@ never as two copies.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vqdeploy.errors import CheckpointError, ConfigError
+from vqdeploy.errors import CheckpointError, ConfigError, shown
 from vqdeploy.loading.checkpoint import check_format, read_state_dict
 from vqdeploy.loading.config import find_run_configs, read_run_config
 from vqdeploy.loading.targets import BuildContext, build_module
@@ -40,7 +41,7 @@ class ModelSource:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory means ``<run>/checkpoints/last.ckpt``."""
     p = Path(path)
-    if p.is_dir() and (p / "checkpoints" / "last.ckpt").is_file():
+    if os.path.isdir(p) and os.path.isfile(p / "checkpoints" / "last.ckpt"):  # os.path: a name too long is False
         return p / "checkpoints" / "last.ckpt"
     return p
 
@@ -101,11 +102,9 @@ def load_model(
     data config does not state it (``--object-classes``). The model carries ``model.source`` (a ``ModelSource``).
     """
     ckpt = resolve_checkpoint(path)
-    if not ckpt.exists():
-        raise CheckpointError(f"checkpoint not found: {ckpt}")
-    if ckpt.is_dir():
-        raise CheckpointError(f"not a checkpoint file or run directory (no checkpoints/last.ckpt): {ckpt}")
-    check_format(ckpt)
+    if os.path.isdir(ckpt):
+        raise CheckpointError(f"not a checkpoint file or run directory (no checkpoints/last.ckpt): {shown(ckpt)}")
+    check_format(ckpt)  # not found, a FIFO, a device ...: one line, without blocking
     (node, data), config_paths = _resolve_config(ckpt, config)
     state_dict = read_state_dict(ckpt, skip=_IGNORED.search)
     with torch.device("meta"):

@@ -11,13 +11,13 @@ model's weights, not a Lightning checkpoint's optimizer state), each once: one c
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import torch
 
+from vqdeploy import files
 from vqdeploy.errors import CheckpointError
 
 
@@ -36,17 +36,10 @@ class FileIdentity:
 
 
 def open_regular(path: Path) -> tuple[BinaryIO, FileIdentity]:
-    """``path`` opened for reading (never blocking on a FIFO), and its identity; a regular file only."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot open checkpoint: {e.strerror or e}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise CheckpointError(f"not a checkpoint file: {path}")
-    return os.fdopen(fd, "rb"), FileIdentity.of(st)
+    """``path`` opened for reading (never blocking on a FIFO), and its identity; a regular file only (one
+    line saying what it is otherwise: a FIFO, a directory, a device ...)."""
+    f = files.open_regular(path, "checkpoint", CheckpointError)
+    return f, FileIdentity.of(os.fstat(f.fileno()))
 
 
 def changed(path: Path, what: str) -> CheckpointError:

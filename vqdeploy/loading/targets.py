@@ -8,6 +8,8 @@ against the size budgets of ``sizes`` before its module is built.
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ import torch
 from torch import nn
 
 from vqdeploy.conditions.objects import ObjectLayout
-from vqdeploy.errors import ConfigError
+from vqdeploy.errors import ConfigError, shown
+from vqdeploy.files import read_regular
 from vqdeploy.loading.sizes import MAX_VOCAB, check_params, check_sequence
 from vqdeploy.models import conditioning, mingpt, net2net, permuter, vqgan
 
@@ -47,14 +50,22 @@ def _used_codes(params: dict[str, Any], ctx: BuildContext) -> torch.Tensor | Non
     key = f"{ctx.prefix}quantize.used"
     if key in ctx.state_dict:  # upstream registers ``used`` as a buffer: the checkpoint has it
         return ctx.state_dict[key].clone()
-    path = Path(remap)
-    if not path.is_file():
-        raise ConfigError(f"remap table {remap} not found and the checkpoint has no {key}")
     n_embed = params.get("n_embed", MAX_VOCAB)
-    if path.stat().st_size > 8 * n_embed + 65536:  # at most n_embed int64 codes and a header
-        raise ConfigError(f"remap table {remap} is larger than a table of n_embed = {n_embed} codes")
+    limit = 8 * n_embed + 65536  # at most n_embed int64 codes and a header
+
+    class TooLarge(ConfigError):
+        pass
+
+    if not isinstance(remap, str) or not remap or "\0" in remap:
+        raise ConfigError(f"remap: expected the path of a .npy table, got {str(remap)[:80]!r}")
+    if not os.path.lexists(remap):
+        raise ConfigError(f"remap table {shown(remap)} not found and the checkpoint has no {key}")
+    try:  # without blocking, a regular file only, bounded
+        data = read_regular(Path(remap), "remap table", limit, ConfigError, TooLarge)
+    except TooLarge:
+        raise ConfigError(f"remap table {shown(remap)} is larger than a table of n_embed = {n_embed} codes") from None
     try:
-        table = np.load(path, allow_pickle=False)
+        table = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise ConfigError(f"remap table {remap}: not a .npy array ({e})") from None
     if not isinstance(table, np.ndarray) or table.ndim != 1 or table.dtype.kind not in "iu" \

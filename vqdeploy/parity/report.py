@@ -18,7 +18,7 @@ import numpy as np
 
 from vqdeploy.artifacts import Artifacts, open_artifacts
 from vqdeploy.artifacts.outputs import check_files, check_output_dir, make_output_dir
-from vqdeploy.errors import ParityError
+from vqdeploy.errors import InputError, ParityError, shown
 from vqdeploy.families import load_reference
 from vqdeploy.files import atomic_write_many
 from vqdeploy.images import png_bytes, to_uint8
@@ -44,6 +44,9 @@ def run_parity(artifacts: Path | Artifacts, backends: str, device: str | None, s
     candidates = parse_backends(backends, opened, device)
     if not candidates:
         raise ParityError("no backend to compare on this machine")
+    if str(out) == "-":
+        raise InputError("parity --out -: parity writes a report directory (report.json, report.html, images); "
+                         "name a directory")
     check_output_dir(artifacts, out, "parity --out")
     labels = ["torch-cpu"] + [spec(n).label(d) for n, d in candidates]
     check_files([out / "report.json", out / "report.html", out / "condition.png",
@@ -101,7 +104,7 @@ def run_parity(artifacts: Path | Artifacts, backends: str, device: str | None, s
     files["report.json"] = json.dumps(report, indent=2) + "\n"
     out = make_output_dir(artifacts, out)
     atomic_write_many({out / name: data for name, data in files.items()})
-    log(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    log(f"wrote {shown(out / 'report.json')} and {shown(out / 'report.html')}")
     if not report["passed"]:
         raise ParityError(f"a backend is outside tolerance (see {out / 'report.html'})")
     return report

@@ -79,8 +79,11 @@ def check_size(info: ModelInfo, size: tuple[int, int], max_pixels: int | None = 
     cond.check_size(size, first)
     res = first.resolution
     if size[0] < res or size[1] < res:
-        raise InputError(f"--size {size[1]}x{size[0]} is smaller than the trained {res}x{res}: the transformer "
-                         "samples the trained grid or larger (sliding window)")
+        sides = [f"{side} {n}" for side, n in (("width", size[1]), ("height", size[0])) if n < res]
+        small = " and ".join(sides) + (" are" if len(sides) > 1 else " is")
+        raise InputError(f"--size {size[1]}x{size[0]}: the {small} below the trained {res} pixels; each side must "
+                         f"be at least {res} (the transformer samples the trained {res}x{res} grid, or a larger one "
+                         "with a sliding window)")
     f = math.lcm(first.downsample_factor, cond.size_multiple())
     if size[0] % f or size[1] % f:
         raise InputError(f"--size {size[1]}x{size[0]}: width and height must be multiples of {f} pixels")

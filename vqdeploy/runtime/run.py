@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,9 +12,9 @@ from typing import Any
 
 from vqdeploy.artifacts import Artifacts, open_artifacts
 from vqdeploy.conditions import ClassId, Reading
-from vqdeploy.errors import InputError
-from vqdeploy.files import check_writable
-from vqdeploy.images import grid_image, output_paths, parse_size, to_uint8, write_pngs
+from vqdeploy.errors import InputError, os_error, shown
+from vqdeploy.files import check_target, check_writable
+from vqdeploy.images import grid_image, output_paths, parse_size, png_bytes, to_uint8, write_pngs
 from vqdeploy.limits import check_num_samples, check_seed, condition_budget
 from vqdeploy.runtime.backends.registry import OpenOptions, open_backend
 from vqdeploy.runtime.generation import Request, check_size
@@ -22,14 +24,40 @@ from vqdeploy.runtime.progress import TokenProgress
 from vqdeploy.runtime.sampling import SamplingParams
 
 
+STDOUT = Path("-")  # --out -: the image goes to stdout
+
+
 def check_outputs(paths: list[Path]) -> None:
-    """Before any work: every output can be written (its directory is created, no directory is in the
-    way), so a run never samples for minutes and then fails, or leaves some of its images."""
+    """Before any work: every output can be written (its directory is created; only a new name or a regular
+    file is replaced: a directory, a symlink, a device node, a FIFO or a socket there is refused), so a run
+    never samples for minutes and then fails, or leaves some of its images."""
     for directory in sorted({p.parent for p in paths}):
         check_writable(directory, "--out")
     for p in paths:
-        if p.is_dir():
-            raise InputError(f"--out: {p} is a directory; name a file (e.g. {p / 'sample.png'})")
+        if os.path.isdir(p) and not os.path.islink(p):  # os.path: a name too long is not a directory
+            raise InputError(f"--out: {shown(p)} is a directory; name a file (e.g. {shown(p / 'sample.png')})")
+        check_target(p, "--out", " (--out - writes the image to stdout)")
+
+
+def check_stdout(num_samples: int, grid: bool, save_layout: bool) -> None:
+    """``--out -``: one PNG to stdout, which must not be a terminal."""
+    if num_samples > 1 and not grid:
+        raise InputError("--out - writes one image to stdout: pass --grid (all samples in one image) or "
+                         "--num-samples 1")
+    if save_layout:
+        raise InputError("--out - writes one image to stdout; --save-layout needs a file name for --out")
+    if sys.stdout.isatty():
+        raise InputError("--out -: stdout is a terminal; redirect it (vqdeploy run ... --out - > sample.png)")
+
+
+def write_stdout(data: bytes) -> None:
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        raise InputError("--out -: stdout was closed before the image was written") from None
+    except OSError as e:
+        raise os_error(e, "stdout", "write") from None
 
 
 @dataclass(frozen=True)
@@ -64,7 +92,7 @@ def run_pipeline(input: Path | None, artifacts: Path | Artifacts, options: RunOp
     out, grid, save_layout = o.out, o.grid, o.save_layout
     opened = open_artifacts(artifacts)
     check_seed(seed)
-    check_num_samples(num_samples)
+    check_num_samples(num_samples)  # with the option's name, before the outputs are worked out
     info = opened.manifest.model
     cond, tr = info.sampling()
     if params.top_k is not None and params.top_k > tr.vocab_size:
@@ -73,11 +101,15 @@ def run_pipeline(input: Path | None, artifacts: Path | Artifacts, options: RunOp
     hw = parse_size(size)
     if hw is not None:
         check_size(info, hw, max_pixels)
-    paths = output_paths(out, num_samples, grid)
+    to_stdout = out == STDOUT
+    paths = [out] if to_stdout else output_paths(out, num_samples, grid)
     if save_layout and not cond.draws_layout:
         raise InputError("--save-layout is for object-layout (scene) models")
+    if to_stdout:
+        check_stdout(num_samples, grid, save_layout)
     layout_path = out.with_name(f"{out.stem}-layout.png") if save_layout else None
-    check_outputs(paths + ([layout_path] if layout_path else []))
+    if not to_stdout:
+        check_outputs(paths + ([layout_path] if layout_path else []))
     if class_id is not None and input is not None and cond.classes:
         raise InputError("this model is class-conditional: it takes no INPUT; pass --class ID alone")
     raw = ClassId(class_id) if class_id is not None else input
@@ -92,9 +124,17 @@ def run_pipeline(input: Path | None, artifacts: Path | Artifacts, options: RunOp
         result = pipe.sample(request, progress)
     finally:
         progress.close()
+    jacobi = pipe.generator.jacobi_stats.tokens_per_call if o.decoding == "jacobi" else None
     images = to_uint8(result.images)
+    if to_stdout:
+        write_stdout(png_bytes(grid_image(images) if grid else images[0]))
+        log("wrote the image to stdout")
+        return summary(be, o, params, result, load_s, ["-"], None, jacobi)
     for directory in {p.parent for p in paths}:
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise os_error(e, directory, "create") from None
     pictures = {paths[0]: grid_image(images)} if grid else dict(zip(paths, images))
     if layout_path is not None:  # the layout the model got, decoded from its tokens
         h, w = images.shape[1:3]
@@ -102,16 +142,21 @@ def run_pipeline(input: Path | None, artifacts: Path | Artifacts, options: RunOp
         if picture is not None:
             pictures[layout_path] = picture
     write_pngs(pictures)
-    log("wrote " + ", ".join(str(p) for p in pictures))
+    log("wrote " + ", ".join(shown(p) for p in pictures))
+    return summary(be, o, params, result, load_s, [str(p) for p in paths], layout_path, jacobi)
+
+
+def summary(be: Any, o: RunOptions, params: SamplingParams, result: Any, load_s: float, outputs: list[str],
+            layout_path: Path | None, jacobi: float | None = None) -> dict[str, Any]:
+    """``run --json``'s summary."""
     return {
-        "backend": be.name, "device": be.device, "sampler": sampler, "cuda_graphs": cuda_graphs, "seed": seed,
-        "decoding": o.decoding, **({"jacobi_tokens_per_call": round(pipe.generator.jacobi_stats.tokens_per_call, 3)}
-                                   if o.decoding == "jacobi" else {}),
-        "num_samples": num_samples,
+        "backend": be.name, "device": be.device, "sampler": o.sampler, "cuda_graphs": o.cuda_graphs, "seed": o.seed,
+        "num_samples": o.num_samples,
+        "decoding": o.decoding, **({"jacobi_tokens_per_call": round(jacobi, 3)} if jacobi is not None else {}),
         "sampling": {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
         "tokens_per_sample": int(result.tokens[0].size), "sliding_window": result.sliding_window,
         "timings_s": {"load": round(load_s, 4), **{k: round(v, 4) for k, v in result.timings.items()}},
         "tokens_per_s": round(result.tokens_per_second, 2),
-        "outputs": [str(p) for p in paths],
+        "outputs": outputs,
         **({"layout": str(layout_path)} if layout_path else {}),
     }

@@ -24,6 +24,17 @@ DEFAULT_TOP_K = 100
 # below this, logits / temperature overflows float64 for ordinary logits (a subnormal temperature gave neither
 # greedy nor sampled tokens): 0 means greedy, anything in between is refused
 MIN_TEMPERATURE = 1e-4
+# above this every kept token is as likely as the others (a larger one changes nothing), and the sampler graph's
+# float32 input holds it (beyond 3.4e38 numpy's cast overflowed with a warning)
+MAX_TEMPERATURE = 1e4
+
+
+def check_temperature(value: float, name: str) -> float:
+    """0 (greedy), or MIN_TEMPERATURE..MAX_TEMPERATURE; ``name`` as the user typed it."""
+    check_finite(value, name, low=0.0, high=MAX_TEMPERATURE)
+    if 0 < value < MIN_TEMPERATURE:
+        raise InputError(f"{name} must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {value:g}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -33,9 +44,7 @@ class SamplingParams:
     top_p: float | None = None
 
     def __post_init__(self) -> None:
-        check_finite(self.temperature, "temperature", low=0.0)
-        if 0 < self.temperature < MIN_TEMPERATURE:
-            raise InputError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {self.temperature:g}")
+        check_temperature(self.temperature, "temperature")
         if self.top_k is not None:
             check_int(self.top_k, "top_k", 1, MAX_TOP_K)
         if self.top_p is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -17,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from vqdeploy.errors import InputError, TooLargeError, UnsupportedInputError, VQDeployError
-from vqdeploy.limits import MAX_UPLOAD_BYTES, pixel_budget
+from vqdeploy.limits import MAX_INFLIGHT_UPLOAD_BYTES, MAX_UPLOAD_BYTES, READ_TIMEOUT_S, pixel_budget
 from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.sampling import SamplingParams
 from vqdeploy.serve.batcher import Batcher, QueueFull
+from vqdeploy.serve.intake import Intake, IntakeLimits
 from vqdeploy.serve.metrics import Metrics
 from vqdeploy.serve.requests import (
     FIELDS,
@@ -48,6 +50,8 @@ class ServeConfig:
     max_upload_bytes: int = MAX_UPLOAD_BYTES  # a whole request body
     max_samples: int = 16  # num_samples per request
     max_pixels: int | None = None  # condition image budget (default: 16x the trained area)
+    max_inflight_upload_bytes: int = MAX_INFLIGHT_UPLOAD_BYTES  # all bodies being received at once; then 503
+    read_timeout_s: float = READ_TIMEOUT_S  # a request's headers, and then its body; then 408
 
 
 class Server:
@@ -66,6 +70,16 @@ class Server:
         rows = sum(it.count for it in batch)
         self.metrics.batch(rows, len({id(it.job) for it in batch}), rows * self.runner.steps, timings)
         self._queue_gauges()
+
+    def header_timeout(self) -> None:
+        """A connection that did not send its request's headers in time (answered 408 by the protocol)."""
+        self.metrics.requests.labels("other", "408").inc()
+        self.metrics.rejected.labels("read_timeout").inc()
+
+    def client_abort(self, scope: dict[str, Any]) -> None:
+        """A client that went away before its body was complete."""
+        self.metrics.requests.labels(route_of(scope), "499").inc()
+        self.metrics.rejected.labels("client_abort").inc()
 
     def _queue_gauges(self) -> None:
         self.metrics.queue_jobs.set(self.batcher.waiting_jobs())
@@ -86,7 +100,9 @@ class Server:
             "limits": {"max_samples": self.config.max_samples, "max_upload_bytes": self.config.max_upload_bytes,
                        "max_pixels": pixel_budget(self.info, self.config.max_pixels),
                        "max_batch": self.batcher.max_batch, "max_queue": self.config.max_queue,
-                       "request_timeout_s": self.config.request_timeout_s},
+                       "request_timeout_s": self.config.request_timeout_s,
+                       "max_inflight_upload_bytes": self.config.max_inflight_upload_bytes,
+                       "read_timeout_s": self.config.read_timeout_s},
             "fields": list(FIELDS),
         }
 
@@ -97,17 +113,27 @@ def error(status: int, message: str, field: str | None = None, headers: dict[str
     return JSONResponse({"error": {"field": field, "message": message, "status": status}}, status, headers=headers)
 
 
+class ClientAbort(Exception):
+    """The client went away before its request was read."""
+
+
 async def read_body(request: Any, limit: int) -> bytes:
-    """The whole body, refused (413) past ``limit`` bytes whether or not Content-Length says so."""
+    """The whole body, refused (413) past ``limit`` bytes whether or not Content-Length says so (``Intake``
+    already read it within the limits; this holds for the app without it, too)."""
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise FieldError("body", f"the request body is {declared} bytes, over the limit of {limit}", 413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise FieldError("body", f"the request body is over the limit of {limit} bytes", 413)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise FieldError("body", f"the request body is over the limit of {limit} bytes", 413)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientAbort from None
     return b"".join(chunks)
 
 
@@ -121,19 +147,25 @@ async def parse_body(request: Any, limit: int) -> tuple[dict[str, Any], bytes | 
     if ctype == "application/json":
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise FieldError("body", f"malformed JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise FieldError("body", "the JSON body must be an object of fields")
-        cond = data.pop("condition", None)
-        if isinstance(cond, dict):  # a scene, for object-layout models
-            return data, json.dumps(cond).encode()
+            if not isinstance(data, dict):
+                raise FieldError("body", "the JSON body must be an object of fields")
+            cond = data.pop("condition", None)
+            if isinstance(cond, dict):  # a scene, for object-layout models
+                return data, json.dumps(cond).encode()
+        except RecursionError:
+            raise FieldError("body", "malformed JSON: nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as e:  # also a number of more than 4300 digits
+            raise FieldError("body", f"malformed JSON: {str(e).splitlines()[0][:200]}") from None
         return data, (None if cond is None else condition_bytes(cond))
     if ctype == "application/x-www-form-urlencoded":  # an HTML form without a file
         from urllib.parse import parse_qsl
 
         fields = {}
-        for name, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=len(FIELDS) + 1):
+        try:
+            pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=len(FIELDS) + 1)
+        except ValueError:  # more fields than a request has
+            raise FieldError("body", f"too many form fields (a request has at most {len(FIELDS)})") from None
+        for name, value in pairs:
             if name in fields:
                 raise FieldError(name, f"field {name!r} is given more than once")
             fields[name] = value
@@ -241,6 +273,10 @@ class Call:
 
 def failure(e: BaseException) -> Any:
     """The JSON answer for an exception from parsing or sampling."""
+    if isinstance(e, ClientAbort):  # nobody reads it; counted as 499
+        from starlette.responses import Response
+
+        return Response(status_code=499)
     if isinstance(e, FieldError):
         return error(e.status, str(e), e.field)
     if isinstance(e, QueueFull):
@@ -267,7 +303,11 @@ class Routes:
         from starlette.concurrency import run_in_threadpool
 
         server = self.server
-        fields, data = await parse_body(request, server.config.max_upload_bytes)
+        try:
+            fields, data = await parse_body(request, server.config.max_upload_bytes)
+        except ClientAbort:
+            server.metrics.rejected.labels("client_abort").inc()
+            raise
         req = parse_fields(fields, server.info, server.config.max_samples, server.config.max_pixels)
         await run_in_threadpool(read_condition, data, req, server.info, server.config.max_pixels)
         call = Call(server, req)
@@ -401,6 +441,9 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
 
     server = Server(pipeline, config or ServeConfig())
     routes = Routes(server)
+    # a malformed multipart body is a 400 to its client, not a line in the server's log per request (python-multipart
+    # logs each at warning level, which Python's last-resort handler prints)
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -416,25 +459,33 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
         lifespan=lifespan,
     )
     app.state.server = server
-    return CountRequests(app, server.metrics)
+    limits = IntakeLimits(server.config.max_upload_bytes, server.config.max_inflight_upload_bytes,
+                          server.config.read_timeout_s)
+    return CountRequests(Intake(app, limits, server.client_abort), server, app.state)
+
+
+def route_of(scope: dict[str, Any]) -> str:
+    """The route a request is counted under (an unknown path: "other")."""
+    path = scope.get("path", "")
+    return path if path in ROUTES else "other"
 
 
 class CountRequests:
     """ASGI middleware: every answer counted by route and status code, and the worker's pid in a header
     (which replica answered, behind a load balancer)."""
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, server: Server, state: Any) -> None:
         self.app = app
-        self.metrics = metrics
-        self.state = app.state
+        self.server = server  # what ``intake.uvicorn_config`` reads the limits from
+        self.metrics = server.metrics
+        self.state = state
         self.pid = str(os.getpid()).encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        route = path if path in ROUTES else "other"
+        route = route_of(scope)
 
         async def counting_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":

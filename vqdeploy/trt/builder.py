@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, cast
 
 from vqdeploy.errors import ArtifactError
-from vqdeploy.files import atomic_write
+from vqdeploy.files import atomic_write, read_regular
 from vqdeploy.trt.logs import BuildLog, Echo, last_error, make_progress
 from vqdeploy.trt.profiles import Profiles
 from vqdeploy.trt.shim import TensorRT, trt
 from vqdeploy.trt.target import Target, sm_name
+
+
+MAX_TIMING_CACHE_BYTES = 1 << 30  # a timing cache file read into memory (they are a few MB)
 
 
 def host_memory(mem: trt.IHostMemory) -> memoryview:
@@ -43,8 +47,8 @@ def load_timing_cache(config: trt.IBuilderConfig, path: Path | None, echo: Echo)
     """Start from ``path`` when it holds a timing cache (an unreadable one is ignored, with a note).
     Datacenter TensorRT only: TensorRT-RTX does not time tactics (its timing cache is a no-op)."""
     data = b""
-    if path is not None and path.is_file():
-        data = path.read_bytes()
+    if path is not None and os.path.lexists(path):
+        data = read_regular(path, "timing cache", MAX_TIMING_CACHE_BYTES)
     cache = config.create_timing_cache(data)
     if cache is None and data:
         echo(f"note: {path} is not a timing cache of this TensorRT; starting a new one")
@@ -69,6 +73,8 @@ def build(api: TensorRT, builder: trt.Builder, network: trt.INetworkDefinition, 
         config.progress_monitor = monitor
     plan = builder.build_serialized_network(network, config)
     del monitor
+    if log.failure is not None:
+        raise log.failure
     if log.interrupted:
         raise KeyboardInterrupt
     if plan is None:

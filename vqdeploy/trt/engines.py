@@ -28,12 +28,12 @@ from vqdeploy.artifacts import engines as record
 from vqdeploy.artifacts.paths import artifact_file, check_name
 from vqdeploy.bounds import PRECISIONS
 from vqdeploy.errors import ArtifactError, ConfigError
-from vqdeploy.files import atomic_write, check_writable, exclusive_lock, sha256_file
+from vqdeploy.files import atomic_write, check_target, check_writable, exclusive_lock, sha256_file
 from vqdeploy.trt import builder as bd
 from vqdeploy.trt import network as nw
 from vqdeploy.trt import profiles as pf
 from vqdeploy.trt import target
-from vqdeploy.trt.logs import LOG, BuildLog, Echo, LogFile
+from vqdeploy.trt.logs import LOG, PREVIOUS_LOG, BuildLog, Echo, LogFile
 from vqdeploy.trt.shim import TensorRT, load, trt
 
 RECIPE = 1  # bump when the builder configuration changes in a way that changes engines
@@ -93,6 +93,10 @@ def build_engines(artifacts: str | Path | Artifacts, options: BuildOptions = Bui
     check_writable(out, "build-trt")
     for n in names:  # a symlink or a directory in an engine's place fails now, not after its build
         _engine_file(out, n)
+    for file in (record.ENGINES_JSON, LOG, PREVIOUS_LOG):  # and everything else this build writes
+        check_target(out / file, "build-trt", error=ArtifactError)
+    if options.timing_cache is not None:
+        check_target(options.timing_cache, "--timing-cache")
     opened.verify()
     echo(f"{api}, target {tgt}, precision {precision}: {len(names)} engine(s) into {out}/ (log: {out / LOG})")
     if options.timing_cache is not None and api.rtx:

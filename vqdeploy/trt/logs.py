@@ -7,7 +7,8 @@ IProgressMonitor (phase, step / steps). Errors are kept to explain a failed buil
 ``build.log`` holds the log of the last build-trt run that built something, ``build.prev.log``
 the one before (rotation). The log is a file this run creates (``O_EXCL`` temp file renamed into
 place when the first line is written, then written through its own descriptor, so it can be
-followed live): an existing path, or a symlink planted there, is never opened for writing.
+followed live): an existing path is never opened for writing, and only a regular file at either
+name is replaced (``check_target``: a symlink, FIFO or device planted there is refused).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol, SupportsInt
 
-from vqdeploy.errors import ArtifactError
-from vqdeploy.files import default_mode
+from vqdeploy.errors import ArtifactError, os_error
+from vqdeploy.files import check_target, default_mode
 from vqdeploy.trt.shim import trt
 
 Echo = Callable[[str], None]
@@ -56,37 +57,54 @@ class LogFile:
         for p in (self.path, self.previous):  # fail before the build, not at its first line
             if os.path.isdir(p) and not os.path.islink(p):
                 raise ArtifactError(f"{p}: is a directory; vqdeploy writes its build log there")
+            check_target(p, "build-trt", error=ArtifactError)
         self.stream: IO[str] | None = None
 
     def _open(self) -> IO[str]:
-        fd, tmp = tempfile.mkstemp(prefix=f".{LOG}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{LOG}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as e:
+            raise os_error(e, self.path, "write") from None
         stream = os.fdopen(fd, "w")
         try:
             os.fchmod(fd, default_mode())
+            check_target(self.previous, "build-trt", error=ArtifactError)
             with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISREG(os.lstat(self.path).st_mode):  # a symlink or anything else is replaced, not kept
+                if stat.S_ISREG(os.lstat(self.path).st_mode):  # anything else was refused by check_target
                     os.replace(self.path, self.previous)
+            check_target(self.path, "build-trt", error=ArtifactError)
             os.replace(tmp, self.path)
-        except OSError as e:
+        except (OSError, ArtifactError) as e:
             stream.close()
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(e, ArtifactError):
+                raise
             raise ArtifactError(f"{self.path}: cannot install the build log ({e.strerror})") from None
         return stream
 
     def write(self, text: str, /) -> int:
         if self.stream is None:
             self.stream = self._open()
-        return self.stream.write(text)
+        try:
+            return self.stream.write(text)
+        except OSError as e:
+            raise os_error(e, self.path, "write") from None
 
     def flush(self) -> None:
         if self.stream is not None:
-            self.stream.flush()
+            try:
+                self.stream.flush()
+            except OSError as e:
+                raise os_error(e, self.path, "write") from None
 
     def close(self) -> None:
         if self.stream is not None:
-            self.stream.close()
-            self.stream = None
+            stream, self.stream = self.stream, None
+            try:
+                stream.close()
+            except OSError as e:
+                raise os_error(e, self.path, "write") from None
 
 
 def last_error(errors: list[str]) -> str:
@@ -104,6 +122,7 @@ class BuildLog:
         self.warnings = 0
         self.errors: list[str] = []
         self.interrupted = False  # Ctrl-C arrived inside a TensorRT callback: the build is cancelled
+        self.failure: BaseException | None = None  # or writing the log failed there (a full disk): reported after
         self.logger = _make_logger(self, level)
 
     def write(self, line: str) -> None:
@@ -134,6 +153,9 @@ def _make_logger(log: BuildLog, level: str) -> trt.ILogger:
                     log.warnings += 1
                 if severity <= limit:
                     log.write(f"[{severity.name[0]}] {msg}")
+            except (OSError, ArtifactError) as e:  # the log cannot be written (a full disk): cancel, then say why
+                log.failure = log.failure or e
+                log.interrupted = True
             except BaseException:  # noqa: BLE001  never raise into C++ (KeyboardInterrupt): cancel at the next step
                 log.interrupted = True
 

@@ -31,6 +31,7 @@ from typing import Any
 from vqdeploy import machine
 from vqdeploy.artifacts import Artifacts
 from vqdeploy.errors import ArtifactError, BackendError, InputError
+from vqdeploy.files import read_regular
 from vqdeploy.runtime.backends.buffers import Buffer, Memory
 from vqdeploy.runtime.backends.cuda_graphs import CapturedLaunches
 from vqdeploy.runtime.backends.cuda_memory import CudaMemory, CudaRuntime
@@ -39,6 +40,8 @@ from vqdeploy.trt import check
 from vqdeploy.trt.logs import BuildLog, Discard, last_error
 from vqdeploy.trt.network import dims
 from vqdeploy.trt.shim import TensorRT, load, trt
+
+MAX_ENGINE_BYTES = 1 << 40  # no real bound: the engine file is regular and its sha256 was checked
 
 
 class SharedActivations:
@@ -172,7 +175,7 @@ class TensorRTBackend(GraphBackend):
         if graph not in self._engines:
             self.graph(graph)  # the manifest has it
             path, entry = check.engine_path(self.artifacts, graph, self.machine)
-            blob = path.read_bytes()
+            blob = read_regular(path, "TensorRT engine", MAX_ENGINE_BYTES, ArtifactError)
             rebuild = f"rebuild: vqdeploy build-trt --artifacts {self.artifacts.path}"
             if hasattr(self.runtime, "get_engine_validity"):  # TensorRT-RTX: names the reason before loading
                 validity, diagnostics = self.runtime.get_engine_validity(blob)
