@@ -125,7 +125,8 @@ def prepare_condition(img: Any, preprocessing: dict[str, Any], size: tuple[int, 
             lo, hi = float(arr.min()), float(arr.max())
             return (2.0 * (arr - lo) / max(hi - lo, 1e-8) - 1.0)[None, None].astype(np.float32)
         if img.mode not in ("L", "1", "P", "LA", "RGBA") and note is not None:  # RGBA: what a drawing app saves
-            note(f"note: {what} is an {img.mode} image; converted to greyscale as this model expects")
+            note(f"note: {what} is {_article(img.mode)} {img.mode} image; converted to greyscale as this model expects")
+        colour = _colourful_fraction(img) if preprocessing.get("background") == "light" else 0.0
         img = img.convert("L")
     elif kind == "rgb":
         img = img.convert("RGB")
@@ -134,11 +135,51 @@ def prepare_condition(img: Any, preprocessing: dict[str, Any], size: tuple[int, 
     if size is not None and (img.height, img.width) != size:
         img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    if preprocessing.get("background") == "light" and note is not None and float(arr.mean()) < 0.0:
-        note(f"warning: {what} is mostly dark; this model's inputs are dark strokes on a light background "
-             "(inverted input gives unrelated images)")
+    if preprocessing.get("background") == "light" and note is not None:
+        warning = sketch_warning(np.asarray(img, dtype=np.uint8), colour) if img.mode == "L" else None
+        if warning:
+            note(f"warning: {what} {warning}")
     arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
     return np.ascontiguousarray(arr)
+
+
+# What a sketch for a "dark strokes on a light background" model looks like, measured on the demo's sketches and
+# on the sketch pad's drawings (64x64, after the resize): a light background (>= 97% of pixels light or dark, the
+# strokes under 40%), no colour. A photograph or a filled picture has mid-tones; a blank page has no stroke.
+LIGHT, DARK = 192, 128  # grey levels: background at or above LIGHT, a stroke below DARK
+MAX_MIDTONES = 0.15  # fraction of pixels between DARK and LIGHT (anti-aliased stroke edges: up to ~8%)
+MAX_COLOURFUL = 0.10  # fraction of pixels whose channels differ by more than COLOUR_SPREAD
+COLOUR_SPREAD = 48
+
+
+def _article(mode: str) -> str:
+    """"an RGB", "a PA": the article of a mode name read letter by letter."""
+    return "an" if mode[:1] in "AEFHILMNORSX" else "a"
+
+
+def _colourful_fraction(img: Any) -> float:
+    """The fraction of an RGB(A)/palette image's pixels that are clearly coloured (not grey)."""
+    if img.mode not in ("RGB", "RGBA", "P", "PA"):
+        return 0.0
+    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+    return float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > COLOUR_SPREAD).mean())
+
+
+def sketch_warning(grey: np.ndarray, colourful: float = 0.0) -> str | None:
+    """Why a greyscale (H,W) uint8 image is not what a sketch model takes, or None: mostly dark (inverted),
+    blank (nothing drawn), or a photograph / coloured picture rather than dark strokes on a light background."""
+    midtones = float(((grey >= DARK) & (grey < LIGHT)).mean())
+    if colourful >= MAX_COLOURFUL or midtones > MAX_MIDTONES:
+        why = f"{colourful:.0%} of its pixels are coloured" if colourful >= MAX_COLOURFUL else \
+            f"{midtones:.0%} of its pixels are mid-tones"
+        return (f"looks like a photograph or a painted picture, not a line drawing ({why}); this model's inputs are "
+                "dark strokes on a light background: the samples will not follow it")
+    if float(grey.mean()) < 127.5:
+        return ("is mostly dark; this model's inputs are dark strokes on a light background "
+                "(inverted input gives unrelated images)")
+    if not (grey < DARK).any():
+        return "is blank (no dark stroke): the samples follow nothing drawn; draw dark strokes on a light background"
+    return None
 
 
 def as_condition(x: Any, preprocessing: dict[str, Any], size: tuple[int, int] | None, budget: int,
@@ -185,15 +226,48 @@ def grid_image(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     return out
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    """(H,W,C) uint8 -> PNG file contents."""
-    import io
+# what ``run --out`` writes, by the name's extension (case-insensitive): PIL format and its save options
+# (JPEG at quality 95 without chroma subsampling; WebP lossless, so it holds exactly the sampled pixels)
+OUTPUT_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".png": ("PNG", {}),
+    ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".webp": ("WEBP", {"lossless": True}),
+}
 
+
+def output_format(path: Path, option: str = "--out") -> str:
+    """The image format ``path``'s extension names (PNG, JPEG, WEBP); one line naming the choices otherwise
+    (no extension, or one we do not write: the file would not hold what its name says)."""
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        choices = ", ".join(OUTPUT_FORMATS)
+        what = "has no extension" if not path.suffix else f"ends in {path.suffix}, a format vqdeploy does not write"
+        raise InputError(f"{option} {path} {what}: name the image format with one of {choices} "
+                         f"(e.g. {path.with_suffix('.png').name})")
+    return fmt[0]
+
+
+def image_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    """(H,W,C) uint8 -> the file contents of an image in ``fmt`` (PNG, JPEG or WEBP)."""
     from PIL import Image
 
+    options = next((o for f, o in OUTPUT_FORMATS.values() if f == fmt), None)
+    if options is None:
+        raise InputError(f"unsupported image format {fmt}")
     buf = io.BytesIO()
-    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buf, format="PNG")
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buf, format=fmt, **options)
     return buf.getvalue()
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """(H,W,C) uint8 -> PNG file contents."""
+    return image_bytes(array, "PNG")
+
+
+def write_images(images: dict[Path, np.ndarray]) -> None:
+    """Each in the format its extension names (``output_format``); all of them or none (``atomic_write_many``)."""
+    atomic_write_many({p: image_bytes(a, output_format(p)) for p, a in images.items()})
 
 
 def write_pngs(images: dict[Path, np.ndarray]) -> None:
@@ -202,6 +276,8 @@ def write_pngs(images: dict[Path, np.ndarray]) -> None:
 
 
 def output_paths(out: Path, n: int, grid: bool) -> list[Path]:
+    """The files ``run --out OUT`` writes: OUT, or NAME-0.EXT, NAME-1.EXT, ... (the format checked first)."""
+    output_format(out)
     if grid or n == 1:
         return [out]
-    return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(n)]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]

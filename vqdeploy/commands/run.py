@@ -62,8 +62,9 @@ Examples:
               help="Output size S or WxH (width x height) in pixels; default: the trained size (the input is "
                    "resized to it); larger uses sliding-window sampling.")
 @click.option("--out", default="samples/sample.png", show_default=True, type=click.Path(path_type=Path),
-              help="Output PNG; with several samples NAME-0.png, NAME-1.png, ... unless --grid; '-' writes the PNG to "
-                   "stdout. Only a new name or a regular file is replaced (a symlink, FIFO or device is refused).")
+              help="Output image: .png, .jpg/.jpeg or .webp (the extension names the format); with several samples "
+                   "NAME-0.EXT, NAME-1.EXT, ... unless --grid; '-' writes a PNG to stdout. Only a new name or a "
+                   "regular file is replaced (a symlink, FIFO or device is refused).")
 @click.option("--grid", is_flag=True, help="Write all samples into one grid image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (timings, tokens/s, backend, seed).")
 @click.option("--ckpt", default=None, help="torch backend: checkpoint to use instead of the exported one.")

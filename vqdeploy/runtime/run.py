@@ -14,7 +14,7 @@ from vqdeploy.artifacts import Artifacts, open_artifacts
 from vqdeploy.conditions import ClassId, Reading
 from vqdeploy.errors import InputError, os_error, shown
 from vqdeploy.files import check_target, check_writable
-from vqdeploy.images import grid_image, output_paths, parse_size, png_bytes, to_uint8, write_pngs
+from vqdeploy.images import grid_image, output_paths, parse_size, png_bytes, to_uint8, write_images
 from vqdeploy.limits import check_num_samples, check_seed, condition_budget
 from vqdeploy.runtime.backends.registry import OpenOptions, open_backend
 from vqdeploy.runtime.generation import Request, check_size
@@ -141,7 +141,7 @@ def run_pipeline(input: Path | None, artifacts: Path | Artifacts, options: RunOp
         picture = cond.picture(value, (max(h, 256), max(w, 256)))
         if picture is not None:
             pictures[layout_path] = picture
-    write_pngs(pictures)
+    write_images(pictures)
     log("wrote " + ", ".join(shown(p) for p in pictures))
     return summary(be, o, params, result, load_s, [str(p) for p in paths], layout_path, jacobi)
 
