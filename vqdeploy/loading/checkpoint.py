@@ -103,11 +103,28 @@ def _is_inert(name: str) -> bool:
     return any(name == ns or name.startswith(ns) for ns in INERT_NAMESPACES)
 
 
+SHORT_REASON = 200  # characters of a library's reason kept in a one-line error
+
+
 def _short(e: BaseException) -> str:
     text = str(e)
     m = re.search(r"WeightsUnpickler error: (.*)", text)  # torch wraps the reason in a long how-to
     lines = (m.group(1) if m else text).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+    return f"{type(e).__name__}: {_whole_sentences(lines[0])}" if lines else type(e).__name__
+
+
+def _whole_sentences(text: str, limit: int = SHORT_REASON) -> str:
+    """The first sentences of ``text`` that fit in ``limit`` characters (never one cut in the middle: torch's
+    zip reader appends three sentences of advice to the reason); a first sentence longer than that is cut at
+    a word and marked with "..."."""
+    if len(text) <= limit:
+        return text
+    kept = ""
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        if len(kept) + len(sentence) + 1 > limit:
+            break
+        kept = f"{kept} {sentence}".strip()
+    return kept or text[: limit - 4].rsplit(" ", 1)[0] + " ..."
 
 
 def corrupt(path: Path, e: BaseException | str) -> CheckpointError:
