@@ -123,7 +123,22 @@ def open_backend(name: str, artifacts: Artifacts, device: str | None = None, opt
         announce(name, resolved, why, log)
     if options.cuda_graphs and not resolved.startswith("cuda"):
         raise BackendError(f"--cuda-graphs needs a CUDA device; {name} runs on the CPU here")
+    if s.reference and log is not None:
+        note = reference_weights_note(artifacts)
+        if note:
+            log(note)
     return s.open(artifacts, resolved, options)
+
+
+def reference_weights_note(artifacts: Artifacts) -> str | None:
+    """What the torch backend runs on artifacts whose graphs are not fp32 (``--quantize``, ``--precision``):
+    the checkpoint's fp32 weights, so its images are not those of the exported graphs."""
+    m = artifacts.manifest
+    exported = m.quantization.scheme if m.quantization is not None else m.precision
+    if exported == "fp32":
+        return None
+    return (f"note: the torch backend runs the checkpoint's fp32 weights, not these artifacts' {exported} graphs: "
+            f"its images are the fp32 model's (--backend onnxruntime or tensorrt runs the {exported} graphs)")
 
 
 def parse_backends(text: str, artifacts: Artifacts | Path, device: str | None) -> list[tuple[str, str]]:
