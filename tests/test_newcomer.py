@@ -43,7 +43,8 @@ def test_readme_library_example_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-c", block.group(1)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    images = sorted(tmp_path.glob("sample-*.png"))
+    assert not list(tmp_path.glob("*.png")), "the README's example writes images outside samples/ (not ignored by git)"
+    images = sorted((tmp_path / "samples").glob("sample-*.png"))
     assert len(images) == 4 and Image.open(images[0]).size == (64, 64)
 
 

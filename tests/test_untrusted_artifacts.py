@@ -426,7 +426,7 @@ def test_build_log_is_rotated_never_appended(demo_engines: Path, tmp_path: Path)
 
 def test_build_lock_that_is_a_fifo_does_not_hang(demo_engines: Path, tmp_path: Path) -> None:
     art = copy_artifacts(demo_engines, tmp_path / "art")
-    os.remove(art / "engines" / ".build.lock")
+    (art / "engines" / ".build.lock").unlink(missing_ok=True)  # removed after each build
     os.mkfifo(art / "engines" / ".build.lock")
     proc = subprocess.run([sys.executable, "-m", "vqdeploy", *build_args(art)], capture_output=True, text=True,
                           timeout=120, check=False)

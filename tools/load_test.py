@@ -8,6 +8,8 @@ Reports images/s, tokens/s, p50/p99 latency, mean engine batch, rejected (429) a
 then times --baseline-runs sequential ``vqdeploy run`` processes of one request each.
 
     python tools/load_test.py --artifacts artifacts/demo --clients 1,4,16 --duration 20 --out load.json
+
+Needs the serve extra and httpx (the HTTP client): pip install -e ".[serve]" httpx (the test extra has both).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
+try:
+    import httpx
+except ImportError:
+    sys.exit('tools/load_test.py needs httpx (its HTTP client) and the serve extra: pip install -e ".[serve]" httpx')
 
 ROOT = Path(__file__).resolve().parent.parent
 SKETCH = ROOT / "models" / "demo" / "sketches" / "07_house-square-circle_horizon.png"

@@ -101,7 +101,7 @@ def build_engines(artifacts: str | Path | Artifacts, options: BuildOptions = Bui
     echo(f"{api}, target {tgt}, precision {precision}: {len(names)} engine(s) into {out}/ (log: {out / LOG})")
     if options.timing_cache is not None and api.rtx:
         echo("note: --timing-cache is ignored: TensorRT-RTX does not time tactics")
-    with exclusive_lock(out / ".build.lock", f"{out}: another build-trt is running on these artifacts"):
+    with exclusive_lock(out / ".build.lock", f"{out}: another build-trt is running on these artifacts", remove=True):
         log_file = LogFile(out)
         try:
             return _build_all(api, opened, names, resolved, tgt, precision, options,
