@@ -111,7 +111,7 @@ def serve(artifacts: Path, backend: str, device: str | None, sampler: str, decod
                                        jacobi_window=check_window(jacobi_window))
     config = ServeConfig(max_batch, max_wait_ms / 1000.0, max_queue, timeout_s, max_upload_bytes, max_samples,
                          max_pixels, max_inflight_upload_bytes, read_timeout_s)
-    app = create_app(pipeline, config)
+    app = create_app(pipeline, config, access_log=lambda m: click.echo(m, err=True))  # one line per request
     bound = sock.getsockname()
     where = f"[{bound[0]}]:{bound[1]}" if sock.family == socket.AF_INET6 else f"{bound[0]}:{bound[1]}"
     click.echo(f"serving {shown(artifacts)} with {pipeline.backend.name} ({pipeline.backend.device}) on "

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -35,7 +35,11 @@ from vqdeploy.serve.requests import (
 )
 from vqdeploy.serve.runner import Abandoned, BatchRunner, Item, Job, JobResult
 
-ROUTES = ("/", "/v1/generate", "/v1/generate/stream", "/v1/model", "/healthz", "/metrics")
+ROUTES = ("/", "/favicon.ico", "/v1/generate", "/v1/generate/stream", "/v1/model", "/healthz", "/metrics")
+# the page's icon (browsers ask for /favicon.ico whatever the page says): a sketched house, as SVG
+FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           b'fill="#2a6df4"/><path d="M3 8 8 3.5 13 8M4.5 7v6h7V7" fill="none" stroke="#fff" stroke-width="1.6"/>'
+           b'</svg>')
 PROGRESS_EVERY_S = 0.05  # progress events are coalesced to at most one per 50 ms
 
 
@@ -247,6 +251,9 @@ class Call:
             loop.call_soon_threadsafe(self._finish, result)
 
         self.job = Job(req, progress, partial, done)
+        # an answer that nobody waits for any more (the client left, the request timed out) is read here, so
+        # asyncio does not print "Future exception was never retrieved" for it
+        self.future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _finish(self, result: Any) -> None:
         if not self.future.done():
@@ -336,6 +343,7 @@ class Routes:
             call = await self.prepare(request)
         except Exception as e:  # noqa: BLE001 (every failure is a JSON answer)
             return failure(e)
+        access(request)["batches"] = call.job.batches
         while not call.future.done():
             if call.remaining <= 0:
                 call.cancel("timeout")
@@ -360,6 +368,7 @@ class Routes:
             call = await self.prepare(request)
         except Exception as e:  # noqa: BLE001
             return failure(e)
+        access(request)["batches"] = call.job.batches
         return StreamingResponse(self.events(call), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -422,6 +431,11 @@ class Routes:
 
         return HTMLResponse(resources.files("vqdeploy.serve").joinpath("page/index.html").read_text("utf-8"))
 
+    async def favicon(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
     async def http_error(self, request: Any, exc: Exception) -> Any:
         return error(getattr(exc, "status_code", 500), getattr(exc, "detail", None) or "error",
                      headers=getattr(exc, "headers", None))
@@ -430,9 +444,11 @@ class Routes:
         return failure(exc)
 
 
-def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
+def create_app(pipeline: Pipeline, config: ServeConfig | None = None,
+               access_log: Callable[[str], None] | None = None) -> Any:
     """The Starlette application serving ``pipeline`` (the batch thread starts with the first request
-    or the app's startup, and stops at its shutdown)."""
+    or the app's startup, and stops at its shutdown). ``access_log`` hears one line per answered request
+    (``access_line``; default: the ``vqdeploy.serve.access`` logger at INFO)."""
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
@@ -452,7 +468,8 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
         server.batcher.stop()
 
     app = Starlette(
-        routes=[Route("/", routes.page), Route("/v1/generate", routes.generate, methods=["POST"]),
+        routes=[Route("/", routes.page), Route("/favicon.ico", routes.favicon),
+                Route("/v1/generate", routes.generate, methods=["POST"]),
                 Route("/v1/generate/stream", routes.generate_stream, methods=["POST"]), Route("/v1/model", routes.model),
                 Route("/healthz", routes.healthz), Route("/metrics", routes.metrics)],
         exception_handlers={HTTPException: routes.http_error, Exception: routes.internal_error},
@@ -461,7 +478,28 @@ def create_app(pipeline: Pipeline, config: ServeConfig | None = None) -> Any:
     app.state.server = server
     limits = IntakeLimits(server.config.max_upload_bytes, server.config.max_inflight_upload_bytes,
                           server.config.read_timeout_s)
-    return CountRequests(Intake(app, limits, server.client_abort), server, app.state)
+    return CountRequests(Intake(app, limits, server.client_abort), server, app.state,
+                         access_log or logging.getLogger("vqdeploy.serve.access").info)
+
+
+ACCESS = "vqdeploy.access"  # the scope key of what a handler adds to its request's access line
+
+
+def access(request: Any) -> dict[str, Any]:
+    """What the access line of ``request`` reports besides method, path, status and time (``batches``)."""
+    return request.scope.setdefault(ACCESS, {})
+
+
+def access_line(scope: dict[str, Any], status: int, seconds: float) -> str:
+    """``127.0.0.1:50312 "POST /v1/generate" 200 0.84 s batch 4``: the client, the request, the status, the
+    time from arrival to the last byte, and the rows of the engine batch(es) the request's samples ran in."""
+    client = scope.get("client")
+    who = f"{client[0]}:{client[1]}" if client else "-"
+    line = f'{who} "{scope.get("method", "-")} {scope.get("path", "")}" {status} {seconds:.2f} s'
+    batches = scope.get(ACCESS, {}).get("batches")
+    if batches:
+        line += (" batch " if len(batches) == 1 else " batches ") + "+".join(str(b) for b in batches)
+    return line
 
 
 def route_of(scope: dict[str, Any]) -> str:
@@ -471,27 +509,37 @@ def route_of(scope: dict[str, Any]) -> str:
 
 
 class CountRequests:
-    """ASGI middleware: every answer counted by route and status code, and the worker's pid in a header
-    (which replica answered, behind a load balancer)."""
+    """ASGI middleware: every answer counted by route and status code, the worker's pid in a header
+    (which replica answered, behind a load balancer), and one access line per request once it is answered."""
 
-    def __init__(self, app: Any, server: Server, state: Any) -> None:
+    def __init__(self, app: Any, server: Server, state: Any, log: Callable[[str], None] | None = None) -> None:
         self.app = app
         self.server = server  # what ``intake.uvicorn_config`` reads the limits from
         self.metrics = server.metrics
         self.state = state
         self.pid = str(os.getpid()).encode()
+        self.log = log
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         route = route_of(scope)
+        started = time.perf_counter()
+        status = [0]
+        scope.setdefault(ACCESS, {})
 
         async def counting_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
                 self.metrics.requests.labels(route, str(message["status"])).inc()
                 message = {**message, "headers": [*message.get("headers", []), (b"x-vqdeploy-pid", self.pid)]}
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            if self.log is not None:
+                # a client that left before an answer started is logged as nginx does: 499
+                self.log(access_line(scope, status[0] or 499, time.perf_counter() - started))
 

@@ -39,6 +39,7 @@ class Job:
     # filled in by the runner as its items finish
     done_tokens: int = 0
     parts: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    batches: list[int] = field(default_factory=list)  # rows of each batch its rows ran in (the access log)
     _sampling: Any = None
 
     @property
@@ -87,6 +88,8 @@ class BatchRunner:
     def run(self, items: list[Item]) -> dict[str, float]:
         """Sample every item's rows in one batch; each finished job gets ``on_done``. Returns timings."""
         rows = [Rows(it.job.sampling, it.first, it.count) for it in items]
+        for it in items:
+            it.job.batches.append(sum(i.count for i in items))
         starts: list[int] = []
         out = self.generator.run(rows, on_start=lambda steps, sliding, at: starts.extend(at),
                                  on_token=self._ticker(items, starts))
