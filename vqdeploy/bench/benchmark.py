@@ -5,6 +5,7 @@ cache, measured in one run on the same inputs, printed as a table and written as
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -34,6 +35,25 @@ REFERENCE_POINTS = 8  # sequence lengths timed for the reference sampler when it
 MAX_REPEATS = 1000
 REFERENCE = "upstream sampler, torch-cpu fp32 (no cache)"
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}  # per transformer weight
+UNSTEADY = 1.5  # a row whose token time moved more than this (max / min over the timed runs) gets a note
+
+
+def passive_openmp(log: Callable[[str], None]) -> str | None:
+    """Make PyTorch's OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY=PASSIVE``, read when
+    torch loads libgomp: so before torch is imported; a policy the user set is kept).
+
+    Measured on the demo, 2 cores with other jobs running (``tools/bench_spread.py``, docs/performance.md):
+    with libgomp's default spinning, torch's per-token time ranged 29-114 ms over four identical bench runs
+    and 16-77 ms within one process, because every op's parallel region waits for a thread that spins on a
+    core another process needs; with passive waiting it is 3.8-4.3 ms. ONNX Runtime has its own thread
+    pool and is unaffected. Returns the policy in force (None: torch was imported before, with its own)."""
+    if "torch" in sys.modules:
+        policy = os.environ.get("OMP_WAIT_POLICY")
+        if (policy or "").upper() != "PASSIVE":
+            log("note: torch was imported before bench could set OMP_WAIT_POLICY=PASSIVE: its rows may swing "
+                "between runs on a busy machine (set it in the environment)")
+        return policy
+    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
@@ -112,6 +132,7 @@ def bench_backend(be: Backend, condition: ConditionInput, info: ModelInfo, n: in
             runs[key].append(v)
         per_step.append(timed[0].step_times)
     res: dict[str, Any] = {k: statistics.median(v[1:]) for k, v in runs.items()}
+    res["runs"] = {k: v[1:] for k, v in runs.items()}  # every timed run (the warm-up left out): the spread
     res["tokens_per_s"] = n * steps / res["sampling"]
     res["sampler"] = sampler
     if steps > 1:  # per-token time where in the sequence it is drawn (flat with the in-place cache)
@@ -236,6 +257,7 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
               jacobi_window: int = DEFAULT_WINDOW) -> dict[str, Any]:
     check_num_samples(n)
     check_int(repeats, "--repeats", 1, MAX_REPEATS)
+    omp_wait_policy = passive_openmp(log)  # before anything imports torch
     opened = open_artifacts(artifacts)
     artifacts, manifest = opened.path, opened.manifest
     others = compared_artifacts(artifacts, compare or [], manifest.fingerprint)
@@ -301,7 +323,8 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
     result = {
         "artifacts": str(artifacts), "precision": manifest.precision, "num_samples": n, "repeats": repeats,
         "image_tokens": steps, "cond_tokens": info.cond_tokens,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch_threads()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch_threads(),
+                    "omp_wait_policy": omp_wait_policy, "load_average": _load_average()},
         "host_memory_bandwidth_GBps": bw / 1e9,
         "transformer_weight_bytes": weight_bytes,
         "step_floor_ms_cpu": 1e3 * weight_bytes / bw,
@@ -329,6 +352,19 @@ def write_stdout(data: bytes) -> None:
         raise os_error(e, "stdout", "write") from None
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not on every platform
+        return None
+
+
+def token_spread(row: dict[str, Any]) -> tuple[float, float]:
+    """(min, max) ms of one token over a row's timed runs."""
+    steps = row["runs"]["step"]
+    return 1e3 * min(steps), 1e3 * max(steps)
+
+
 def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
     """Every ratio compares tokens/s of whole token loops at the same batch: "x upstream" against upstream's
     sampler (PyTorch fp32 on CPU, no cache: what a taming user runs today), "x torch" against PyTorch eager
@@ -338,27 +374,37 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
     ref = rows.get(REFERENCE)
     torch_on = {r["device"]: r for r in rows.values() if r["backend"] == "torch" and "step" in r and not r["cuda_graphs"]}
     log("")
-    log(f"{'backend':<44}{'cond ms':>9}{'prefill ms':>11}{'token ms':>9}{'decode ms':>10}{'tokens/s':>10}"
-        f"{'x upstream':>11}{'x torch':>8}{'token/floor':>12}")
+    log(f"{'backend':<44}{'cond ms':>9}{'prefill ms':>11}{'token ms':>9}{'(min-max)':>14}{'decode ms':>10}"
+        f"{'tokens/s':>10}{'x upstream':>11}{'x torch':>8}{'token/floor':>12}")
     for label, r in rows.items():
         if "step" not in r:
-            log(f"{label:<44}{'':>9}{'':>11}{'':>9}{'':>10}{r['tokens_per_s']:>10.1f}{'1.0x':>11}{'':>8}{'':>12}"
-                f"  ({r['method']})")
+            log(f"{label:<44}{'':>9}{'':>11}{'':>9}{'':>14}{'':>10}{r['tokens_per_s']:>10.1f}{'1.0x':>11}{'':>8}"
+                f"{'':>12}  ({r['method']})")
             continue
         vs_ref = f"{r['tokens_per_s'] / ref['tokens_per_s']:.1f}x" if ref else "-"
         base = torch_on.get(r["device"])
         vs_torch = f"{r['tokens_per_s'] / base['tokens_per_s']:.1f}x" if base else "-"
         floor = f"{r['step'] * 1e3 / r['floor_ms']:.2f}x" if r["device"] == "cpu" else "-"  # the host's bandwidth
+        lo, hi = token_spread(r)
+        spread = f"({lo:.2f}-{hi:.2f})"
         log(f"{label:<44}{r['cond_encoder'] * 1e3:>9.1f}{r['prefill'] * 1e3:>11.1f}{r['step'] * 1e3:>9.2f}"
-            f"{r['decoder'] * 1e3:>10.1f}{r['tokens_per_s']:>10.1f}{vs_ref:>11}{vs_torch:>8}{floor:>12}")
-    log(f"batch {result['num_samples']}, medians of {result['repeats']} runs after a warm-up. token ms: one token after "
-        "the prefill (draw + cached step). x upstream: tokens/s over upstream's sampler (PyTorch fp32, CPU, full "
+            f"{spread:>14}{r['decoder'] * 1e3:>10.1f}{r['tokens_per_s']:>10.1f}{vs_ref:>11}{vs_torch:>8}{floor:>12}")
+    log(f"batch {result['num_samples']}, medians of {result['repeats']} runs after a warm-up (min-max: token ms over "
+        "those runs). token ms: one token after the prefill (draw + cached step). x upstream: tokens/s over upstream's sampler (PyTorch fp32, CPU, full "
         "recomputation per token). x torch: over PyTorch eager fp32 with a KV cache on the same device"
         + (f" (the artifacts are {result['precision']}: precisions differ)" if result["precision"] != "fp32" else "")
         + ". token/floor: token ms over the time that row's transformer weights take to stream once.")
     log(f"host memory bandwidth {result['host_memory_bandwidth_GBps']:.1f} GB/s; transformer weights "
         f"{result['transformer_weight_bytes'] / 1e6:.0f} MB ({result['precision']}) -> CPU floor "
         f"{result['step_floor_ms_cpu']:.2f} ms per token")
+    load = result["machine"].get("load_average")
+    for label, r in rows.items():
+        if "runs" in r and len(r["runs"]["step"]) > 1:
+            lo, hi = token_spread(r)
+            if hi > UNSTEADY * lo:
+                log(f"note: {label}: one token took {lo:.2f}-{hi:.2f} ms over the {len(r['runs']['step'])} runs "
+                    f"({hi / lo:.1f}x)" + (f" with a load average of {load:g}" if load is not None else "")
+                    + ": the machine is busy; compare rows of one run, or raise --repeats")
     for label, r in rows.items():
         if "jacobi_tokens_per_call" in r:
             log(f"  {label}: {r['jacobi_tokens_per_call']:.2f} tokens per transformer call (rows one at a time)")
