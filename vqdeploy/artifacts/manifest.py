@@ -170,6 +170,7 @@ class Manifest:
     quantization: Quantization | None = None
     checkpoint: str | None = None  # where the exported checkpoint was (``source``)
     configs: tuple[str, ...] = ()
+    example: str | None = None  # the run's example condition file (``source.example``; parity samples it)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -181,7 +182,7 @@ class Manifest:
                    str(d["model_fingerprint"]), d["graphs"],
                    None if q is None else Quantization(q["scheme"], tuple(q["graphs"]), int(q["block_size"]),
                                                        int(q["layers"]), int(q["weight_bytes"])),
-                   src.get("checkpoint"), tuple(src.get("config") or ()), d)
+                   src.get("checkpoint"), tuple(src.get("config") or ()), src.get("example"), d)
 
 
 def as_manifest(manifest: Manifest | Mapping[str, Any]) -> Manifest:

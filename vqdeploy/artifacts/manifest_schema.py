@@ -104,7 +104,8 @@ NOISE_GENERATOR = obj({"seed_sequence": one_of("numpy.SeedSequence"), "entropy":
 MANIFEST = obj(
     {"model": MODEL, "model_fingerprint": sha256, "precision": one_of(*PRECISIONS),
      "max_batch": integer(1, MAX_BATCH), "graphs": mapping(GRAPH, lo=1, hi=MAX_GRAPHS)},
-    {"source": obj({}, {"checkpoint": nullable(string(4096)), "config": list_of(string(4096), 0, 16)}),
+    {"source": obj({}, {"checkpoint": nullable(string(4096)), "config": list_of(string(4096), 0, 16),
+                        "example": nullable(string(4096))}),
      "quantization": nullable(QUANTIZATION), "sampling": obj({}, {"noise_generator": NOISE_GENERATOR})},
 )
 

@@ -26,11 +26,14 @@ Examples:
 @click.option("--parity/--no-parity", default=True, show_default=True, help="Check every graph against PyTorch (ONNX Runtime CPU).")
 @click.option("--object-classes", type=click.IntRange(1, 1 << 24), default=None,
               help="Object-layout models whose data config states no no_object_classes: the number of categories.")
+@click.option("--example", type=click.Path(path_type=str), default=None,
+              help="A condition file of this model (sketch, label map, scene) that `parity` samples; default: the run "
+                   "directory's example.png (.jpg, .webp, .json) if there is one.")
 def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool,
-           quantize: str | None, object_classes: int | None) -> None:
+           quantize: str | None, object_classes: int | None, example: str | None) -> None:
     """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest."""
     require_torch("export needs PyTorch")
     from vqdeploy.export.exporter import export as run_export  # imports torch
 
     run_export(ckpt, out, config, precision, opset, max_batch, parity, log=lambda m: click.echo(m, err=True),
-               quantize=quantize, object_classes=object_classes)
+               quantize=quantize, object_classes=object_classes, example=example)

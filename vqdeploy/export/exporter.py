@@ -19,7 +19,7 @@ from vqdeploy.artifacts.manifest import FORMAT, FORMAT_VERSION, KV_CACHE_DOC, MA
 from vqdeploy.artifacts.manifest_schema import validate  # what is exported must read back
 from vqdeploy.artifacts.paths import artifact_file
 from vqdeploy.bounds import MAX_BATCH
-from vqdeploy.errors import ArtifactError, ConfigError, ParityError, os_error, shown
+from vqdeploy.errors import ArtifactError, ConfigError, InputError, ParityError, os_error, shown
 from vqdeploy.export import BF16_MIN_OPSET, default_opset
 from vqdeploy.export.install import export_lock, install, temp_prefix
 from vqdeploy.export.manifest import versions, write_manifest
@@ -28,6 +28,7 @@ from vqdeploy.export.quantize import SCHEMES, quantization_entry
 from vqdeploy.families import Family, family_for
 from vqdeploy.files import atomic_write, check_writable, default_mode, sha256_file
 from vqdeploy.limits import check_int
+from vqdeploy.loading.config import run_dir
 from vqdeploy.loading.fingerprint import model_fingerprint
 from vqdeploy.parity.checks import check_backend
 from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -70,6 +71,24 @@ def _return_freed_memory() -> None:
         pass
 
 
+EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".json")  # ``<run>/example.*``: what a condition file is
+
+
+def example_condition(checkpoint: str, given: str | Path | None) -> dict[str, str]:
+    """``source.example`` of the manifest: the condition file given (``export --example``), else the run
+    directory's ``example.png`` (or .jpg, .jpeg, .webp, .json for a scene) beside ``checkpoints/``, as an
+    absolute path like ``source.checkpoint``; nothing where there is none."""
+    if given is not None:
+        return {"example": str(Path(given).absolute())}
+    if Path(checkpoint).parent.name != "checkpoints":  # not a run directory's checkpoint
+        return {}
+    run = run_dir(Path(checkpoint))
+    for suffix in EXAMPLE_SUFFIXES:
+        if (run / f"example{suffix}").is_file():
+            return {"example": str(run / f"example{suffix}")}
+    return {}
+
+
 def export(
     ckpt: str | Path,
     out: str | Path = "artifacts",
@@ -81,12 +100,15 @@ def export(
     log: Log = print,
     quantize: str | None = None,
     object_classes: int | None = None,
+    example: str | Path | None = None,
 ) -> Manifest:
     """Export ``ckpt`` to ``out``; returns the manifest. ``object_classes``: see ``load_model``; the family that loads ``ckpt`` is found by ``families.family_for``. Raises
     ParityError beyond tolerance (after writing the report, without installing the artifacts). ``out`` is locked for the whole
     export and replaced atomically (``install``). ``quantize`` (int8/int4): the transformer's
     linear layers weight-only quantized (``export/quantize.py``), its quality checked against the
-    fp32 model (``parity/quantized.py``)."""
+    fp32 model (``parity/quantized.py``). ``example``: a condition file of this model (a sketch, a label map, a
+    scene), recorded as ``source.example`` for ``parity``'s samples; default: the run directory's
+    ``example.*`` (``example_condition``)."""
     t0 = time.perf_counter()
     out = Path(out)
     if not out.name or out.name in (".", ".."):
@@ -98,16 +120,18 @@ def export(
     check_int(max_batch, "--max-batch", 1, MAX_BATCH)
     if quantize is not None and quantize not in SCHEMES:
         raise ConfigError(f"--quantize {str(quantize)[:20]!r}: expected one of {', '.join(SCHEMES)}")
+    if example is not None and not Path(example).is_file():
+        raise InputError(f"--example {example}: not a file (a condition of this model: a sketch, a label map, a scene)")
     check_writable(out.parent, "--out")
     out.parent.mkdir(parents=True, exist_ok=True)
     with export_lock(out, log):
         return _export_locked(ckpt, out, config, precision, opset, max_batch, parity, log, t0, quantize,
-                              object_classes)
+                              object_classes, example)
 
 
 def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, precision: str, opset: int,
                    max_batch: int, parity: bool, log: Log, t0: float, quantize: str | None = None,
-                   object_classes: int | None = None) -> Manifest:
+                   object_classes: int | None = None, example: str | Path | None = None) -> Manifest:
     options = {"object_classes": object_classes} if object_classes is not None else {}
     family: Family = family_for(ckpt, options)
     log(f"loading {shown(ckpt)}")
@@ -152,7 +176,8 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
             "format_version": FORMAT_VERSION,
             "model": info,
             "model_fingerprint": fingerprint,
-            "source": {"checkpoint": src.checkpoint, "config": src.config},
+            "source": {"checkpoint": src.checkpoint, "config": src.config,
+                       **example_condition(src.checkpoint, example)},
             "precision": precision,
             **({"quantization": quantization} if quantization else {}),
             "opset": opset,

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from vqdeploy.artifacts import Artifacts, open_artifacts
+from vqdeploy.artifacts import Artifacts, ModelInfo, open_artifacts
 from vqdeploy.artifacts.outputs import check_files, check_output_dir, make_output_dir
+from vqdeploy.conditions import ConditionInput, Reading
 from vqdeploy.errors import InputError, ParityError, shown
 from vqdeploy.families import load_reference
 from vqdeploy.files import atomic_write_many
 from vqdeploy.images import png_bytes, to_uint8
+from vqdeploy.limits import condition_budget
 from vqdeploy.parity.checks import check_backend
 from vqdeploy.parity.inputs import sample_condition
 from vqdeploy.parity.quantized import quantized_scheme
@@ -35,8 +37,26 @@ from vqdeploy.runtime.sampling import SamplingParams
 SAMPLES = 2
 
 
+def parity_condition(info: ModelInfo, example: str | Path | None, seed: int, given: bool,
+                     log: Callable[[str], None]) -> tuple[ConditionInput | None, str]:
+    """The condition ``parity`` samples its images from, and where it came from: ``example`` (``--input``, or the
+    manifest's ``source.example``) read as ``run`` reads INPUT, else a seeded random one (``sample_condition``).
+    An example recorded at export that is not there any more is a note; a missing ``--input`` an error."""
+    if not info.samples:
+        return None, "none"
+    if example is not None:
+        if given or Path(example).is_file():
+            cond, _ = info.sampling()
+            value = cond.read(Path(example), Reading(None, condition_budget(info, None), log, "cli"))
+            return value, str(example)
+        log(f"parity: the example condition recorded at export ({example}) is not here; sampling a seeded random "
+            "condition (pass --input FILE)")
+    return sample_condition(info, seed), "random"
+
+
 def run_parity(artifacts: Path | Artifacts, backends: str, device: str | None, seed: int, out: Path,
-               ckpt: str | None, log: Callable[[str], None] = print) -> dict[str, Any]:
+               ckpt: str | None, log: Callable[[str], None] = print, input: str | Path | None = None) -> dict[str, Any]:
+    """``input``: the condition of the sampled images (default: the artifacts' example, ``source.example``)."""
     opened = open_artifacts(artifacts)
     artifacts, manifest = opened.path, opened.manifest
     info = manifest.model
@@ -51,10 +71,11 @@ def run_parity(artifacts: Path | Artifacts, backends: str, device: str | None, s
     labels = ["torch-cpu"] + [spec(n).label(d) for n, d in candidates]
     check_files([out / "report.json", out / "report.html", out / "condition.png",
                  *(out / f"{label}-{i}.png" for label in labels for i in range(SAMPLES))], "parity --out")
+    condition, condition_source = parity_condition(info, input if input is not None else manifest.example, seed,
+                                                   input is not None, log)
     reference = TorchBackend(load_reference(manifest, ckpt), manifest, "cpu")
     files: dict[str, bytes | str] = {}  # written together at the end
     params = SamplingParams(temperature=1.0, top_k=100)
-    condition = sample_condition(info, seed) if info.samples else None
     request = None if condition is None else Request(condition, SAMPLES, params, seed)
     rows: list[dict[str, Any]] = []
     ref_tokens = None
@@ -95,7 +116,7 @@ def run_parity(artifacts: Path | Artifacts, backends: str, device: str | None, s
               "created": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": _machine(),
               "versions": {"exported_with": manifest.raw.get("versions", {}), "running": _versions()},
               "condition": "condition.png" if picture is not None else (cond.text() if cond else "none"),
-              "condition_kind": cond.kind if cond else None,
+              "condition_kind": cond.kind if cond else None, "condition_source": condition_source,
               "condition_width": cond.picture_width if cond else 0,
               "sampling": {"temperature": params.temperature, "top_k": params.top_k},
               "skipped": skipped_backends(opened, device) if backends == "auto" else [],
@@ -131,6 +152,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _source_text(source: str | None) -> str:
+    if source in (None, "none"):
+        return "none"
+    if source == "random":
+        return "a seeded random condition: parity --input FILE, or export --example FILE, samples a real one"
+    return html.escape(Path(source).name)
+
+
 def _html(report: dict[str, Any]) -> str:
     def cell(v: Any) -> str:
         return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
@@ -147,7 +176,7 @@ def _html(report: dict[str, Any]) -> str:
              + cell(", ".join(f"{k} {v}" for k, v in report["versions"]["running"].items()))
              + ". Exported with: "
              + cell(", ".join(f"{k} {v}" for k, v in report["versions"]["exported_with"].items())) + ".</p>",
-             (f"<p>Condition: <img src='condition.png' style='width:"
+             (f"<p>Condition ({_source_text(report.get('condition_source'))}): <img src='condition.png' style='width:"
               f"{int(report.get('condition_width') or 96)}px;image-rendering:auto'></p>"
               if report["condition"] == "condition.png"
               else f"<p>Condition: {cell(report['condition'])}</p>"),
