@@ -11,6 +11,11 @@ Writes ``metrics.json``, ``TRAINING.md`` and ``contact_sheet.png`` into the run 
 
     python tools/eval_demo.py [--run models/demo]
 
+``--artifacts A --rank-sketches S1.png S2.png ...`` ranks sketches by how well their samples follow them (how
+the README's example sketch is chosen):
+
+    python tools/eval_demo.py --artifacts artifacts/demo --rank-sketches models/demo/sketches/*.png
+
 With ``--artifacts A [B ...]`` it measures exported graphs instead (nothing is written into the run):
 the same sketches and samples, drawn by ONNX Runtime with the same seeds, sketch following for each, and
 the PSNR of each one's samples against the first's (e.g. an fp32 export against ``--quantize int8/int4``):
@@ -161,6 +166,28 @@ def eval_artifacts(run: Path, dirs: list[Path]) -> dict[str, Any]:
     return results
 
 
+def rank_sketches(artifacts: Path, paths: list[Path], n: int, readme_samples: int = 4) -> dict[str, Any]:
+    """Which sketch the README should lead with: each sketch's ``n`` samples (ONNX Runtime, ``vqdeploy run``'s
+    defaults: temperature 1, top-k 100, seeds 0..n-1 as samples 0..n-1 of seed 0) scored by sketch following,
+    against the samples of the other sketches (mismatched); and the score of the first ``readme_samples``
+    (what the README's command shows). Sorted best first by the matched-minus-mismatched stroke recall."""
+    pipe = vqdeploy.Pipeline.from_artifacts(artifacts, backend="onnxruntime")
+    sketches = np.stack([np.asarray(Image.open(p).convert("L")) for p in paths])
+    samples = np.stack([to_uint8(torch.from_numpy(pipe(str(p), num_samples=n, seed=0).images)) for p in paths])
+    rows = []
+    for i, path in enumerate(paths):
+        rep = np.repeat(sketches[i : i + 1], n, axis=0)
+        recall, precision = stroke_agreement(rep, samples[i])
+        others = [stroke_agreement(rep, samples[j])[0].mean() for j in range(len(paths)) if j != i]
+        first = stroke_agreement(rep[:readme_samples], samples[i, :readme_samples])
+        rows.append({"sketch": path.name, "matched": float(recall.mean()), "mismatched": float(np.mean(others)),
+                     "precision": float(precision.mean()), "readme_matched": float(first[0].mean()),
+                     "readme_precision": float(first[1].mean())})
+    rows.sort(key=lambda r: r["matched"] - r["mismatched"], reverse=True)
+    return {"artifacts": str(artifacts), "samples_per_sketch": n, "temperature": 1.0, "top_k": 100, "seed": 0,
+            "sketches": rows}
+
+
 def upstream_check(model: Net2NetTransformer, ckpt: Path, sketches: np.ndarray, images: np.ndarray) -> str:
     """Builds upstream taming's model from the config, loads the state_dict strictly and compares
     the teacher-forced logits and the first-stage reconstructions with vqdeploy's."""
@@ -281,8 +308,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=ROOT / "models" / "demo")
     ap.add_argument("--artifacts", type=Path, nargs="+", help="exports of the run to compare (first = reference)")
+    ap.add_argument("--rank-sketches", type=Path, nargs="+", metavar="PNG",
+                    help="with --artifacts A: rank these sketches by how well their samples follow them (the README's "
+                         "example is picked this way)")
+    ap.add_argument("--samples", type=int, default=16, help="--rank-sketches: samples per sketch")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.rank_sketches:
+        if not args.artifacts:
+            ap.error("--rank-sketches needs --artifacts")
+        print(json.dumps(rank_sketches(args.artifacts[0], args.rank_sketches, args.samples), indent=2))
+        return
     if args.artifacts:
         print(json.dumps(eval_artifacts(args.run, args.artifacts), indent=2))
         return
