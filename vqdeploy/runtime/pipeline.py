@@ -7,15 +7,17 @@ backend's limit and puts the parts back together.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
+from PIL import Image as PILImage
 
 from vqdeploy.artifacts import Artifacts, Manifest, open_artifacts
-from vqdeploy.conditions import ClassId, Reading
+from vqdeploy.conditions import ClassId, ConditionInput, Reading
 from vqdeploy.errors import InputError
 from vqdeploy.images import parse_size, to_uint8
 from vqdeploy.limits import check_num_samples, condition_budget, pixel_budget
@@ -26,6 +28,11 @@ from vqdeploy.runtime.jacobi import DEFAULT_WINDOW
 from vqdeploy.runtime.sampling import SamplingParams
 
 Progress = Callable[[int, str], Callable[[int], None]]  # (total tokens, description) -> per-token callback
+# what ``Pipeline.__call__`` takes as the condition: an image file path, its bytes, a PIL image, a (H,W[,C]) uint8
+# image or label array (or a preprocessed (1,C,H,W) float array), a class id, a scene mapping or nothing
+ConditionLike = Union[str, os.PathLike, bytes, PILImage.Image, np.ndarray, int, Mapping[str, Any], ConditionInput, None]
+Size = Union[int, str, tuple[int, int], None]  # S (a square), "WxH" (as --size) or (H, W) pixels
+Params = Union[SamplingParams, Mapping[str, Any], None]  # SamplingParams, or a mapping of its fields
 
 
 @dataclass
@@ -50,7 +57,7 @@ class Result:
         return self.tokens.size / t if t > 0 else float("nan")
 
 
-def as_params(params: SamplingParams | Mapping[str, Any] | None, **overrides: Any) -> SamplingParams:
+def as_params(params: Params, **overrides: Any) -> SamplingParams:
     """``params`` as ``SamplingParams``: one, a mapping of its fields ({"temperature": 0.5}), or None (the
     defaults); ``overrides`` (temperature=, top_k=, top_p=) replace fields."""
     if params is None:
@@ -68,7 +75,7 @@ def as_params(params: SamplingParams | Mapping[str, Any] | None, **overrides: An
     return SamplingParams(**fields)
 
 
-def as_size(size: int | str | tuple[int, int] | None) -> tuple[int, int] | None:
+def as_size(size: Size) -> tuple[int, int] | None:
     """``size`` as (H, W): S (a square), "WxH" (as ``--size``), or an (H, W) pair."""
     if size is None:
         return None
@@ -85,21 +92,29 @@ def as_size(size: int | str | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 class Pipeline:
-    """Sample images from exported artifacts::
+    """Sample images from exported artifacts (``vqdeploy export``'s directory)::
 
         pipe = vqdeploy.Pipeline.from_artifacts("artifacts/demo")          # ONNX Runtime, or TensorRT with a GPU
         result = pipe("sketch.png", num_samples=4, seed=0, temperature=0.8)
         result.images      # (4, C, H, W) float32 in [-1, 1]
+        result.tokens      # (4, h, w) token ids; result.timings: seconds per stage
         result.to_pil()    # PIL images
 
     The condition is whatever the model is conditioned on: an image (a path, a PIL image, a uint8 or label
-    array), a class id (``pipe(class_id=3)`` or ``pipe(3)``), a scene (a path or a mapping) for object-layout
-    models, or nothing. Sample ``i`` of a seed is the same on every backend and at every batch size.
-    ``sampler``: "host" (numpy, any backend) or "graph" (the exported sampler graph on the backend's device).
+    array; resized to the trained size, or to ``size``), a class id (``pipe(class_id=3)`` or ``pipe(3)``), a
+    scene (a path or a mapping) for object-layout models, or nothing. Sampling: ``params=SamplingParams(...)``,
+    ``params={"temperature": 0.5}`` or ``temperature=``/``top_k=``/``top_p=`` directly; ``seed``: sample ``i``
+    of a seed is the same on every backend and at every batch size; ``num_samples`` beyond ``max_batch`` runs
+    in batches. ``size=128``, ``"256x128"`` (W x H) or ``(128, 256)`` (H, W) samples a larger image (sliding
+    window). Bad input raises ``vqdeploy.errors.InputError`` with a message naming the argument.
+
+    ``sampler``: "host" (numpy, any backend) or "graph" (the exported sampler graph on the backend's device);
+    ``decoding``: "sequential" or "jacobi" (speculative Jacobi decoding: the same distribution, fewer calls).
     """
 
     def __init__(self, backend: Backend, manifest: Manifest | None = None, sampler: str = "host",
                  decoding: str = "sequential", jacobi_window: int = DEFAULT_WINDOW) -> None:
+        """A pipeline over an opened backend (``from_artifacts`` opens one for you)."""
         self.generator = Generator(backend, manifest, sampler, decoding, jacobi_window)
         self.backend = backend
         self.manifest = self.generator.manifest
@@ -125,8 +140,9 @@ class Pipeline:
         """Samples per backend batch; larger requests run in batches (same images)."""
         return self.generator.max_batch
 
-    def read(self, condition: Any = None, *, class_id: int | None = None, size: Any = None,
-             max_pixels: int | None = None, log: Callable[[str], None] | None = None, via: str = "library") -> Any:
+    def read(self, condition: ConditionLike = None, *, class_id: int | None = None, size: Size = None,
+             max_pixels: int | None = None, log: Callable[[str], None] | None = None,
+             via: str = "library") -> ConditionInput:
         """The condition's typed value (what ``__call__`` samples from) for what the caller passes."""
         if class_id is not None:
             if condition is not None:
@@ -138,13 +154,13 @@ class Pipeline:
 
     def __call__(
         self,
-        condition: Any = None,
+        condition: ConditionLike = None,
         *,
         num_samples: int = 1,
-        params: SamplingParams | Mapping[str, Any] | None = None,
+        params: Params = None,
         seed: int = 0,
         class_id: int | None = None,
-        size: int | str | tuple[int, int] | None = None,
+        size: Size = None,
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
@@ -152,7 +168,9 @@ class Pipeline:
         max_pixels: int | None = None,
         log: Callable[[str], None] | None = None,
     ) -> Result:
-        """Sample ``num_samples`` images for ``condition``. ``params`` (or ``temperature``/``top_k``/``top_p``)
+        """Sample ``num_samples`` images for ``condition`` (a path, bytes, a PIL image or a numpy array for image
+        conditions; an int or ``class_id`` for class-conditional models; a path or mapping for scenes; None for
+        unconditional models). ``params`` (or ``temperature``/``top_k``/``top_p``)
         choose how tokens are drawn (default: temperature 1, top-k 100); ``size`` S, "WxH" or (H, W) pixels
         samples a larger image with the sliding window; ``max_pixels`` raises the image budget (default: 16x
         the trained area). ``progress(total, description)`` is called once the token count is known and
