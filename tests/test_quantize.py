@@ -247,3 +247,17 @@ def test_bench_compares_quantized_exports_side_by_side(demo_q, tmp_path: Path) -
     with pytest.raises(InputError, match="another model"):
         run_bench(int8, "onnxruntime", None, 1, 1, False, tmp_path / "b2.json", None, log=lambda m: None,
                   compare=[other])
+
+
+def test_torch_backend_on_quantized_artifacts_says_it_runs_fp32_weights(demo_q, tmp_path: Path) -> None:
+    """`run --backend torch` on int8 artifacts runs the checkpoint (fp32): it says so; ONNX Runtime, which runs
+    the int8 graph, has nothing to say (issue 26 item 8)."""
+    out, _ = demo_q("int8")
+    sketch = str(ROOT / "models" / "demo" / "sketches" / "04_circle_horizon.png")
+    note = ("note: the torch backend runs the checkpoint's fp32 weights, not these artifacts' int8 graphs: its images "
+            "are the fp32 model's (--backend onnxruntime or tensorrt runs the int8 graphs)")
+    for backend, said in (("torch", True), ("onnxruntime", False)):
+        r = CliRunner().invoke(main, ["run", sketch, "--artifacts", str(out), "--backend", backend, "--out",
+                                      str(tmp_path / f"{backend}.png")])
+        assert r.exit_code == 0, r.output
+        assert (note in r.stderr) == said, r.stderr
