@@ -83,6 +83,36 @@ def test_draw_generate_and_see_images(page):
         page.screenshot(path=shot, type="png", full_page=True)
 
 
+def test_four_samples_are_laid_out_two_by_two(page):
+    """As `vqdeploy run --grid` lays them out (issue 26 item 12: they came as a row of 3 and one below)."""
+    before = page.get_by_test_id("result").count()
+    page.fill("#num_samples", "4")
+    page.get_by_test_id("generate").click()
+    page.wait_for_function(f"() => document.querySelectorAll('[data-testid=result]').length > {before}",
+                           timeout=60_000)
+    boxes = [img.bounding_box() for img in page.get_by_test_id("result").last.locator("img").all()]
+    assert len(boxes) == 4
+    columns = sorted({round(b["x"]) for b in boxes})
+    rows = sorted({round(b["y"]) for b in boxes})
+    assert len(columns) == 2 and len(rows) == 2, boxes
+
+
+def test_the_page_has_an_icon_and_no_request_fails(browser, demo_export: Path):
+    """Every request a page load makes succeeds: /favicon.ico included (it was a 404)."""
+    with running(create_app(Pipeline.from_artifacts(demo_export, "onnxruntime"))) as base:
+        page = browser.new_page()
+        statuses: list[tuple[str, int]] = []
+        page.on("response", lambda r: statuses.append((r.url, r.status)))
+        page.goto(base + "/")
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        icon = page.request.get(base + "/favicon.ico")
+        assert icon.status == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+        assert b"<svg" in icon.body()
+        page.wait_for_timeout(500)  # the browser asks for the icon after the load
+        assert [s for s in statuses if s[1] >= 400] == [], statuses
+        page.close()
+
+
 def test_keyboard_tools_and_generate(page):
     page.get_by_test_id("pad").focus()
     page.keyboard.press("e")
@@ -124,6 +154,8 @@ def test_class_picker_and_label_map_upload(browser, exported, variant, tmp_path)
         page.goto(base + "/")
         page.wait_for_selector("body[data-ready=true]", timeout=30_000)
         assert not page.is_visible("#pad")
+        assert not page.is_visible("#sketch-keys")  # no brush, eraser or clear without a sketch pad
+        assert "generate" in page.inner_text("#keys") and "brush" not in page.inner_text("#keys")
         cond = manifest.raw["model"]["conditioning"]
         if variant == "class_subsample":
             assert page.is_visible("#class_id")
