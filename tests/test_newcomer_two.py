@@ -248,6 +248,29 @@ def test_serve_logs_one_line_per_request_and_nothing_about_abandoned_answers(dem
     assert re.fullmatch(line.format("GET", "/nothing-here", 404), lines[3]), lines
 
 
+# --- 3. serve reads an upload as run reads a file; what is too large says what the client can do ----------
+def test_serve_too_large_condition_says_what_an_http_client_can_do(pipe, demo_export: Path, tmp_path: Path) -> None:
+    pytest.importorskip("starlette")
+    httpx = pytest.importorskip("httpx")
+    from serve_support import running
+
+    from vqdeploy.serve.app import create_app
+
+    huge = _png(Image.new("L", (3000, 2000), 255))  # over the 4 MP a condition may have
+    with running(create_app(pipe)) as url:
+        r = httpx.post(f"{url}/v1/generate", files={"condition": ("s.png", huge, "image/png")}, timeout=60)
+    assert r.status_code == 413, r.text
+    message = r.json()["error"]["message"]
+    assert message == ("condition: 3000x2000 is 6000000 pixels, over this model's budget of 4194304; send an image of "
+                       "at most 4194304 pixels (e.g. 2048x2048; it is resized to the model's size anyway); the "
+                       "server's --max-pixels sets this limit"), message
+    (tmp_path / "huge.png").write_bytes(huge)  # the CLI and the library name their own options
+    r = invoke("run", str(tmp_path / "huge.png"), "--artifacts", str(demo_export), "--out", str(tmp_path / "s.png"))
+    assert r.exit_code == 1 and errors(r.stderr)[0].endswith("; pass --max-pixels N to raise it"), r.stderr
+    with pytest.raises(InputError, match="; pass max_pixels=N to raise it$"):
+        pipe(Image.open(io.BytesIO(huge)))
+
+
 # --- 6. paths that point the wrong way -------------------------------------------------------------
 def test_artifacts_given_as_the_manifest_file_or_a_checkpoint(demo_export: Path, tmp_path: Path) -> None:
     from vqdeploy.artifacts import Artifacts

@@ -27,12 +27,12 @@ def read_input_file(path: Path, what: str = "input", max_bytes: int = MAX_IMAGE_
     return read_regular(path, what, max_bytes, InputError, TooLargeError)
 
 
-def _open(path: Path, budget: int | None = None) -> Any:
+def _open(path: Path, budget: int | None = None, remedy: str | None = None) -> Any:
     """Read and decode ``path``; ``budget`` (pixels) is checked on the header, before decoding."""
-    return decode_image(io.BytesIO(read_input_file(path, "input image")), str(path), budget)
+    return decode_image(io.BytesIO(read_input_file(path, "input image")), str(path), budget, remedy)
 
 
-def decode_image(source: Any, what: str, budget: int | None = None) -> Any:
+def decode_image(source: Any, what: str, budget: int | None = None, remedy: str | None = None) -> Any:
     """Decode a path or a binary file object (e.g. ``io.BytesIO`` of an upload: nothing touches the disk)
     into a PIL image; ``budget`` (pixels) and the decompression-bomb limit are checked on the header."""
     from PIL import Image, UnidentifiedImageError
@@ -45,7 +45,7 @@ def decode_image(source: Any, what: str, budget: int | None = None) -> Any:
             if img.width * img.height > MAX_PIXELS:
                 raise TooLargeError(f"{what}: {img.width}x{img.height} is too large (limit {MAX_PIXELS} pixels)")
             if budget is not None:
-                check_pixels(img.height, img.width, budget, what)
+                check_pixels(img.height, img.width, budget, what, remedy)
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise TooLargeError(f"{what}: refused: the image is a decompression bomb (over {MAX_PIXELS} pixels)") from None
@@ -76,17 +76,17 @@ def parse_size(text: str | None, option: str = "--size") -> tuple[int, int] | No
 
 def load_condition(source: Path | bytes, preprocessing: dict[str, Any], size: tuple[int, int] | None,
                    budget: int | None = None, note: Callable[[str], None] | None = None,
-                   what: str | None = None) -> np.ndarray:
+                   what: str | None = None, remedy: str | None = None) -> np.ndarray:
     """The cond encoder's input for one image file (a path, or its bytes: an upload): (1,H,W) int64 labels or
     (1,C,H,W) fp32 in [-1,1]. ``budget`` (pixels) bounds the image decoded (checked on its header);
     ``size`` (H, W): resize to it (the trained size unless --size asks for another); None keeps the image's
     own size. ``note`` hears about resizing."""
     if isinstance(source, bytes):
         what = what or "condition"
-        img = decode_image(io.BytesIO(source), what, budget)
+        img = decode_image(io.BytesIO(source), what, budget, remedy)
     else:
         what = what or str(source)
-        img = _open(source, budget)
+        img = _open(source, budget, remedy)
     if img.mode not in IMAGE_MODES:
         raise UnsupportedInputError(f"{what}: image mode {img.mode} is not accepted; use one of "
                                     f"{', '.join(IMAGE_MODES)} (e.g. a greyscale, RGB or palette PNG)")
@@ -183,15 +183,15 @@ def sketch_warning(grey: np.ndarray, colourful: float = 0.0) -> str | None:
 
 
 def as_condition(x: Any, preprocessing: dict[str, Any], size: tuple[int, int] | None, budget: int,
-                 note: Callable[[str], None] | None = None) -> np.ndarray:
+                 note: Callable[[str], None] | None = None, remedy: str | None = None) -> np.ndarray:
     """A condition as a library user has it: a file path, a PIL image, a (H,W) / (H,W,C) uint8 or integer
     label array (preprocessed like a file), or an already preprocessed float array (returned as is)."""
     from PIL import Image
 
     if isinstance(x, (str, Path)):
-        return load_condition(Path(x), preprocessing, size, budget, note)
+        return load_condition(Path(x), preprocessing, size, budget, note, remedy=remedy)
     if isinstance(x, (bytes, bytearray)):
-        return load_condition(bytes(x), preprocessing, size, budget, note)
+        return load_condition(bytes(x), preprocessing, size, budget, note, remedy=remedy)
     if isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.ndim == 4:
         return x
     if isinstance(x, np.ndarray):
@@ -204,7 +204,7 @@ def as_condition(x: Any, preprocessing: dict[str, Any], size: tuple[int, int] | 
             x = Image.fromarray(x.astype(np.uint8))
     if not isinstance(x, Image.Image):
         raise InputError(f"unsupported condition type {type(x).__name__}: pass a path, a PIL image or a numpy array")
-    check_pixels(x.height, x.width, budget, "the condition image")
+    check_pixels(x.height, x.width, budget, "the condition image", remedy)
     return prepare_condition(x, preprocessing, size, "the condition image", note)
 
 

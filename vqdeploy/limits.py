@@ -38,11 +38,13 @@ def condition_budget(info: ModelInfo, max_pixels: int | None = None) -> int:
     return max(pixel_budget(info, max_pixels), CONDITION_PIXELS if max_pixels is None else 0)
 
 
-def check_pixels(height: int, width: int, budget: int, what: str) -> None:
-    """``what`` (e.g. "--size 4096x4096", "input.png") must fit ``budget`` pixels."""
+def check_pixels(height: int, width: int, budget: int, what: str, remedy: str | None = None) -> None:
+    """``what`` (e.g. "--size 4096x4096", "input.png") must fit ``budget`` pixels; ``remedy``: what the one who
+    sent it can do, in their terms (default: the CLI's --max-pixels)."""
     if height * width > budget:
-        raise TooLargeError(f"{what}: {width}x{height} is {height * width} pixels, over this model's budget of {budget} "
-                         f"(default: {AREA_FACTOR}x its trained size); pass --max-pixels N to raise it")
+        raise TooLargeError(f"{what}: {width}x{height} is {height * width} pixels, over this model's budget of {budget}"
+                            + (f"; {remedy}" if remedy else
+                               f" (default: {AREA_FACTOR}x its trained size); pass --max-pixels N to raise it"))
 
 
 def check_finite(value: float, name: str, low: float | None = None, high: float | None = None,

@@ -14,6 +14,7 @@ Adding a kind: subclass ``Condition``, decorate it with ``@register``, import it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,14 @@ class Reading:
 
     def option(self, name: str) -> str:
         return _OPTIONS[name][("cli", "library", "http").index(self.via)]
+
+    def too_large(self) -> str:
+        """What to do about a condition image over ``budget`` pixels, in the asker's terms."""
+        side = math.isqrt(self.budget)
+        return {"cli": "pass --max-pixels N to raise it",
+                "library": "pass max_pixels=N to raise it",
+                "http": f"send an image of at most {self.budget} pixels (e.g. {side}x{side}; it is resized to the "
+                        "model's size anyway); the server's --max-pixels sets this limit"}[self.via]
 
     def note(self, message: str) -> None:
         if self.log is not None:

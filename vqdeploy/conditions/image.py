@@ -52,13 +52,14 @@ class ImageCondition(GridCondition):
 
     # --- input -----------------------------------------------------------------------------------------
     def read_file(self, path: Path, reading: Reading) -> ConditionInput:
-        return ImageInput(load_condition(path, self.preprocessing, self._size(reading), reading.budget, reading.log))
+        return ImageInput(load_condition(path, self.preprocessing, self._size(reading), reading.budget, reading.log,
+                                         remedy=reading.too_large()))
 
     def read_bytes(self, data: bytes, reading: Reading) -> ConditionInput:
         if not data:
             return self.read_nothing(reading)
         return ImageInput(load_condition(data, self.preprocessing, self._size(reading), reading.budget, reading.log,
-                                         "condition"))
+                                         "condition", reading.too_large()))
 
     def read_nothing(self, reading: Reading) -> ConditionInput:
         what = {"cli": "pass INPUT (e.g. a sketch or label map PNG)",
@@ -73,7 +74,8 @@ class ImageCondition(GridCondition):
                 self.preprocessing["kind"] == "onehot" and value.ndim == 3 and value.dtype.kind in "iu")):
             check_pixels(value.shape[-2], value.shape[-1], reading.max_pixels, "the condition")
             return ImageInput(_checked(value))
-        return ImageInput(as_condition(value, self.preprocessing, self._size(reading), reading.budget, reading.log))
+        return ImageInput(as_condition(value, self.preprocessing, self._size(reading), reading.budget, reading.log,
+                                       reading.too_large()))
 
     def size_multiple(self) -> int:
         return 1 if self.fixed_grid else self.factor
