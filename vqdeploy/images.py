@@ -277,6 +277,8 @@ def write_pngs(images: dict[Path, np.ndarray]) -> None:
 
 def output_paths(out: Path, n: int, grid: bool) -> list[Path]:
     """The files ``run --out OUT`` writes: OUT, or NAME-0.EXT, NAME-1.EXT, ... (the format checked first)."""
+    if out.is_dir():  # say what is in the way before what the name lacks
+        raise InputError(f"--out: {out} is a directory; name a file (e.g. {out / 'sample.png'})")
     output_format(out)
     if grid or n == 1:
         return [out]
