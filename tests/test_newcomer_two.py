@@ -95,13 +95,10 @@ def test_bench_makes_openmp_wait_passively_before_torch_loads() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                          check=True).stdout.split("\n")
     assert out[0] == "PASSIVE False []" and out[1] == "PASSIVE 0"
-    kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
-                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"}).stdout.split("\n")
-    assert kept[0] == "ACTIVE False []" and kept[1] == "ACTIVE 1"  # kept, and a note once torch is loaded
     late = "import torch\nnotes = []\nfrom vqdeploy.bench.benchmark import passive_openmp\nprint(passive_openmp(notes.append), notes)"
-    said = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, env=env, timeout=120,
-                          check=True).stdout
-    assert said.startswith("None") and "its rows may swing between runs" in said
+    said = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, timeout=120, check=True,
+                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"}).stdout
+    assert said.startswith("ACTIVE") and "its rows may swing between runs" in said  # the user's, with a note
 
 
 def test_bench_reports_the_spread_next_to_the_median() -> None:
