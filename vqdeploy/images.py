@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vqdeploy.errors import InputError, TooLargeError, UnsupportedInputError
+from vqdeploy.errors import InputError, TooLargeError, UnsupportedInputError, shown
 from vqdeploy.files import atomic_write_many, read_regular
 from vqdeploy.limits import DECODE_PIXELS, check_pixels
 
@@ -243,7 +244,7 @@ def output_format(path: Path, option: str = "--out") -> str:
     if fmt is None:
         choices = ", ".join(OUTPUT_FORMATS)
         what = "has no extension" if not path.suffix else f"ends in {path.suffix}, a format vqdeploy does not write"
-        raise InputError(f"{option} {path} {what}: name the image format with one of {choices} "
+        raise InputError(f"{option} {shown(path)} {what}: name the image format with one of {choices} "
                          f"(e.g. {path.with_suffix('.png').name})")
     return fmt[0]
 
@@ -277,8 +278,8 @@ def write_pngs(images: dict[Path, np.ndarray]) -> None:
 
 def output_paths(out: Path, n: int, grid: bool) -> list[Path]:
     """The files ``run --out OUT`` writes: OUT, or NAME-0.EXT, NAME-1.EXT, ... (the format checked first)."""
-    if out.is_dir():  # say what is in the way before what the name lacks
-        raise InputError(f"--out: {out} is a directory; name a file (e.g. {out / 'sample.png'})")
+    if os.path.isdir(out) and not os.path.islink(out):  # what is in the way before what the name lacks (as run)
+        raise InputError(f"--out: {shown(out)} is a directory; name a file (e.g. {shown(out / 'sample.png')})")
     output_format(out)
     if grid or n == 1:
         return [out]
