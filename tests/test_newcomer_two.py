@@ -287,7 +287,7 @@ def test_input_that_is_a_directory_or_a_fifo_is_named(demo_export: Path, tmp_pat
     fifo = tmp_path / "fifo.png"
     os.mkfifo(fifo)
     for path, what in ((tmp_path, "is a directory, not an input image file"),
-                       (fifo, "is not a regular file (a device, FIFO or socket); pass an input image file")):
+                       (fifo, "is a FIFO, not an input image file")):
         r = invoke("run", str(path), "--artifacts", str(demo_export), "--out", str(tmp_path / "s.png"))
         assert r.exit_code == 1 and errors(r.stderr) == [f"error: {path} {what}"], r.stderr
 
