@@ -38,7 +38,7 @@ BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}  # per transformer weight
 UNSTEADY = 1.5  # a row whose token time moved more than this (max / min over the timed runs) gets a note
 
 
-def passive_openmp(log: Callable[[str], None]) -> str | None:
+def passive_openmp() -> tuple[str | None, str | None]:
     """Make PyTorch's OpenMP threads sleep, not spin, while they wait (``OMP_WAIT_POLICY=PASSIVE``, read when
     torch loads libgomp: so before torch is imported; a policy the user set is kept).
 
@@ -46,14 +46,15 @@ def passive_openmp(log: Callable[[str], None]) -> str | None:
     with libgomp's default spinning, torch's per-token time ranged 29-114 ms over four identical bench runs
     and 16-77 ms within one process, because every op's parallel region waits for a thread that spins on a
     core another process needs; with passive waiting it is 3.8-4.3 ms. ONNX Runtime has its own thread
-    pool and is unaffected. Returns the policy in force (None: torch was imported before, with its own)."""
+    pool and is unaffected. Returns the policy in force (None: torch was imported before, with its own) and a
+    note for the caller to print once it knows torch rows will run (the note is noise before an error)."""
     if "torch" in sys.modules:
         policy = os.environ.get("OMP_WAIT_POLICY")
         if (policy or "").upper() != "PASSIVE":
-            log("note: torch was imported before bench could set OMP_WAIT_POLICY=PASSIVE: its rows may swing "
-                "between runs on a busy machine (set it in the environment)")
-        return policy
-    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            return policy, ("note: torch was imported before bench could set OMP_WAIT_POLICY=PASSIVE: its rows "
+                            "may swing between runs on a busy machine (set it in the environment)")
+        return policy, None
+    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE"), None
 
 
 def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
@@ -257,7 +258,7 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
               jacobi_window: int = DEFAULT_WINDOW) -> dict[str, Any]:
     check_num_samples(n)
     check_int(repeats, "--repeats", 1, MAX_REPEATS)
-    omp_wait_policy = passive_openmp(log)  # before anything imports torch
+    omp_wait_policy, omp_note = passive_openmp()  # before anything imports torch
     opened = open_artifacts(artifacts)
     artifacts, manifest = opened.path, opened.manifest
     others = compared_artifacts(artifacts, compare or [], manifest.fingerprint)
@@ -272,6 +273,8 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
     other_candidates = [[c for c in parse_backends(backends, o, device) if not spec(c[0]).reference] for o in others]
     named_torch = backends != "auto" and any(spec(b).reference for b, _ in candidates)
     want_torch_cpu = backends == "auto" or ("torch", "cpu") in candidates
+    if omp_note and (want_torch_cpu or reference or named_torch):
+        log(omp_note)
     model = reference_model(manifest, ckpt, named_torch, log) if (want_torch_cpu or reference or named_torch) else None
     condition = sample_condition(info, 0)
     rows: dict[str, dict[str, Any]] = {}

@@ -131,6 +131,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart reuses the port at once
         sock.bind(address)
+        sock.listen(2048)  # as uvicorn's backlog: a client that connects once "serving" is printed waits, not refused
     except OSError as e:
         sock.close()
         hint = "; another server is using it: stop it or pass another --port" if e.errno == errno.EADDRINUSE else ""
