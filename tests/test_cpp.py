@@ -663,6 +663,15 @@ def test_readme_example_app_builds_against_the_installed_package(cpp: Builds, de
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (cpp.prefix / "include" / "vqdeploy" / "pipeline.hpp").exists()
+    # beside the SONAME link, links to the wheel's execution providers: ONNX Runtime loads them from the directory
+    # of the file it was loaded from, the link's (the CUDA provider in the gpu Docker image)
+    import onnxruntime
+
+    providers = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime_providers_*.so"))
+    assert providers, "the onnxruntime wheel has no libonnxruntime_providers_*.so"
+    for provider in providers:
+        (link,) = cpp.prefix.glob(f"lib*/{provider.name}")
+        assert link.is_symlink() and link.resolve() == provider.resolve(), link
     blocks = _readme_blocks()
     app = tmp_path / "app"
     app.mkdir()
