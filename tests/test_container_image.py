@@ -3,12 +3,15 @@ Dockerfile's `cpu` target with buildah on a stand-in base image made here (Debia
 Python 3 by mmdebstrap), once per session, into a private overlay storage in /tmp that is removed afterwards
 (the build log stays in pytest's tmp directory). podman then runs the image as its non-root user, without a
 network: `--help`, `export` of the demo run (parity checks included) and `run`, whose images must equal, pixel
-for pixel, what `vqdeploy run` writes on the host for the same seed, on the host's export and on the container's.
+for pixel, what `vqdeploy run` writes on the host for the same seed, on the host's export and on the container's;
+and the C++ runtime the image holds (compiled in the Dockerfile's cpp-cpu stage): `vqdeploy-cpp run` in the
+container must write the images `vqdeploy run` writes in the container for the same seed, pixel for pixel.
 
 It skips, with the reason, where buildah/podman cannot run as it needs: not root, buildah, podman,
 mmdebstrap or runc missing (`.ci/run` installs them), no kernel overlay mounts; VQDEPLOY_OFFLINE=1 skips it
-too (the build installs from the package index). Measured: 6 min 15 s on 2 cores shared with other work (load
-6-8), the build 4 min of it; the build alone took 2 min 6 s when the machine was quieter."""
+too (the build installs from the package index). Measured: 8 min 46 s on 2 cores shared with other work (load
+6-8), the build 6 min 46 s of it; about 2 minutes of the build are the C++ stage (apt for g++ and CMake, one
+Release build with -j2), 4.5 s of the tests its checks. Before the C++ runtime: 6 min 15 s, the build 4 min."""
 
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ SKETCH = "07_house-square-circle_horizon.png"
 UID = 10001  # the image's user (Dockerfile, docs/docker.md)
 TAG = "localhost/vqdeploy:cpu-test"
 TOOLS = ("buildah", "podman", "mmdebstrap", "runc")
+CPP_PREFIX = "/opt/vqdeploy-cpp"  # the C++ runtime in the image (Dockerfile, docs/docker.md)
 SETTINGS = ["--num-samples", "2", "--seed", "5"]
 
 
@@ -143,8 +147,8 @@ def container_export(image, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 
 def test_image_runs_help_as_its_non_root_user_with_its_labels(image) -> None:
     podman, seconds = image
-    print(f"image built in {seconds:.0f} s")
     (config,) = json.loads(_ok(podman("image", "inspect", TAG)).stdout)
+    print(f"image built in {seconds:.0f} s, {config['Size'] / 1e9:.2f} GB")
     cfg = config["Config"]
     assert cfg["User"] == f"{UID}:{UID}" and cfg["Entrypoint"] == ["vqdeploy"] and cfg["Cmd"] == ["--help"]
     assert cfg["WorkingDir"] == "/artifacts"
@@ -223,3 +227,48 @@ def test_run_in_the_container_gives_the_hosts_images(image, container_export, de
             assert np.array_equal(_pixels(written), want), written.name
         assert (mine / f"u-{i}.png").stat().st_uid == 4242
         assert np.array_equal(_pixels(mine / f"u-{i}.png"), want)
+
+
+def test_vqdeploy_cpp_in_the_container_gives_vqdeploy_runs_images(image, demo_export: Path, tmp_path: Path) -> None:
+    """The C++ runtime the cpp-cpu stage built: the install prefix (binary on PATH, library, headers, CMake
+    package on CMAKE_PREFIX_PATH), every library it needs found in the final image, which has no compiler; then
+    `vqdeploy-cpp run` as the image's user writes what `vqdeploy run` writes in the same image for the same sketch,
+    seed and sample count (both ONNX Runtime on the CPU, the same libonnxruntime), and another seed differs."""
+    podman, _ = image
+    probe = _ok(podman.run("--entrypoint", "bash", TAG, "-c", f"""
+        command -v vqdeploy-cpp; echo "CMAKE_PREFIX_PATH=$CMAKE_PREFIX_PATH"
+        ls {CPP_PREFIX}/lib/cmake/vqdeploy_runtime {CPP_PREFIX}/include/vqdeploy {CPP_PREFIX}/lib
+        readlink -f {CPP_PREFIX}/lib/libonnxruntime.so.1
+        ldd {CPP_PREFIX}/bin/vqdeploy-cpp
+        echo "packages: $(cat {CPP_PREFIX}/share/vqdeploy_runtime/debian-packages)"
+        for tool in c++ g++ gcc cc cmake make; do command -v "$tool" && echo "found a build tool: $tool"; done
+        exit 0""")).stdout
+    assert f"{CPP_PREFIX}/bin/vqdeploy-cpp\n" in probe and f"CMAKE_PREFIX_PATH={CPP_PREFIX}\n" in probe, probe
+    for name in ("vqdeploy_runtimeConfig.cmake", "vqdeploy_runtimeConfigVersion.cmake", "vqdeploy_runtimeTargets.cmake",
+                 "pipeline.hpp", "libonnxruntime_providers_shared.so"):
+        assert f"\n{name}\n" in probe, (name, probe)
+    # the SONAME link leads to the venv's onnxruntime wheel, the library `vqdeploy run` uses
+    assert "/opt/vqdeploy/lib/python3." in probe and "/site-packages/onnxruntime/capi/libonnxruntime.so.1." in probe
+    assert "not found" not in probe, probe
+    found = {parts[0]: os.path.normpath(parts[2]) for parts in (line.split() for line in probe.splitlines())
+             if len(parts) >= 3 and parts[1] == "=>"}
+    assert found["libvqdeploy_runtime.so.0"] == f"{CPP_PREFIX}/lib/libvqdeploy_runtime.so.0", found
+    assert found["libonnxruntime.so.1"] == f"{CPP_PREFIX}/lib/libonnxruntime.so.1", found
+    assert "libpng16" in probe.split("packages:")[1], probe  # what the base image lacked
+    assert "found a build tool" not in probe, probe
+
+    out = _writable_by(tmp_path / "out", UID)
+    volumes = {DEMO / "sketches": "/sketches:ro", out: "/out", demo_export: "/artifacts:ro"}
+    run = ["run", f"/sketches/{SKETCH}", "--artifacts", "/artifacts"]
+    _ok(podman.run(TAG, *run, *SETTINGS, "--out", "/out/py.png", volumes=volumes))
+    t = time.perf_counter()
+    _ok(podman.run("--entrypoint", "vqdeploy-cpp", TAG, *run, *SETTINGS, "--out", "/out/cpp.png", volumes=volumes))
+    print(f"vqdeploy-cpp run in the container: {time.perf_counter() - t:.1f} s")
+    _ok(podman.run("--entrypoint", "vqdeploy-cpp", TAG, *run, "--num-samples", "2", "--seed", "6", "--out",
+                   "/out/other.png", volumes=volumes))
+    for i in range(2):
+        want = _pixels(out / f"py-{i}.png")
+        assert want.shape == (64, 64, 3) and want.std() > 10  # a picture, not a blank
+        assert (out / f"cpp-{i}.png").stat().st_uid == UID
+        assert np.array_equal(_pixels(out / f"cpp-{i}.png"), want), f"cpp-{i}.png"
+        assert not np.array_equal(_pixels(out / f"other-{i}.png"), want)  # the comparison can fail

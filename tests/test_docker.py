@@ -1,8 +1,8 @@
 """The Dockerfile, checked without Docker (no engine or base images on the project's machines):
 hadolint with .hadolint.yaml (OCI labels required, registries allowed), the pins and structure that
-docs/docker.md promises (the README's short "Docker" section links there), and docker/install.sh, which
-the Dockerfile's RUN steps call, run in a fresh venv on a wheel built from exactly the files .dockerignore
-lets into the context.
+docs/docker.md promises (the README's short "Docker" section links there), the C++ build stages and what
+the images take from them, and docker/install.sh, which the Dockerfile's RUN steps call, run in a fresh
+venv on a wheel built from exactly the files .dockerignore lets into the context.
 The install test needs the package index: VQDEPLOY_OFFLINE=1 skips it."""
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 DEMO = ROOT / "models" / "demo"
 SKETCH = DEMO / "sketches" / "07_house-square-circle_horizon.png"
 UID = 10001  # the images' user (docs/docker.md)
+CPP_PREFIX = "/opt/vqdeploy-cpp"  # where the images hold the C++ runtime (docs/docker.md)
+ORT_HEADERS = ROOT / "cpp" / "third_party" / "onnxruntime-1.23.2"
+SHARED = ROOT.parent / "shared" if (ROOT.parent / "shared" / "vendor").is_dir() else Path("/work/shared")
 
 
 def _hadolint() -> str:
@@ -46,7 +49,7 @@ def _stages() -> dict[str, list[str]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        m = re.match(r"FROM\s+\S+\s+AS\s+(\w+)$", line, re.I)
+        m = re.match(r"FROM\s+\S+\s+AS\s+([\w.-]+)$", line, re.I)
         if m:
             name = m.group(1)
             stages[name] = []
@@ -70,19 +73,21 @@ def test_hadolint_passes_and_enforces_the_config(tmp_path: Path) -> None:
 
 def test_images_are_pinned_non_root_and_install_through_the_script() -> None:
     stages = _stages()
-    assert list(stages) == ["", "wheel", "cpu", "gpu"]
+    assert list(stages) == ["", "wheel", "cpu-python", "cpp-cpu", "cpu", "gpu-python", "cpp-gpu", "gpu"]
     args = dict(re.match(r"ARG (\w+)=(\S+)$", a).groups() for a in stages[""] if a.startswith("ARG"))  # type: ignore[union-attr]
     assert re.fullmatch(r"nvcr\.io/nvidia/tensorrt:\d\d\.\d\d-py3", args["TENSORRT_IMAGE"])
     assert re.fullmatch(r"python:3\.\d+-slim-\w+", args["PYTHON_IMAGE"])
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert args["VQDEPLOY_VERSION"] == version
-    for flavour in ("cpu", "gpu"):
-        lines = stages[flavour]
-        run = " ".join(line for line in lines if line.startswith("RUN"))
+    for flavour, base in (("cpu", "PYTHON_IMAGE"), ("gpu", "TENSORRT_IMAGE")):
+        python, lines = stages[f"{flavour}-python"], stages[flavour]
+        assert python[0] == f"FROM ${{{base}}} AS {flavour}-python" and lines[0] == f"FROM {flavour}-python AS {flavour}"
+        run = " ".join(line for line in python if line.startswith("RUN"))
         assert f"/tmp/install/install.sh {flavour} /tmp/install/wheels/vqdeploy-*.whl" in run
-        users = [line.split()[1] for line in lines if line.startswith("USER")]
-        assert users and users[-1] == f"{UID}:{UID}"  # numeric: no /etc/passwd lookup, never root
         assert f"useradd --no-log-init --create-home --uid {UID} --gid {UID} vqdeploy" in run
+        assert f'org.opencontainers.image.title="vqdeploy-{flavour}"' in " ".join(python)
+        users = [line.split()[1] for line in python + lines if line.startswith("USER")]
+        assert users == [f"{UID}:{UID}"] and lines[-4] == f"USER {UID}:{UID}"  # numeric, never root, set last
         assert lines[-2:] == ['ENTRYPOINT ["vqdeploy"]', 'CMD ["--help"]']
         assert "WORKDIR /artifacts" in lines
     assert any("VQDEPLOY_BUILD_ENGINES=1" in line for line in stages["gpu"])
@@ -91,8 +96,63 @@ def test_images_are_pinned_non_root_and_install_through_the_script() -> None:
     docs = (ROOT / "docs" / "docker.md").read_text()
     for promised in ("docker build --target gpu -t vqdeploy:gpu .", "docker build --target cpu -t vqdeploy:cpu .",
                      f"`{args['TENSORRT_IMAGE']}`", f"`{args['PYTHON_IMAGE']}`", "**`/artifacts`**", f"uid {UID}",
-                     "The `gpu` image has not been built or run", "tests/test_container_image.py"):
+                     "The `gpu` image has not been built or run", "tests/test_container_image.py",
+                     f"`{CPP_PREFIX}`", "--entrypoint vqdeploy-cpp"):
         assert promised in docs, promised
+
+
+def test_cpp_is_built_in_a_build_stage_and_the_images_take_only_its_install() -> None:
+    """Each image's C++ runtime: compiled by docker/build-cpp.sh in its own build stage on top of the image's
+    Python part (so against that venv's onnxruntime wheel), the gpu one with the TensorRT backend required;
+    the final stage copies the install prefix alone, installs only the runtime packages the build listed, and
+    puts vqdeploy-cpp on PATH and the CMake package on CMAKE_PREFIX_PATH."""
+    stages = _stages()
+    for flavour in ("cpu", "gpu"):
+        build, final = stages[f"cpp-{flavour}"], stages[flavour]
+        assert build[0] == f"FROM {flavour}-python AS cpp-{flavour}"
+        assert "COPY cpp /tmp/build/cpp" in build and "COPY docker/build-cpp.sh /tmp/build/" in build
+        (run,) = [line for line in build if line.startswith("RUN")]
+        # the base's packages are listed before the build tools arrive; the script builds after them
+        assert run.index("dpkg-query --show") < run.index("apt-get install") < run.index("build-cpp.sh")
+        assert re.search(r"apt-get install -y --no-install-recommends\s+g\+\+ make cmake nlohmann-json3-dev libpng-dev "
+                         r"libssl-dev ", run), run
+        assert f"/tmp/build/build-cpp.sh {flavour} /tmp/build/cpp {CPP_PREFIX} /tmp/build/base-packages" in run
+        # the final stage: the prefix, the listed runtime packages, no compiler
+        copies = [line for line in final if line.startswith("COPY")]
+        assert copies == [f"COPY --from=cpp-{flavour} {CPP_PREFIX} {CPP_PREFIX}"], copies
+        text = " ".join(final)
+        assert f"--arg-file={CPP_PREFIX}/share/vqdeploy_runtime/debian-packages" in text
+        assert "apt-get clean && rm -rf /var/lib/apt/lists/*" in re.sub(r"\s+", " ", text)  # no apt caches left
+        assert not re.search(r"\b(g\+\+|gcc|cmake|-dev)\b", text.replace(f"{CPP_PREFIX}", "")), text
+        env = " ".join(line for line in final if line.startswith("ENV"))
+        assert f"PATH=/opt/vqdeploy/bin:{CPP_PREFIX}/bin:$PATH" in env and f"CMAKE_PREFIX_PATH={CPP_PREFIX}" in env
+    script = (ROOT / "docker" / "build-cpp.sh").read_text()
+    assert 'cpu) tensorrt=OFF' in script and 'gpu) tensorrt=ON' in script
+    for option in ("-DCMAKE_BUILD_TYPE=Release", "-DONNXRUNTIME_INCLUDE_DIR=", "-DONNXRUNTIME_LIBRARY=",
+                   '-DVQDEPLOY_WITH_TENSORRT="$tensorrt"', "cmake --install \"$build\" --strip"):
+        assert option in script, option
+    assert "VQDEPLOY_BUILD_TESTS" not in script  # no test tools in the images
+    res = subprocess.run(["bash", str(ROOT / "docker" / "build-cpp.sh"), "nope", "a", "b", "c"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.strip() == "error: unknown flavour 'nope' (cpu, gpu)", res.stderr
+
+
+def test_the_onnxruntime_headers_in_the_context_are_the_vendored_ones_with_their_license() -> None:
+    """cpp/third_party/onnxruntime-1.23.2 (what the images compile against; the Docker context cannot see
+    ../shared) is byte for byte ../shared/vendor/onnxruntime-1.23.2, its license file included."""
+    ours = {p.relative_to(ORT_HEADERS): p.read_bytes() for p in ORT_HEADERS.rglob("*") if p.is_file()}
+    assert Path("COPYRIGHT") in ours and Path("include/onnxruntime_cxx_api.h") in ours
+    assert b"License: Expat" in ours[Path("COPYRIGHT")] and b"Permission is hereby granted" in ours[Path("COPYRIGHT")]
+    for name, data in ours.items():
+        if name.suffix == ".h":
+            assert b"Licensed under the MIT License" in data[:400], name
+    readme = (ROOT / "cpp" / "third_party" / "README.md").read_text()
+    assert "onnxruntime-1.23.2/COPYRIGHT" in readme and "MIT" in readme
+    vendored = SHARED / "vendor" / "onnxruntime-1.23.2"
+    if not vendored.is_dir():
+        pytest.skip(f"{vendored} is not here to compare with")
+    theirs = {p.relative_to(vendored): p.read_bytes() for p in vendored.rglob("*") if p.is_file()}
+    assert ours == theirs
 
 
 def _context() -> list[str]:
