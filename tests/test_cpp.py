@@ -93,7 +93,9 @@ class Builds:
         self.prefix = root / "install"
         configs = {
             self.normal: {**ort, **self.trt_args, "VQDEPLOY_WITH_TENSORRT": "ON" if self.trt_args else "OFF",
-                          "VQDEPLOY_BUILD_TESTS": "ON"},
+                          "VQDEPLOY_BUILD_TESTS": "ON", "CMAKE_CXX_FLAGS_RELEASE": "-O1 -DNDEBUG"},
+            # -O1 above: 14.7 s of CPU to compile instead of -O3's 24.5 s (measured on 2 idle cores); the images
+            # build with -O3 (Release) and tests/test_container_image.py runs that build
             # -O1: a quicker compile, and what sanitizers are usually run with
             self.asan: {**ort, "VQDEPLOY_WITH_TENSORRT": "OFF", "VQDEPLOY_SANITIZE": "ON",
                         "CMAKE_CXX_FLAGS_RELEASE": "-O1"},

@@ -186,9 +186,10 @@ def _ok(cmd: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.C
 
 @pytest.mark.skipif(bool(os.environ.get("VQDEPLOY_OFFLINE")), reason="VQDEPLOY_OFFLINE=1: no package index")
 def test_install_script_in_a_fresh_venv(demo_export: Path, tmp_path: Path) -> None:
-    """The CPU image's install (flavours cpu-runtime, then cpu adding torch) from the Docker context's
-    wheel; then the installed `vqdeploy` runs (first-start engine build on: nothing to build without
-    a GPU) and, with torch, exports."""
+    """The install script's torch-free flavour (cpu-runtime) from the Docker context's wheel; then the installed
+    `vqdeploy` runs (first-start engine build on: nothing to build without a GPU) and export says it needs torch.
+    The cpu flavour (adding torch: about 100 s more here) is what the CPU image runs, and
+    tests/test_container_image.py builds that image, exports and runs in it."""
     ctx = tmp_path / "context"
     for name in _context():
         (ctx / name).parent.mkdir(parents=True, exist_ok=True)
@@ -220,10 +221,3 @@ def test_install_script_in_a_fresh_venv(demo_export: Path, tmp_path: Path) -> No
     res = subprocess.run([vq, "export", "--ckpt", str(DEMO / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, env=_env(), timeout=120)
     assert res.returncode != 0 and res.stderr.strip() == "error: export needs PyTorch: pip install torch"
-
-    _ok(["bash", script, "cpu", str(wheel)], env)
-    art2 = tmp_path / "exported-in-venv"
-    _ok([vq, "export", "--ckpt", str(DEMO / "checkpoints" / "last.ckpt"), "--out", str(art2), "--no-parity"], _env())
-    _ok([vq, "run", str(SKETCH), "--artifacts", str(art2), "--num-samples", "1", "--seed", "5", "--out",
-         str(tmp_path / "cpu.png")], _env())
-    assert (tmp_path / "cpu.png").read_bytes() == (tmp_path / "runtime.png").read_bytes()

@@ -184,7 +184,8 @@ def test_cli_export_writes_manifest(runs, tmp_path: Path) -> None:
     assert m["max_batch"] == 4 and m["graphs"]["transformer"]["dims"]["batch"]["max"] == 4
 
 
-@pytest.mark.parametrize("name,precision", [(n, "fp32") for n in NET2NET + VQ_ONLY] + [("seg", "fp16"), ("seg", "bf16")])
+# fp16 and bf16 engines: tests/test_trt_build.py builds and checks every graph of a segmentation model in each
+@pytest.mark.parametrize("name,precision", [(n, "fp32") for n in NET2NET + VQ_ONLY])
 def test_every_exported_graph_parses_and_builds_with_tensorrt_rtx(exported, name: str, precision: str,
                                                                   tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx_bindings")  # installed by the README's test command
@@ -212,8 +213,14 @@ def test_graphs_with_external_data_export_check_and_build(runs, tmp_path: Path, 
 
     monkeypatch.setattr(onnx_export, "_EXTERNAL_DATA_BYTES", 0)
     out = tmp_path / "a"
-    m = export(runs("first_stage").ckpt, out, precision=precision, log=lambda m: None)
-    assert m.raw["parity"]["passed"], m.raw["parity"]
+    # parity reads the external data through ONNX Runtime: checked in fp32; bf16's parity (by emulation, 40 s
+    # more) is test_bf16_export_..., here its external tensors are read back and must hold bf16
+    m = export(runs("first_stage").ckpt, out, precision=precision, parity=precision == "fp32", log=lambda m: None)
+    if precision == "fp32":
+        assert m.raw["parity"]["passed"], m.raw["parity"]
+    else:
+        loaded = onnx.load(str(out / "decoder.onnx"))
+        assert onnx.TensorProto.BFLOAT16 in {i.data_type for i in loaded.graph.initializer if len(i.dims) > 1}
     with_params = [g for g in m.raw["graphs"].values() if "external_data" in g]
     assert {g["file"] for g in with_params} >= {"encoder.onnx", "transformer.onnx", "decoder.onnx"}
     for g in with_params:

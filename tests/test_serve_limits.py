@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fuzzing import examples
 
 pytest.importorskip("starlette")
 httpx = pytest.importorskip("httpx")
@@ -331,7 +332,7 @@ def test_fuzz_request_parsing(demo_export: Path) -> None:
         req = parse_fields(fields, info, 16)
         read_condition(data, req, info)
 
-    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=examples(300), deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(ctypes, bodies)
     def check(ctype: str, body: bytes) -> None:
         try:

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from conftest import copy_artifacts
+from fuzzing import examples
 
 from vqdeploy.artifacts import MANIFEST, Artifacts, read_manifest
 from vqdeploy.cli import main
@@ -716,7 +717,7 @@ def test_fuzz_manifest(demo: Path, fuzz_root: Path) -> None:
     outcomes: dict[str, int] = {}
     t0 = time.perf_counter()
 
-    @hypothesis.settings(max_examples=1200, deadline=None, database=None,
+    @hypothesis.settings(max_examples=examples(600), deadline=None, database=None,
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.given(mutations=st.lists(_mutation(paths, fuzz_root / "outside"), min_size=1, max_size=3),
                       sample=st.sampled_from([False, False, False, True]))
@@ -758,7 +759,7 @@ def test_fuzz_engines_json(demo_engines: Path, fuzz_root: Path) -> None:
     outcomes: dict[str, int] = {}
     t0 = time.perf_counter()
 
-    @hypothesis.settings(max_examples=200, deadline=None, database=None,
+    @hypothesis.settings(max_examples=examples(50), deadline=None, database=None,
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.given(mutations=st.lists(_mutation(paths, fuzz_root / "outside"), min_size=1, max_size=3))
     def check_one(mutations: list[Any]) -> None:

@@ -196,14 +196,15 @@ def test_two_exports_to_one_out_the_second_is_refused(runs, tmp_path):
     assert (tmp_path / "a" / "manifest.json").is_file()
 
 
-def test_killed_export_leaves_the_old_artifacts_and_is_cleaned_up(demo_export, tmp_path):
+def test_killed_export_leaves_the_old_artifacts_and_is_cleaned_up(exported, tmp_path):
     from vqdeploy.export.exporter import export
 
-    out = copy_artifacts(demo_export, tmp_path / "a")  # a previous export of the same model
+    run, previous, _ = exported("class_subsample")  # a tiny model: the install rules are under test, not the export
+    out = copy_artifacts(previous, tmp_path / "a")  # a previous export of the same model
     (out / "engines").mkdir()
     (out / "engines" / "demo.engine").write_bytes(b"engine")
     manifest = (out / "manifest.json").read_bytes()
-    proc = subprocess.Popen([sys.executable, "-m", "vqdeploy", "export", "--ckpt", str(CKPT), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "vqdeploy", "export", "--ckpt", str(run.ckpt), "--out", str(out),
                              "--no-parity"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not any(p.glob("*.onnx") for p in tmp_path.glob(".a.export-*")) and time.monotonic() < deadline:
@@ -213,7 +214,7 @@ def test_killed_export_leaves_the_old_artifacts_and_is_cleaned_up(demo_export, t
     assert list(tmp_path.glob(".a.export-*")), "the kill came too late to leave a temp dir"
     assert (out / "manifest.json").read_bytes() == manifest  # untouched by the killed export
     logs: list[str] = []
-    export(CKPT, out, parity=False, log=logs.append)
+    export(run.ckpt, out, parity=False, log=logs.append)
     assert not list(tmp_path.glob(".a.export-*")) and not list(tmp_path.glob(".a.old-*"))
     assert any("removed stale" in m for m in logs)
     assert (out / "engines" / "demo.engine").read_bytes() == b"engine"  # engines carried over
