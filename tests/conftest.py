@@ -67,6 +67,21 @@ def copy_artifacts(src: Path, dst: Path) -> Path:
     return dst
 
 
+# Test files by their measured time, longest first (a full run's --durations, 2 cores). pyproject passes
+# --no-loadscope-reorder, so xdist hands files to its workers in this collection order (by default it orders them by
+# their number of tests, which put the 4-test container image build, about 9 minutes on one worker, last): the
+# container build starts at once on one worker while the other takes the long files, and the short ones fill in.
+LONGEST_FIRST = ("test_container_image.py", "test_export.py", "test_cpp.py", "test_quantize.py", "test_trt_build.py",
+                 "test_newcomer.py", "test_untrusted_artifacts.py", "test_untrusted_inputs.py", "test_scene.py",
+                 "test_cli_errors.py", "test_docker.py", "test_untrusted_config_checkpoint.py", "test_jacobi.py",
+                 "test_newcomer_two.py", "test_parity_checks.py", "test_demo.py", "test_upstream_parity.py")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its tests' order
+
+
 @pytest.fixture(scope="session")
 def up():
     return upstream()
