@@ -21,6 +21,8 @@ AREA_FACTOR = 16  # default image budget: 16x the trained area (4x each side; sl
 MAX_SEED = 2**63  # seeds are 0 <= seed < 2^63 (numpy's SeedSequence takes non-negative integers)
 MAX_SAMPLES = 4096  # per call; a backend's batch limit applies on top
 MAX_TOP_K = 2**31 - 1
+MAX_CFG_SCALE = 1000.0  # classifier-free guidance scale (LlamaGen samples with 1.5-4)
+MAX_CFG_INTERVAL = 1 << 16  # guided steps (beyond the sequence: every token)
 CONDITION_PIXELS = 1 << 22  # a condition image is decoded up to 4 MP (2048x2048) or the model's budget if larger
 MAX_UPLOAD_BYTES = 4 * 2**20  # `serve`: a whole request body (condition image included), read into memory only
 MAX_INFLIGHT_UPLOAD_BYTES = 64 * 2**20  # `serve`: all bodies being received at once (16 of the largest)

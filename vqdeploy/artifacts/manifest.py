@@ -60,6 +60,13 @@ SAMPLING_DOC = {
              "logits (batch, tokens, vocab) of which the last position is used, uniform (batch), temperature (1), "
              "top_k (1) int64, top_p (1) -> tokens (batch, 1) int64, ready to feed the next step; temperature <= 0 "
              "or top_k == 1 is greedy, top_k >= vocab and top_p >= 1 disable those filters",
+    "guidance": "classifier-free guidance, for a condition with a null condition (model.conditioning.null_class): "
+                "each guided sample runs two transformer rows, conditional and null-class (a batch of B guided "
+                "samples: the B conditional rows, then the B null rows), both fed the token drawn for the sample; it "
+                "is drawn from uncond + (cond - uncond) * cfg_scale (fp32, in that order) when cfg_scale > 1, for the "
+                "first cfg_interval + 2 tokens (cfg_interval -1: all), then from the conditional logits. "
+                "guided_sampler.onnx: logits (batch*2, tokens, vocab), uniform (batch), temperature, top_k, top_p, "
+                "cfg_scale (1) -> tokens (batch*2, 1) int64 (each sample's token for both its rows)",
 }
 
 

@@ -177,6 +177,10 @@ STAGE_IO: dict[str, tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]]
     "transformer": ({"tokens": ("int64", 2)}, {"logits": ("float32", 3)}),
     "sampler": ({"logits": ("float32", 3), "uniform": ("float32", 1), "temperature": ("float32", 1),
                  "top_k": ("int64", 1), "top_p": ("float32", 1)}, {"tokens": ("int64", 2)}),
+    # classifier-free guidance + the sampler (models with a null condition): logits of 2x the samples
+    "guided_sampler": ({"logits": ("float32", 3), "uniform": ("float32", 1), "temperature": ("float32", 1),
+                        "top_k": ("int64", 1), "top_p": ("float32", 1), "cfg_scale": ("float32", 1)},
+                       {"tokens": ("int64", 2)}),
 }
 
 

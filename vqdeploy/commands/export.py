@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from vqdeploy.commands.options import llamagen_options, llamagen_values
 from vqdeploy.needs_torch import require_torch
 
 
@@ -12,6 +13,7 @@ Examples:
   vqdeploy export --ckpt logs/2020-11-09T13-31-51_sflckr/checkpoints/last.ckpt --out artifacts/sflckr
   vqdeploy export --ckpt models/demo/checkpoints/last.ckpt --out artifacts/demo-fp16 --precision fp16
   vqdeploy export --ckpt models/demo/checkpoints/last.ckpt --out artifacts/demo-int4 --quantize int4
+  vqdeploy export --ckpt c2i_XL_384.pt --vq-ckpt vq_ds16_c2i.pt --gpt-model GPT-XL --image-size 384 --out artifacts/lg
 """)
 @click.option("--ckpt", required=True, type=click.Path(path_type=str), help="Lightning last.ckpt, run directory, state_dict or .safetensors.")
 @click.option("--config", type=click.Path(path_type=str), help="Model config YAML (default: <run>/configs/*-project.yaml).")
@@ -29,11 +31,15 @@ Examples:
 @click.option("--example", type=click.Path(path_type=str), default=None,
               help="A condition file of this model (sketch, label map, scene) that `parity` samples; default: the run "
                    "directory's example.png (.jpg, .webp, .json) if there is one.")
+@llamagen_options
 def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool,
-           quantize: str | None, object_classes: int | None, example: str | None) -> None:
-    """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest."""
+           quantize: str | None, object_classes: int | None, example: str | None, vq_ckpt: str | None,
+           gpt_model: str | None, n_head: int | None, image_size: int | None, num_classes: int | None) -> None:
+    """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest. A LlamaGen GPT
+    checkpoint takes its tokenizer with --vq-ckpt (see docs/llamagen.md)."""
+    family_options = llamagen_values(vq_ckpt, gpt_model, n_head, image_size, num_classes)
     require_torch("export needs PyTorch")
     from vqdeploy.export.exporter import export as run_export  # imports torch
 
     run_export(ckpt, out, config, precision, opset, max_batch, parity, log=lambda m: click.echo(m, err=True),
-               quantize=quantize, object_classes=object_classes, example=example)
+               quantize=quantize, object_classes=object_classes, example=example, family_options=family_options)

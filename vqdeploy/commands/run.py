@@ -20,7 +20,7 @@ from vqdeploy.commands.options import (
     SAMPLER_HELP,
 )
 from vqdeploy.errors import InputError
-from vqdeploy.limits import MAX_TOP_K, check_finite, check_int
+from vqdeploy.limits import MAX_CFG_INTERVAL, MAX_CFG_SCALE, MAX_TOP_K, check_finite, check_int
 from vqdeploy.runtime.decoding import SAMPLERS
 from vqdeploy.runtime.jacobi import DEFAULT_WINDOW, check_window
 from vqdeploy.runtime.run import RunOptions, run_pipeline
@@ -39,6 +39,7 @@ Examples:
   vqdeploy run sketch.png --artifacts artifacts/demo --num-samples 4 --seed 0 --out samples/s.png
   vqdeploy run labels.png --artifacts artifacts/sflckr --size 512x256 --top-k 100   # wider: sliding window
   vqdeploy run --artifacts artifacts/imagenet --class 281 --temperature 0           # greedy
+  vqdeploy run --artifacts artifacts/llamagen-xl --class 207 --cfg-scale 4 --top-k 2000   # LlamaGen, guided
 """
 
 
@@ -55,6 +56,11 @@ Examples:
 @click.option("--top-k", type=int, default=DEFAULT_TOP_K, show_default=True,
               help="Sample among the k most likely tokens; 1 = greedy; more than the vocabulary keeps all.")
 @click.option("--top-p", type=float, default=None, help="Nucleus sampling: the most likely tokens with mass p, in (0, 1].")
+@click.option("--cfg-scale", type=float, default=None,
+              help="Classifier-free guidance (models with a null class, e.g. LlamaGen): sample from "
+                   "uncond + (cond - uncond) * S, S > 1 (1 = off; LlamaGen samples with 1.5-4).")
+@click.option("--cfg-interval", type=int, default=None,
+              help="With --cfg-scale: guide the first N + 2 tokens only (LlamaGen's cfg_interval); -1 = all.")
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
               help="0 <= seed < 2^63; sample i of a seed is the same on every backend and batch size.")
 @click.option("--class", "class_id", type=int, default=None, help="Class id for class-conditional models.")
@@ -83,8 +89,9 @@ Examples:
               help="With a GPU and TensorRT, first build the TensorRT engines into ARTIFACTS/engines/ when they are "
                    "missing or outdated (the GPU image's first start); current engines are reused.")
 def run(input: Path | None, artifacts: Path, backend: str, device: str | None, num_samples: int, temperature: float,
-        top_k: int, top_p: float | None, seed: int, class_id: int | None, size: str | None, out: Path, grid: bool,
-        as_json: bool, ckpt: str | None, decoding: str, jacobi_window: int, sampler: str, max_pixels: int | None, cuda_graphs: bool,
+        top_k: int, top_p: float | None, cfg_scale: float | None, cfg_interval: int | None, seed: int,
+        class_id: int | None, size: str | None, out: Path, grid: bool, as_json: bool, ckpt: str | None,
+        decoding: str, jacobi_window: int, sampler: str, max_pixels: int | None, cuda_graphs: bool,
         save_layout: bool, build_engines: bool) -> None:
     """Sample images: encode the condition INPUT, sample tokens with the KV cache, decode.
 
@@ -94,7 +101,7 @@ def run(input: Path | None, artifacts: Path, backend: str, device: str | None, n
     shows what it holds); class-conditional and unconditional models take none."""
     if max_pixels is not None:
         check_int(max_pixels, "--max-pixels", 1, 2**40)
-    params = sampling_options(temperature, top_k, top_p)
+    params = sampling_options(temperature, top_k, top_p, cfg_scale, cfg_interval)
     if as_json and str(out) == "-":
         raise InputError("--json and --out - both write to stdout; pass a file name for --out")
     if build_engines:
@@ -106,11 +113,19 @@ def run(input: Path | None, artifacts: Path, backend: str, device: str | None, n
         click.echo(json.dumps(summary, indent=2))
 
 
-def sampling_options(temperature: float, top_k: int | None, top_p: float | None) -> SamplingParams:
+def sampling_options(temperature: float, top_k: int | None, top_p: float | None, cfg_scale: float | None = None,
+                     cfg_interval: int | None = None) -> SamplingParams:
     """The sampling options, checked with the names the user typed."""
     check_temperature(temperature, "--temperature")
     if top_k is not None:
         check_int(top_k, "--top-k", 1, MAX_TOP_K)
     if top_p is not None:
         check_finite(top_p, "--top-p", low=0.0, high=1.0, low_open=True)
-    return SamplingParams(temperature, top_k, top_p)
+    if cfg_scale is not None:
+        check_finite(cfg_scale, "--cfg-scale", low=1.0, high=MAX_CFG_SCALE)
+    if cfg_interval is not None:
+        if cfg_scale is None:
+            raise InputError("--cfg-interval applies to guided sampling: pass --cfg-scale S too")
+        check_int(cfg_interval, "--cfg-interval", -1, MAX_CFG_INTERVAL)
+    return SamplingParams(temperature, top_k, top_p, 1.0 if cfg_scale is None else cfg_scale,
+                          -1 if cfg_interval is None else cfg_interval)

@@ -193,6 +193,20 @@ class Condition:
     def read_class(self, class_id: int, reading: Reading) -> ConditionInput:
         raise InputError(f"{reading.option('class')} is for class-conditional models; this model is {self.summary}")
 
+    # --- classifier-free guidance ---------------------------------------------------------------------
+    def null_tokens(self) -> np.ndarray | None:
+        """(1, tokens) int64: the null condition a guided sample's second row is conditioned on, or None where
+        the model has none (it cannot be guided)."""
+        return None
+
+    def check_guidance(self, guided: bool, option: str = "cfg_scale") -> None:
+        """InputError when guidance is asked of a model without a null condition (``option`` names what the user
+        set: ``--cfg-scale``, ``cfg_scale``)."""
+        if guided and self.null_tokens() is None:
+            raise InputError(f"{option}: this model ({self.summary}) has no null condition, so it cannot be "
+                             "guided (classifier-free guidance needs a model trained with one, e.g. LlamaGen's "
+                             "class-to-image GPTs)")
+
     # --- tokens and sizes ----------------------------------------------------------------------------
     def condition_tokens(self, backend: Backend, value: ConditionInput, batch: int) -> np.ndarray:
         """(B,h,w) condition tokens on a grid, or (B,n), for ``batch`` samples of one condition."""

@@ -1,4 +1,7 @@
-"""Class-conditional models: taming's ``Labelator``, the class id is the single condition token."""
+"""Class-conditional models: taming's ``Labelator`` and LlamaGen's class embedding; the class id is the single condition
+token. ``null_class`` (optional): the id of the null class a model was trained with (label dropout), which
+classifier-free guidance conditions each sample's second row on (LlamaGen: ``num_classes``, the class table's last
+row); a model without one cannot be guided."""
 
 from __future__ import annotations
 
@@ -16,13 +19,15 @@ from vqdeploy.schema import integer, obj, one_of
 @register
 class ClassLabel(Condition):
     kind = "class"
-    schema = obj({"n_classes": integer(1, MAX_VOCAB), "tokens": one_of(1)})
+    schema = obj({"n_classes": integer(1, MAX_VOCAB), "tokens": one_of(1)}, {"null_class": integer(1, MAX_VOCAB)})
     what = "a class label"
     value_type = ClassId
 
     def __init__(self, entry: Any) -> None:
         super().__init__(entry)
         self.n_classes = int(entry["n_classes"])
+        null = entry.get("null_class")
+        self.null_class = None if null is None else int(null)
 
     @property
     def summary(self) -> str:
@@ -35,6 +40,11 @@ class ClassLabel(Condition):
     def check_model(self, vocab_size: int, where: str) -> None:
         if self.n_classes > vocab_size:
             self.fail(f"{where}.n_classes", f"over the vocabulary {vocab_size}")
+        if self.null_class is not None and self.null_class < self.n_classes:
+            self.fail(f"{where}.null_class", f"{self.null_class} is one of the {self.n_classes} classes")
+
+    def null_tokens(self) -> np.ndarray | None:
+        return None if self.null_class is None else np.array([[self.null_class]], dtype=np.int64)
 
     # --- input -------------------------------------------------------------------------------------
     def read_class(self, class_id: int, reading: Reading) -> ConditionInput:

@@ -101,8 +101,11 @@ def export(
     quantize: str | None = None,
     object_classes: int | None = None,
     example: str | Path | None = None,
+    family_options: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Export ``ckpt`` to ``out``; returns the manifest. ``object_classes``: see ``load_model``; the family that loads ``ckpt`` is found by ``families.family_for``. Raises
+    """Export ``ckpt`` to ``out``; returns the manifest. ``object_classes``: see ``load_model``; the family that loads
+    ``ckpt`` is found by ``families.family_for``; ``family_options`` are the family's own load options (LlamaGen's
+    ``vq_ckpt``, ``gpt_model``, ``n_head``, ``image_size``, ``num_classes``). Raises
     ParityError beyond tolerance (after writing the report, without installing the artifacts). ``out`` is locked for the whole
     export and replaced atomically (``install``). ``quantize`` (int8/int4): the transformer's
     linear layers weight-only quantized (``export/quantize.py``), its quality checked against the
@@ -126,13 +129,15 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     with export_lock(out, log):
         return _export_locked(ckpt, out, config, precision, opset, max_batch, parity, log, t0, quantize,
-                              object_classes, example)
+                              object_classes, example, family_options)
 
 
 def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, precision: str, opset: int,
                    max_batch: int, parity: bool, log: Log, t0: float, quantize: str | None = None,
-                   object_classes: int | None = None, example: str | Path | None = None) -> Manifest:
+                   object_classes: int | None = None, example: str | Path | None = None,
+                   family_options: dict[str, Any] | None = None) -> Manifest:
     options = {"object_classes": object_classes} if object_classes is not None else {}
+    options.update({k: v for k, v in (family_options or {}).items() if v is not None})
     family: Family = family_for(ckpt, options)
     log(f"loading {shown(ckpt)}")
     model = family.load(ckpt, config, **options)
@@ -176,7 +181,8 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
             "format_version": FORMAT_VERSION,
             "model": info,
             "model_fingerprint": fingerprint,
-            "source": {"checkpoint": src.checkpoint, "config": src.config,
+            # a family's other files (LlamaGen's VQ checkpoint) beside the checkpoint and config
+            "source": {"checkpoint": src.checkpoint, "config": src.config, **getattr(src, "extra", {}),
                        **example_condition(src.checkpoint, example)},
             "precision": precision,
             **({"quantization": quantization} if quantization else {}),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from vqdeploy.errors import ArtifactError, ConfigError
 from vqdeploy.families.base import Family, TorchStages
+from vqdeploy.families.llamagen.family import LlamaGen
 from vqdeploy.families.taming.family import Taming
 from vqdeploy.loading.fingerprint import model_fingerprint
 
@@ -32,6 +33,7 @@ def register(family: Family) -> Family:
 
 
 register(Taming())
+register(LlamaGen())
 
 
 def family_named(name: str) -> Family:

@@ -55,6 +55,7 @@ class Family(ABC):
 
     name: ClassVar[str]  # the manifest's ``model.family``
     title: ClassVar[str]  # in messages and docs ("taming-transformers")
+    upstream_label: ClassVar[str] = "upstream sampler, torch-cpu fp32 (no cache)"  # bench's row of ``upstream_sampler``
 
     # --- loading ---------------------------------------------------------------------------------
     @abstractmethod
@@ -102,5 +103,5 @@ class Family(ABC):
 
     def upstream_sampler(self, model: nn.Module) -> Callable[..., torch.Tensor] | None:
         """The codebase's own sampler, ``sample(cond_tokens, steps, top_k)`` -> tokens (``bench``'s reference
-        row), or None."""
+        row; a family that can be guided also takes ``cfg_scale=``), or None."""
         return None

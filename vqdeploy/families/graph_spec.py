@@ -19,7 +19,7 @@ from torch import nn
 
 from vqdeploy.artifacts.tensors import Dim, TensorSpec
 from vqdeploy.errors import ConfigError
-from vqdeploy.models.sampler import TOPK_MAX, SamplerGraph
+from vqdeploy.models.sampler import TOPK_MAX, GuidedSamplerGraph, SamplerGraph
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
 # export precision -> the dtype the model runs in (fp32 islands aside)
@@ -147,6 +147,29 @@ def sampler_spec(vocab_size: int, block_size: int, max_batch: int) -> GraphSpec:
     return spec
 
 
+def guided_sampler_spec(vocab_size: int, block_size: int, max_batch: int) -> GraphSpec | None:
+    """The guided sampler graph (classifier-free guidance + the sampler, ``GuidedSamplerGraph``) of a model that can
+    be guided: ``batch`` counts samples, each with two transformer rows (``batch*2``), so it covers up to half the
+    transformer's batch; None where that is under one sample (--max-batch 1)."""
+    if max_batch < 2:
+        return None
+    dims = {"batch": batch_dim(max_batch // 2, 2), "tokens": Dim(1, 1, block_size)}
+    spec = GraphSpec(
+        name="guided_sampler",
+        module=GuidedSamplerGraph(vocab_size).eval(),
+        inputs=[TensorSpec("logits", "float32", ("batch*2", "tokens", vocab_size)),
+                TensorSpec("uniform", "float32", ("batch",)),
+                TensorSpec("temperature", "float32", (1,)),
+                TensorSpec("top_k", "int64", (1,)),
+                TensorSpec("top_p", "float32", (1,)),
+                TensorSpec("cfg_scale", "float32", (1,))],
+        outputs=[TensorSpec("tokens", "int64", ("batch*2", 1))],
+        dims=dims,
+        sample_dims={"batch": 2, "tokens": 3},
+    )
+    spec.profiles = one_profile(dims)
+    spec.id_ranges = {"top_k": vocab_size + 1}
+    return spec
 
 
 def check_options(precision: str, max_batch: int) -> torch.dtype:

@@ -283,9 +283,11 @@ def _unpickle(f: BinaryIO | str, path: Path, allowed: list[tuple[type, str]], **
         raise corrupt(path, e) from None
 
 
-def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # Lightning layout; optimizer states stay unread on disk
+def _state_dict(obj: Any, path: Path, containers: tuple[str, ...] = ("state_dict",)) -> dict[str, torch.Tensor]:
+    for key in containers:  # the first that holds a dict: Lightning's "state_dict"; LlamaGen's "model", "module"
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]  # optimizer states and the rest stay unread on disk
+            break
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path}: no state_dict found (expected a Lightning checkpoint or a dict of tensors)")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -346,7 +348,7 @@ def _materialize(f: BinaryIO, sd: dict[str, torch.Tensor], records: dict[str, Re
     return out
 
 
-def _load_zip(f: BinaryIO, path: Path, skip: Skip) -> dict[str, torch.Tensor]:
+def _load_zip(f: BinaryIO, path: Path, skip: Skip, containers: tuple[str, ...]) -> dict[str, torch.Tensor]:
     allowed = _check_globals(f, path)
     records, skeleton, names, byteorder = _zip_records(f, path)
     if byteorder not in (None, b"little", b"big"):
@@ -357,12 +359,12 @@ def _load_zip(f: BinaryIO, path: Path, skip: Skip) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: the checkpoint was written on a {byteorder.decode()}-endian machine; "
                               "re-save it on this one's byte order")
     if not _meta_offsets():
-        sd = _state_dict(_unpickle(str(path), path, allowed, map_location="cpu", mmap=True), path)
+        sd = _state_dict(_unpickle(str(path), path, allowed, map_location="cpu", mmap=True), path, containers)
         try:
             return {k: v.clone() for k, v in sd.items() if not skip(k)}
         except RuntimeError as e:
             raise corrupt(path, e) from None
-    sd = _state_dict(_unpickle(skeleton, path, allowed, map_location="meta"), path)
+    sd = _state_dict(_unpickle(skeleton, path, allowed, map_location="meta"), path, containers)
     return _materialize(f, sd, records, names, path, skip)
 
 
@@ -416,28 +418,31 @@ def _safetensors_tensor(f: BinaryIO, path: Path, name: str, info: Any, base: int
 
 
 # --- entry point -------------------------------------------------------------------------------
-def _load(f: BinaryIO, path: Path, size: int, skip: Skip) -> dict[str, torch.Tensor]:
+def _load(f: BinaryIO, path: Path, size: int, skip: Skip, containers: tuple[str, ...]) -> dict[str, torch.Tensor]:
     head = f.read(32)
     if path.suffix == ".safetensors":
         f.seek(0)
         return _load_safetensors(f, path, size, skip)
     if head.startswith(_ZIP_LOCAL):
-        return _load_zip(f, path, skip)
+        return _load_zip(f, path, skip, containers)
     if is_legacy(head):
         raise _legacy_error(path)
     raise corrupt(path, "not a torch zip archive")
 
 
-def read_state_dict(path: str | Path, skip: Skip = lambda key: False) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, skip: Skip = lambda key: False,
+                    containers: tuple[str, ...] = ("state_dict",)) -> dict[str, torch.Tensor]:
     """The model weights of a Lightning ``.ckpt``, a plain state_dict file or ``.safetensors``, in
-    private memory; entries whose key ``skip`` accepts are never read (e.g. training-only weights)."""
+    private memory; entries whose key ``skip`` accepts are never read (e.g. training-only weights).
+    ``containers``: the keys under which a checkpoint dict may hold the state_dict, tried in order (taming:
+    Lightning's ``state_dict``; LlamaGen: ``model``, ``module``, ``state_dict``); else the dict itself."""
     path = Path(path)
     f, before = stable_read.open_regular(path)
     with f:
         if before.size == 0:
             raise CheckpointError(f"{path}: empty checkpoint file")
         try:
-            sd = _load(f, path, before.size, skip)
+            sd = _load(f, path, before.size, skip, containers)
         except CheckpointError:
             stable_read.check_unchanged(f, path, before)  # a file that changed explains any error best
             raise

@@ -95,3 +95,27 @@ class SamplerGraph(nn.Module):
         target = torch.where(greedy, torch.zeros_like(uniform), uniform)[:, None] * (hi[:, -1:] + lo[:, -1:])
         idx = (hi - target <= -lo).to(torch.float32).sum(-1, keepdim=True)  # inverse CDF: cdf <= target
         return idx.clamp(max=v - 1).to(torch.int64)
+
+
+class GuidedSamplerGraph(nn.Module):
+    """Classifier-free guidance and the sampler in one graph, for models with a null condition (LlamaGen).
+
+    ``logits`` (2B,T,V): rows 0..B-1 conditional, rows B..2B-1 the same samples' null-condition rows (LlamaGen's
+    layout: ``torch.cat([cond, cond_null])``); the last position is used. ``cfg_scale`` (1,): above 1 the draw is
+    from ``uncond + (cond - uncond) * cfg_scale`` (LlamaGen's expression, fp32), at 1 (guidance off, e.g. after
+    ``cfg_interval``) from the conditional logits exactly. Then ``SamplerGraph``'s rules with ``uniform`` (B) and
+    the three settings. Output ``tokens`` (2B,1): each sample's token for both of its rows, ready to bind as the
+    next step's ``tokens`` input (a null row is fed the token drawn for its sample, as upstream does)."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.sampler = SamplerGraph(vocab_size)
+
+    def forward(self, logits: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        uniform, temperature, top_k, top_p, cfg_scale = params
+        b = uniform.shape[0]
+        last = logits[:, -1:, :].float()
+        cond, uncond = last[:b], last[b:]
+        guided = torch.where(cfg_scale > 1, uncond + (cond - uncond) * cfg_scale, cond)
+        tokens = self.sampler(guided, uniform, temperature, top_k, top_p)
+        return torch.cat([tokens, tokens], dim=0)

@@ -14,12 +14,14 @@ import numpy as np
 import torch
 
 from vqdeploy.artifacts import ModelInfo
+from vqdeploy.parity.guidance import check_guided_greedy, check_guided_sampler
 from vqdeploy.parity.inputs import parity_inputs
 from vqdeploy.parity.quantized import check_quantized_transformer
 from vqdeploy.parity.stage import StageReport
 from vqdeploy.runtime.backends.base import Backend
 from vqdeploy.runtime.backends.torch_backend import TorchBackend
 from vqdeploy.runtime.decoding import sample_tokens
+from vqdeploy.runtime.guidance import GUIDED_SAMPLER
 from vqdeploy.runtime.sampling import SamplingParams, filtered_probs, next_tokens, sampler_inputs
 
 # Tolerances and why (measured numbers in the README's parity section):
@@ -119,6 +121,8 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: ModelInfo, 
         reports += check_quantized_transformer(forward, candidate, cond, seq, steps, quantization)
         if candidate.has_graph("sampler"):
             reports.append(check_sampler(candidate, vocab, seed))
+        if candidate.has_graph(GUIDED_SAMPLER):
+            reports.append(check_guided_sampler(candidate, vocab, seed))
         return reports
     full = forward(seq[:, :-1])
     scale = float(np.abs(full).max())
@@ -152,6 +156,11 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: ModelInfo, 
                                "identical, or first divergence at a reference top-2 gap <= 2x the step logits error"))
     if candidate.has_graph("sampler"):
         reports.append(check_sampler(candidate, vocab, seed))
+    null = cond_info.null_tokens()
+    if null is not None:  # classifier-free guidance: a model with a null condition
+        reports.append(check_guided_greedy(forward, candidate, cond, null, steps, step_err))
+        if candidate.has_graph(GUIDED_SAMPLER):
+            reports.append(check_guided_sampler(candidate, vocab, seed))
     return reports
 
 

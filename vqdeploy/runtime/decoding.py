@@ -17,7 +17,8 @@ import numpy as np
 
 from vqdeploy.errors import InputError
 from vqdeploy.runtime.backends.base import Backend, Decoding, TransformerRunner
-from vqdeploy.runtime.sampling import SamplingParams, next_tokens
+from vqdeploy.runtime.guidance import GUIDED_SAMPLER, RowPlan
+from vqdeploy.runtime.sampling import SamplingParams, guide, next_tokens
 
 Progress = Callable[[int], None]
 
@@ -36,33 +37,51 @@ class HostDecoding:
     """Logits to the host, numpy sampler: any ``TransformerRunner``. Rows may use different sampling
     params (``serve`` batches requests with different temperature / top-k / top-p): each group of rows is
     drawn with its own; ``next_tokens`` works row by row, so a row's tokens are those of a batch of its params
-    alone. ``logits_out`` collects the (B,V) logits each token was drawn from (parity checks)."""
+    alone. ``logits_out`` collects the (B,V) logits each token was drawn from (parity checks; guided rows: the
+    guided logits). A guided group (``cfg_scale`` > 1) runs a null-condition row per sample beside its own
+    (``guidance.RowPlan``; ``null_tokens``: the condition's null tokens) and draws from the guided logits."""
 
     def __init__(self, runner: TransformerRunner, params: SamplingParams | ParamGroups, noise: np.ndarray,
-                 logits_out: list[np.ndarray] | None = None) -> None:
+                 logits_out: list[np.ndarray] | None = None, null_tokens: np.ndarray | None = None) -> None:
         self.runner, self.noise, self.logits_out = runner, noise, logits_out
         self.groups = param_groups(params, noise.shape[1])
+        self.plan = RowPlan.make(self.groups, noise.shape[1], null_tokens)
         self.out = np.zeros((noise.shape[1], noise.shape[0]), dtype=np.int64)
         self.drawn = 0
         self.logits = np.empty(0)
 
     def prefill(self, prompt: np.ndarray) -> None:
-        self.runner.reset(prompt.shape[0])
-        self.logits = self.runner.forward(prompt)[:, -1]
+        rows = self.plan.prompt(prompt)
+        self.runner.reset(rows.shape[0])
+        self.logits = self.runner.forward(rows)[:, -1]
 
     def draw(self) -> None:
-        if self.logits_out is not None:
-            self.logits_out.append(self.logits)
         k = self.drawn
-        if len(self.groups) == 1:
-            self.out[:, k] = next_tokens(self.logits, self.noise[k], self.groups[0][0])
+        if self.plan.guided:
+            self._draw_guided(k)
         else:
-            for params, rows in self.groups:
-                self.out[rows, k] = next_tokens(self.logits[rows], self.noise[k, rows], params)
+            if self.logits_out is not None:
+                self.logits_out.append(self.logits)
+            if len(self.groups) == 1:
+                self.out[:, k] = next_tokens(self.logits, self.noise[k], self.groups[0][0])
+            else:
+                for params, rows in self.groups:
+                    self.out[rows, k] = next_tokens(self.logits[rows], self.noise[k, rows], params)
         self.drawn = k + 1
 
+    def _draw_guided(self, k: int) -> None:
+        drawn = np.empty((self.plan.samples, self.logits.shape[-1]), dtype=np.float32)
+        for g in self.plan.groups:
+            logits = self.logits[g.cond]
+            if g.null is not None and g.params.guided_at(k):
+                logits = guide(logits, self.logits[g.null], g.params.cfg_scale)
+            drawn[g.samples] = logits
+            self.out[g.samples, k] = next_tokens(logits, self.noise[k, g.samples], g.params)
+        if self.logits_out is not None:
+            self.logits_out.append(drawn)
+
     def extend(self) -> None:
-        self.logits = self.runner.forward(self.out[:, self.drawn - 1 : self.drawn])[:, -1]
+        self.logits = self.runner.forward(self.plan.feed(self.out[:, self.drawn - 1]))[:, -1]
 
     def tokens(self) -> np.ndarray:
         return self.out[:, : self.drawn].copy()
@@ -71,24 +90,29 @@ class HostDecoding:
 SAMPLERS = ("host", "graph")
 
 
-def check_sampler(backend: Backend, sampler: str) -> None:
-    """``sampler`` is a strategy ``backend`` can run (checked before any work)."""
+def check_sampler(backend: Backend, sampler: str, guided: bool = False) -> None:
+    """``sampler`` is a strategy ``backend`` can run (checked before any work); ``guided``: for guided params."""
     if sampler not in SAMPLERS:
         raise InputError(f"--sampler {sampler}: expected one of {', '.join(SAMPLERS)}")
     if sampler == "graph" and not backend.has_graph("sampler"):
         raise InputError(f"--sampler graph needs a graph backend (onnxruntime or tensorrt) and artifacts with a "
                          f"sampler graph; {backend.name} here has none")
+    if sampler == "graph" and guided and not backend.has_graph(GUIDED_SAMPLER):
+        raise InputError(f"--sampler graph with --cfg-scale needs a {GUIDED_SAMPLER} graph (exported for models that "
+                         "can be guided, with --max-batch 2 or more); these artifacts have none: use --sampler host")
 
 
 def start_decoding(backend: Backend, sampler: str, params: SamplingParams | ParamGroups, noise: np.ndarray,
-                   logits_out: list[np.ndarray] | None = None) -> Decoding:
+                   logits_out: list[np.ndarray] | None = None, null_tokens: np.ndarray | None = None) -> Decoding:
     """A decoding on ``backend`` with the ``sampler`` strategy: "host" (numpy, every backend) or
     "graph" (the exported sampler graph on the backend's device); ``params`` for every row, or per group
-    of rows (the graph sampler needs each group's rows contiguous)."""
-    check_sampler(backend, sampler)
+    of rows (the graph sampler needs each group's rows contiguous). ``null_tokens``: the condition's null
+    tokens, which guided params need (``guidance.RowPlan``)."""
+    groups = param_groups(params, noise.shape[1])
+    check_sampler(backend, sampler, any(p.guided for p, _ in groups))
     if sampler == "host":
-        return HostDecoding(backend.transformer(), params, noise, logits_out)
-    device = backend.device_decoding(param_groups(params, noise.shape[1]), noise)
+        return HostDecoding(backend.transformer(), groups, noise, logits_out, null_tokens)
+    device = backend.device_decoding(groups, noise, null_tokens)
     assert device is not None, "a backend with a sampler graph has a device decoding"
     return device
 

@@ -22,6 +22,7 @@ from vqdeploy.errors import InputError
 from vqdeploy.limits import check_num_samples, check_pixels, check_seed, pixel_budget
 from vqdeploy.runtime.backends.base import Backend, Decoding
 from vqdeploy.runtime.decoding import check_sampler, generate, generate_sliding, start_decoding
+from vqdeploy.runtime.guidance import GUIDED_SAMPLER
 from vqdeploy.runtime.jacobi import DEFAULT_WINDOW, JacobiStats, check_window, generate_jacobi, row_generator
 from vqdeploy.runtime.sampling import SamplingParams, uniform_noise
 
@@ -70,6 +71,14 @@ class Output:
         return self.images[s : s + rows.count], self.tokens[s : s + rows.count]
 
 
+def check_decoding(decoding: str, params: SamplingParams, option: str = "cfg_scale") -> None:
+    """Jacobi decoding verifies one row's drafts against that row's logits; classifier-free guidance mixes two
+    rows' logits per token, which it does not do: refused rather than sampled unguided."""
+    if decoding == "jacobi" and params.guided:
+        raise InputError(f"--decoding jacobi does not support classifier-free guidance ({option} "
+                         f"{params.cfg_scale:g}): use --decoding sequential, or {option} 1")
+
+
 def check_size(info: ModelInfo, size: tuple[int, int], max_pixels: int | None = None) -> None:
     """--size (H, W) within the pixel budget, in whole latent cells, and whole cond cells where the
     condition is read at that size (checked before any input is read or backend opened)."""
@@ -112,9 +121,37 @@ class Generator:
 
     @property
     def max_batch(self) -> int:
-        """Rows per batch: the smallest batch limit of the graphs a batch runs."""
+        """Rows per batch: the smallest batch limit of the graphs a batch runs (a guided sample takes two
+        transformer rows: ``batch_limit``)."""
         used = ["transformer", "decoder", *self.cond.graphs, *(["sampler"] if self.sampler == "graph" else [])]
         return max(1, min(self.backend.max_batch(g) for g in used if g in self.manifest.graphs))
+
+    @staticmethod
+    def rows_per_sample(params: SamplingParams) -> int:
+        """Transformer rows a sample runs: two with classifier-free guidance (its null-condition row)."""
+        return 2 if params.guided else 1
+
+    def batch_limit(self, params: SamplingParams) -> int:
+        """Samples of ``params`` per batch: ``max_batch`` rows, two per guided sample (and no more than the guided
+        sampler graph takes with ``--sampler graph``); InputError where guidance cannot run at all."""
+        self.check_params(params)
+        if not params.guided:
+            return self.max_batch
+        limit = self.max_batch // 2
+        if self.sampler == "graph":
+            limit = min(limit, self.backend.max_batch(GUIDED_SAMPLER))
+        if limit < 1:
+            raise InputError(f"cfg_scale: a guided sample runs two transformer rows, and this backend's batch limit is "
+                             f"{self.max_batch} (re-export with --max-batch 2 or more)")
+        return limit
+
+    def check_params(self, params: SamplingParams, option: str = "cfg_scale") -> None:
+        """Guided params need a model with a null condition (and, with the graph sampler, the guided sampler
+        graph); checked before any work."""
+        if params.guided:
+            self.cond.check_guidance(True, option)
+            check_decoding(self.decoding, params, option)
+            check_sampler(self.backend, self.sampler, guided=True)
 
     def check_size(self, size: tuple[int, int], max_pixels: int | None = None) -> None:
         check_size(self.info, size, max_pixels)
@@ -147,8 +184,10 @@ class Generator:
         settings = list(dict.fromkeys(r.request.params for r in rows))
         order = sorted(range(len(rows)), key=lambda i: settings.index(rows[i].request.params)) \
             if self.sampler == "graph" else list(range(len(rows)))
+        for p in settings:
+            self.check_params(p)
         conds, in_batch, starts, groups = [], [], [0] * len(rows), {}
-        batch = 0
+        batch = transformer_rows = 0
         for i in order:
             r = rows[i]
             conds.append(self.cond.condition_tokens(self.backend, r.request.condition, r.count))
@@ -156,12 +195,18 @@ class Generator:
             starts[i] = batch
             groups.setdefault(r.request.params, []).extend(range(batch, batch + r.count))
             batch += r.count
+            transformer_rows += r.count * self.rows_per_sample(r.request.params)
         grids = {self._grid(c, rows[i].request.size) for c, i in zip(conds, order)}
         if len(grids) != 1:
             raise InputError("the requests of one batch imply different image sizes")
         grid = grids.pop()
-        if self.max_batch < batch:
-            raise InputError(f"batch {batch} exceeds this backend's maximum {self.max_batch}")
+        if self.max_batch < transformer_rows:
+            guided = " (a guided sample runs two rows)" if transformer_rows > batch else ""
+            raise InputError(f"batch {transformer_rows}{guided} exceeds this backend's maximum {self.max_batch}")
+        guided_groups = [len(g) for p, g in groups.items() if p.guided]
+        if self.sampler == "graph" and guided_groups and max(guided_groups) > self.backend.max_batch(GUIDED_SAMPLER):
+            raise InputError(f"{max(guided_groups)} guided samples exceed the guided sampler graph's maximum "
+                             f"{self.backend.max_batch(GUIDED_SAMPLER)}")
         if synchronize:
             self.backend.synchronize()
         timings["cond_encoder"] = time.perf_counter() - t
@@ -173,7 +218,8 @@ class Generator:
         if on_start is not None:
             on_start(steps, sliding, starts)
         t = time.perf_counter()
-        decoding = start_decoding(self.backend, self.sampler, [(p, np.array(g)) for p, g in groups.items()], noise)
+        decoding = start_decoding(self.backend, self.sampler, [(p, np.array(g)) for p, g in groups.items()], noise,
+                                  null_tokens=self.cond.null_tokens() if guided_groups else None)
         if wrap is not None:
             decoding = wrap(decoding)
         drawn = [0]

@@ -57,17 +57,20 @@ class Result:
         return self.tokens.size / t if t > 0 else float("nan")
 
 
+PARAM_FIELDS = ("temperature", "top_k", "top_p", "cfg_scale", "cfg_interval")
+
+
 def as_params(params: Params, **overrides: Any) -> SamplingParams:
     """``params`` as ``SamplingParams``: one, a mapping of its fields ({"temperature": 0.5}), or None (the
-    defaults); ``overrides`` (temperature=, top_k=, top_p=) replace fields."""
+    defaults); ``overrides`` (temperature=, top_k=, top_p=, cfg_scale=, cfg_interval=) replace fields."""
     if params is None:
         fields: dict[str, Any] = {}
     elif isinstance(params, SamplingParams):
-        fields = {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p}
+        fields = {k: getattr(params, k) for k in PARAM_FIELDS}
     elif isinstance(params, Mapping):
-        unknown = sorted(set(params) - {"temperature", "top_k", "top_p"})
+        unknown = sorted(set(params) - set(PARAM_FIELDS))
         if unknown:
-            raise InputError(f"params: unknown field {unknown[0]!r} (temperature, top_k, top_p)")
+            raise InputError(f"params: unknown field {unknown[0]!r} ({', '.join(PARAM_FIELDS)})")
         fields = dict(params)
     else:
         raise InputError(f"params must be a SamplingParams or a mapping, not {type(params).__name__}")
@@ -164,6 +167,8 @@ class Pipeline:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
+        cfg_scale: float | None = None,
+        cfg_interval: int | None = None,
         progress: Progress | None = None,
         max_pixels: int | None = None,
         log: Callable[[str], None] | None = None,
@@ -171,7 +176,8 @@ class Pipeline:
         """Sample ``num_samples`` images for ``condition`` (a path, bytes, a PIL image or a numpy array for image
         conditions; an int or ``class_id`` for class-conditional models; a path or mapping for scenes; None for
         unconditional models). ``params`` (or ``temperature``/``top_k``/``top_p``)
-        choose how tokens are drawn (default: temperature 1, top-k 100); ``size`` S, "WxH" or (H, W) pixels
+        choose how tokens are drawn (default: temperature 1, top-k 100); ``cfg_scale`` > 1 (and ``cfg_interval``)
+        guide a model that has a null condition (LlamaGen: classifier-free guidance); ``size`` S, "WxH" or (H, W) pixels
         samples a larger image with the sliding window; ``max_pixels`` raises the image budget (default: 16x
         the trained area). ``progress(total, description)`` is called once the token count is known and
         returns a per-token callback; ``log`` hears notes about the input (resizing ...)."""
@@ -179,14 +185,17 @@ class Pipeline:
         hw = as_size(size)
         if hw is not None:
             self.generator.check_size(hw, max_pixels)
-        sampling = as_params(params, temperature=temperature, top_k=top_k, top_p=top_p)
+        sampling = as_params(params, temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
+                             cfg_interval=cfg_interval)
+        self.generator.check_params(sampling)
         value = self.read(condition, class_id=class_id, size=hw, max_pixels=max_pixels, log=log)
         request = Request(value, num_samples, sampling, seed, hw)
         return self.sample(request, progress)
 
     def sample(self, request: Request, progress: Progress | None = None) -> Result:
-        """Sample a ``Request`` (its condition already read), in batches of ``max_batch``."""
-        limit = self.max_batch
+        """Sample a ``Request`` (its condition already read), in batches of ``max_batch`` (of half as many samples
+        with classifier-free guidance: two transformer rows each)."""
+        limit = self.generator.batch_limit(request.params)
         starts = range(0, request.num_samples, limit)
         ticks: list[Callable[[int], None]] = []
 

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from vqdeploy.files import check_target, check_writable
 from vqdeploy.images import grid_image, output_paths, parse_size, png_bytes, to_uint8, write_images
 from vqdeploy.limits import check_num_samples, check_seed, condition_budget
 from vqdeploy.runtime.backends.registry import OpenOptions, open_backend
-from vqdeploy.runtime.generation import Request, check_size
+from vqdeploy.runtime.generation import Request, check_decoding, check_size
 from vqdeploy.runtime.jacobi import DEFAULT_WINDOW
 from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.progress import TokenProgress
@@ -97,7 +97,9 @@ def run_pipeline(input: Path | None, artifacts: Path | Artifacts, options: RunOp
     cond, tr = info.sampling()
     if params.top_k is not None and params.top_k > tr.vocab_size:
         log(f"note: --top-k {params.top_k} is more than the {tr.vocab_size} tokens of this model: all are kept")
-        params = SamplingParams(params.temperature, tr.vocab_size, params.top_p)
+        params = replace(params, top_k=tr.vocab_size)
+    cond.check_guidance(params.guided, "--cfg-scale")
+    check_decoding(o.decoding, params, "--cfg-scale")
     hw = parse_size(size)
     if hw is not None:
         check_size(info, hw, max_pixels)
@@ -153,7 +155,8 @@ def summary(be: Any, o: RunOptions, params: SamplingParams, result: Any, load_s:
         "backend": be.name, "device": be.device, "sampler": o.sampler, "cuda_graphs": o.cuda_graphs, "seed": o.seed,
         "num_samples": o.num_samples,
         "decoding": o.decoding, **({"jacobi_tokens_per_call": round(jacobi, 3)} if jacobi is not None else {}),
-        "sampling": {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p},
+        "sampling": {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
+                     **({"cfg_scale": params.cfg_scale, "cfg_interval": params.cfg_interval} if params.guided else {})},
         "tokens_per_sample": int(result.tokens[0].size), "sliding_window": result.sliding_window,
         "timings_s": {"load": round(load_s, 4), **{k: round(v, 4) for k, v in result.timings.items()}},
         "tokens_per_s": round(result.tokens_per_second, 2),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vqdeploy.errors import InputError
-from vqdeploy.limits import MAX_TOP_K, check_finite, check_int, check_seed
+from vqdeploy.limits import MAX_CFG_INTERVAL, MAX_CFG_SCALE, MAX_TOP_K, check_finite, check_int, check_seed
 
 # ``vqdeploy run``'s and ``vqdeploy serve``'s defaults (one place, so both give the same images)
 DEFAULT_SEED = 0
@@ -39,9 +39,16 @@ def check_temperature(value: float, name: str) -> float:
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How tokens are drawn. ``cfg_scale`` > 1 guides (classifier-free guidance, LlamaGen's rule: each sample runs a
+    conditional and a null-condition row, and draws from ``uncond + (cond - uncond) * cfg_scale``); 1 is off.
+    ``cfg_interval`` >= 0 guides the first ``cfg_interval + 2`` tokens only (LlamaGen's count: the prefill's token,
+    then steps 0..cfg_interval), -1 every token. Only models whose condition has a null condition can be guided."""
+
     temperature: float = DEFAULT_TEMPERATURE
     top_k: int | None = DEFAULT_TOP_K
     top_p: float | None = None
+    cfg_scale: float = 1.0
+    cfg_interval: int = -1
 
     def __post_init__(self) -> None:
         check_temperature(self.temperature, "temperature")
@@ -49,10 +56,26 @@ class SamplingParams:
             check_int(self.top_k, "top_k", 1, MAX_TOP_K)
         if self.top_p is not None:
             check_finite(self.top_p, "top_p", low=0.0, high=1.0, low_open=True)
+        check_finite(self.cfg_scale, "cfg_scale", low=1.0, high=MAX_CFG_SCALE)
+        check_int(self.cfg_interval, "cfg_interval", -1, MAX_CFG_INTERVAL)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance (a null-condition row per sample)."""
+        return self.cfg_scale > 1.0
+
+    def guided_at(self, k: int) -> bool:
+        """Whether token ``k`` (0: the prefill's) is drawn from guided logits: LlamaGen's ``decode_n_tokens`` turns
+        guidance off for good at step i > cfg_interval, i.e. from token cfg_interval + 2 on."""
+        return self.guided and (self.cfg_interval < 0 or k <= self.cfg_interval + 1)
+
+    def unguided(self) -> SamplingParams:
+        """The same filters without guidance."""
+        return SamplingParams(self.temperature, self.top_k, self.top_p)
 
 
 def uniform_noise(seed: int, batch: int, steps: int, first_sample: int = 0) -> np.ndarray:
@@ -62,10 +85,21 @@ def uniform_noise(seed: int, batch: int, steps: int, first_sample: int = 0) -> n
 
 
 def sampler_inputs(params: SamplingParams, vocab: int) -> dict[str, np.ndarray]:
-    """``params`` as the sampler graph's inputs: a filter that is off is top_k = vocab, top_p = 1."""
-    return {"temperature": np.array([params.temperature], np.float32),
-            "top_k": np.array([min(params.top_k or vocab, vocab)], np.int64),
-            "top_p": np.array([params.top_p or 1.0], np.float32)}
+    """``params`` as the sampler graph's inputs: a filter that is off is top_k = vocab, top_p = 1; a guided setting
+    adds the guided sampler graph's ``cfg_scale``."""
+    out = {"temperature": np.array([params.temperature], np.float32),
+           "top_k": np.array([min(params.top_k or vocab, vocab)], np.int64),
+           "top_p": np.array([params.top_p or 1.0], np.float32)}
+    if params.guided:
+        out["cfg_scale"] = np.array([params.cfg_scale], np.float32)
+    return out
+
+
+def guide(cond: np.ndarray, uncond: np.ndarray, scale: float) -> np.ndarray:
+    """Classifier-free guidance on fp32 logits, LlamaGen's expression in its order and precision:
+    ``uncond + (cond - uncond) * scale`` (the guided sampler graph computes the same)."""
+    c, u = np.asarray(cond, np.float32), np.asarray(uncond, np.float32)
+    return u + (c - u) * np.float32(scale)
 
 
 def next_tokens(logits: np.ndarray, u: np.ndarray, params: SamplingParams) -> np.ndarray:

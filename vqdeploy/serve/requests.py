@@ -14,11 +14,20 @@ from vqdeploy.artifacts import ModelInfo
 from vqdeploy.conditions import ClassId, ConditionInput, Reading
 from vqdeploy.errors import InputError, TooLargeError, UnsupportedInputError
 from vqdeploy.images import parse_size, png_bytes, to_uint8
-from vqdeploy.limits import MAX_SEED, MAX_TOP_K, check_finite, check_int, condition_budget
+from vqdeploy.limits import (
+    MAX_CFG_INTERVAL,
+    MAX_CFG_SCALE,
+    MAX_SEED,
+    MAX_TOP_K,
+    check_finite,
+    check_int,
+    condition_budget,
+)
 from vqdeploy.runtime.generation import Request, check_size
 from vqdeploy.runtime.sampling import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, SamplingParams
 
-FIELDS = ("condition", "seed", "num_samples", "temperature", "top_k", "top_p", "class_id", "size", "partial_every")
+FIELDS = ("condition", "seed", "num_samples", "temperature", "top_k", "top_p", "cfg_scale", "cfg_interval", "class_id",
+          "size", "partial_every")
 
 
 class FieldError(InputError):
@@ -96,10 +105,20 @@ def parse_fields(fields: dict[str, Any], info: ModelInfo, max_samples: int,
         top_k = _int(fields["top_k"], "top_k", 1, MAX_TOP_K)
     if not _absent(fields.get("top_p")):
         top_p = _float(fields["top_p"], "top_p", low=0.0, high=1.0, low_open=True)
+    cfg_scale, cfg_interval = defaults.cfg_scale, defaults.cfg_interval
+    if not _absent(fields.get("cfg_scale")):
+        cfg_scale = _float(fields["cfg_scale"], "cfg_scale", low=1.0, high=MAX_CFG_SCALE)
+    if not _absent(fields.get("cfg_interval")):
+        cfg_interval = _int(fields["cfg_interval"], "cfg_interval", -1, MAX_CFG_INTERVAL)
     try:
-        req.params = SamplingParams(temperature, top_k, top_p)
+        req.params = SamplingParams(temperature, top_k, top_p, cfg_scale, cfg_interval)
     except InputError as e:
         raise FieldError("temperature", str(e)) from None  # the one rule between fields: a tiny temperature
+    cond, _ = info.sampling()
+    try:
+        cond.check_guidance(req.params.guided, "cfg_scale")
+    except InputError as e:
+        raise FieldError("cfg_scale", str(e)) from None
     if not _absent(fields.get("partial_every")):
         req.partial_every = _int(fields["partial_every"], "partial_every", 0, 1 << 16)
     if not _absent(fields.get("size")):
@@ -109,7 +128,6 @@ def parse_fields(fields: dict[str, Any], info: ModelInfo, max_samples: int,
         except InputError as e:
             raise FieldError("size", str(e).replace("--size", "size"), 413 if isinstance(e, TooLargeError) else 400) \
                 from None
-    cond, _ = info.sampling()
     n = cond.classes
     if not _absent(fields.get("class_id")):
         if n is None:

@@ -85,6 +85,10 @@ class BatchRunner:
         """Jobs with equal keys may share a batch."""
         return self.generator.batch_key(job.sampling)
 
+    def rows_per_sample(self, job: Job) -> int:
+        """Transformer rows one sample of ``job`` takes: two with classifier-free guidance."""
+        return self.generator.rows_per_sample(job.request.params)
+
     def run(self, items: list[Item]) -> dict[str, float]:
         """Sample every item's rows in one batch; each finished job gets ``on_done``. Returns timings."""
         rows = [Rows(it.job.sampling, it.first, it.count) for it in items]

@@ -78,7 +78,9 @@ class Backend(Protocol):
     def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call of an exported graph on host arrays (graph backends only)."""
 
-    def device_decoding(self, groups: list[tuple[SamplingParams, np.ndarray]], noise: np.ndarray) -> Decoding | None:
+    def device_decoding(self, groups: list[tuple[SamplingParams, np.ndarray]], noise: np.ndarray,
+                        null_tokens: np.ndarray | None = None) -> Decoding | None:
         """A decoding that draws with the exported sampler graph on the backend's device (logits never
-        leave it), each (params, contiguous rows) group with its own setting, or None where there is none
-        (torch; artifacts without a sampler graph)."""
+        leave it), each (params, contiguous rows) group with its own setting (a guided one with the guided
+        sampler graph, its null rows conditioned on ``null_tokens``), or None where there is none (torch;
+        artifacts without a sampler graph)."""

@@ -22,6 +22,7 @@ from vqdeploy.artifacts import Artifacts
 from vqdeploy.artifacts.tensors import TensorSpec, bind_dims
 from vqdeploy.errors import ArtifactError, InputError
 from vqdeploy.runtime.backends.buffers import Buffer, HostMemory, Memory
+from vqdeploy.runtime.guidance import GUIDED_SAMPLER, RowPlan
 from vqdeploy.runtime.sampling import SamplingParams, sampler_inputs
 
 
@@ -100,12 +101,12 @@ class GraphBackend:
         return self._runner
 
     def device_decoding(self, groups: list[tuple[SamplingParams, np.ndarray]],
-                        noise: np.ndarray) -> DeviceDecoding | None:
+                        noise: np.ndarray, null_tokens: np.ndarray | None = None) -> DeviceDecoding | None:
         """The sampler graph's loop on this backend's memory (None: artifacts without a sampler graph,
         a vocabulary beyond TensorRT's TopK limit)."""
         if not self.has_graph("sampler"):
             return None
-        return DeviceDecoding(self.transformer(), groups, noise)
+        return DeviceDecoding(self.transformer(), groups, noise, null_tokens)
 
 
 class KVTransformer:
@@ -198,28 +199,38 @@ class DeviceDecoding:
     this is the loop an app that loads only engine files runs.
 
     The sampler graph takes one setting for its whole batch, so rows with different params (``serve``)
-    come as groups of contiguous rows, one sampler call each, on views of the same buffers."""
+    come as groups of contiguous rows, one sampler call each, on views of the same buffers. A guided group
+    (classifier-free guidance) runs its conditional rows then its null rows (``guidance.RowPlan``) and draws
+    with the guided sampler graph, which combines the two halves and writes the token to both: the transformer
+    batch is the plan's rows, the uniforms and the tokens read back are per sample."""
 
-    def __init__(self, kv: KVTransformer, groups: list[tuple[SamplingParams, np.ndarray]], noise: np.ndarray) -> None:
+    def __init__(self, kv: KVTransformer, groups: list[tuple[SamplingParams, np.ndarray]], noise: np.ndarray,
+                 null_tokens: np.ndarray | None = None) -> None:
         backend = kv.backend
         self.kv, self.memory = kv, kv.memory
         steps, self.batch = noise.shape
-        self.sampler = backend.executor("sampler")
-        dtypes = {t["name"]: str(t["dtype"]) for t in backend.graph("sampler")["inputs"]}
-        self.groups: list[tuple[int, int, dict[str, Buffer]]] = []  # (first row, rows, settings)
-        for params, rows in groups:
-            rows = np.asarray(rows)
-            first, count = int(rows[0]), len(rows)
-            if not np.array_equal(rows, np.arange(first, first + count)):
+        self.plan = RowPlan.make(groups, self.batch, null_tokens)
+        self.rows = self.plan.rows
+        self.samplers: dict[str, Executor] = {}
+        # (first sample, samples, first row, rows, graph, settings, params)
+        self.groups: list[tuple[int, int, int, int, str, dict[str, Buffer], SamplingParams]] = []
+        for g in self.plan.groups:
+            first, count = int(g.samples[0]), len(g.samples)
+            if not np.array_equal(g.samples, np.arange(first, first + count)):
                 raise InputError("the graph sampler needs each sampling setting's rows together")
+            graph = GUIDED_SAMPLER if g.null is not None else "sampler"
+            if graph not in self.samplers:
+                self.samplers[graph] = backend.executor(graph)
+            dtypes = {t["name"]: str(t["dtype"]) for t in backend.graph(graph)["inputs"]}
             settings = {}
-            for name, value in sampler_inputs(params, kv.vocab).items():
+            for name, value in sampler_inputs(g.params, kv.vocab).items():
                 settings[name] = buf = self.memory.empty(tuple(value.shape), dtypes[name])
                 self.memory.upload(value, buf)
-            self.groups.append((first, count, settings))
+            self.groups.append((first, count, int(g.cond[0]), count * (2 if g.null is not None else 1), graph,
+                                settings, g.params))
         self.uniform = self.memory.empty((steps, self.batch), "float32")
         self.memory.upload(np.ascontiguousarray(noise, dtype=np.float32), self.uniform)
-        self.history = self.memory.empty((steps, self.batch, 1), "int64")
+        self.history = self.memory.empty((steps, self.rows, 1), "int64")
         # CUDA graphs: the sampler writes the step's fixed token buffer, and the token is copied to the history
         self.fixed = backend.cuda_graphs
         self.drawn = 0
@@ -228,33 +239,41 @@ class DeviceDecoding:
     def prefill(self, prompt: np.ndarray) -> None:
         if prompt.shape[0] != self.batch:
             raise InputError(f"transformer: batch {prompt.shape[0]} does not match the decoding's {self.batch}")
-        self.kv.reset(self.batch)
-        tok = self.kv.io_buffers(*prompt.shape)[0]
-        self.memory.upload(prompt, tok)
+        rows = self.plan.prompt(prompt)
+        self.kv.reset(self.rows)
+        tok = self.kv.io_buffers(*rows.shape)[0]
+        self.memory.upload(np.ascontiguousarray(rows, dtype=np.int64), tok)
         self.logits = self.kv.run(tok)
 
     def draw(self) -> None:
-        b, k = self.batch, self.drawn
+        r, b, k = self.rows, self.batch, self.drawn
         assert self.logits is not None, "prefill first"
-        drawn = self.history.view((b, 1), k * b)
-        into = self.kv.io_buffers(b, 1)[0] if self.fixed else drawn
-        if len(self.groups) == 1:
-            self.sampler.run({"logits": self.logits, "uniform": self.uniform.view((b,), k * b), **self.groups[0][2]},
-                             {"tokens": into})
+        drawn = self.history.view((r, 1), k * r)
+        into = self.kv.io_buffers(r, 1)[0] if self.fixed else drawn
+        if len(self.groups) == 1 and r == b:
+            self.sampler_run("sampler", {"logits": self.logits, "uniform": self.uniform.view((b,), k * b),
+                                         **self.groups[0][5]}, {"tokens": into})
         else:
             t, v = self.logits.shape[1], self.logits.shape[2]
-            for first, count, settings in self.groups:
-                self.sampler.run({"logits": self.logits.view((count, t, v), first * t * v),
-                                  "uniform": self.uniform.view((count,), k * b + first), **settings},
-                                 {"tokens": into.view((count, 1), first)})
+            for first, count, row, rows, graph, settings, params in self.groups:
+                if graph == GUIDED_SAMPLER and k > 0 and params.guided_at(k - 1) and not params.guided_at(k):
+                    # guidance off from here on (LlamaGen's cfg_interval): a scale of 1 draws from the cond rows
+                    self.memory.upload(np.array([1.0], np.float32), settings["cfg_scale"])
+                self.sampler_run(graph, {"logits": self.logits.view((rows, t, v), row * t * v),
+                                         "uniform": self.uniform.view((count,), k * b + first), **settings},
+                                 {"tokens": into.view((rows, 1), row)})
         if self.fixed:
             self.memory.copy(into, drawn)
         self.drawn = k + 1
 
+    def sampler_run(self, graph: str, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> None:
+        self.samplers[graph].run(inputs, outputs)
+
     def extend(self) -> None:
-        b = self.batch
-        self.logits = self.kv.run(self.kv.io_buffers(b, 1)[0] if self.fixed else
-                                  self.history.view((b, 1), (self.drawn - 1) * b))
+        r = self.rows
+        self.logits = self.kv.run(self.kv.io_buffers(r, 1)[0] if self.fixed else
+                                  self.history.view((r, 1), (self.drawn - 1) * r))
 
     def tokens(self) -> np.ndarray:
-        return self.memory.download(self.history)[: self.drawn, :, 0].T.copy()
+        rows = self.memory.download(self.history)[: self.drawn, :, 0]
+        return rows[:, self.plan.cond].T.copy()

@@ -132,7 +132,7 @@ class TorchBackend:
     def run_graph(self, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise InputError(f"the torch backend runs the checkpoint, not the exported '{name}' graph")
 
-    def device_decoding(self, groups: Any, noise: np.ndarray) -> None:
+    def device_decoding(self, groups: Any, noise: np.ndarray, null_tokens: Any = None) -> None:
         """No sampler graph here: the host sampler."""
         return None
 
