@@ -26,7 +26,8 @@ from vqdeploy.limits import check_int, check_num_samples
 from vqdeploy.parity.inputs import sample_condition
 from vqdeploy.runtime.backends.base import Backend, Decoding
 from vqdeploy.runtime.backends.registry import OpenOptions, open_backend, parse_backends, spec
-from vqdeploy.runtime.generation import Generator, Request, Rows
+from vqdeploy.runtime.generation import Generator, Request, Rows, check_decoding
+from vqdeploy.runtime.guidance import GUIDED_SAMPLER
 from vqdeploy.runtime.jacobi import DEFAULT_WINDOW
 from vqdeploy.runtime.sampling import SamplingParams
 
@@ -108,13 +109,13 @@ class TimedDecoding:
 
 
 def bench_backend(be: Backend, condition: ConditionInput, info: ModelInfo, n: int, repeats: int,
-                  sampler: str = "host") -> dict[str, Any]:
+                  sampler: str = "host", params: SamplingParams = PARAMS) -> dict[str, Any]:
     """Median over ``repeats`` of each stage, on the one generation path (the device synchronized at each
     stage boundary); ``step`` is the mean cost of one token after the prefill (the draw and one cached step),
     tokens/s counts the whole token loop."""
     steps = info.image_tokens
     generator = Generator(be, be.manifest, sampler)
-    rows = [Rows(Request(condition, n, PARAMS, 0), 0, n)]
+    rows = [Rows(Request(condition, n, params, 0), 0, n)]
     runs: dict[str, list[float]] = {k: [] for k in ("cond_encoder", "prefill", "step", "sampling", "decoder", "total")}
     per_step: list[list[float]] = []
     for _ in range(repeats + 1):  # the first run warms up (session init, allocator, caches)
@@ -144,12 +145,12 @@ def bench_backend(be: Backend, condition: ConditionInput, info: ModelInfo, n: in
 
 
 def bench_jacobi(be: Backend, condition: ConditionInput, info: ModelInfo, n: int, repeats: int,
-                 window: int) -> dict[str, Any]:
+                 window: int, params: SamplingParams = PARAMS) -> dict[str, Any]:
     """Speculative Jacobi decoding on the one generation path: medians of each stage, tokens per transformer call.
     ``step`` is the sampling time per token of a row (rows run one after another); there is no separate prefill."""
     steps = info.image_tokens
     generator = Generator(be, be.manifest, "host", "jacobi", window)
-    rows = [Rows(Request(condition, n, PARAMS, 0), 0, n)]
+    rows = [Rows(Request(condition, n, params, 0), 0, n)]
     runs: dict[str, list[float]] = {k: [] for k in ("cond_encoder", "sampling", "decoder", "total")}
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
@@ -191,7 +192,8 @@ def torch_threads() -> int | None:
     return int(torch.get_num_threads())
 
 
-def bench_reference(manifest: Manifest, model: Any, cond: np.ndarray, steps: int, full: bool) -> dict[str, Any]:
+def bench_reference(manifest: Manifest, model: Any, cond: np.ndarray, steps: int, full: bool,
+                    params: SamplingParams = PARAMS) -> dict[str, Any]:
     """The codebase's own sampler cost (taming: one full forward over the whole sequence per token).
 
     ``full`` runs the family's upstream sampler itself. Otherwise the forward time is measured at
@@ -208,10 +210,11 @@ def bench_reference(manifest: Manifest, model: Any, cond: np.ndarray, steps: int
     with torch.no_grad():
         sample = family.upstream_sampler(model)
         if full and sample is not None:
-            k = min(PARAMS.top_k or 100, tr.vocab_size)
-            t = _timed(lambda: sample(c, steps, k))
+            k = min(params.top_k or 100, tr.vocab_size)
+            guidance = {"cfg_scale": params.cfg_scale} if params.guided else {}
+            t = _timed(lambda: sample(c, steps, k, **guidance))
             return {"total": t, "tokens_per_s": c.shape[0] * steps / t,
-                    "method": f"full run of {family.title}'s own sampler"}
+                    "method": f"full run of {family.title}'s own sampling loop"}
         lengths = np.unique(np.linspace(c.shape[1], c.shape[1] + steps - 1, REFERENCE_POINTS).astype(int))
         times = []
         for length in lengths:
@@ -255,7 +258,7 @@ def compared_artifacts(artifacts: Path, compare: list[Path], fingerprint: str) -
 def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n: int, repeats: int, reference: bool,
               out: Path, ckpt: str | None, log: Callable[[str], None] = print, cuda_graphs: bool = False,
               compare: list[Path] | None = None, decoding: str = "sequential",
-              jacobi_window: int = DEFAULT_WINDOW) -> dict[str, Any]:
+              jacobi_window: int = DEFAULT_WINDOW, params: SamplingParams = PARAMS) -> dict[str, Any]:
     check_num_samples(n)
     check_int(repeats, "--repeats", 1, MAX_REPEATS)
     omp_wait_policy, omp_note = passive_openmp()  # before anything imports torch
@@ -265,6 +268,8 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
     info = manifest.model
     if not info.samples:
         raise InputError("bench needs a Net2NetTransformer (there is no sampling in a VQGAN)")
+    info.sampling()[0].check_guidance(params.guided, "--cfg-scale")
+    check_decoding(decoding, params, "--cfg-scale")
     to_stdout = str(out) == "-"
     if not to_stdout:
         check_output_dir(artifacts, out.parent, "bench --out")
@@ -302,29 +307,38 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
         m = where.manifest
         reference_row = spec(name).reference
         precision = "fp32" if reference_row else variant(m)  # torch runs the checkpoint's fp32
-        for sampler in ("host", "graph") if be.has_graph("sampler") else ("host",):
+        graph_ok = be.has_graph("sampler") and (not params.guided or be.has_graph(GUIDED_SAMPLER))
+        for sampler in ("host", "graph") if graph_ok else ("host",):
             label = f"{spec(name).label(dev)} {precision}" + (" KV cache" if reference_row else "") + \
                 (", sampler graph" if sampler == "graph" else "") + (", CUDA graphs" if graphs else "")
             log(f"bench: {label}" + (f" ({where.path})" if where is not opened else "") + " ...")
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": graphs,
                            "floor_ms": 1e3 * (fp32_bytes if reference_row else transformer_weight_bytes(m)) / bw,
-                           **bench_backend(be, condition, info, n, repeats, sampler)}
+                           **bench_backend(be, condition, info, n, repeats, sampler, params)}
         if decoding == "jacobi" and not graphs:  # host sampler only
             label = f"{spec(name).label(dev)} {precision}" + (" KV cache" if reference_row else "") + \
                 f", Jacobi (window {jacobi_window})"
             log(f"bench: {label} ...")
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": False,
                            "floor_ms": 1e3 * (fp32_bytes if reference_row else transformer_weight_bytes(m)) / bw,
-                           **bench_jacobi(be, condition, info, n, repeats, jacobi_window)}
+                           **bench_jacobi(be, condition, info, n, repeats, jacobi_window, params)}
     steps = info.image_tokens
+    reference_label = REFERENCE
     if reference and model is not None and torch_cpu is not None:
-        log("bench: upstream's sampler (full recomputation per token) ...")
+        from vqdeploy.families import family_named
+
+        reference_label = family_named(manifest.model.family).upstream_label
+        log(f"bench: {reference_label} ...")
         cond = cond_info.condition_tokens(torch_cpu, condition, n).reshape(n, -1)
-        rows[REFERENCE] = {"backend": "torch", "device": "cpu", "precision": "fp32",
-                           **bench_reference(manifest, model, cond, steps, full=steps * cond.shape[1] <= 64 * 128)}
+        rows[reference_label] = {"backend": "torch", "device": "cpu", "precision": "fp32", "reference": True,
+                                 **bench_reference(manifest, model, cond, steps, steps * cond.shape[1] <= 64 * 128,
+                                                   params)}
     weight_bytes = transformer_weight_bytes(manifest)
     result = {
         "artifacts": str(artifacts), "precision": manifest.precision, "num_samples": n, "repeats": repeats,
+        "sampling": {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
+                     "cfg_scale": params.cfg_scale},
+        "reference_row": reference_label,
         "image_tokens": steps, "cond_tokens": info.cond_tokens,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch_threads(),
                     "omp_wait_policy": omp_wait_policy, "load_average": _load_average()},
@@ -374,7 +388,7 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
     fp32 with our KV cache on the same device (where it ran), and per token against the time this
     precision's transformer weights take to stream once at the host's measured bandwidth (CPU rows)."""
     rows = result["backends"]
-    ref = rows.get(REFERENCE)
+    ref = rows.get(result.get("reference_row", REFERENCE))
     torch_on = {r["device"]: r for r in rows.values() if r["backend"] == "torch" and "step" in r and not r["cuda_graphs"]}
     log("")
     log(f"{'backend':<44}{'cond ms':>9}{'prefill ms':>11}{'token ms':>9}{'(min-max)':>14}{'decode ms':>10}"
@@ -392,9 +406,13 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
         spread = f"({lo:.2f}-{hi:.2f})"
         log(f"{label:<44}{r['cond_encoder'] * 1e3:>9.1f}{r['prefill'] * 1e3:>11.1f}{r['step'] * 1e3:>9.2f}"
             f"{spread:>14}{r['decoder'] * 1e3:>10.1f}{r['tokens_per_s']:>10.1f}{vs_ref:>11}{vs_torch:>8}{floor:>12}")
-    log(f"batch {result['num_samples']}, medians of {result['repeats']} runs after a warm-up (min-max: token ms over "
-        "those runs). token ms: one token after the prefill (draw + cached step). x upstream: tokens/s over upstream's sampler (PyTorch fp32, CPU, full "
-        "recomputation per token). x torch: over PyTorch eager fp32 with a KV cache on the same device"
+    guided = result.get("sampling", {}).get("cfg_scale", 1.0) > 1.0
+    log(f"batch {result['num_samples']}" + (" with classifier-free guidance (two transformer rows per sample; tokens/s "
+                                            "counts the samples' tokens)" if guided else "")
+        + f", medians of {result['repeats']} runs after a warm-up (min-max: token ms over those runs). token ms: one "
+        f"token after the prefill (draw + cached step). x upstream: tokens/s over upstream's sampler (the "
+        f"'{result.get('reference_row', REFERENCE)}' row: the codebase's own, PyTorch fp32, CPU). x torch: over PyTorch "
+        "eager fp32 with a KV cache on the same device"
         + (f" (the artifacts are {result['precision']}: precisions differ)" if result["precision"] != "fp32" else "")
         + ". token/floor: token ms over the time that row's transformer weights take to stream once.")
     log(f"host memory bandwidth {result['host_memory_bandwidth_GBps']:.1f} GB/s; transformer weights "

@@ -8,7 +8,9 @@ import click
 
 from vqdeploy.bench.benchmark import run_bench
 from vqdeploy.commands.options import ARTIFACTS, DECODING, DEVICE, DEVICE_HELP, JACOBI_WINDOW_HELP
+from vqdeploy.limits import MAX_CFG_SCALE, MAX_TOP_K
 from vqdeploy.runtime.jacobi import DEFAULT_WINDOW, check_window
+from vqdeploy.runtime.sampling import DEFAULT_TOP_K, SamplingParams
 
 
 @click.command(epilog="""\b
@@ -32,10 +34,15 @@ Example:
 @click.option("--jacobi-window", type=int, default=DEFAULT_WINDOW, show_default=True, help=JACOBI_WINDOW_HELP)
 @click.option("--compare", multiple=True, type=click.Path(path_type=Path),
               help="Other artifacts of the same model (e.g. --quantize int4, --precision fp16): rows side by side.")
+@click.option("--top-k", type=click.IntRange(1, MAX_TOP_K), default=DEFAULT_TOP_K, show_default=True,
+              help="Top-k of the timed sampling (LlamaGen samples with 2000).")
+@click.option("--cfg-scale", type=click.FloatRange(1.0, MAX_CFG_SCALE), default=1.0, show_default=True,
+              help="Classifier-free guidance (models with a null class): > 1 runs two transformer rows per sample.")
 def bench(artifacts: Path, backends: str, device: str | None, num_samples: int, repeats: int, reference: bool,
           out: Path | None, ckpt: str | None, cuda_graphs: bool, decoding: str, jacobi_window: int,
-          compare: tuple[Path, ...]) -> None:
+          compare: tuple[Path, ...], top_k: int, cfg_scale: float) -> None:
     """Per-stage latency and tokens/s for each backend, next to the reference sampler, in one run."""
     run_bench(artifacts, backends, device, num_samples, repeats, reference, out or artifacts / "bench.json", ckpt,
               log=lambda m: click.echo(m, err=True), cuda_graphs=cuda_graphs, compare=list(compare),
-              decoding=decoding, jacobi_window=check_window(jacobi_window))
+              decoding=decoding, jacobi_window=check_window(jacobi_window),
+              params=SamplingParams(temperature=1.0, top_k=top_k, cfg_scale=cfg_scale))

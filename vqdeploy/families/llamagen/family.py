@@ -79,7 +79,7 @@ def keep_quantizer_fp32(model: nn.Module) -> None:
 class LlamaGen(Family):
     name = "llamagen"
     title = "LlamaGen"
-    upstream_label = "LlamaGen generate(), torch-cpu fp32 (KV cache)"
+    upstream_label = "LlamaGen generate() loop, torch-cpu fp32"
 
     def claims(self, ckpt: Path, options: Mapping[str, Any]) -> bool:
         return options.get("vq_ckpt") is not None
