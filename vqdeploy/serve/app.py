@@ -100,8 +100,10 @@ class Server:
             "backend": {"name": self.pipeline.backend.name, "device": self.pipeline.backend.device,
                         "sampler": self.pipeline.sampler},
             "defaults": {"seed": GenerateRequest().seed, "num_samples": GenerateRequest().num_samples,
-                         "temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p, "cfg_scale": d.cfg_scale,
-                         "cfg_interval": d.cfg_interval},
+                         "temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
+                         # a model that can be guided (a null condition): classifier-free guidance's fields
+                         **({"cfg_scale": d.cfg_scale, "cfg_interval": d.cfg_interval}
+                            if self.pipeline.cond.null_tokens() is not None else {})},
             "limits": {"max_samples": self.config.max_samples, "max_upload_bytes": self.config.max_upload_bytes,
                        "max_pixels": pixel_budget(self.info, self.config.max_pixels),
                        "max_batch": self.batcher.max_batch, "max_queue": self.config.max_queue,

@@ -66,7 +66,7 @@ class Batcher:
                 batches = 1 + sum(it.count for it in self._pending) // self.max_batch
                 raise QueueFull(max(1, round(batches * max(self._batch_s, 0.1) + 0.5)))
             n = job.request.num_samples
-            per_item = max(1, self.max_batch // self.runner.rows_per_sample(job))  # a guided sample takes two rows
+            per_item = max(1, self.max_batch // job.rows_per_sample)  # a guided sample takes two rows
             for first in range(0, n, per_item):
                 self._pending.append(Item(job, first, min(per_item, n - first)))
             self._cv.notify_all()
@@ -100,7 +100,7 @@ class Batcher:
                     it = self._pending.popleft()
                     if it.job.cancelled.is_set():
                         continue
-                    cost = it.count * self.runner.rows_per_sample(it.job)
+                    cost = it.count * it.job.rows_per_sample
                     # the first item always runs (a guided sample with a batch limit of 1 then fails with its reason)
                     if (rows + cost <= self.max_batch or not batch) and self.runner.key(it.job) == key:
                         batch.append(it)

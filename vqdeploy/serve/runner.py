@@ -43,6 +43,11 @@ class Job:
     _sampling: Any = None
 
     @property
+    def rows_per_sample(self) -> int:
+        """Transformer rows one sample takes: two with classifier-free guidance (the batcher counts rows)."""
+        return Generator.rows_per_sample(self.request.params)
+
+    @property
     def sampling(self) -> Any:
         """The generation request (built once: rows of one job in several batches share it)."""
         if self._sampling is None:
@@ -84,10 +89,6 @@ class BatchRunner:
     def key(self, job: Job) -> Hashable:
         """Jobs with equal keys may share a batch."""
         return self.generator.batch_key(job.sampling)
-
-    def rows_per_sample(self, job: Job) -> int:
-        """Transformer rows one sample of ``job`` takes: two with classifier-free guidance."""
-        return self.generator.rows_per_sample(job.request.params)
 
     def run(self, items: list[Item]) -> dict[str, float]:
         """Sample every item's rows in one batch; each finished job gets ``on_done``. Returns timings."""
