@@ -217,7 +217,8 @@ def result_json(result: JobResult, req: GenerateRequest) -> dict[str, Any]:
     p = req.params
     return {"images": encode_pngs(result.images), "seed": req.seed, "tokens": result.tokens.tolist(),
             "num_samples": req.num_samples,
-            "params": {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "class_id": req.class_id},
+            "params": {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "class_id": req.class_id,
+                       **({"cfg_scale": p.cfg_scale, "cfg_interval": p.cfg_interval} if p.guided else {})},
             "timings_s": {k: round(v, 4) for k, v in result.timings.items()}, "notes": req.notes}
 
 
