@@ -87,9 +87,9 @@ def uniform_noise(seed: int, batch: int, steps: int, first_sample: int = 0) -> n
 def sampler_inputs(params: SamplingParams, vocab: int) -> dict[str, np.ndarray]:
     """``params`` as the sampler graph's inputs: a filter that is off is top_k = vocab, top_p = 1; a guided setting
     adds the guided sampler graph's ``cfg_scale``."""
-    out = {"temperature": np.array([params.temperature], np.float32),
-           "top_k": np.array([min(params.top_k or vocab, vocab)], np.int64),
-           "top_p": np.array([params.top_p or 1.0], np.float32)}
+    out: dict[str, np.ndarray] = {"temperature": np.array([params.temperature], np.float32),
+                                  "top_k": np.array([min(params.top_k or vocab, vocab)], np.int64),
+                                  "top_p": np.array([params.top_p or 1.0], np.float32)}
     if params.guided:
         out["cfg_scale"] = np.array([params.cfg_scale], np.float32)
     return out

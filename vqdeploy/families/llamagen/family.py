@@ -47,7 +47,7 @@ def describe(model: LlamaGenModel) -> dict[str, Any]:
     if model.null_class is not None:
         cond["null_class"] = model.null_class
     return {
-        "target": model.source.target if hasattr(model, "source") else "autoregressive.models.gpt.Transformer",
+        "target": getattr(getattr(model, "source", None), "target", "autoregressive.models.gpt.Transformer"),
         "kind": "net2net",  # a first stage + a transformer (the manifest's name for it; family says whose)
         "image_size": model.image_size,
         "first_stage": {

@@ -12,6 +12,8 @@ cfg_scale``, both halves fed the drawn token; after ``cfg_interval`` decode step
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -55,7 +57,7 @@ def generate(gpt: Transformer, labels: torch.Tensor, steps: int, null_class: int
         raise ValueError("this model has no null class: it cannot be guided")
     cond = torch.cat([labels, torch.full_like(labels, null_class)]) if guided else labels  # type: ignore[arg-type]
     cache = gpt.new_cache(cond.shape[0])
-    kwargs = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "sample_logits": sample_logits}
+    kwargs: dict[str, Any] = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "sample_logits": sample_logits}
 
     def combine(logits: torch.Tensor, on: bool) -> torch.Tensor:
         if not guided:
