@@ -7,7 +7,7 @@ to LlamaGen's own ``generate()`` in one run (docs/llamagen.md, "Measured").
     /usr/bin/time -v vqdeploy export --ckpt /tmp/lgxl/gpt.pt --vq-ckpt /tmp/lgxl/vq.pt --gpt-model GPT-XL \\
         --image-size 256 --max-batch 16 --out /tmp/lgxl/art
     # 3. sampling, batch 1 and 8 with guidance (2 and 16 transformer rows), against LlamaGen's generate() from a
-    #    checkout of FoundationVision/LlamaGen (its autoregressive/, tokenizer/ and utils/ folders; not part of vqdeploy)
+    #    checkout of FoundationVision/LlamaGen (its autoregressive/, tokenizer/, utils/ folders; not part of vqdeploy)
     python tools/llamagen_bench.py sample --artifacts /tmp/lgxl/art --llamagen-src /tmp/llamagen_src --batch 1 8
 
 ``make`` builds the modules vqdeploy loads (key-for-key LlamaGen's), so the files are what LlamaGen's scripts write
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -66,7 +67,8 @@ def make(args: argparse.Namespace) -> None:
     torch.save({"model": gpt.state_dict()}, out / "gpt.pt")
     params = sum(p.numel() for p in gpt.parameters())
     print(json.dumps({"gpt": str(out / "gpt.pt"), "vq": str(out / "vq.pt"), "gpt_parameters": params,
-                      "vq_parameters": sum(p.numel() for p in vq.parameters()), "seconds": round(time.perf_counter() - t, 1),
+                      "vq_parameters": sum(p.numel() for p in vq.parameters()),
+                      "seconds": round(time.perf_counter() - t, 1),
                       "gpt_bytes": (out / "gpt.pt").stat().st_size}, indent=1))
 
 
@@ -115,6 +117,8 @@ def sample(args: argparse.Namespace) -> None:
     from vqdeploy.artifacts import open_artifacts
     from vqdeploy.bench.benchmark import memory_bandwidth
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     art = Path(args.artifacts)
     manifest = dict(open_artifacts(art).manifest.raw)
     gpt_path = Path(manifest["source"]["checkpoint"])
@@ -123,27 +127,34 @@ def sample(args: argparse.Namespace) -> None:
     floor_ms = 1e3 * weights / bw
     rows = []
     for batch in args.batch:
-        for name in ("LlamaGen generate(), torch fp32", "vqdeploy onnxruntime-cpu fp32", "vqdeploy onnxruntime-cpu fp32, sampler graph"):
+        for name in ("LlamaGen generate(), torch fp32", "vqdeploy onnxruntime-cpu fp32",
+                     "vqdeploy onnxruntime-cpu fp32, sampler graph"):
             if name.endswith("sampler graph") and not args.graph_sampler:
                 continue
             print(f"... batch {batch}: {name}", file=sys.stderr, flush=True)
+            load = os.getloadavg()[0]  # the machine is shared: what else ran
             if name.startswith("LlamaGen"):
                 r = llamagen_generate(args.llamagen_src, gpt_path, manifest, batch, args.cfg_scale, args.top_k, print)
             else:
                 r = ours(art, batch, "graph" if name.endswith("graph") else "host", args.cfg_scale, args.top_k)
-            rows.append({"batch": batch, "rows": 2 * batch, "backend": name, **r, "token_floor": r["token_ms"] / floor_ms})
+            rows.append({"batch": batch, "rows": 2 * batch, "backend": name, **r,
+                         "token_floor": r["token_ms"] / floor_ms, "load_average": [round(load, 2), round(os.getloadavg()[0], 2)]})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"\n{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
           f"cfg_scale {args.cfg_scale}, top-k {args.top_k}, {manifest['model']['tokens']['image']} tokens; "
-          f"host bandwidth {bw / 1e9:.1f} GB/s -> {weights / 1e9:.2f} GB of fp32 weights per step: floor {floor_ms:.0f} ms")
-    print(f"{'batch (rows)':<13}{'backend':<46}{'token ms':>10}{'tokens/s':>10}{'x LlamaGen':>11}{'token/floor':>12}")
+          f"host bandwidth {bw / 1e9:.1f} GB/s -> {weights / 1e9:.2f} GB of fp32 weights per step: "
+          f"floor {floor_ms:.0f} ms")
+    print(f"{'batch (rows)':<13}{'backend':<46}{'token ms':>10}{'tokens/s':>10}{'x LlamaGen':>11}{'token/floor':>12}"
+          f"{'load avg':>14}")
     for r in rows:
         base = next(x for x in rows if x["batch"] == r["batch"] and x["backend"].startswith("LlamaGen"))
-        print(f"{r['batch']} ({r['rows']}){'':<{13 - len(str(r['batch'])) - len(str(r['rows'])) - 3}}{r['backend']:<46}"
+        load = "{:.1f} -> {:.1f}".format(*r["load_average"])
+        print(f"{str(r['batch']) + ' (' + str(r['rows']) + ')':<13}{r['backend']:<46}"
               f"{r['token_ms']:>10.1f}{r['tokens_per_s']:>10.2f}{r['tokens_per_s'] / base['tokens_per_s']:>10.2f}x"
-              f"{r['token_floor']:>12.2f}")
+              f"{r['token_floor']:>12.2f}{load:>14}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "bandwidth_GBps": bw / 1e9, "floor_ms": floor_ms}, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "bandwidth_GBps": bw / 1e9, "floor_ms": floor_ms},
+                                              indent=1))
 
 
 def main() -> None:
@@ -161,6 +172,7 @@ def main() -> None:
     s.add_argument("--top-k", type=int, default=2000)
     s.add_argument("--graph-sampler", action="store_true", help="also the sampler graph on ONNX Runtime")
     s.add_argument("--json", default=None)
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
     np.set_printoptions(precision=3)
     (make if args.cmd == "make" else sample)(args)
