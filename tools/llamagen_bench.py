@@ -138,7 +138,8 @@ def sample(args: argparse.Namespace) -> None:
             else:
                 r = ours(art, batch, "graph" if name.endswith("graph") else "host", args.cfg_scale, args.top_k)
             rows.append({"batch": batch, "rows": 2 * batch, "backend": name, **r,
-                         "token_floor": r["token_ms"] / floor_ms, "load_average": [round(load, 2), round(os.getloadavg()[0], 2)]})
+                         "token_floor": r["token_ms"] / floor_ms,
+                         "load_average": [round(load, 2), round(os.getloadavg()[0], 2)]})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"\n{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
           f"cfg_scale {args.cfg_scale}, top-k {args.top_k}, {manifest['model']['tokens']['image']} tokens; "
