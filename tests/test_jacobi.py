@@ -119,6 +119,47 @@ def test_a_tiny_model_gets_the_exact_law_of_its_first_four_tokens(tiny, params: 
     assert stats.tokens_per_call > 1.0  # the window did accept drafts
 
 
+class ExactBlock:
+    """A runner whose cache holds exactly what the sequential loop feeds (the prompt and every token but the last),
+    as LlamaGen's block does: a window reaching past the last slot would not fit."""
+
+    def __init__(self, runner, block: int) -> None:
+        self.runner, self.block = runner, block
+
+    @property
+    def length(self) -> int:
+        return self.runner.length
+
+    def reset(self, batch: int) -> None:
+        self.runner.reset(batch)
+
+    def rewind(self, length: int) -> None:
+        self.runner.rewind(length)
+
+    def forward(self, tokens: np.ndarray) -> np.ndarray:
+        assert self.runner.length + tokens.shape[1] <= self.block, (self.runner.length, tokens.shape)
+        return self.runner.forward(tokens)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(0.0, 1), SamplingParams(1.0, 4)], ids=["greedy", "top-k"])
+def test_the_last_window_fits_a_block_of_exactly_the_sequence(tiny, params: SamplingParams) -> None:
+    """The whole image (16 tokens) in windows of 8: never more than 1 + 15 positions, and greedy decoding gives the
+    sequential loop's tokens."""
+    runner, sos = tiny
+    steps, n = 16, 4
+    prompt = np.full((n, 1), sos, np.int64)
+    seqs = generate_jacobi(ExactBlock(runner, 1 + steps - 1), prompt, steps, [params] * n,
+                           [row_generator(3, b) for b in range(n)], window=8)
+    assert seqs.shape == (n, steps)
+    if params.greedy:
+        runner.reset(1)
+        want, fed = [], sos
+        for _ in range(steps):
+            want.append(int(np.argmax(runner.forward(np.array([[fed]], np.int64))[0, -1])))
+            fed = want[-1]
+        assert (seqs == np.array(want)).all()
+
+
 def test_on_the_trained_demo_jacobi_samples_like_the_sequential_sampler(demo_export: Path) -> None:
     """48 samples each; image level (mean and spread of the pixels) and token level (distinct tokens per sample,
     the first token): two-sample KS tests at ALPHA / 4 each. The same seed gives the same Jacobi tokens on torch

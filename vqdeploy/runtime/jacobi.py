@@ -117,16 +117,25 @@ def _row(runner: TransformerRunner, prompt: np.ndarray, steps: int, params: Samp
             drafts = np.append(drafts, rng.integers(vocab))
             proposals = np.vstack([proposals, uniform])
         drafts, proposals = drafts[:width], proposals[:width]
+        # a window that reaches the last slot leaves its last draft out: nothing follows it, and a model whose block
+        # holds exactly the sequence the sequential loop feeds (LlamaGen) has no position for it
+        last = width == steps - done
+        fed = drafts[: width - 1] if last else drafts
         base = runner.length
-        logits = runner.forward(np.concatenate([out[done - 1 : done], drafts])[None])[0]  # (1 + width, V)
+        logits = runner.forward(np.concatenate([out[done - 1 : done], fed])[None])[0]  # (1 + len(fed), V)
         calls += 1
         p = distribution(logits, params)  # p[i]: the target of drafts[i]; p[width]: the slot after the window
         k, resampled = verify(p[:width], proposals, drafts, rng)
-        new = list(drafts[:k]) + ([resampled] if resampled is not None else [_draw(p[width], rng.random())])
-        new = new[: steps - done]
+        if resampled is not None:
+            new = list(drafts[:k]) + [resampled]
+        elif last:  # every draft accepted, up to the last slot
+            new = list(drafts)
+        else:
+            new = list(drafts) + [_draw(p[width], rng.random())]
         out[done : done + len(new)] = new
         done += len(new)
-        runner.rewind(base + 1 + k)  # the anchor and the accepted drafts are in the cache with their true context
+        if done < steps:  # the anchor and the accepted drafts stay in the cache with their true context
+            runner.rewind(base + 1 + k)
         if progress is not None:
             progress(len(new))
         # Jacobi refresh: the drafts after the new token, from this call's (now approximate) distributions
