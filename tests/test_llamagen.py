@@ -28,7 +28,8 @@ from vqdeploy.families.llamagen.load import GPT_MODELS, head_count, load_llamage
 from vqdeploy.families.llamagen.upstream import generate, top_k_top_p_filtering
 from vqdeploy.loading.fingerprint import model_fingerprint
 from vqdeploy.runtime.backends.torch_backend import TorchTransformer
-from vqdeploy.runtime.decoding import HostDecoding, generate as loop
+from vqdeploy.runtime.decoding import HostDecoding
+from vqdeploy.runtime.decoding import generate as loop
 from vqdeploy.runtime.sampling import SamplingParams, filtered_probs
 
 pytestmark = needs_reference

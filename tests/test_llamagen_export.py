@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from llamagen_ref import CLI_OPTIONS, GPT, OPTIONS, needs_reference, reference
+from llamagen_ref import GPT, OPTIONS, needs_reference, reference
 
 from vqdeploy.artifacts import Artifacts, read_manifest
 from vqdeploy.cli import main
 from vqdeploy.errors import InputError
-from vqdeploy.runtime.generation import Generator, Request, Rows
+from vqdeploy.runtime.generation import Request, Rows
 from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.sampling import SamplingParams
 from vqdeploy.serve.batcher import Batcher
@@ -213,3 +213,37 @@ def test_build_trt_for_sm86(art, tmp_path) -> None:
     assert logits["min"][0] == 2 and logits["max"][0] == 8  # batch*2 for 1..4 samples
     assert engines["transformer"]["profile_order"] == ["prefill", "step"]
     assert (copy / "engines" / "guided_sampler.engine").stat().st_size > 0
+
+
+def test_jacobi_decoding_samples_unguided_and_refuses_guidance(art, pipes, tmp_path) -> None:
+    """Jacobi decoding runs LlamaGen unguided (greedy: the sequential loop's tokens) and refuses classifier-free
+    guidance with one line wherever it is asked for (library, run, bench, serve) instead of sampling unguided."""
+    jacobi = Pipeline(pipes["onnxruntime"].backend, read_manifest(art), "host", "jacobi", 8)
+    np.testing.assert_array_equal(jacobi(class_id=3, num_samples=2, top_k=1).tokens,
+                                  pipes["onnxruntime"](class_id=3, num_samples=2, top_k=1).tokens)
+    assert jacobi.generator.jacobi_stats.tokens_per_call > 1
+    refusal = r"--decoding jacobi does not support classifier-free guidance \(cfg_scale 2\)"
+    with pytest.raises(InputError, match=refusal):
+        jacobi(class_id=3, cfg_scale=2.0)
+    res = CliRunner().invoke(main, ["run", "--artifacts", str(art), "--class", "3", "--cfg-scale", "2", "--decoding",
+                                    "jacobi", "--out", str(tmp_path / "j.png")])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code != 0 and len(lines) == 1, res.output
+    assert lines[0] == ("error: --decoding jacobi does not support classifier-free guidance (--cfg-scale 2): use "
+                        "--decoding sequential, or --cfg-scale 1")
+    from vqdeploy.bench.benchmark import run_bench
+
+    with pytest.raises(InputError, match=r"does not support classifier-free guidance \(--cfg-scale 4\)"):
+        run_bench(art, "onnxruntime", None, 1, 1, False, tmp_path / "bench.json", None, log=lambda m: None,
+                  decoding="jacobi", params=SamplingParams(1.0, 100, None, cfg_scale=4.0))
+    httpx = pytest.importorskip("httpx")
+    from serve_support import running
+
+    from vqdeploy.serve.app import create_app
+
+    with running(create_app(jacobi)) as url:
+        r = httpx.post(f"{url}/v1/generate", json={"class_id": 3, "cfg_scale": 2}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["field"] == "cfg_scale", r.text
+        assert "does not support classifier-free guidance" in r.json()["error"]["message"]
+        r = httpx.post(f"{url}/v1/generate", json={"class_id": 3, "top_k": 1}, timeout=60)
+        assert r.status_code == 200, r.text

@@ -320,6 +320,10 @@ class Routes:
             server.metrics.rejected.labels("client_abort").inc()
             raise
         req = parse_fields(fields, server.info, server.config.max_samples, server.config.max_pixels)
+        try:  # what this server's pipeline can sample (e.g. no guidance with --decoding jacobi), before queueing
+            server.pipeline.generator.check_params(req.params)
+        except InputError as e:
+            raise FieldError("cfg_scale", str(e)) from None
         await run_in_threadpool(read_condition, data, req, server.info, server.config.max_pixels)
         call = Call(server, req)
         try:
