@@ -129,6 +129,19 @@ def demo_export(shared) -> Path:
     return shared("demo-fp32", lambda out: export(DEMO_CKPT, out, log=lambda m: None))
 
 
+@pytest.fixture(scope="session")
+def llamagen_export(shared) -> Path:
+    """The shared LlamaGen reference pair (``../shared/reference/llamagen_c2i``: a tiny random c2i GPT and its VQ
+    tokenizer) exported once per session (fp32, parity checked, guided sampler graph): a shared, read-only dir."""
+    from llamagen_ref import GPT, OPTIONS, REFERENCE
+
+    from vqdeploy.export.exporter import export
+
+    if not REFERENCE.is_dir():
+        pytest.skip(f"needs {REFERENCE}")
+    return shared("llamagen-c2i-fp32", lambda out: export(GPT, out, family_options=OPTIONS, log=lambda m: None))
+
+
 SCENE_RUN = ROOT.parent / "shared" / "reference" / "scene_bbox"
 
 

@@ -1,7 +1,8 @@
 """The C++ runtime (``cpp/``, issue 21) against Python: one CMake build per session (and an
 AddressSanitizer + UndefinedBehaviorSanitizer build beside it), then the same tokens as Python for
 the same seed on the demo, a class-conditional, a permuted unconditional, a label-map and an
-object-layout model; tampered artifacts and bad inputs refused with one line; the TensorRT
+object-layout model; tampered artifacts, bad inputs and what it does not sample (another model family,
+LlamaGen; a guided sampler graph) refused with one line; the TensorRT
 backend compiled and linked; the README's "Embedding in C++" app built against the installed package.
 
 Python is driven through its public surface only (``vqdeploy.Pipeline``, ``vqdeploy.SamplingParams``,
@@ -529,6 +530,11 @@ TAMPERED = {
                           "model.permuter.order: not a permutation"),
     "missing cache tensor": (_manifest_edit(lambda m: m["graphs"]["transformer"]["inputs"].pop(3)),
                              "expected 'cache.0.value'"),
+    # what this runtime does not sample is refused, not sampled with the wrong rules (see test_llamagen_is_refused)
+    "another family": (_manifest_edit(lambda m: m["model"].update(family="llamagen")),
+                       "model.family: model family", "is not supported by this vqdeploy-cpp (taming models only)"),
+    "guided sampler graph": (_manifest_edit(lambda m: m["graphs"].update(guided_sampler=m["graphs"]["sampler"])),
+                             "guided_sampler: classifier-free guidance is not supported by this vqdeploy-cpp"),
 }
 
 
@@ -537,11 +543,19 @@ def test_tampered_artifacts_are_one_error_line(cpp: Builds, demo_export: Path, t
     """Each with the normal build and the sanitizer build: one line, never a crash (and no sanitizer report)."""
     art = tmp_path / "art"
     shutil.copytree(demo_export, art)
-    change, needle = TAMPERED[case]
+    change, *needles = TAMPERED[case]
     change(art)
     for exe in (cpp.exe, cpp.asan_exe):
         one_error_line(run_cpp(exe, SKETCH, "--artifacts", art, "--device", "cpu", "--out", tmp_path / "o" / "s.png"),
-                       needle)
+                       *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_llamagen_is_refused(cpp: Builds, llamagen_export: Path, tmp_path: Path) -> None:
+    """A LlamaGen export (its graphs keep the tensor contract, but it is sampled with classifier-free guidance, which
+    this runtime does not implement): one line naming the family, no image."""
+    r = run_cpp(cpp.exe, "--class", 3, "--artifacts", llamagen_export, "--out", tmp_path / "o" / "s.png")
+    one_error_line(r, "model.family", "\"llamagen\" is not supported by this vqdeploy-cpp")
     assert not (tmp_path / "o").exists()
 
 

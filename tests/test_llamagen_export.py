@@ -4,9 +4,10 @@ the one path (library, ``run``, ``serve``'s batcher, ``bench``), the same tokens
 to the vocabulary with the guided sampler graph, TensorRT-RTX engines (SM86, ahead of time), and taming models
 refusing ``--cfg-scale``.
 
-The fp32 export is made once per session (``shared``); measured at export (ONNX Runtime CPU vs torch): indices
-identical, decoder max |diff| 8.5e-6, teacher-forced and step logits max |diff| 8.6e-6 (bound 1.3e-3), greedy tokens
-with and without guidance identical, both sampler graphs 0 differing draws.
+The fp32 export is made once per session (``llamagen_export`` in conftest.py); measured at export (ONNX Runtime CPU
+vs torch): indices identical, decoder max |diff| 8.5e-6, teacher-forced and step logits max |diff| 8.6e-6 (bound
+1.3e-3), greedy tokens with and without guidance identical, both sampler graphs 0 differing draws. Jacobi decoding
+samples it unguided and refuses guidance.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from llamagen_ref import GPT, OPTIONS, needs_reference, reference
+from llamagen_ref import needs_reference, reference
 
 from vqdeploy.artifacts import Artifacts, read_manifest
 from vqdeploy.cli import main
@@ -44,10 +45,8 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def art(shared):
-    from vqdeploy.export.exporter import export
-
-    return shared("llamagen-c2i-fp32", lambda out: export(GPT, out, family_options=OPTIONS, log=lambda m: None))
+def art(llamagen_export):
+    return llamagen_export  # conftest.py: exported once per session (test_cpp.py refuses it too)
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,8 @@ def test_library_takes_params_as_a_mapping_or_keywords(pipe) -> None:
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_array_equal(a.tokens, c.tokens)
     assert not np.array_equal(a.tokens, d.tokens)
-    with pytest.raises(InputError, match=r"params: unknown field 'temp' \(temperature, top_k, top_p\)"):
+    fields = r"\(temperature, top_k, top_p, cfg_scale, cfg_interval\)"
+    with pytest.raises(InputError, match=r"params: unknown field 'temp' " + fields):
         pipe(str(SKETCH), params={"temp": 0.5})
 
 

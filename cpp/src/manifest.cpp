@@ -477,6 +477,13 @@ Manifest read_manifest(const std::string& directory) {
 
   // --- structure (manifest_schema.MANIFEST) ---
   Node model = root.at("model");
+  if (auto family = model.get("family")) {
+    // the family this runtime samples: taming's (manifests before families name none). Another family's graphs may
+    // keep the tensor contract, but not its sampling rules (LlamaGen: classifier-free guidance): refused, not guessed
+    if (!family->equals(std::string("taming")))
+      artifact_error(family->where() + ": model family " + family->describe().substr(0, 64) +
+                     " is not supported by this vqdeploy-cpp (taming models only); sample it with Python's vqdeploy run");
+  }
   m.kind = model.at("kind").one_of({"vqgan", "net2net"});
   m.first_stage = parse_vq(model.at("first_stage"), true);
   if (m.kind == "net2net") {
@@ -510,6 +517,9 @@ Manifest read_manifest(const std::string& directory) {
       artifact_error(graphs.where() + ": refused name '" + name.substr(0, 64) + "': expected a plain identifier (letters, digits, _)");
     m.graphs[name] = parse_graph(name, graphs.at(name));
   }
+  if (m.graphs.count("guided_sampler") != 0)  // a model sampled with classifier-free guidance, which is not implemented here
+    artifact_error(graphs.where() + ".guided_sampler: classifier-free guidance is not supported by this vqdeploy-cpp; "
+                   "sample this model with Python's vqdeploy run");
   if (auto sampling = root.get("sampling")) {
     if (!sampling->is_object()) sampling->fail("an object");
     if (auto gen = sampling->get("noise_generator")) {
