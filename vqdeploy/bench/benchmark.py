@@ -410,9 +410,9 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
     log(f"batch {result['num_samples']}" + (" with classifier-free guidance (two transformer rows per sample; tokens/s "
                                             "counts the samples' tokens)" if guided else "")
         + f", medians of {result['repeats']} runs after a warm-up (min-max: token ms over those runs). token ms: one "
-        f"token after the prefill (draw + cached step). x upstream: tokens/s over upstream's sampler (the "
-        f"'{result.get('reference_row', REFERENCE)}' row: the codebase's own, PyTorch fp32, CPU). x torch: over PyTorch "
-        "eager fp32 with a KV cache on the same device"
+        f"token after the prefill (draw + cached step). x upstream: tokens/s over upstream's sampler ("
+        + (f"the '{result.get('reference_row', REFERENCE)}' row: " if ref else "")  # named where it ran
+        + "the codebase's own, PyTorch fp32, CPU). x torch: over PyTorch eager fp32 with a KV cache on the same device"
         + (f" (the artifacts are {result['precision']}: precisions differ)" if result["precision"] != "fp32" else "")
         + ". token/floor: token ms over the time that row's transformer weights take to stream once.")
     log(f"host memory bandwidth {result['host_memory_bandwidth_GBps']:.1f} GB/s; transformer weights "
