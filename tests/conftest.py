@@ -74,6 +74,7 @@ def copy_artifacts(src: Path, dst: Path) -> Path:
 LONGEST_FIRST = ("test_container_image.py", "test_export.py", "test_cpp.py", "test_quantize.py", "test_trt_build.py",
                  "test_newcomer.py", "test_untrusted_artifacts.py", "test_untrusted_inputs.py", "test_scene.py",
                  "test_cli_errors.py", "test_docker.py", "test_untrusted_config_checkpoint.py", "test_jacobi.py",
+                 "test_llamagen_export.py",
                  "test_newcomer_two.py", "test_parity_checks.py", "test_demo.py", "test_upstream_parity.py")
 
 
