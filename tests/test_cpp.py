@@ -1,9 +1,9 @@
 """The C++ runtime (``cpp/``, issue 21) against Python: one CMake build per session (and an
 AddressSanitizer + UndefinedBehaviorSanitizer build beside it), then the same tokens as Python for
 the same seed on the demo, a class-conditional, a permuted unconditional, a label-map and an
-object-layout model; tampered artifacts, bad inputs and what it does not sample (another model family,
-LlamaGen; a guided sampler graph) refused with one line; the TensorRT
-backend compiled and linked; the README's "Embedding in C++" app built against the installed package.
+object-layout model, and the LlamaGen export with and without classifier-free guidance (host and guided sampler
+graph); tampered artifacts, bad inputs and what it does not sample (another model family) refused with one line;
+the TensorRT backend compiled and linked; the README's "Embedding in C++" app built against the installed package.
 
 Python is driven through its public surface only (``vqdeploy.Pipeline``, ``vqdeploy.SamplingParams``,
 the ``vqdeploy`` command line and the fixtures of conftest.py). Skips, with the reason, only where
@@ -204,8 +204,12 @@ def python_tokens(artifacts: Path, condition: object, n: int, seed: int, params:
 
 
 def as_flags(params: tuple) -> list[str]:
-    temperature, top_k, top_p = params
-    return ["--temperature", repr(temperature), "--top-k", str(top_k)] + ([] if top_p is None else ["--top-p", repr(top_p)])
+    """(temperature, top_k, top_p[, cfg_scale, cfg_interval]) as `run`'s options."""
+    temperature, top_k, top_p, *cfg = params
+    flags = ["--temperature", repr(temperature), "--top-k", str(top_k)] + ([] if top_p is None else ["--top-p", repr(top_p)])
+    if cfg:
+        flags += ["--cfg-scale", repr(cfg[0]), "--cfg-interval", str(cfg[1])]
+    return flags
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -449,6 +453,12 @@ def _manifest_edit(change):
     return apply
 
 
+def _llamagen_edit(change):
+    apply = _manifest_edit(change)
+    apply.llamagen = True  # applied to a copy of the LlamaGen export
+    return apply
+
+
 def _sha(path: Path) -> str:
     import hashlib
 
@@ -530,33 +540,131 @@ TAMPERED = {
                           "model.permuter.order: not a permutation"),
     "missing cache tensor": (_manifest_edit(lambda m: m["graphs"]["transformer"]["inputs"].pop(3)),
                              "expected 'cache.0.value'"),
-    # what this runtime does not sample is refused, not sampled with the wrong rules (see test_llamagen_is_refused)
-    "another family": (_manifest_edit(lambda m: m["model"].update(family="llamagen")),
-                       "model.family: model family", "is not supported by this vqdeploy-cpp (taming models only)"),
-    "guided sampler graph": (_manifest_edit(lambda m: m["graphs"].update(guided_sampler=m["graphs"]["sampler"])),
-                             "guided_sampler: classifier-free guidance is not supported by this vqdeploy-cpp"),
+    # a family whose sampling rules this runtime does not know is refused, not sampled with the wrong rules
+    "another family": (_manifest_edit(lambda m: m["model"].update(family="maskgit")),
+                       "model.family: model family \"maskgit\"",
+                       "is not supported by this vqdeploy-cpp (taming and llamagen models only)"),
+    "null class among the classes": (_llamagen_edit(lambda m: m["model"]["conditioning"].update(null_class=3)),
+                                     "model.conditioning.null_class: 3 is one of the 10 classes"),
 }
 
 
 @pytest.mark.parametrize("case", TAMPERED)
-def test_tampered_artifacts_are_one_error_line(cpp: Builds, demo_export: Path, tmp_path: Path, case: str) -> None:
+def test_tampered_artifacts_are_one_error_line(cpp: Builds, demo_export: Path, request: pytest.FixtureRequest,
+                                               tmp_path: Path, case: str) -> None:
     """Each with the normal build and the sanitizer build: one line, never a crash (and no sanitizer report)."""
     art = tmp_path / "art"
-    shutil.copytree(demo_export, art)
     change, *needles = TAMPERED[case]
+    llamagen = getattr(change, "llamagen", False)  # an edit of the LlamaGen export (class-conditional: --class)
+    shutil.copytree(request.getfixturevalue("llamagen_export") if llamagen else demo_export, art)
     change(art)
+    condition = ["--class", 3] if llamagen else [SKETCH]
     for exe in (cpp.exe, cpp.asan_exe):
-        one_error_line(run_cpp(exe, SKETCH, "--artifacts", art, "--device", "cpu", "--out", tmp_path / "o" / "s.png"),
-                       *needles)
+        one_error_line(run_cpp(exe, *condition, "--artifacts", art, "--device", "cpu", "--out",
+                               tmp_path / "o" / "s.png"), *needles)
     assert not (tmp_path / "o").exists()
 
 
-def test_llamagen_is_refused(cpp: Builds, llamagen_export: Path, tmp_path: Path) -> None:
-    """A LlamaGen export (its graphs keep the tensor contract, but it is sampled with classifier-free guidance, which
-    this runtime does not implement): one line naming the family, no image."""
-    r = run_cpp(cpp.exe, "--class", 3, "--artifacts", llamagen_export, "--out", tmp_path / "o" / "s.png")
-    one_error_line(r, "model.family", "\"llamagen\" is not supported by this vqdeploy-cpp")
-    assert not (tmp_path / "o").exists()
+# --- LlamaGen: classifier-free guidance --------------------------------------------------------------------------
+# (temperature, top_k, top_p, cfg_scale, cfg_interval): unguided, guided every token, guided for the first tokens only
+LLAMAGEN_SETTINGS = {"unguided": (1.0, 50, None, 1.0, -1), "guided": (1.0, 50, None, 4.0, -1),
+                     "guided interval": (0.9, 50, 0.9, 4.0, 5)}
+
+
+@pytest.mark.parametrize("setting", LLAMAGEN_SETTINGS)
+def test_llamagen_tokens_equal_pythons(cpp: Builds, llamagen_export: Path, tmp_path: Path, setting: str) -> None:
+    """The LlamaGen export (class token + null class, guided_sampler graph): vqdeploy-cpp's tokens are Python's for 2
+    seeds (the largest included), 5 samples (a guided batch holds 4 samples of the export's 8 rows: 4 + 1), with the
+    host sampler and the guided sampler graph."""
+    params = LLAMAGEN_SETTINGS[setting]
+    for seed in (0, 2**63 - 1):
+        ours = cpp_tokens(cpp.exe, llamagen_export, tmp_path, "--class", 3, "--seed", seed, "--num-samples", 5,
+                          *as_flags(params))
+        np.testing.assert_array_equal(ours, python_tokens(llamagen_export, None, 5, seed, params, class_id=3),
+                                      err_msg=f"{setting} seed {seed}")
+    graph = cpp_tokens(cpp.exe, llamagen_export, tmp_path, "--class", 7, "--seed", 1, "--num-samples", 2, "--sampler",
+                       "graph", *as_flags(params))
+    np.testing.assert_array_equal(graph, python_tokens(llamagen_export, None, 2, 1, params, sampler="graph",
+                                                       class_id=7), err_msg=f"{setting} graph sampler")
+
+
+def test_llamagen_guidance_rules(cpp: Builds, llamagen_export: Path, tmp_path: Path) -> None:
+    """--cfg-scale 1 (and no --cfg-scale) is unguided; guidance changes the tokens; --cfg-interval counts as Python's
+    (the first N + 2 tokens guided); greedy guided tokens on the host and the graph sampler agree."""
+    def tokens(*args: object) -> np.ndarray:
+        return cpp_tokens(cpp.exe, llamagen_export, tmp_path, "--class", 5, "--seed", 4, "--num-samples", 2, *args)
+
+    plain = tokens("--top-k", 50)
+    np.testing.assert_array_equal(tokens("--top-k", 50, "--cfg-scale", 1), plain)
+    np.testing.assert_array_equal(tokens("--top-k", 50, "--cfg-scale", 1, "--cfg-interval", 3), plain)
+    guided = tokens("--top-k", 50, "--cfg-scale", 4)
+    assert (guided != plain).any()
+    for n in (0, 10):
+        params = (1.0, 50, None, 4.0, n)
+        np.testing.assert_array_equal(tokens(*as_flags(params)),
+                                      python_tokens(llamagen_export, None, 2, 4, params, class_id=5))
+    greedy = tokens("--top-k", 1, "--cfg-scale", 2.5)
+    np.testing.assert_array_equal(tokens("--top-k", 1, "--cfg-scale", 2.5, "--sampler", "graph"), greedy)
+    np.testing.assert_array_equal(greedy, python_tokens(llamagen_export, None, 2, 4, (1.0, 1, None, 2.5, -1),
+                                                        class_id=5))
+
+
+def test_llamagen_images_equal_vqdeploy_runs(cpp: Builds, llamagen_export: Path, tmp_path: Path) -> None:
+    """Guided, with an interval, 3 samples: the PNGs' pixels equal `vqdeploy run`'s; --json names the guidance as
+    `vqdeploy run --json` does; the sanitizer build (host and guided sampler graph) gives the same tokens, clean."""
+    args = ["--class", 2, "--seed", 11, "--num-samples", 3, "--top-k", 100, "--cfg-scale", 4, "--cfg-interval", 20]
+    r = run_cpp(cpp.exe, *args, "--artifacts", llamagen_export, "--out", tmp_path / "cpp" / "s.png", "--json")
+    assert r.returncode == 0, r.stderr
+    py = subprocess.run([sys.executable, "-m", "vqdeploy", "run", *map(str, args), "--artifacts", str(llamagen_export),
+                         "--backend", "onnxruntime", "--out", str(tmp_path / "py" / "s.png"), "--json"],
+                        check=False, capture_output=True, text=True, timeout=300)
+    assert py.returncode == 0, py.stderr
+    assert json.loads(r.stdout)["sampling"] == json.loads(py.stdout)["sampling"]
+    pngs = sorted((tmp_path / "py").glob("*.png"))
+    assert len(pngs) == 3
+    for f in pngs:
+        np.testing.assert_array_equal(pixels(tmp_path / "cpp" / f.name), pixels(f), err_msg=f.name)
+    for sampler in ("host", "graph"):
+        run = [*args[:4], "--num-samples", 2, "--top-p", "0.9", "--cfg-scale", 3, "--cfg-interval", 7,
+               "--sampler", sampler]
+        r = run_cpp(cpp.asan_exe, *run, "--artifacts", llamagen_export, "--out", tmp_path / "a.png", "--tokens-out",
+                    tmp_path / "a.json")
+        assert r.returncode == 0, r.stderr[-4000:]
+        assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr[-4000:]
+        assert json.loads((tmp_path / "a.json").read_text())["tokens"] == \
+            cpp_tokens(cpp.exe, llamagen_export, tmp_path, *run).tolist()
+
+
+def test_llamagen_refusals_are_one_error_line(cpp: Builds, llamagen_export: Path, tmp_path: Path) -> None:
+    """What vqdeploy-cpp does not do with a LlamaGen export is one line, as in Python: bad guidance options, a guided
+    batch beyond one row (max_batch 1), the guided graph sampler without its graph."""
+    out = tmp_path / "o" / "s.png"
+    cases = {("--cfg-scale", "0.5"): "--cfg-scale must be >= 1.0, got 0.5",
+             ("--cfg-scale", "nan"): "--cfg-scale must be a finite number",
+             ("--cfg-scale", "1001"): "--cfg-scale must be <= 1000.0",
+             ("--cfg-interval", "3"): "--cfg-interval applies to guided sampling: pass --cfg-scale S too",
+             ("--cfg-scale", "2", "--cfg-interval", "-2"): "--cfg-interval must be in -1..65536, got -2",
+             ("--cfg-scale", "2", "--cfg-interval", "x"): "is not a valid integer"}
+    for args, needle in cases.items():
+        one_error_line(run_cpp(cpp.exe, "--class", 3, "--artifacts", llamagen_export, *args, "--out", out), needle)
+    art = tmp_path / "art"
+    shutil.copytree(llamagen_export, art)
+    _manifest_edit(lambda m: m["graphs"].pop("guided_sampler"))(art)
+    one_error_line(run_cpp(cpp.exe, "--class", 3, "--artifacts", art, "--cfg-scale", "2", "--sampler", "graph", "--out",
+                           out), "--sampler graph with --cfg-scale needs a guided_sampler graph")
+    assert run_cpp(cpp.exe, "--class", 3, "--artifacts", art, "--cfg-scale", "2", "--out", out).returncode == 0
+    shutil.rmtree(out.parent)
+
+    def one_row(m: dict) -> None:
+        for g in m["graphs"].values():
+            if "batch" in g.get("dims", {}):
+                g["dims"]["batch"].update(min=1, opt=1, max=1)
+        m["max_batch"] = 1
+
+    _manifest_edit(one_row)(art)
+    one_error_line(run_cpp(cpp.exe, "--class", 3, "--artifacts", art, "--cfg-scale", "2", "--out", out),
+                   "a guided sample runs two transformer rows, and this backend's batch limit is 1")
+    assert not out.parent.exists()
 
 
 def test_another_models_manifest_and_good_external_data(cpp: Builds, demo_export: Path, exported, tmp_path: Path) -> None:
@@ -590,6 +698,7 @@ def test_bad_inputs_and_options_are_one_error_line(cpp: Builds, demo_export: Pat
         ("--seed", str(2**63)): "--seed must be in 0..9223372036854775807",
         ("--num-samples", "0"): "--num-samples must be in 1..4096",
         ("--class", "1"): "--class is for class-conditional models",
+        ("--cfg-scale", "2"): "--cfg-scale: this model (image condition) has no null condition",
         ("--size", "128"): "samples the trained size 64x64 only",
         ("--backend", "torch"): "the torch backend is Python's",
         ("--backend", "tensorrt", "--device", "cpu"): "tensorrt",

@@ -165,46 +165,81 @@ Buffer& KVTransformer::run(void* tokens, std::int64_t t) {
   return logits;
 }
 
+// --- guidance rows -------------------------------------------------------------------------------
+RowPlan::RowPlan(std::int64_t batch, const SamplingParams& params, std::vector<std::int64_t> null)
+    : samples(batch), rows(batch) {
+  if (!params.guided()) return;
+  if (null.empty()) input_error("--cfg-scale: this model has no null condition, so it cannot be guided");
+  null_tokens = std::move(null);
+  rows = 2 * batch;
+}
+
+std::vector<std::int64_t> RowPlan::prompt(const std::vector<std::int64_t>& prompt, std::int64_t length) const {
+  if (!guided()) return prompt;
+  const auto tc = static_cast<std::int64_t>(null_tokens.size());
+  if (length < tc) input_error("a guided prompt needs the " + std::to_string(tc) + " condition tokens first");
+  std::vector<std::int64_t> out(static_cast<std::size_t>(rows * length));
+  std::copy(prompt.begin(), prompt.end(), out.begin());  // the conditional rows
+  for (std::int64_t b = 0; b < samples; ++b) {  // the null rows: the null condition, then the same image tokens
+    auto* row = out.data() + (samples + b) * length;
+    std::copy(null_tokens.begin(), null_tokens.end(), row);
+    std::copy_n(prompt.data() + b * length + tc, length - tc, row + tc);
+  }
+  return out;
+}
+
 // --- host sampler ----------------------------------------------------------------------------------
 HostDecoding::HostDecoding(KVTransformer& kv, const SamplingParams& params, std::vector<double> noise,
-                           std::int64_t batch, std::int64_t steps)
+                           std::int64_t batch, std::int64_t steps, std::vector<std::int64_t> null_tokens)
     : kv_(kv), params_(params), noise_(std::move(noise)), batch_(batch), steps_(steps),
-      out_(static_cast<std::size_t>(batch * steps)), logits_(static_cast<std::size_t>(batch * kv.vocab())) {}
+      plan_(batch, params, std::move(null_tokens)), out_(static_cast<std::size_t>(batch * steps)),
+      logits_(static_cast<std::size_t>(plan_.rows * kv.vocab())) {
+  if (plan_.guided()) guided_.resize(static_cast<std::size_t>(kv.vocab()));
+}
 
 void HostDecoding::fetch(Buffer& logits, std::int64_t t) {
-  const std::int64_t v = kv_.vocab();
+  const std::int64_t v = kv_.vocab(), rows = plan_.rows;
   Memory& mem = kv_.backend().memory();
   const float* src;
   if (mem.on_device()) {
-    staging_.resize(static_cast<std::size_t>(batch_ * t * v));
+    staging_.resize(static_cast<std::size_t>(rows * t * v));
     mem.download(staging_.data(), logits.get(), staging_.size() * sizeof(float));
     src = staging_.data();
   } else {
     src = static_cast<const float*>(logits.get());
   }
-  for (std::int64_t b = 0; b < batch_; ++b)  // the last position of each row
+  for (std::int64_t b = 0; b < rows; ++b)  // the last position of each row
     std::copy_n(src + (b * t + t - 1) * v, v, logits_.data() + b * v);
 }
 
 void HostDecoding::prefill(const std::vector<std::int64_t>& prompt, std::int64_t length) {
-  kv_.reset(batch_);
-  Buffer* tok = kv_.io_buffers(batch_, length).first;
-  kv_.backend().memory().upload(tok->get(), prompt.data(), prompt.size() * sizeof(std::int64_t));
+  const std::vector<std::int64_t> rows = plan_.prompt(prompt, length);
+  kv_.reset(plan_.rows);
+  Buffer* tok = kv_.io_buffers(plan_.rows, length).first;
+  kv_.backend().memory().upload(tok->get(), rows.data(), rows.size() * sizeof(std::int64_t));
   fetch(kv_.run(tok->get(), length), length);
 }
 
 void HostDecoding::draw() {
   const std::int64_t v = kv_.vocab();
-  for (std::int64_t b = 0; b < batch_; ++b)
+  const bool guided = plan_.guided() && params_.guided_at(drawn_);
+  for (std::int64_t b = 0; b < batch_; ++b) {
+    const float* logits = logits_.data() + b * v;  // the sample's conditional row
+    if (guided) {  // sampling.guide(cond, uncond, cfg_scale): its null row is batch_ rows on
+      guide(logits, logits_.data() + (batch_ + b) * v, v, params_.cfg_scale, guided_.data());
+      logits = guided_.data();
+    }
     out_[static_cast<std::size_t>(b * steps_ + drawn_)] =
-        next_token(logits_.data() + b * v, v, noise_[static_cast<std::size_t>(drawn_ * batch_ + b)], params_, scratch_);
+        next_token(logits, v, noise_[static_cast<std::size_t>(drawn_ * batch_ + b)], params_, scratch_);
+  }
   ++drawn_;
 }
 
 void HostDecoding::extend() {
-  Buffer* tok = kv_.io_buffers(batch_, 1).first;
-  std::vector<std::int64_t> last(static_cast<std::size_t>(batch_));
-  for (std::int64_t b = 0; b < batch_; ++b) last[static_cast<std::size_t>(b)] = out_[static_cast<std::size_t>(b * steps_ + drawn_ - 1)];
+  Buffer* tok = kv_.io_buffers(plan_.rows, 1).first;
+  std::vector<std::int64_t> last(static_cast<std::size_t>(plan_.rows));  // RowPlan.feed: every row of a sample
+  for (std::int64_t r = 0; r < plan_.rows; ++r)
+    last[static_cast<std::size_t>(r)] = out_[static_cast<std::size_t>((r % batch_) * steps_ + drawn_ - 1)];
   kv_.backend().memory().upload(tok->get(), last.data(), last.size() * sizeof(std::int64_t));
   fetch(kv_.run(tok->get(), 1), 1);
 }
@@ -218,15 +253,17 @@ std::vector<std::int64_t> HostDecoding::tokens() {
 
 // --- sampler graph ---------------------------------------------------------------------------------
 GraphDecoding::GraphDecoding(KVTransformer& kv, const SamplingParams& params, const std::vector<double>& noise,
-                             std::int64_t batch, std::int64_t steps)
-    : kv_(kv), sampler_(kv.backend().executor("sampler")), batch_(batch), steps_(steps),
-      fixed_(kv.backend().fixed_step_buffers()) {
+                             std::int64_t batch, std::int64_t steps, std::vector<std::int64_t> null_tokens)
+    : kv_(kv), params_(params), plan_(batch, params, std::move(null_tokens)),
+      sampler_(kv.backend().executor(plan_.guided() ? "guided_sampler" : "sampler")), batch_(batch),
+      rows_(plan_.rows), steps_(steps), fixed_(kv.backend().fixed_step_buffers()) {
   Memory& mem = kv.backend().memory();
-  // sampler_inputs: a filter that is off is top_k = vocab, top_p = 1
+  // sampler_inputs: a filter that is off is top_k = vocab, top_p = 1; a guided setting adds cfg_scale
   const float temperature = static_cast<float>(params.temperature);
   const std::int64_t top_k = std::min(params.top_k.value_or(kv.vocab()), kv.vocab());
   const float top_p = static_cast<float>(params.top_p.value_or(1.0));
-  setting_buffers_.reserve(3);
+  const float cfg_scale = static_cast<float>(params.cfg_scale);
+  setting_buffers_.reserve(4);
   auto add = [&](const char* name, DType t, const void* value) {
     setting_buffers_.emplace_back(mem, dtype_size(t));
     mem.upload(setting_buffers_.back().get(), value, dtype_size(t));
@@ -235,45 +272,51 @@ GraphDecoding::GraphDecoding(KVTransformer& kv, const SamplingParams& params, co
   add("temperature", DType::Float32, &temperature);
   add("top_k", DType::Int64, &top_k);
   add("top_p", DType::Float32, &top_p);
+  if (plan_.guided()) add("cfg_scale", DType::Float32, &cfg_scale);
   std::vector<float> u(noise.size());
   for (std::size_t i = 0; i < u.size(); ++i) u[i] = static_cast<float>(noise[i]);
   uniform_ = Buffer(mem, u.size() * sizeof(float));
   mem.upload(uniform_.get(), u.data(), u.size() * sizeof(float));
-  history_ = Buffer(mem, static_cast<std::size_t>(steps * batch) * sizeof(std::int64_t));
+  history_ = Buffer(mem, static_cast<std::size_t>(steps * rows_) * sizeof(std::int64_t));
 }
 
 void GraphDecoding::prefill(const std::vector<std::int64_t>& prompt, std::int64_t length) {
-  kv_.reset(batch_);
-  Buffer* tok = kv_.io_buffers(batch_, length).first;
-  kv_.backend().memory().upload(tok->get(), prompt.data(), prompt.size() * sizeof(std::int64_t));
+  const std::vector<std::int64_t> rows = plan_.prompt(prompt, length);
+  kv_.reset(rows_);
+  Buffer* tok = kv_.io_buffers(rows_, length).first;
+  kv_.backend().memory().upload(tok->get(), rows.data(), rows.size() * sizeof(std::int64_t));
   logits_ = &kv_.run(tok->get(), length);
   logits_t_ = length;
 }
 
 void GraphDecoding::draw() {
-  auto* history = static_cast<std::int64_t*>(history_.get()) + drawn_ * batch_;  // (B, 1) of this step
-  void* into = fixed_ ? kv_.io_buffers(batch_, 1).first->get() : static_cast<void*>(history);
-  std::vector<Binding> ins{{"logits", DType::Float32, {batch_, logits_t_, kv_.vocab()}, logits_->get()},
+  if (plan_.guided() && drawn_ > 0 && params_.guided_at(drawn_ - 1) && !params_.guided_at(drawn_)) {
+    const float one = 1.0f;  // guidance off from here on (cfg_interval): a scale of 1 draws from the cond rows
+    kv_.backend().memory().upload(setting_buffers_.back().get(), &one, sizeof one);
+  }
+  auto* history = static_cast<std::int64_t*>(history_.get()) + drawn_ * rows_;  // (R, 1) of this step
+  void* into = fixed_ ? kv_.io_buffers(rows_, 1).first->get() : static_cast<void*>(history);
+  std::vector<Binding> ins{{"logits", DType::Float32, {rows_, logits_t_, kv_.vocab()}, logits_->get()},
                            {"uniform", DType::Float32, {batch_}, static_cast<float*>(uniform_.get()) + drawn_ * batch_}};
   ins.insert(ins.end(), settings_.begin(), settings_.end());
-  sampler_.run(ins, {{"tokens", DType::Int64, {batch_, 1}, into}});
-  if (fixed_) kv_.backend().memory().copy(history, into, static_cast<std::size_t>(batch_) * sizeof(std::int64_t));
+  sampler_.run(ins, {{"tokens", DType::Int64, {rows_, 1}, into}});
+  if (fixed_) kv_.backend().memory().copy(history, into, static_cast<std::size_t>(rows_) * sizeof(std::int64_t));
   ++drawn_;
 }
 
 void GraphDecoding::extend() {
-  void* tok = fixed_ ? kv_.io_buffers(batch_, 1).first->get()
-                     : static_cast<void*>(static_cast<std::int64_t*>(history_.get()) + (drawn_ - 1) * batch_);
+  void* tok = fixed_ ? kv_.io_buffers(rows_, 1).first->get()
+                     : static_cast<void*>(static_cast<std::int64_t*>(history_.get()) + (drawn_ - 1) * rows_);
   logits_ = &kv_.run(tok, 1);
   logits_t_ = 1;
 }
 
 std::vector<std::int64_t> GraphDecoding::tokens() {
-  std::vector<std::int64_t> h(static_cast<std::size_t>(drawn_ * batch_));
+  std::vector<std::int64_t> h(static_cast<std::size_t>(drawn_ * rows_));
   kv_.backend().memory().download(h.data(), history_.get(), h.size() * sizeof(std::int64_t));
-  std::vector<std::int64_t> t(h.size());
-  for (std::int64_t k = 0; k < drawn_; ++k)
-    for (std::int64_t b = 0; b < batch_; ++b) t[static_cast<std::size_t>(b * drawn_ + k)] = h[static_cast<std::size_t>(k * batch_ + b)];
+  std::vector<std::int64_t> t(static_cast<std::size_t>(drawn_ * batch_));
+  for (std::int64_t k = 0; k < drawn_; ++k)  // the conditional rows: the samples' tokens
+    for (std::int64_t b = 0; b < batch_; ++b) t[static_cast<std::size_t>(b * drawn_ + k)] = h[static_cast<std::size_t>(k * rows_ + b)];
   return t;
 }
 

@@ -67,11 +67,24 @@ class Decoding {
   virtual std::vector<std::int64_t> tokens() = 0;  // (B, drawn)
 };
 
-// logits to the host, the C++ sampler (every backend); ``noise`` (steps, batch) uniforms
+// Classifier-free guidance's rows (vqdeploy/runtime/guidance.py RowPlan, one sampling setting): unguided, the
+// transformer rows are the B samples; guided, B conditional rows then B rows whose condition tokens are the null
+// condition's, each fed its sample's token.
+struct RowPlan {
+  std::int64_t samples = 0, rows = 0;
+  std::vector<std::int64_t> null_tokens;  // the null condition (Tc tokens); empty: unguided
+  RowPlan(std::int64_t batch, const SamplingParams& params, std::vector<std::int64_t> null);
+  bool guided() const { return !null_tokens.empty(); }
+  // (B, length) per-sample prompt -> (R, length) transformer rows
+  std::vector<std::int64_t> prompt(const std::vector<std::int64_t>& prompt, std::int64_t length) const;
+};
+
+// logits to the host, the C++ sampler (every backend); ``noise`` (steps, batch) uniforms; ``null_tokens``: the
+// condition's null tokens, which guided params need
 class HostDecoding : public Decoding {
  public:
   HostDecoding(KVTransformer& kv, const SamplingParams& params, std::vector<double> noise, std::int64_t batch,
-               std::int64_t steps);
+               std::int64_t steps, std::vector<std::int64_t> null_tokens = {});
   void prefill(const std::vector<std::int64_t>& prompt, std::int64_t length) override;
   void draw() override;
   void extend() override;
@@ -83,18 +96,21 @@ class HostDecoding : public Decoding {
   SamplingParams params_;
   std::vector<double> noise_;
   std::int64_t batch_, steps_, drawn_ = 0;
+  RowPlan plan_;
   std::vector<std::int64_t> out_;   // (B, steps)
-  std::vector<float> logits_;       // (B, V): the last position of each row
+  std::vector<float> logits_;       // (R, V): the last position of each transformer row
+  std::vector<float> guided_;       // (V): one sample's guided logits
   std::vector<float> staging_;      // device logits brought to the host
   SamplerScratch scratch_;
 };
 
-// the graph-only loop: transformer -> sampler graph -> transformer; logits and tokens stay in the
-// backend's memory, the tokens come back once (DeviceDecoding in the Python package)
+// the graph-only loop: transformer -> sampler graph (guided: guided_sampler, whose (2B, 1) tokens feed both rows of
+// each sample) -> transformer; logits and tokens stay in the backend's memory, the tokens come back once
+// (DeviceDecoding in the Python package)
 class GraphDecoding : public Decoding {
  public:
   GraphDecoding(KVTransformer& kv, const SamplingParams& params, const std::vector<double>& noise,
-                std::int64_t batch, std::int64_t steps);
+                std::int64_t batch, std::int64_t steps, std::vector<std::int64_t> null_tokens = {});
   void prefill(const std::vector<std::int64_t>& prompt, std::int64_t length) override;
   void draw() override;
   void extend() override;
@@ -102,11 +118,13 @@ class GraphDecoding : public Decoding {
 
  private:
   KVTransformer& kv_;
+  SamplingParams params_;
+  RowPlan plan_;
   Executor& sampler_;
-  std::int64_t batch_, steps_, drawn_ = 0, logits_t_ = 0;
+  std::int64_t batch_, rows_, steps_, drawn_ = 0, logits_t_ = 0;
   std::vector<Binding> settings_;
   std::vector<Buffer> setting_buffers_;
-  Buffer uniform_, history_;
+  Buffer uniform_, history_;  // history: (steps, R) tokens
   Buffer* logits_ = nullptr;
   bool fixed_;
 };

@@ -230,6 +230,11 @@ Conditioning parse_conditioning(const Node& n, std::int64_t vocab) {
     if (!t.equals(std::int64_t(1))) t.fail("one of 1");
     c.tokens = 1;
     require(c.n_classes <= vocab, where + ".n_classes", "over the vocabulary " + std::to_string(vocab));
+    if (auto null = n.get("null_class")) {  // the class a guided sample's second row is conditioned on (LlamaGen)
+      c.null_class = null->integer(1, kMaxVocab);
+      require(*c.null_class >= c.n_classes, where + ".null_class",
+              std::to_string(*c.null_class) + " is one of the " + std::to_string(c.n_classes) + " classes");
+    }
   } else if (c.kind == "sos") {
     c.sos_token = n.at("sos_token").integer(0, kMaxVocab - 1);
     Node t = n.at("tokens");
@@ -478,11 +483,16 @@ Manifest read_manifest(const std::string& directory) {
   // --- structure (manifest_schema.MANIFEST) ---
   Node model = root.at("model");
   if (auto family = model.get("family")) {
-    // the family this runtime samples: taming's (manifests before families name none). Another family's graphs may
-    // keep the tensor contract, but not its sampling rules (LlamaGen: classifier-free guidance): refused, not guessed
-    if (!family->equals(std::string("taming")))
+    // the families this runtime samples: taming's (also manifests before families, which name none) and LlamaGen's
+    // (the same graph contract; its classifier-free guidance is RowPlan's rule, below). Another family's sampling
+    // rules are not known here: refused, not guessed
+    if (family->equals(std::string("llamagen"))) {
+      m.family = "llamagen";
+    } else if (!family->equals(std::string("taming"))) {
       artifact_error(family->where() + ": model family " + family->describe().substr(0, 64) +
-                     " is not supported by this vqdeploy-cpp (taming models only); sample it with Python's vqdeploy run");
+                     " is not supported by this vqdeploy-cpp (taming and llamagen models only); sample it with "
+                     "Python's vqdeploy run");
+    }
   }
   m.kind = model.at("kind").one_of({"vqgan", "net2net"});
   m.first_stage = parse_vq(model.at("first_stage"), true);
@@ -517,9 +527,6 @@ Manifest read_manifest(const std::string& directory) {
       artifact_error(graphs.where() + ": refused name '" + name.substr(0, 64) + "': expected a plain identifier (letters, digits, _)");
     m.graphs[name] = parse_graph(name, graphs.at(name));
   }
-  if (m.graphs.count("guided_sampler") != 0)  // a model sampled with classifier-free guidance, which is not implemented here
-    artifact_error(graphs.where() + ".guided_sampler: classifier-free guidance is not supported by this vqdeploy-cpp; "
-                   "sample this model with Python's vqdeploy run");
   if (auto sampling = root.get("sampling")) {
     if (!sampling->is_object()) sampling->fail("an object");
     if (auto gen = sampling->get("noise_generator")) {

@@ -56,6 +56,33 @@ struct Pipeline::Impl {
     if (!enc.empty()) lim = std::min(lim, backend->max_batch(enc));
     return std::max<std::int64_t>(1, lim);
   }
+
+  // the condition's null tokens (a guided sample's second row), or none where the model cannot be guided
+  std::vector<std::int64_t> null_tokens() const {
+    if (manifest.conditioning.kind == "class" && manifest.conditioning.null_class) return {*manifest.conditioning.null_class};
+    return {};
+  }
+
+  // guided params need a model with a null condition (and, with the graph sampler, its guided_sampler graph)
+  void check_guidance(const SamplingParams& params) const {
+    check_guidance_option(manifest, params);
+    if (!params.guided()) return;
+    if (options.sampler == "graph" && !manifest.has_graph("guided_sampler"))
+      input_error("--sampler graph with --cfg-scale needs a guided_sampler graph (exported for models that can be "
+                  "guided, with --max-batch 2 or more); these artifacts have none: use --sampler host");
+  }
+
+  // samples of ``params`` per batch: a guided sample runs two transformer rows (Generator.batch_limit)
+  std::int64_t samples_per_batch(const SamplingParams& params) const {
+    check_guidance(params);
+    if (!params.guided()) return limit();
+    std::int64_t lim = limit() / 2;
+    if (options.sampler == "graph") lim = std::min(lim, backend->max_batch("guided_sampler"));
+    if (lim < 1)
+      input_error("--cfg-scale: a guided sample runs two transformer rows, and this backend's batch limit is " +
+                  std::to_string(limit()) + " (re-export with --max-batch 2 or more)");
+    return lim;
+  }
 };
 
 Pipeline::Pipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -95,13 +122,17 @@ std::vector<std::int64_t> Pipeline::sample(const std::vector<std::int64_t>& cond
   if (seed > static_cast<std::uint64_t>(INT64_MAX)) input_error("--seed must be in 0..9223372036854775807, got " + std::to_string(seed));
   if (batch < 1 || condition_tokens.size() != static_cast<std::size_t>(batch * m.cond_tokens))
     input_error("the condition tokens must be (batch, " + std::to_string(m.cond_tokens) + ")");
+  if (params.guided() && batch > impl_->samples_per_batch(params))
+    input_error(std::to_string(batch) + " guided samples exceed this backend's maximum " +
+                std::to_string(impl_->samples_per_batch(params)) + " (a guided sample runs two rows)");
   const std::int64_t steps = m.first_stage.latent_h * m.first_stage.latent_w;
   std::vector<double> noise = uniform_noise(seed, batch, steps, first_sample);
+  std::vector<std::int64_t> null = params.guided() ? impl_->null_tokens() : std::vector<std::int64_t>{};
   std::unique_ptr<Decoding> decoding;
   if (impl_->options.sampler == "graph")
-    decoding = std::make_unique<GraphDecoding>(*impl_->kv, params, noise, batch, steps);
+    decoding = std::make_unique<GraphDecoding>(*impl_->kv, params, noise, batch, steps, std::move(null));
   else
-    decoding = std::make_unique<HostDecoding>(*impl_->kv, params, std::move(noise), batch, steps);
+    decoding = std::make_unique<HostDecoding>(*impl_->kv, params, std::move(noise), batch, steps, std::move(null));
   std::vector<std::int64_t> seq = generate(*decoding, condition_tokens, m.cond_tokens, steps);
   if (!m.order) return seq;
   std::vector<std::int64_t> raster(seq.size());  // undo the permuter: sequence position k holds raster cell order[k]
@@ -128,12 +159,12 @@ Result Pipeline::run(const Request& req) {
     input_error("--num-samples must be in 1..4096, got " + std::to_string(req.num_samples));
   if (req.seed > static_cast<std::uint64_t>(INT64_MAX))
     input_error("--seed must be in 0..9223372036854775807, got " + std::to_string(req.seed));
+  const std::int64_t limit = impl_->samples_per_batch(req.params);  // checks guidance before any work
   const ConditionInput cond = read_condition(m, req.input, req.class_id, impl_->options.log);
   Result r;
   r.num_samples = req.num_samples;
   r.grid_h = m.first_stage.latent_h;
   r.grid_w = m.first_stage.latent_w;
-  const std::int64_t limit = impl_->limit();
   for (std::int64_t first = 0; first < req.num_samples; first += limit) {
     const std::int64_t n = std::min(limit, req.num_samples - first);
     auto t = std::chrono::steady_clock::now();
@@ -155,6 +186,12 @@ Result Pipeline::run(const Request& req) {
 
 void check_class_option(const Manifest& m, const std::optional<std::int64_t>& class_id) {
   check_class(m.conditioning, class_id);
+}
+
+void check_guidance_option(const Manifest& m, const SamplingParams& params) {
+  if (params.guided() && !(m.conditioning.kind == "class" && m.conditioning.null_class))
+    input_error("--cfg-scale: this model (" + m.conditioning.kind + " condition) has no null condition, so it cannot be "
+                "guided (classifier-free guidance needs a model trained with one, e.g. LlamaGen's class-to-image GPTs)");
 }
 
 Image grid_image(const std::vector<Image>& images) {

@@ -59,6 +59,21 @@ void SamplingParams::check() const {
     if (*top_p <= 0.0) input_error("--top-p must be > 0.0, got " + shown(*top_p));
     if (*top_p > 1.0) input_error("--top-p must be <= 1.0, got " + shown(*top_p));
   }
+  // limits.py MAX_CFG_SCALE, MAX_CFG_INTERVAL
+  if (!std::isfinite(cfg_scale)) input_error("--cfg-scale must be a finite number, got " + shown(cfg_scale));
+  if (cfg_scale < 1.0) input_error("--cfg-scale must be >= 1.0, got " + shown(cfg_scale));
+  if (cfg_scale > 1000.0) input_error("--cfg-scale must be <= 1000.0, got " + shown(cfg_scale));
+  if (cfg_interval < -1 || cfg_interval > (std::int64_t(1) << 16))
+    input_error("--cfg-interval must be in -1..65536, got " + std::to_string(cfg_interval));
+}
+
+void guide(const float* cond, const float* uncond, std::int64_t vocab, double scale, float* out) {
+  const auto s = static_cast<float>(scale);  // np.float32(scale); fp32 throughout, no contraction (-ffp-contract=off)
+  for (std::int64_t i = 0; i < vocab; ++i) {
+    const float diff = cond[i] - uncond[i];
+    const float scaled = diff * s;
+    out[i] = uncond[i] + scaled;
+  }
 }
 
 std::int64_t next_token(const float* logits, std::int64_t vocab, double u, const SamplingParams& params,

@@ -45,6 +45,12 @@ Options:
                             more than the vocabulary keeps all.  [default: 100]
   --top-p FLOAT             Nucleus sampling: the most likely tokens with mass
                             p, in (0, 1].
+  --cfg-scale FLOAT         Classifier-free guidance (models with a null class,
+                            e.g. LlamaGen): sample from uncond + (cond -
+                            uncond) * S, S > 1 (1 = off; LlamaGen samples with
+                            1.5-4).
+  --cfg-interval INTEGER    With --cfg-scale: guide the first N + 2 tokens only
+                            (LlamaGen's cfg_interval); -1 = all.
   --seed INTEGER            0 <= seed < 2^63; sample i of a seed is the same on
                             every backend and batch size.  [default: 0]
   --class INTEGER           Class id for class-conditional models.
@@ -169,7 +175,7 @@ int run(int argc, char** argv) {
   std::map<std::string, bool> flags{{"--grid", false}, {"--json", false}, {"--cuda-graphs", false}};
   const std::vector<std::string> valued{"--artifacts", "--backend", "--device",  "--num-samples", "--temperature",
                                         "--top-k",     "--top-p",   "--seed",    "--class",       "--size",
-                                        "--out",       "--sampler", "--tokens-out"};
+                                        "--out",       "--sampler", "--tokens-out", "--cfg-scale", "--cfg-interval"};
   std::optional<std::string> input;
   for (std::size_t i = 1; i < args.size(); ++i) {
     std::string a = args[i];
@@ -220,6 +226,13 @@ int run(int argc, char** argv) {
   req.params.top_k = parse_int("--top-k", get("--top-k", "100"), &big);
   if (big) vqdeploy::input_error("--top-k must be in 1..2147483647, got " + get("--top-k", ""));
   if (values.count("--top-p")) req.params.top_p = parse_float("--top-p", values["--top-p"]);
+  if (values.count("--cfg-scale")) req.params.cfg_scale = parse_float("--cfg-scale", values["--cfg-scale"]);
+  if (values.count("--cfg-interval")) {
+    req.params.cfg_interval = parse_int("--cfg-interval", values["--cfg-interval"], &big);
+    if (big) vqdeploy::input_error("--cfg-interval must be in -1..65536, got " + values["--cfg-interval"]);
+    if (!values.count("--cfg-scale"))
+      vqdeploy::input_error("--cfg-interval applies to guided sampling: pass --cfg-scale S too");
+  }
   const std::int64_t seed = parse_int("--seed", get("--seed", "0"), &big);
   if (big || seed < 0) vqdeploy::input_error("--seed must be in 0..9223372036854775807, got " + get("--seed", "0"));
   req.seed = static_cast<std::uint64_t>(seed);
@@ -238,6 +251,7 @@ int run(int argc, char** argv) {
            std::to_string(manifest.transformer.vocab_size) + " tokens of this model: all are kept";
     req.params.top_k = manifest.transformer.vocab_size;
   }
+  if (manifest.kind == "net2net") vqdeploy::check_guidance_option(manifest, req.params);
   if (values.count("--size")) {  // 'S' or 'WxH'; only the trained size
     std::string text = values["--size"], lower = text;
     for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
@@ -329,7 +343,11 @@ int run(int argc, char** argv) {
               << ",\n  \"num_samples\": " << req.num_samples << ",\n  \"sampling\": {\n    \"temperature\": "
               << json_number(req.params.temperature) << ",\n    \"top_k\": "
               << (req.params.top_k ? std::to_string(*req.params.top_k) : "null") << ",\n    \"top_p\": "
-              << (req.params.top_p ? json_number(*req.params.top_p) : "null") << "\n  },\n  \"tokens_per_sample\": "
+              << (req.params.top_p ? json_number(*req.params.top_p) : "null")
+              << (req.params.guided() ? ",\n    \"cfg_scale\": " + json_number(req.params.cfg_scale) +
+                                            ",\n    \"cfg_interval\": " + std::to_string(req.params.cfg_interval)
+                                      : std::string())
+              << "\n  },\n  \"tokens_per_sample\": "
               << result.grid_h * result.grid_w << ",\n  \"sliding_window\": false,\n  \"timings_s\": {\n    \"load\": "
               << num(load_s, 1e4) << ",\n    \"cond_encoder\": " << num(result.timings.cond_encoder, 1e4)
               << ",\n    \"sampling\": " << num(sampling, 1e4) << ",\n    \"decoder\": " << num(result.timings.decoder, 1e4)

@@ -79,6 +79,7 @@ struct Conditioning {
   std::string input_help;
   // class
   std::int64_t n_classes = 0;
+  std::optional<std::int64_t> null_class;  // the null class of classifier-free guidance (LlamaGen); none: no guidance
   // sos
   std::int64_t sos_token = 0;
   // coord
@@ -97,6 +98,7 @@ struct Manifest {
   std::string directory;
   std::string label;  // "<dir>/manifest.json" in messages
   std::string kind;   // vqgan | net2net
+  std::string family = "taming";  // model.family: taming (also when absent) | llamagen
   VQStage first_stage;
   Conditioning conditioning;
   TransformerInfo transformer;

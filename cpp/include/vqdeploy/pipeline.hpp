@@ -84,6 +84,9 @@ class Pipeline {
 // ``--class`` against the model: required (and in range) for class-conditional models, refused otherwise.
 void check_class_option(const Manifest& m, const std::optional<std::int64_t>& class_id);
 
+// ``--cfg-scale`` > 1 against the model: refused for a model without a null condition (only LlamaGen's have one).
+void check_guidance_option(const Manifest& m, const SamplingParams& params);
+
 // Samples side by side on a white background, ceil(sqrt(n)) columns (vqdeploy run --grid).
 Image grid_image(const std::vector<Image>& images);
 

@@ -16,8 +16,16 @@ struct SamplingParams {
   double temperature = 1.0;
   std::optional<std::int64_t> top_k = 100;  // vqdeploy run's default
   std::optional<double> top_p;
+  // classifier-free guidance (LlamaGen's rule, vqdeploy/runtime/guidance.py): cfg_scale > 1 runs a null-condition row
+  // beside each sample's row and draws from uncond + (cond - uncond) * cfg_scale (fp32); 1 is off. cfg_interval >= 0
+  // guides the first cfg_interval + 2 tokens only (the prefill's token, then steps 0..cfg_interval), -1 every token.
+  double cfg_scale = 1.0;
+  std::int64_t cfg_interval = -1;
 
   bool greedy() const { return temperature == 0.0 || (top_k && *top_k == 1); }
+  bool guided() const { return cfg_scale > 1.0; }
+  // whether token k (0: the prefill's) is drawn from guided logits (SamplingParams.guided_at)
+  bool guided_at(std::int64_t k) const { return guided() && (cfg_interval < 0 || k <= cfg_interval + 1); }
   // the checks of SamplingParams.__post_init__ (one Input error line)
   void check() const;
 };
@@ -30,6 +38,10 @@ struct SamplerScratch {
 // One token from ``vocab`` float32 logits and a uniform u in [0, 1).
 std::int64_t next_token(const float* logits, std::int64_t vocab, double u, const SamplingParams& params,
                         SamplerScratch& scratch);
+
+// Classifier-free guidance on fp32 logits, LlamaGen's expression in its order and precision (sampling.guide):
+// out[i] = uncond[i] + (cond[i] - uncond[i]) * float(scale).
+void guide(const float* cond, const float* uncond, std::int64_t vocab, double scale, float* out);
 
 // numpy's float64 np.sum over a contiguous row: pairwise summation, blocks of 128 unrolled by 8.
 double numpy_sum(const double* a, std::int64_t n);
