@@ -328,7 +328,8 @@ def test_demo_images_and_defaults_equal_vqdeploy_runs(cpp: Builds, demo_export: 
                                  text=True).stdout
     ours = subprocess.run([str(cpp.exe), "run", "--help"], capture_output=True, text=True).stdout
     for option in ("--artifacts", "--backend", "--device", "--num-samples", "--temperature", "--top-k", "--top-p",
-                   "--seed", "--class", "--size", "--out", "--grid", "--json", "--sampler", "--cuda-graphs"):
+                   "--seed", "--class", "--size", "--out", "--grid", "--json", "--sampler", "--cuda-graphs",
+                   "--cfg-scale", "--cfg-interval"):
         assert option in python_help and option in ours, option
 
 
