@@ -255,3 +255,16 @@ def test_a_stream_that_is_closed_frees_its_place(gated):
     first.join(60)
     wait_for(lambda: server.batcher.waiting_jobs() == 0)
     assert gate.ran == 1
+
+
+def test_the_socket_listens_before_serving_is_announced() -> None:
+    """`vqdeploy serve` prints "serving on ..." before uvicorn starts: a client that connects at once (a health
+    probe, a script) must wait in the backlog, not be refused (seen in CI: Connection refused)."""
+    from vqdeploy.commands.serve import listen
+
+    sock = listen("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sock.getsockname()[:2], timeout=5):  # nobody accepts yet: queued, not refused
+            pass
+    finally:
+        sock.close()
