@@ -20,8 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+from torch import nn
+
+from vqdeploy.models.precision import upcast
 
 KV = tuple[torch.Tensor, torch.Tensor]
 # (cache (B,nh,C,hd), update (B,nh,T,hd)) -> the cache with the update written at the position
@@ -98,3 +102,48 @@ def attention_mask(mask: torch.Tensor, positions: torch.Tensor, capacity: int) -
     rows = mask[0, 0].index_select(0, positions)[:, :capacity] != 0
     written = torch.arange(capacity, device=positions.device) <= positions[-1]
     return rows & written
+
+
+class CachedGPT(Protocol):
+    """What the cached loop and the transformer graph need of a GPT (taming's minGPT, LlamaGen's Transformer)."""
+
+    n_layer: int
+
+    def new_cache(self, batch: int) -> KVCache: ...
+
+    def forward_at(self, idx: torch.Tensor, position: torch.Tensor, cache: list[KV],
+                   write: Writer) -> tuple[torch.Tensor, list[KV]]: ...
+
+
+def forward_cached(gpt: CachedGPT, idx: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+    """Prefill (``cache=None``: a new cache of block-size capacity) or continue after ``cache``, which is written
+    in place; returns logits for every new token and the cache."""
+    if cache is None:
+        cache = gpt.new_cache(idx.shape[0])
+    start, t = cache.length, idx.shape[1]
+    if start + t > cache.capacity:
+        raise ValueError(f"cannot cache {start + t} tokens, the capacity is {cache.capacity}")
+    position = torch.tensor([start], dtype=torch.int64, device=idx.device)
+    logits, _ = gpt.forward_at(idx, position, cache.layers, write_in_place(start))
+    cache.length = start + t
+    return logits, cache
+
+
+class CachedStepGraph(nn.Module):
+    """tokens (B,T) at position (1,) + the KV cache per layer -> logits (B,T,V) fp32 + the cache written at
+    position..position+T-1. One graph serves the prefill (position 0) and the one-token steps; the cache write is
+    ONNX TensorScatter (``kv_write``, ``export/kv_cache_onnx.py``): bind each ``cache_out`` output to its ``cache``
+    input's buffer and it is updated in place."""
+
+    def __init__(self, gpt: nn.Module) -> None:
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        position, cache = state[0], state[1:]
+        pairs = [(cache[2 * i], cache[2 * i + 1]) for i in range(self.gpt.n_layer)]
+        logits, written = self.gpt.forward_at(tokens, position, pairs, kv_write(position))
+        out = [upcast(logits)]
+        for k, v in written:
+            out += [k, v]
+        return tuple(out)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqdeploy.models.kv_cache import KV, KVCache, Writer, attention_mask, write_in_place
+from vqdeploy.models.kv_cache import KV, KVCache, Writer, attention_mask, forward_cached
 from vqdeploy.models.precision import LayerNorm32, upcast
 
 
@@ -182,14 +182,5 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x)), written
 
     def forward_cached(self, idx: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
-        """Prefill (``cache=None``: a new cache of block-size capacity) or continue after ``cache``,
-        which is written in place; returns logits for every new token and the cache."""
-        if cache is None:
-            cache = self.new_cache(idx.shape[0])
-        start, t = cache.length, idx.shape[1]
-        if start + t > cache.capacity:
-            raise ValueError(f"cannot cache {start + t} tokens, the capacity is {cache.capacity}")
-        position = torch.tensor([start], dtype=torch.int64, device=idx.device)
-        logits, _ = self.forward_at(idx, position, cache.layers, write_in_place(start))
-        cache.length = start + t
-        return logits, cache
+        """Prefill (``cache=None``) or continue after ``cache`` (written in place): logits of every new token."""
+        return forward_cached(self, idx, cache)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqdeploy.models.kv_cache import KV, KVCache, Writer, write_in_place
+from vqdeploy.models.kv_cache import KV, KVCache, Writer, forward_cached
 from vqdeploy.models.precision import upcast
 
 
@@ -175,15 +175,7 @@ class Transformer(nn.Module):
 
     def forward_cached(self, idx: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
         """Prefill (``cache=None``) or continue after ``cache`` (written in place): logits of every new token."""
-        if cache is None:
-            cache = self.new_cache(idx.shape[0])
-        start, t = cache.length, idx.shape[1]
-        if start + t > cache.capacity:
-            raise ValueError(f"cannot cache {start + t} tokens, the capacity is {cache.capacity}")
-        position = torch.tensor([start], dtype=torch.int64, device=idx.device)
-        logits, _ = self.forward_at(idx, position, cache.layers, write_in_place(start))
-        cache.length = start + t
-        return logits, cache
+        return forward_cached(self, idx, cache)
 
     def forward(self, sequence: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B,T,V) of a whole (B,T) sequence (class id, then image tokens), one forward:

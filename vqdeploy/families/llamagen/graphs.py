@@ -18,7 +18,7 @@ from vqdeploy.artifacts.tensors import Dim, TensorSpec
 from vqdeploy.families.graph_spec import DTYPE_NAMES, GraphSpec, batch_dim, grid_dims, one_profile
 from vqdeploy.families.llamagen.gpt import Transformer
 from vqdeploy.families.llamagen.vq import VQModel
-from vqdeploy.models.kv_cache import kv_write
+from vqdeploy.models.kv_cache import CachedStepGraph
 from vqdeploy.models.precision import upcast
 
 
@@ -49,23 +49,13 @@ class DecoderGraph(nn.Module):
         return upcast(self.vq.decoder(self.vq.post_quant_conv(quant.to(self.dtype))))
 
 
-class TransformerGraph(nn.Module):
+class TransformerGraph(CachedStepGraph):
     """tokens (B,T) at position (1,) + the KV cache per layer -> logits (B,T,V) fp32 + the cache written at
     position..position+T-1 (TensorScatter: bind each ``cache_out`` to its ``cache`` buffer). The token at position 0
     is a class id (the null class included), the others image token ids."""
 
     def __init__(self, gpt: Transformer) -> None:
-        super().__init__()
-        self.gpt = gpt
-
-    def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        position, cache = state[0], state[1:]
-        pairs = [(cache[2 * i], cache[2 * i + 1]) for i in range(self.gpt.n_layer)]
-        logits, written = self.gpt.forward_at(tokens, position, pairs, kv_write(position))
-        out = [upcast(logits)]
-        for k, v in written:
-            out += [k, v]
-        return tuple(out)
+        super().__init__(gpt)
 
 
 def encoder_spec(vq: VQModel, dtype: torch.dtype, max_batch: int, grid: int) -> GraphSpec:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqdeploy.models.kv_cache import kv_write
+from vqdeploy.models.kv_cache import CachedStepGraph
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.models.precision import upcast
 from vqdeploy.models.vqgan import VQModel
@@ -54,7 +54,7 @@ class DecoderGraph(nn.Module):
         return upcast(self.vq.decode(quant.to(self.dtype)))
 
 
-class TransformerGraph(nn.Module):
+class TransformerGraph(CachedStepGraph):
     """tokens (B,T) at position (1,) int64 + the KV cache per layer (B,nh,block,hd) -> logits (B,T,V)
     fp32 + the cache with the new keys/values written at position..position+T-1.
 
@@ -64,14 +64,4 @@ class TransformerGraph(nn.Module):
     """
 
     def __init__(self, gpt: GPT) -> None:
-        super().__init__()
-        self.gpt = gpt
-
-    def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        position, cache = state[0], state[1:]
-        pairs = [(cache[2 * i], cache[2 * i + 1]) for i in range(self.gpt.n_layer)]
-        logits, written = self.gpt.forward_at(tokens, position, pairs, kv_write(position))
-        out = [upcast(logits)]
-        for k, v in written:
-            out += [k, v]
-        return tuple(out)
+        super().__init__(gpt)
