@@ -105,6 +105,35 @@ def grid_dims(grid: list[int], scale: int) -> dict[str, Dim]:
     return {"latent_h": Dim(1, grid[0], 2 * grid[0], scale), "latent_w": Dim(1, grid[1], 2 * grid[1], scale)}
 
 
+def cached_transformer_spec(module: nn.Module, dtype: torch.dtype, max_batch: int, *, n_layer: int, n_head: int,
+                            head_dim: int, block: int, vocab: int, prefill_tokens: int, token_ids: int) -> GraphSpec:
+    """The transformer graph's contract, the same for every family (docs/artifacts.md): tokens + position + a
+    fixed-capacity cache per layer (the block size: TensorRT's KVCacheUpdate needs a static sequence axis) written
+    in place, so the cache shapes never change; two profiles that differ in the number of new tokens only (the
+    prefill of ``prefill_tokens`` condition tokens, the one-token steps). ``token_ids``: the ids parity feeds."""
+    kv = DTYPE_NAMES[dtype]
+    shape = ("batch", n_head, block, head_dim)
+    inputs = [TensorSpec("tokens", "int64", ("batch", "tokens")), TensorSpec("position", "int64", (1,))]
+    outputs = [TensorSpec("logits", "float32", ("batch", "tokens", vocab))]
+    for i in range(n_layer):
+        for part in ("key", "value"):
+            inputs.append(TensorSpec(f"cache.{i}.{part}", kv, shape))
+            outputs.append(TensorSpec(f"cache_out.{i}.{part}", kv, shape))
+    b = (1, min(4, max_batch), max_batch)
+    spec = GraphSpec(
+        name="transformer",
+        module=module.eval(),
+        inputs=inputs,
+        outputs=outputs,
+        dims={"batch": batch_dim(max_batch, 4), "tokens": Dim(1, prefill_tokens, block)},
+        profiles={"prefill": {"batch": b, "tokens": (1, min(prefill_tokens, block), block)},
+                  "step": {"batch": b, "tokens": (1, 1, 1)}},
+        sample_dims={"batch": 2, "tokens": 3},
+    )
+    spec.id_ranges = {"tokens": token_ids, "position": max(1, block - 3)}
+    return spec
+
+
 def precision_copy(model: nn.Module, dtype: torch.dtype, keep_fp32: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """The model in ``dtype``, its floating weights converted one tensor at a time into the copy
     (deepcopy with each converted tensor in its memo): an fp32 copy of the whole model first would

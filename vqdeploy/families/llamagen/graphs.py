@@ -14,8 +14,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vqdeploy.artifacts.tensors import Dim, TensorSpec
-from vqdeploy.families.graph_spec import DTYPE_NAMES, GraphSpec, batch_dim, grid_dims, one_profile
+from vqdeploy.artifacts.tensors import TensorSpec
+from vqdeploy.families.graph_spec import (
+    GraphSpec,
+    batch_dim,
+    cached_transformer_spec,
+    grid_dims,
+    one_profile,
+)
 from vqdeploy.families.llamagen.gpt import Transformer
 from vqdeploy.families.llamagen.vq import VQModel
 from vqdeploy.models.kv_cache import CachedStepGraph
@@ -89,27 +95,9 @@ def decoder_spec(vq: VQModel, dtype: torch.dtype, max_batch: int, grid: int) -> 
 
 
 def transformer_spec(gpt: Transformer, dtype: torch.dtype, max_batch: int) -> GraphSpec:
-    """As taming's: a fixed-capacity cache (the block size) written in place, two profiles (the prefill of the
-    class token, the one-token steps), one engine."""
-    kv = DTYPE_NAMES[dtype]
-    block = gpt.block_size
-    shape = ("batch", gpt.n_head, block, gpt.head_dim)
-    inputs = [TensorSpec("tokens", "int64", ("batch", "tokens")), TensorSpec("position", "int64", (1,))]
-    outputs = [TensorSpec("logits", "float32", ("batch", "tokens", gpt.vocab_size))]
-    for i in range(gpt.n_layer):
-        for part in ("key", "value"):
-            inputs.append(TensorSpec(f"cache.{i}.{part}", kv, shape))
-            outputs.append(TensorSpec(f"cache_out.{i}.{part}", kv, shape))
-    b = (1, min(4, max_batch), max_batch)
-    spec = GraphSpec(
-        name="transformer",
-        module=TransformerGraph(gpt).eval(),
-        inputs=inputs,
-        outputs=outputs,
-        dims={"batch": batch_dim(max_batch, 4), "tokens": Dim(1, gpt.cls_token_num, block)},
-        profiles={"prefill": {"batch": b, "tokens": (1, gpt.cls_token_num, block)},
-                  "step": {"batch": b, "tokens": (1, 1, 1)}},
-        sample_dims={"batch": 2, "tokens": 3},
-    )
-    spec.id_ranges = {"tokens": min(gpt.vocab_size, gpt.class_rows), "position": max(1, block - 3)}
-    return spec
+    """``cached_transformer_spec`` as taming's: the prefill holds the class token; parity feeds token ids that are
+    valid both as image tokens and as class rows."""
+    return cached_transformer_spec(TransformerGraph(gpt), dtype, max_batch, n_layer=gpt.n_layer, n_head=gpt.n_head,
+                                   head_dim=gpt.head_dim, block=gpt.block_size, vocab=gpt.vocab_size,
+                                   prefill_tokens=gpt.cls_token_num,
+                                   token_ids=min(gpt.vocab_size, gpt.class_rows))

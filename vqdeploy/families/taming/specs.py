@@ -8,7 +8,13 @@ from typing import Any
 import torch
 
 from vqdeploy.artifacts.tensors import Dim, TensorSpec
-from vqdeploy.families.graph_spec import DTYPE_NAMES, GraphSpec, batch_dim, grid_dims, one_profile
+from vqdeploy.families.graph_spec import (
+    GraphSpec,
+    batch_dim,
+    cached_transformer_spec,
+    grid_dims,
+    one_profile,
+)
 from vqdeploy.families.taming.graphs import DecoderGraph, EncoderGraph, TransformerGraph
 from vqdeploy.models.net2net import Net2NetTransformer
 from vqdeploy.models.vqgan import VQModel
@@ -64,32 +70,8 @@ def decoder_spec(vq: VQModel, dtype: torch.dtype, max_batch: int) -> GraphSpec:
 
 
 def transformer_spec(model: Net2NetTransformer, dtype: torch.dtype, max_batch: int, cond_tokens: int) -> GraphSpec:
-    """The KV cache is fixed-capacity (the block size: TensorRT's KVCacheUpdate needs a static
-    sequence axis) and written in place, so the cache shapes never change; the profiles differ
-    in the number of new tokens only (kernels tuned per phase, weights shared)."""
+    """``cached_transformer_spec`` over minGPT; the prefill holds the condition tokens."""
     gpt = model.transformer
-    kv = DTYPE_NAMES[dtype]
-    block = gpt.block_size
-    shape = ("batch", gpt.n_head, block, gpt.head_dim)
-    inputs = [TensorSpec("tokens", "int64", ("batch", "tokens")), TensorSpec("position", "int64", (1,))]
-    outputs = [TensorSpec("logits", "float32", ("batch", "tokens", gpt.vocab_size))]
-    for i in range(gpt.n_layer):
-        for part in ("key", "value"):
-            inputs.append(TensorSpec(f"cache.{i}.{part}", kv, shape))
-            outputs.append(TensorSpec(f"cache_out.{i}.{part}", kv, shape))
-    dims = {"batch": batch_dim(max_batch, 4), "tokens": Dim(1, cond_tokens, block)}
-    b = (1, min(4, max_batch), max_batch)
-    spec = GraphSpec(
-        name="transformer",
-        module=TransformerGraph(gpt).eval(),
-        inputs=inputs,
-        outputs=outputs,
-        dims=dims,
-        profiles={
-            "prefill": {"batch": b, "tokens": (1, min(cond_tokens, block), block)},
-            "step": {"batch": b, "tokens": (1, 1, 1)},
-        },
-        sample_dims={"batch": 2, "tokens": 3},
-    )
-    spec.id_ranges = {"tokens": gpt.vocab_size, "position": max(1, block - 3)}
-    return spec
+    return cached_transformer_spec(TransformerGraph(gpt), dtype, max_batch, n_layer=gpt.n_layer, n_head=gpt.n_head,
+                                   head_dim=gpt.head_dim, block=gpt.block_size, vocab=gpt.vocab_size,
+                                   prefill_tokens=cond_tokens, token_ids=gpt.vocab_size)
