@@ -17,6 +17,12 @@ from pathlib import Path
 
 import pytest
 
+# Each xdist worker shares the machine's cores with the others: torch's intra-op threads then wait for each other
+# (GNU OpenMP spins), which costs more than a second thread gains on the tiny test models (test_quantize.py alone,
+# two workers: 130 -> 121 s). One thread per worker, for the processes it starts too; set before torch loads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from taming_runs import MEASURED, MINIMA, Run, build_variant
@@ -65,6 +71,23 @@ def copy_artifacts(src: Path, dst: Path) -> Path:
     """A private copy of shared artifacts (``engines/`` included) for a test that changes them."""
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+def reuse_graphs(monkeypatch: pytest.MonkeyPatch, source: Path) -> None:
+    """Make ``export`` copy each graph file from ``source`` (an export of the same checkpoint with the same
+    precision, unquantized) instead of tracing it again: for the tests of what export does around the graphs
+    (destination rules, parity, install, logs), where tracing took 10-25 s of each. Everything else runs: loading,
+    the manifest, hashing, parity on the copied graphs, the install."""
+    from vqdeploy.export import exporter
+
+    def copy_graph(spec, path: Path, opset: int, quantize: str | None = None, block: int | None = None) -> list:
+        assert quantize is None, "reuse_graphs copies unquantized graphs only"
+        shutil.copyfile(source / spec.file, path)
+        if (source / f"{spec.file}.data").exists():
+            shutil.copyfile(source / f"{spec.file}.data", Path(f"{path}.data"))
+        return []
+
+    monkeypatch.setattr(exporter, "export_graph", copy_graph)
 
 
 # Test files by their measured time, longest first (a full run's --durations, 2 cores). pyproject passes

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from conftest import reuse_graphs
 
 from vqdeploy.artifacts import read_manifest
 from vqdeploy.errors import ArtifactError, ConfigError
@@ -128,12 +129,13 @@ def test_refuses_another_models_artifacts(exported, runs, tmp_path: Path) -> Non
     assert read_manifest(dest).raw["model_fingerprint"] == read_manifest(out).raw["model_fingerprint"]
 
 
-def test_reexport_same_model_keeps_engines(exported, runs, tmp_path: Path) -> None:
+def test_reexport_same_model_keeps_engines(exported, runs, tmp_path: Path, monkeypatch) -> None:
     _, out, _ = exported("class_subsample")
     dest = tmp_path / "art"
     shutil.copytree(out, dest)
     (dest / "engines").mkdir()
     (dest / "engines" / "marker").write_text("x")
+    reuse_graphs(monkeypatch, out)  # the install rules are under test, not the tracing
     export(runs("class_subsample").ckpt, dest, parity=False, log=lambda m: None)
     assert (dest / "engines" / "marker").read_text() == "x"
     assert read_manifest(dest).raw["parity"] == {"backend": "onnxruntime-cpu", "skipped": True}
@@ -152,7 +154,7 @@ def test_refuses_non_empty_foreign_directory_and_file_destination(runs, tmp_path
 def test_failure_leaves_no_half_written_artifacts(runs, tmp_path: Path, monkeypatch) -> None:
     calls = []
 
-    def boom(spec, path, opset, quantization=None):
+    def boom(spec, path, opset, quantization=None, block=None):
         calls.append(spec.name)
         if len(calls) == 2:
             raise RuntimeError("simulated crash in the middle of the export")

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
-from conftest import copy_artifacts
+from conftest import copy_artifacts, reuse_graphs
 from PIL import Image
 
 import vqdeploy
@@ -108,10 +108,11 @@ def test_top_k_beyond_the_vocabulary_is_clamped_with_a_note(demo, tmp_path):
     assert "note: --top-k 1000 is more than the 256 tokens of this model: all are kept" in proc.stderr
 
 
-def test_reexport_says_what_it_removes(demo_export, tmp_path):
+def test_reexport_says_what_it_removes(demo_export, tmp_path, monkeypatch):
     from vqdeploy.export.exporter import export
 
     out = copy_artifacts(demo_export, tmp_path / "a")  # a previous export of the same model
+    reuse_graphs(monkeypatch, demo_export)
     ckpt = DEMO / "checkpoints" / "last.ckpt"
     (out / "parity").mkdir()
     (out / "bench.json").write_text("{}")

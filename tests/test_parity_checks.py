@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import reuse_graphs
 
 from vqdeploy.artifacts import Artifacts
 from vqdeploy.errors import ParityError
@@ -94,11 +95,13 @@ def test_corrupted_stage_fails_its_check(exported, stage: str, failing: set[str]
     assert all(r.passed for r in good)
 
 
-def test_export_beyond_tolerance_fails_and_installs_nothing(runs, tmp_path: Path, monkeypatch) -> None:
+def test_export_beyond_tolerance_fails_and_installs_nothing(exported, tmp_path: Path, monkeypatch) -> None:
+    run, graphs, _ = exported("class_subsample")
+    reuse_graphs(monkeypatch, graphs)
     monkeypatch.setattr(exporter, "check_backend",
                         lambda *a, **k: [StageReport("decoder", False, {"psnr_db": 12.0}, "PSNR >= 60 dB")])
     with pytest.raises(ParityError, match="do not match"):
-        exporter.export(runs("class_subsample").ckpt, tmp_path / "art", log=lambda m: None)
+        exporter.export(run.ckpt, tmp_path / "art", log=lambda m: None)
     assert not (tmp_path / "art").exists()
     report = json.loads((tmp_path / "art.parity-failed.json").read_text())
     assert report["passed"] is False and report["stages"][0]["stage"] == "decoder"

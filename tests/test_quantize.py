@@ -185,6 +185,18 @@ def test_wrong_scales_fail_the_quality_check(demo_q, tmp_path: Path) -> None:
     assert not reports["transformer_quantized"].passed, reports["transformer_quantized"].metrics
 
 
+def test_quantize_block_is_the_graphs_and_the_manifests(runs, tmp_path: Path) -> None:
+    """--quantize-block reaches every DequantizeLinear (a layer it does not divide takes the largest power of two
+    below that does) and the manifest; without parity: the plumbing is under test, the quality gate above."""
+    manifest = export(runs("class_subsample").ckpt, tmp_path / "q", quantize="int4", quantize_block=16, parity=False,
+                      **QUIET)
+    assert manifest.raw["quantization"]["block_size"] == 16 and manifest.raw["quantization"]["block_sizes"] == [16]
+    model = onnx.load(str(tmp_path / "q" / "transformer.onnx"))
+    blocks = {a.i for n in model.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute
+              if a.name == "block_size"}
+    assert blocks == {16}
+
+
 # --- bad input -------------------------------------------------------------------------------------
 def test_bad_quantize_values_are_one_line(runs, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["export", "--ckpt", str(DEMO), "--out", str(tmp_path / "x"), "--quantize", "int3"])
@@ -194,6 +206,13 @@ def test_bad_quantize_values_are_one_line(runs, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="VQGAN"):
         export(runs("vq_remap").ckpt, tmp_path / "z", quantize="int8", **QUIET)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+    power = "--quantize-block 100: expected a power of two from 16 to 1024"
+    for args, message in ((["--quantize", "int4", "--quantize-block", "100"], power),
+                          (["--quantize", "int8", "--quantize-block", "2048"], "--quantize-block 2048"),
+                          (["--quantize-block", "64"], "--quantize-block needs --quantize int8|int4")):
+        result = CliRunner().invoke(main, ["export", "--ckpt", str(DEMO), "--out", str(tmp_path / "b"), *args])
+        assert result.exit_code != 0 and result.output.startswith(f"error: {message}"), result.output
+        assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("bad", [{"scheme": "int2"}, {"block_size": 3}, {"graphs": ["decoder"]}, {"weight_bytes": -1}])

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
+from conftest import copy_artifacts
 
 trt = pytest.importorskip("tensorrt_rtx_bindings")
 
@@ -27,60 +27,21 @@ from vqdeploy.artifacts.manifest import as_manifest
 from vqdeploy.artifacts.tensors import TensorSpec
 from vqdeploy.cli import main
 from vqdeploy.errors import ArtifactError, BackendError, ConfigError
-from vqdeploy.export.exporter import export
 from vqdeploy.files import sha256_file
-from vqdeploy.loading.targets import BuildContext, build_module
 from vqdeploy.trt import check, profiles, shim
 from vqdeploy.trt.engines import BuildOptions, build_engines, cache_key
 
 SM86 = ("8.6",)
 
 
-def _dd(channels: int) -> dict[str, Any]:
-    return {"double_z": False, "z_channels": 16, "resolution": 16, "in_channels": channels, "out_ch": channels,
-            "ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.0}
-
-
-# a tiny sflckr-like Net2Net: VQGAN f4 (16 px -> 4x4 tokens), a segmentation VQ cond stage (5 labels)
-CONFIG = {
-    "target": "taming.models.cond_transformer.Net2NetTransformer",
-    "params": {
-        "cond_stage_key": "segmentation",
-        "transformer_config": {"target": "taming.modules.transformer.mingpt.GPT",
-                               "params": {"vocab_size": 32, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32}},
-        "first_stage_config": {"target": "taming.models.vqgan.VQModel",
-                               "params": {"embed_dim": 8, "n_embed": 32, "ddconfig": _dd(3),
-                                          "lossconfig": {"target": "taming.modules.losses.DummyLoss"}}},
-        "cond_stage_config": {"target": "taming.models.vqgan.VQModel",
-                              "params": {"embed_dim": 8, "n_embed": 32, "ddconfig": _dd(5),
-                                         "lossconfig": {"target": "taming.modules.losses.DummyLoss"}}},
-    },
-}
-
-
 @pytest.fixture(scope="session")
-def trt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A taming run directory (Lightning-style last.ckpt + *-project.yaml) of random weights."""
-    run = tmp_path_factory.mktemp("trt_run")
-    torch.manual_seed(0)
-    model = build_module(CONFIG, BuildContext({}))
-    (run / "checkpoints").mkdir()
-    (run / "configs").mkdir()
-    (run / "configs" / "2026-01-01T00-00-00-project.yaml").write_text(yaml.safe_dump({"model": CONFIG}))
-    torch.save({"state_dict": model.state_dict(), "global_step": 1}, run / "checkpoints" / "last.ckpt")
-    return run
-
-
-@pytest.fixture(scope="session")
-def trt_artifacts(trt_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """fp32, fp16 and bf16 artifacts (no parity check: that is the exporter's own test)."""
+def trt_artifacts(exported, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """fp32, fp16 and bf16 artifacts of the tiny sflckr-like ``seg`` model (VQGAN f4, a segmentation VQ cond
+    stage, block size 32), the session's shared exports (test_export checks their parity): private copies,
+    since the builds write engines/ into them."""
     root = tmp_path_factory.mktemp("trt_art")
-    out = {}
-    for precision in ("fp32", "fp16", "bf16"):
-        out[precision] = root / precision
-        export(trt_run / "checkpoints" / "last.ckpt", out[precision], precision=precision, max_batch=4, parity=False,
-               log=lambda m: None)
-    return out
+    return {precision: copy_artifacts(exported("seg", precision)[1], root / precision)
+            for precision in ("fp32", "fp16", "bf16")}
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +109,7 @@ def test_every_engine_built_and_recorded(trt_built: dict[str, Any], precision: s
     # one fixed-capacity cache in both profiles (the KVCacheUpdate layer needs a static sequence axis)
     assert tr["profiles"]["prefill"]["cache.0.key"]["max"][2] == tr["profiles"]["step"]["cache.0.key"]["min"][2] == 32
     assert tr["profiles"]["prefill"]["tokens"]["max"][1] == 32 and tr["profiles"]["step"]["position"]["max"] == [1]
-    assert tr["profiles"]["step"]["tokens"]["max"] == [4, 1]  # step: one token, batch up to --max-batch 4
+    assert tr["profiles"]["step"]["tokens"]["max"] == [manifest.max_batch, 1]  # step: one token, up to --max-batch
     kv = {t["name"]: t["dtype"] for t in tr["inputs"]}["cache.1.value"]
     assert kv == {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
     assert sum("built" in line for line in lines) == 5
@@ -329,13 +290,14 @@ def test_option_errors(trt_built: dict[str, Any]) -> None:
 
 
 def test_profile_overrides(trt_built: dict[str, Any]) -> None:
-    graphs = mf.read_manifest(trt_built["fp32"][0]).raw["graphs"]
+    manifest = mf.read_manifest(trt_built["fp32"][0])
+    graphs = manifest.raw["graphs"]
     size = profiles.parse_size("8:16:32x64")
     assert size == ((8, 8), (16, 16), (32, 64))
     enc = profiles.resolve(graphs["encoder"], "encoder", batch=profiles.parse_range("2:3:6", "--batch"), size=size)
     assert enc["default"]["image"] == ((2, 3, 8, 8), (3, 3, 16, 16), (6, 3, 32, 64))
     dec = profiles.resolve(graphs["decoder"], "decoder", size=size)  # latent cells, 4 pixels each
-    assert dec["default"]["indices"] == ((1, 2, 2), (4, 4, 4), (4, 8, 16))
+    assert dec["default"]["indices"] == ((1, 2, 2), (4, 4, 4), (manifest.max_batch, 8, 16))  # batch: the export's
     tr = profiles.resolve(graphs["transformer"], "transformer", batch=(1, 1, 1), size=size)  # no spatial dims
     assert tr["step"]["cache.0.key"] == ((1, 2, 32, 16),) * 3 and tr["step"]["tokens"][2] == (1, 1)
     assert profiles.parse_range("3", "--batch") == (3, 3, 3)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_artifacts
+from conftest import copy_artifacts, reuse_graphs
 from PIL import Image
 
 from vqdeploy.errors import ArtifactError, InputError
@@ -196,7 +196,7 @@ def test_two_exports_to_one_out_the_second_is_refused(runs, tmp_path):
     assert (tmp_path / "a" / "manifest.json").is_file()
 
 
-def test_killed_export_leaves_the_old_artifacts_and_is_cleaned_up(exported, tmp_path):
+def test_killed_export_leaves_the_old_artifacts_and_is_cleaned_up(exported, tmp_path, monkeypatch):
     from vqdeploy.export.exporter import export
 
     run, previous, _ = exported("class_subsample")  # a tiny model: the install rules are under test, not the export
@@ -214,6 +214,7 @@ def test_killed_export_leaves_the_old_artifacts_and_is_cleaned_up(exported, tmp_
     assert list(tmp_path.glob(".a.export-*")), "the kill came too late to leave a temp dir"
     assert (out / "manifest.json").read_bytes() == manifest  # untouched by the killed export
     logs: list[str] = []
+    reuse_graphs(monkeypatch, previous)  # the recovery is under test: the graphs are copied, not traced again
     export(run.ckpt, out, parity=False, log=logs.append)
     assert not list(tmp_path.glob(".a.export-*")) and not list(tmp_path.glob(".a.old-*"))
     assert any("removed stale" in m for m in logs)

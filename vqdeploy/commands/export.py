@@ -25,6 +25,9 @@ Examples:
 @click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
               help="Weight-only quantized transformer (linear layers; activations and KV cache at --precision); "
                    "refused below a measured quality threshold against fp32.")
+@click.option("--quantize-block", type=int, default=None,
+              help="Input channels per quantization scale, a power of two 16..1024; default int8 128, int4 32 "
+                   "(larger: smaller and faster, less accurate; docs/quantization.md).")
 @click.option("--parity/--no-parity", default=True, show_default=True, help="Check every graph against PyTorch (ONNX Runtime CPU).")
 @click.option("--object-classes", type=click.IntRange(1, 1 << 24), default=None,
               help="Object-layout models whose data config states no no_object_classes: the number of categories.")
@@ -33,7 +36,7 @@ Examples:
                    "directory's example.png (.jpg, .webp, .json) if there is one.")
 @llamagen_options
 def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool,
-           quantize: str | None, object_classes: int | None, example: str | None, vq_ckpt: str | None,
+           quantize: str | None, quantize_block: int | None, object_classes: int | None, example: str | None, vq_ckpt: str | None,
            gpt_model: str | None, n_head: int | None, image_size: int | None, num_classes: int | None) -> None:
     """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest. A LlamaGen GPT
     checkpoint takes its tokenizer with --vq-ckpt (see docs/llamagen.md)."""
@@ -42,4 +45,5 @@ def export(ckpt: str, config: str | None, out: str, precision: str, opset: int |
     from vqdeploy.export.exporter import export as run_export  # imports torch
 
     run_export(ckpt, out, config, precision, opset, max_batch, parity, log=lambda m: click.echo(m, err=True),
-               quantize=quantize, object_classes=object_classes, example=example, family_options=family_options)
+               quantize=quantize, object_classes=object_classes, example=example, family_options=family_options,
+               quantize_block=quantize_block)

@@ -24,7 +24,7 @@ from vqdeploy.export import BF16_MIN_OPSET, default_opset
 from vqdeploy.export.install import export_lock, install, temp_prefix
 from vqdeploy.export.manifest import versions, write_manifest
 from vqdeploy.export.onnx_export import export_graph
-from vqdeploy.export.quantize import SCHEMES, quantization_entry
+from vqdeploy.export.quantize import SCHEMES, check_block, quantization_entry
 from vqdeploy.families import Family, family_for
 from vqdeploy.files import atomic_write, check_writable, default_mode, sha256_file
 from vqdeploy.limits import check_int
@@ -56,6 +56,9 @@ def _check_destination(out: Path, fingerprint: str) -> None:
         raise ArtifactError(f"{out} is not empty and is not a vqdeploy artifacts directory; choose another --out")
 
 
+_TRIM_FROM_BYTES = 256 * 2**20
+
+
 def _return_freed_memory() -> None:
     """Hand memory freed since the last call back to the OS. Most weight tensors (up to 32 MB each,
     glibc's largest mmap threshold) live on the malloc heap, whose freed pages glibc keeps unless
@@ -63,7 +66,9 @@ def _return_freed_memory() -> None:
     parity starts, fp16 7.2 -> 6.3 GiB (the freed fp16 copy), fp32 about 6.6 -> 6.1 GiB (the graphs'
     temporaries); the peak, in parity, moves little (fp16 15.6 -> 15.4 GiB, fp32 13.6 GiB either
     way: ONNX Runtime and PyTorch reuse the freed heap there), but the memory is the machine's again
-    while parity loads the graphs."""
+    while parity loads the graphs. Only for models of at least ``_TRIM_FROM_BYTES`` of weights: a collection
+    walks every live object (0.3 s after each graph of the demo's export, about 5% of it), while a small
+    model's freed graphs are a few MB."""
     gc.collect()  # the exported programs' reference cycles
     try:
         ctypes.CDLL(None).malloc_trim(0)  # glibc; absent on other C libraries
@@ -102,6 +107,7 @@ def export(
     object_classes: int | None = None,
     example: str | Path | None = None,
     family_options: dict[str, Any] | None = None,
+    quantize_block: int | None = None,
 ) -> Manifest:
     """Export ``ckpt`` to ``out``; returns the manifest. ``object_classes``: see ``load_model``; the family that loads
     ``ckpt`` is found by ``families.family_for``; ``family_options`` are the family's own load options (LlamaGen's
@@ -109,7 +115,8 @@ def export(
     ParityError beyond tolerance (after writing the report, without installing the artifacts). ``out`` is locked for the whole
     export and replaced atomically (``install``). ``quantize`` (int8/int4): the transformer's
     linear layers weight-only quantized (``export/quantize.py``), its quality checked against the
-    fp32 model (``parity/quantized.py``). ``example``: a condition file of this model (a sketch, a label map, a
+    fp32 model (``parity/quantized.py``); ``quantize_block``: the block of input channels that share a scale
+    (default ``quantize.DEFAULT_BLOCK``: int8 128, int4 32). ``example``: a condition file of this model (a sketch, a label map, a
     scene), recorded as ``source.example`` for ``parity``'s samples; default: the run directory's
     ``example.*`` (``example_condition``)."""
     t0 = time.perf_counter()
@@ -123,19 +130,23 @@ def export(
     check_int(max_batch, "--max-batch", 1, MAX_BATCH)
     if quantize is not None and quantize not in SCHEMES:
         raise ConfigError(f"--quantize {str(quantize)[:20]!r}: expected one of {', '.join(SCHEMES)}")
+    if quantize_block is not None:
+        if quantize is None:
+            raise ConfigError("--quantize-block needs --quantize int8|int4")
+        check_block(quantize_block)
     if example is not None and not Path(example).is_file():
         raise InputError(f"--example {example}: not a file (a condition of this model: a sketch, a label map, a scene)")
     check_writable(out.parent, "--out")
     out.parent.mkdir(parents=True, exist_ok=True)
     with export_lock(out, log):
         return _export_locked(ckpt, out, config, precision, opset, max_batch, parity, log, t0, quantize,
-                              object_classes, example, family_options)
+                              object_classes, example, family_options, quantize_block)
 
 
 def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, precision: str, opset: int,
                    max_batch: int, parity: bool, log: Log, t0: float, quantize: str | None = None,
                    object_classes: int | None = None, example: str | Path | None = None,
-                   family_options: dict[str, Any] | None = None) -> Manifest:
+                   family_options: dict[str, Any] | None = None, quantize_block: int | None = None) -> Manifest:
     options = {"object_classes": object_classes} if object_classes is not None else {}
     options.update({k: v for k, v in (family_options or {}).items() if v is not None})
     family: Family = family_for(ckpt, options)
@@ -148,6 +159,7 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
         raise ConfigError(f"--quantize {quantize}: {ckpt} is a VQGAN without a transformer; only the transformer's "
                           f"weights are quantized")
     specs = family.graph_specs(model, precision, max_batch)
+    big = sum(p.numel() * p.element_size() for p in model.parameters()) >= _TRIM_FROM_BYTES
 
     try:
         tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))
@@ -161,9 +173,10 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
             t = time.perf_counter()
             q = quantize if spec.name == "transformer" else None
             log(f"[{n}/{len(specs)}] exporting {spec.file}" + (f" (weights {q})" if q else "") + " ...")
-            layers = export_graph(spec, tmp / spec.file, opset, q)
+            layers = export_graph(spec, tmp / spec.file, opset, q, block=quantize_block)
             if q:
-                quantization = quantization_entry(q, layers, int(info["transformer"]["parameters"]), precision)
+                quantization = quantization_entry(q, layers, int(info["transformer"]["parameters"]), precision,
+                                                  quantize_block)
             entry = spec.to_manifest()
             entry["sha256"] = sha256_file(tmp / spec.file)
             data = tmp / f"{spec.file}.data"
@@ -171,10 +184,12 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
                 entry["external_data"] = {"file": data.name, "sha256": sha256_file(data)}
             entry["bytes"] = (tmp / spec.file).stat().st_size + (data.stat().st_size if data.exists() else 0)
             graphs[spec.name] = entry
-            _return_freed_memory()
+            if big:
+                _return_freed_memory()
             log(f"      {spec.file}: {entry['bytes'] / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s")
         del specs, spec  # the fp16/bf16 copy of the model (parity's reference is the fp32 model)
-        _return_freed_memory()
+        if big:
+            _return_freed_memory()
         src = model.source  # type: ignore[attr-defined]
         manifest: dict[str, Any] = {
             "format": FORMAT,

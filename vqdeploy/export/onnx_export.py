@@ -58,10 +58,10 @@ def _reproducible(model: ir.Model) -> None:
 
 
 def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET,
-                 quantize: str | None = None) -> list[QuantizedLayer]:
+                 quantize: str | None = None, block: int | None = None) -> list[QuantizedLayer]:
     """Write ``spec`` to ``path`` (plus ``<path>.data`` for graphs over ~1.8 GB) and check it.
-    ``quantize`` (int8/int4): its constant-weight MatMuls become weight-only quantized
-    (``export/quantize.py``); returns the layers it quantized."""
+    ``quantize`` (int8/int4): its constant-weight MatMuls become weight-only quantized in blocks of ``block``
+    input channels (default: the scheme's, ``export/quantize.py``); returns the layers it quantized."""
     if not 18 <= opset <= 23:
         raise ConfigError(f"--opset {opset} is not supported (18..23)")
     args = spec.sample_inputs()
@@ -83,7 +83,7 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET,
         raise RuntimeError("torch.onnx.export returned no program")
     attach_function(program.model)
     kv_cache_onnx.to_tensor_scatter(program.model)  # the transformer graph: opset 24
-    layers = quantize_model(program.model, quantize) if quantize else []
+    layers = quantize_model(program.model, quantize, block) if quantize else []
     program.model.graph.name = spec.name
     _reproducible(program.model)
     weight_bytes = sum(p.numel() * p.element_size() for p in spec.module.parameters())

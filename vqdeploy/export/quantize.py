@@ -25,11 +25,22 @@ from typing import Any
 
 import numpy as np
 
+from vqdeploy.errors import ConfigError
+
 SCHEMES = ("int8", "int4")
 BITS = {"int8": 8, "int4": 4}
 # Block size along K (input channels) per scheme; chosen by measurement (README, "Weight-only int8/int4").
 DEFAULT_BLOCK = {"int8": 128, "int4": 32}
 MIN_BLOCK = 16  # ONNX Runtime's fusion: a power of two >= 16
+MAX_BLOCK = 1024  # past it a scale spans most of a row: nothing left to gain in bytes, much to lose in error
+
+
+def check_block(block: int) -> int:
+    """``--quantize-block``: a power of two from MIN_BLOCK to MAX_BLOCK (ONNX Runtime fuses only those)."""
+    if isinstance(block, bool) or not isinstance(block, int) or not MIN_BLOCK <= block <= MAX_BLOCK \
+            or block & (block - 1):
+        raise ConfigError(f"--quantize-block {str(block)[:20]}: expected a power of two from {MIN_BLOCK} to {MAX_BLOCK}")
+    return block
 
 
 @dataclass
@@ -131,7 +142,8 @@ def quantize_model(model: Any, scheme: str, block: int | None = None) -> list[Qu
     return done
 
 
-def quantization_entry(scheme: str, layers: list[QuantizedLayer], parameters: int, precision: str) -> dict[str, Any]:
+def quantization_entry(scheme: str, layers: list[QuantizedLayer], parameters: int, precision: str,
+                       block: int | None = None) -> dict[str, Any]:
     """The manifest's ``quantization``: what was quantized and the transformer's weight bytes (what a
     token step reads: codes and scales of the quantized layers, the rest at the export precision)."""
     bits = BITS[scheme]
@@ -139,7 +151,7 @@ def quantization_entry(scheme: str, layers: list[QuantizedLayer], parameters: in
     quantized = sum(layer.k * layer.n for layer in layers)
     q_bytes = sum(layer.k * layer.n * bits // 8 + (layer.k // layer.block) * layer.n * elem for layer in layers)
     return {
-        "scheme": scheme, "graphs": ["transformer"], "block_size": DEFAULT_BLOCK[scheme], "layers": len(layers),
+        "scheme": scheme, "graphs": ["transformer"], "block_size": block or DEFAULT_BLOCK[scheme], "layers": len(layers),
         "weights": f"{'signed int4' if bits == 4 else 'int8'} codes, symmetric (no zero point), one {precision} scale "
                    f"per block of input channels per output channel (DequantizeLinear axis 0, block_size) -> MatMul",
         "quantized": "attention query/key/value/proj, MLP fc1/fc2, head (every MatMul with a constant weight)",
