@@ -268,6 +268,23 @@ def test_bench_compares_quantized_exports_side_by_side(demo_q, tmp_path: Path) -
                   compare=[other])
 
 
+def test_bench_rows_of_exports_that_share_a_variant_are_told_apart() -> None:
+    """``bench --compare`` of int4 exports with other --quantize-block: a row each (they overwrote each other)."""
+    from types import SimpleNamespace as NS
+
+    from vqdeploy.bench.benchmark import variant_names
+
+    def export_(path: str, precision: str = "fp32", block: int | None = None) -> NS:
+        q = None if block is None else NS(scheme="int4", block_size=block)
+        return NS(path=Path(path), manifest=NS(precision=precision, quantization=q))
+
+    assert variant_names([export_("a"), export_("b", block=32), export_("c", block=128), export_("d", "fp16")]) == \
+        ["fp32", "int4 block 32", "int4 block 128", "fp16"]
+    assert variant_names([export_("a"), export_("b", block=32)]) == ["fp32", "int4"]  # nothing shared: as before
+    assert variant_names([export_("x/a", block=32), export_("y/b", block=32), export_("z/c")]) == \
+        ["int4 block 32 (a)", "int4 block 32 (b)", "fp32"]
+
+
 def test_torch_backend_on_quantized_artifacts_says_it_runs_fp32_weights(demo_q, tmp_path: Path) -> None:
     """`run --backend torch` on int8 artifacts runs the checkpoint (fp32): it says so; ONNX Runtime, which runs
     the int8 graph, has nothing to say (issue 26 item 8)."""

@@ -234,6 +234,15 @@ def variant(manifest: Manifest) -> str:
     return q.scheme + ("" if manifest.precision == "fp32" else f"/{manifest.precision}")
 
 
+def variant_names(exports: list[Artifacts]) -> list[str]:
+    """Each export's row name: its variant, then, where two exports share it (``--compare`` of int4 exports with
+    other ``--quantize-block``), its quantization block, then its directory."""
+    names = [variant(a.manifest) for a in exports]
+    q = [a.manifest.quantization for a in exports]
+    names = [f"{n} block {qi.block_size}" if qi is not None and names.count(n) > 1 else n for n, qi in zip(names, q)]
+    return [f"{n} ({a.path.name})" if names.count(n) > 1 else n for n, a in zip(names, exports)]
+
+
 def transformer_weight_bytes(manifest: Manifest) -> int:
     """What one token step reads at least: the transformer's weights as exported."""
     q = manifest.quantization
@@ -301,22 +310,24 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
     fp32_bytes = tr.parameters * 4
     jobs = [(name, dev, graphs, be, opened) for name, dev, graphs, be in runs]
     jobs += [(name, dev, False, None, o) for o, cands in zip(others, other_candidates) for name, dev in cands]
+    row_names = dict(zip(map(id, [opened, *others]), variant_names([opened, *others])))
     for name, dev, graphs, be, where in jobs:  # --compare: the same model's other exports, in the same run
         be = be or open_backend(name, where, dev, OpenOptions(cuda_graphs=graphs, model=model if name == "torch"
                                                                else None, ckpt=ckpt))
         m = where.manifest
         reference_row = spec(name).reference
         precision = "fp32" if reference_row else variant(m)  # torch runs the checkpoint's fp32
+        shown_as = "fp32" if reference_row else row_names[id(where)]
         graph_ok = be.has_graph("sampler") and (not params.guided or be.has_graph(GUIDED_SAMPLER))
         for sampler in ("host", "graph") if graph_ok else ("host",):
-            label = f"{spec(name).label(dev)} {precision}" + (" KV cache" if reference_row else "") + \
+            label = f"{spec(name).label(dev)} {shown_as}" + (" KV cache" if reference_row else "") + \
                 (", sampler graph" if sampler == "graph" else "") + (", CUDA graphs" if graphs else "")
             log(f"bench: {label}" + (f" ({where.path})" if where is not opened else "") + " ...")
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": graphs,
                            "floor_ms": 1e3 * (fp32_bytes if reference_row else transformer_weight_bytes(m)) / bw,
                            **bench_backend(be, condition, info, n, repeats, sampler, params)}
         if decoding == "jacobi" and not graphs:  # host sampler only
-            label = f"{spec(name).label(dev)} {precision}" + (" KV cache" if reference_row else "") + \
+            label = f"{spec(name).label(dev)} {shown_as}" + (" KV cache" if reference_row else "") + \
                 f", Jacobi (window {jacobi_window})"
             log(f"bench: {label} ...")
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": False,
