@@ -36,8 +36,8 @@ Examples:
                    "directory's example.png (.jpg, .webp, .json) if there is one.")
 @llamagen_options
 def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool,
-           quantize: str | None, quantize_block: int | None, object_classes: int | None, example: str | None, vq_ckpt: str | None,
-           gpt_model: str | None, n_head: int | None, image_size: int | None, num_classes: int | None) -> None:
+           quantize: str | None, quantize_block: int | None, object_classes: int | None, example: str | None,
+           vq_ckpt: str | None, gpt_model: str | None, n_head: int | None, image_size: int | None, num_classes: int | None) -> None:
     """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest. A LlamaGen GPT
     checkpoint takes its tokenizer with --vq-ckpt (see docs/llamagen.md)."""
     family_options = llamagen_values(vq_ckpt, gpt_model, n_head, image_size, num_classes)

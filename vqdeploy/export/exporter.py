@@ -116,8 +116,8 @@ def export(
     export and replaced atomically (``install``). ``quantize`` (int8/int4): the transformer's
     linear layers weight-only quantized (``export/quantize.py``), its quality checked against the
     fp32 model (``parity/quantized.py``); ``quantize_block``: the block of input channels that share a scale
-    (default ``quantize.DEFAULT_BLOCK``: int8 128, int4 32). ``example``: a condition file of this model (a sketch, a label map, a
-    scene), recorded as ``source.example`` for ``parity``'s samples; default: the run directory's
+    (default ``quantize.DEFAULT_BLOCK``: int8 128, int4 32). ``example``: a condition file of this model (a
+    sketch, a label map, a scene), recorded as ``source.example`` for ``parity``'s samples; default: the run directory's
     ``example.*`` (``example_condition``)."""
     t0 = time.perf_counter()
     out = Path(out)

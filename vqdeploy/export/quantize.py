@@ -39,7 +39,8 @@ def check_block(block: int) -> int:
     """``--quantize-block``: a power of two from MIN_BLOCK to MAX_BLOCK (ONNX Runtime fuses only those)."""
     if isinstance(block, bool) or not isinstance(block, int) or not MIN_BLOCK <= block <= MAX_BLOCK \
             or block & (block - 1):
-        raise ConfigError(f"--quantize-block {str(block)[:20]}: expected a power of two from {MIN_BLOCK} to {MAX_BLOCK}")
+        raise ConfigError(f"--quantize-block {str(block)[:20]}: expected a power of two from {MIN_BLOCK} to "
+                          f"{MAX_BLOCK}")
     return block
 
 
@@ -151,7 +152,8 @@ def quantization_entry(scheme: str, layers: list[QuantizedLayer], parameters: in
     quantized = sum(layer.k * layer.n for layer in layers)
     q_bytes = sum(layer.k * layer.n * bits // 8 + (layer.k // layer.block) * layer.n * elem for layer in layers)
     return {
-        "scheme": scheme, "graphs": ["transformer"], "block_size": block or DEFAULT_BLOCK[scheme], "layers": len(layers),
+        "scheme": scheme, "graphs": ["transformer"], "block_size": block or DEFAULT_BLOCK[scheme],
+        "layers": len(layers),
         "weights": f"{'signed int4' if bits == 4 else 'int8'} codes, symmetric (no zero point), one {precision} scale "
                    f"per block of input channels per output channel (DequantizeLinear axis 0, block_size) -> MatMul",
         "quantized": "attention query/key/value/proj, MLP fc1/fc2, head (every MatMul with a constant weight)",
