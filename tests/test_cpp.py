@@ -527,7 +527,7 @@ TAMPERED = {
                      "graphs.transformer.dims.batch.max"),
     "absurd vocabulary": (_manifest_edit(lambda m: m["model"]["transformer"].update(vocab_size=2**40)),
                           "model.transformer.vocab_size"),
-    "unknown format version": (_manifest_edit(lambda m: m.update(format_version=3)), "manifest format 3 is not supported"),
+    "unknown format version": (_manifest_edit(lambda m: m.update(format_version=4)), "manifest format 4 is not supported"),
     "not a manifest": (_manifest_edit(lambda m: m.pop("format")), "not a vqdeploy manifest"),
     "NaN in the manifest": (lambda art: (art / "manifest.json").write_text(
         (art / "manifest.json").read_text().replace('"max_batch": 8', '"max_batch": NaN')), "unreadable JSON"),

@@ -40,6 +40,13 @@ def test_export_passes_parity_and_describes_graphs(exported, name: str) -> None:
         assert stages["greedy_tokens"]["metrics"]["steps"] == manifest.raw["model"]["tokens"]["image"]
     if name == "seg":
         expected.add("cond_encoder")
+    graphs = manifest.raw["graphs"]
+    if manifest.raw["model"]["kind"] == "net2net":  # ONNX Runtime's valid-length twin: for causal models only
+        assert ("transformer_valid_length" in graphs) == (manifest.raw["model"]["transformer"]["n_unmasked"] == 0)
+    if "transformer_valid_length" in graphs:  # checked like the portable graph
+        expected |= {"valid_length/transformer_teacher_forced", "valid_length/transformer_kv_steps",
+                     "valid_length/greedy_tokens"}
+        assert stages["valid_length/greedy_tokens"]["metrics"]["identical"] is True
     assert set(stages) == expected
     for g in manifest.raw["graphs"].values():
         path = out / g["file"]
@@ -136,7 +143,7 @@ def test_reexport_same_model_keeps_engines(exported, runs, tmp_path: Path, monke
     (dest / "engines").mkdir()
     (dest / "engines" / "marker").write_text("x")
     reuse_graphs(monkeypatch, out)  # the install rules are under test, not the tracing
-    export(runs("class_subsample").ckpt, dest, parity=False, log=lambda m: None)
+    export(runs("class_subsample").ckpt, dest, parity=False, valid_length=False, log=lambda m: None)
     assert (dest / "engines" / "marker").read_text() == "x"
     assert read_manifest(dest).raw["parity"] == {"backend": "onnxruntime-cpu", "skipped": True}
 
@@ -179,11 +186,13 @@ def test_cli_export_bad_input_is_one_line(tmp_path: Path) -> None:
 def test_cli_export_writes_manifest(runs, tmp_path: Path) -> None:
     run = runs("coord_identity")
     r = subprocess.run([sys.executable, "-m", "vqdeploy", "export", "--ckpt", str(run.ckpt), "--out",
-                        str(tmp_path / "a"), "--max-batch", "4"], capture_output=True, text=True, check=False)
+                        str(tmp_path / "a"), "--max-batch", "4", "--no-valid-length"],
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert "exporting transformer.onnx" in r.stderr and "greedy_tokens" in r.stderr
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert m["max_batch"] == 4 and m["graphs"]["transformer"]["dims"]["batch"]["max"] == 4
+    assert "transformer_valid_length" not in m["graphs"] and not (tmp_path / "a" / "transformer_valid_length.onnx").exists()
 
 
 # fp16 and bf16 engines: tests/test_trt_build.py builds and checks every graph of a segmentation model in each
@@ -197,7 +206,8 @@ def test_every_exported_graph_parses_and_builds_with_tensorrt_rtx(exported, name
     dest = tmp_path / "art"
     shutil.copytree(out, dest)
     data = build_engines(dest, BuildOptions(target_cc=("8.6",)), echo=lambda m: None)
-    assert set(data["engines"]) == set(manifest.raw["graphs"])
+    # every graph but ONNX Runtime's valid-length twin (GroupQueryAttention: com.microsoft, not for TensorRT)
+    assert set(data["engines"]) == set(manifest.raw["graphs"]) - {"transformer_valid_length"}
     for graph, entry in data["engines"].items():
         assert (dest / "engines" / entry["file"]).stat().st_size > 0
         assert entry["graph"]["sha256"] == manifest.raw["graphs"][graph]["sha256"]
@@ -234,7 +244,7 @@ def test_graphs_with_external_data_export_check_and_build(runs, tmp_path: Path, 
         from vqdeploy.trt.engines import BuildOptions, build_engines
 
         data = build_engines(out, BuildOptions(target_cc=("8.6",)), echo=lambda m: None)
-        assert set(data["engines"]) == set(m.raw["graphs"])
+        assert set(data["engines"]) == set(m.raw["graphs"]) - {"transformer_valid_length"}
     data_file = out / with_params[0]["external_data"]["file"]
     data_file.write_bytes(data_file.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ArtifactError, match="does not match the manifest"):

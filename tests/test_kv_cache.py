@@ -127,7 +127,7 @@ def test_device_side_position_writer_matches_the_eager_step() -> None:
         eager_logits = [gpt.forward_cached(seq[:, :4], eager)[0]]
         tensor = gpt.new_cache(2)
         gpt.forward_cached(seq[:, :4], tensor)
-        position = torch.zeros(1, dtype=torch.int64)
+        position = torch.zeros(2, dtype=torch.int64)  # one per row
         tensor_logits = [eager_logits[0]]
         for i in range(4, 12):
             eager_logits.append(gpt.forward_cached(seq[:, i : i + 1], eager)[0])
@@ -188,3 +188,74 @@ def test_cuda_graphs_need_a_cuda_device(exported) -> None:
         OnnxRuntimeBackend(Artifacts(out, manifest), "cpu", cuda_graphs=True)
     with pytest.raises(BackendError, match="CUDA graphs need a CUDA device"):
         TorchTransformer(GPT(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=4), torch.device("cpu"), True)
+
+
+# --- a position per row: rows at different positions in one batch --------------------------------
+def staggered(runner: Any, seqs: np.ndarray, prompt: int, join: int) -> list[list[np.ndarray]]:
+    """Row 0 prefills ``prompt`` tokens and steps alone (a batch of one) ``join`` times; then row 1 prefills by
+    itself on its own cache row while row 0 waits, and both step together, each at its own position. Returns each
+    row's logits, one (V,) array per token position."""
+    runner.reset(2)
+    out: list[list[np.ndarray]] = [[], []]
+    out[0] += list(runner.forward(seqs[:1, :prompt])[0])
+    for i in range(prompt, prompt + join):
+        out[0].append(runner.forward(seqs[:1, i : i + 1])[0, 0])
+    out[1] += list(runner.forward(seqs[1:, :prompt], first=1)[0])
+    assert list(runner.lengths) == [prompt + join, prompt]
+    for k in range(seqs.shape[1] - prompt - join):
+        step = np.stack([seqs[0, prompt + join + k], seqs[1, prompt + k]])[:, None]
+        logits = runner.forward(step)
+        out[0].append(logits[0, 0])
+        out[1].append(logits[1, 0])
+    return out
+
+
+def alone(runner: Any, seq: np.ndarray, prompt: int) -> list[np.ndarray]:
+    """One row by itself: the prefill, then one token per step."""
+    runner.reset(1)
+    out = list(runner.forward(seq[None, :prompt])[0])
+    for i in range(prompt, len(seq)):
+        out.append(runner.forward(seq[None, i : i + 1])[0, 0])
+    return out
+
+
+def check_rows_alone(runner: Any, vocab: int, prompt: int, length: int, rtol: float) -> None:
+    seqs = np.random.default_rng(5).integers(0, vocab, (2, length))
+    joined = staggered(runner, seqs, prompt, join=3)
+    for row in range(2):
+        got = np.stack(joined[row])  # row 1 joined ``join`` steps late: that many fewer positions
+        ref = np.stack(alone(runner, seqs[row], prompt))[: len(got)]
+        assert got.shape == ref.shape and len(got) == seqs.shape[1] - 3 * row
+        err = float(np.abs(got - ref).max())
+        assert err <= rtol * max(1.0, float(np.abs(ref).max())), (row, err)
+        assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+
+
+def test_rows_at_different_positions_give_what_they_would_alone_torch() -> None:
+    """taming's minGPT (an ``n_unmasked`` block over the prompt) and LlamaGen's GPT (per-row rotary rows and the
+    class-token embedding) on the torch runner: row 1 joins three steps after row 0, and every logit of each row
+    equals that row's run alone. 1e-5: batch-1 and batch-2 matmuls round differently (measured up to 2e-7 here)."""
+    from vqdeploy.families.llamagen.gpt import Transformer
+
+    torch.manual_seed(2)
+    gpt = GPT(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, n_unmasked=4).eval()
+    check_rows_alone(TorchTransformer(gpt, torch.device("cpu")), 40, prompt=4, length=14, rtol=1e-5)
+    llama = Transformer(dim=16, n_layer=2, n_head=2, vocab_size=40, class_rows=11, hidden=32, block_size=16).eval()
+    with torch.no_grad():
+        for p in llama.parameters():
+            p.normal_(0, 0.3)
+    check_rows_alone(TorchTransformer(llama, torch.device("cpu")), 10, prompt=1, length=14, rtol=1e-5)
+
+
+def test_rows_at_different_positions_give_what_they_would_alone_onnxruntime(exported) -> None:
+    """The exported graph (per-row TensorScatter write indices, mask and position embedding) on ONNX Runtime:
+    the same staggered schedule, bound to one cache; each row's logits equal its run alone, and rows at different
+    positions bind one position buffer per row."""
+    _, out, manifest = exported("seg")
+    backend = OnnxRuntimeBackend(Artifacts(out, manifest))
+    recorders = record_transformer(backend)
+    tokens = manifest.raw["model"]["tokens"]
+    vocab = manifest.raw["model"]["transformer"]["vocab_size"]
+    check_rows_alone(backend.transformer(), vocab, prompt=tokens["cond"], length=tokens["cond"] + 8, rtol=1e-5)
+    steps = [shapes for shapes, _, _ in recorders["transformer/step"].calls]
+    assert {s["position"] for s in steps} == {(1,), (2,)}

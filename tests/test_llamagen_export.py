@@ -67,7 +67,8 @@ def test_manifest_and_export_parity(art) -> None:
     assert raw["model"]["family"] == "llamagen" and raw["source"]["vq_checkpoint"].endswith("vq.pt")
     assert raw["model"]["conditioning"] == {"kind": "class", "n_classes": 10, "tokens": 1, "null_class": 10}
     assert raw["model"]["first_stage"]["metric"] == "cosine"
-    assert set(m.graphs) == {"encoder", "transformer", "sampler", "guided_sampler", "decoder"}
+    assert set(m.graphs) == {"encoder", "transformer", "transformer_valid_length", "sampler", "guided_sampler",
+                             "decoder"}
     g = {t["name"]: t["shape"] for t in m.graphs["guided_sampler"]["inputs"] + m.graphs["guided_sampler"]["outputs"]}
     assert g == {"logits": ["batch*2", "tokens", 1024], "uniform": ["batch"], "temperature": [1], "top_k": [1],
                  "top_p": [1], "cfg_scale": [1], "tokens": ["batch*2", 1]}
@@ -76,6 +77,7 @@ def test_manifest_and_export_parity(art) -> None:
     assert parity["passed"] and GUIDED_STAGES <= {s["stage"] for s in parity["stages"]}
     stages = {s["stage"]: s["metrics"] for s in parity["stages"]}
     assert stages["encoder"]["differing"] == 0 and stages["guided_greedy_tokens"]["identical"]
+    assert stages["valid_length/guided_greedy_tokens"]["identical"]  # the valid-length twin, guided
     assert stages["guided_sampler_graph"]["differing"] == 0
     assert "guidance" in raw["sampling"]
 

@@ -37,7 +37,8 @@ def demo_q(tmp_path_factory: pytest.TempPathFactory):
     def get(scheme: str) -> tuple[Path, dict]:
         if scheme not in cache:
             out = root / scheme
-            cache[scheme] = (out, export(DEMO, out, quantize=scheme, **QUIET))
+            # int8 without ONNX Runtime's valid-length twin (export --no-valid-length), int4 with it: both kinds
+            cache[scheme] = (out, export(DEMO, out, quantize=scheme, valid_length=scheme == "int4", **QUIET))
         return cache[scheme]
 
     return get
@@ -76,7 +77,11 @@ def test_quantized_export_of_the_demo(demo_q, scheme: str) -> None:
     out, manifest = demo_q(scheme)
     assert manifest.raw == read_manifest(out).raw
     q = manifest.raw["quantization"]
-    assert q["scheme"] == scheme and q["graphs"] == ["transformer"] and q["block_size"] == qz.DEFAULT_BLOCK[scheme]
+    assert q["scheme"] == scheme and q["block_size"] == qz.DEFAULT_BLOCK[scheme]
+    if scheme == "int4":  # ONNX Runtime's twin, quantized alike
+        assert q["graphs"] == ["transformer", "transformer_valid_length"]
+    else:
+        assert q["graphs"] == ["transformer"] and "transformer_valid_length" not in manifest.raw["graphs"]
     assert q["layers"] == 4 * 6 + 1  # per block q, k, v, proj, fc1, fc2; plus the head
     assert manifest.raw["parity"]["passed"], manifest.raw["parity"]
     stages = _stages(manifest)
@@ -85,6 +90,8 @@ def test_quantized_export_of_the_demo(demo_q, scheme: str) -> None:
     assert tq["top1_agreement"] > (0.9 if scheme == "int8" else 0.8)
     assert 0 < stages["greedy_tokens"]["metrics"]["agreement"] <= 1
     assert {"encoder", "decoder", "cond_encoder", "transformer_kv_steps", "sampler_graph"} <= set(stages)
+    twin = {"valid_length/transformer_quantized", "valid_length/transformer_kv_steps"}
+    assert twin <= set(stages) if scheme == "int4" else not twin & set(stages)
 
     model = onnx.load(str(out / "transformer.onnx"))
     inits = {i.name: i for i in model.graph.initializer}
@@ -151,7 +158,7 @@ def test_export_refuses_below_the_quality_threshold(runs, tmp_path: Path, monkey
     monkeypatch.setitem(quantized_parity.QUANTIZED_TOLERANCES, "int4", {"kl_mean": 0.0})
     out = tmp_path / "seg-int4"
     with pytest.raises(ParityError, match="--quantize int4"):
-        export(run.ckpt, out, quantize="int4", **QUIET)
+        export(run.ckpt, out, quantize="int4", valid_length=False, **QUIET)
     assert not out.exists()  # nothing installed
     report = json.loads((tmp_path / "seg-int4.parity-failed.json").read_text())
     failed = [s["stage"] for s in report["stages"] if not s["passed"]]
@@ -189,7 +196,7 @@ def test_quantize_block_is_the_graphs_and_the_manifests(runs, tmp_path: Path) ->
     """--quantize-block reaches every DequantizeLinear (a layer it does not divide takes the largest power of two
     below that does) and the manifest; without parity: the plumbing is under test, the quality gate above."""
     manifest = export(runs("class_subsample").ckpt, tmp_path / "q", quantize="int4", quantize_block=16, parity=False,
-                      **QUIET)
+                      valid_length=False, **QUIET)
     assert manifest.raw["quantization"]["block_size"] == 16 and manifest.raw["quantization"]["block_sizes"] == [16]
     model = onnx.load(str(tmp_path / "q" / "transformer.onnx"))
     blocks = {a.i for n in model.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute

@@ -39,7 +39,7 @@ def test_graph_only_loop_samples_what_the_host_sampler_samples(exported) -> None
     position = 0
     sampled = []
     for step in range(steps):
-        outs = backend.run_graph("transformer", {"tokens": tokens, "position": np.array([position]), **cache})
+        outs = backend.run_graph("transformer", {"tokens": tokens, "position": np.full(batch, position), **cache})
         cache = {name.replace("cache_out", "cache"): v for name, v in outs.items()
                  if name.startswith("cache_out")}
         position += tokens.shape[1]

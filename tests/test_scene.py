@@ -153,9 +153,11 @@ def test_export_describes_the_builder_and_passes_parity(artifacts) -> None:
     assert "sampler" in manifest.raw["graphs"]  # vocabulary 8192: the sampler graph sorts in rounds
     parity = manifest.raw["parity"]
     stages = {s["stage"]: s for s in parity["stages"]}
-    assert parity["passed"] and set(stages) == {"encoder", "decoder", "transformer_teacher_forced",
-                                                "transformer_kv_steps", "greedy_tokens", "sampler_graph"}
+    transformer = {"transformer_teacher_forced", "transformer_kv_steps", "greedy_tokens"}
+    assert parity["passed"] and set(stages) == {"encoder", "decoder", "sampler_graph", *transformer,
+                                                *(f"valid_length/{s}" for s in transformer)}
     assert stages["greedy_tokens"]["metrics"] == {"steps": 256, "identical": True}
+    assert stages["valid_length/greedy_tokens"]["metrics"] == {"steps": 256, "identical": True}
     assert stages["sampler_graph"]["metrics"]["differing"] == 0
 
 
@@ -394,7 +396,8 @@ def test_tensorrt_rtx_builds_every_graph_of_the_scene_model(artifacts, tmp_path:
     art = tmp_path / "art"
     shutil.copytree(out, art)
     data = build_engines(art, BuildOptions(target_cc=("8.6",)), echo=lambda m: None)
-    assert set(data["engines"]) == set(manifest.raw["graphs"]) >= {"encoder", "transformer", "sampler", "decoder"}
+    assert set(data["engines"]) == set(manifest.raw["graphs"]) - {"transformer_valid_length"} >= {
+        "encoder", "transformer", "sampler", "decoder"}
 
 
 def test_library_takes_a_scene_mapping_or_its_tokens(artifacts) -> None:

@@ -26,8 +26,10 @@ from vqdeploy.serve.app import ServeConfig, create_app  # noqa: E402
 
 @pytest.fixture(scope="module")
 def url(demo_export: Path):
-    # a long bounded wait, so that requests sent together surely share batches
-    app = create_app(Pipeline.from_artifacts(demo_export, "onnxruntime"), ServeConfig(max_wait_s=0.3, max_batch=8))
+    # request-level batching with a long bounded wait, so that requests sent together surely share batches
+    # (continuous batching, the default: tests/test_serve_continuous.py)
+    app = create_app(Pipeline.from_artifacts(demo_export, "onnxruntime"),
+                     ServeConfig(max_wait_s=0.3, max_batch=8, batching="request"))
     with running(app) as base:
         yield base
 

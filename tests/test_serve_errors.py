@@ -165,12 +165,31 @@ class Gate:
         return self.runner.run(items)
 
 
-@pytest.fixture()
-def gated(pipeline):
-    app = create_app(pipeline, ServeConfig(max_batch=1, max_wait_s=0.0, max_queue=2, request_timeout_s=1.5))
+def gate_prefills(batcher) -> Gate:
+    """Continuous batching's stand-in: every admission (a sample's prefill) is held until released."""
+    gate = Gate(batcher.runner)
+    prefill = batcher._prefill
+
+    def held(admission, row) -> None:
+        gate.entered.set()
+        gate.open.wait(60)
+        gate.ran += 1
+        prefill(admission, row)
+
+    batcher._prefill = held
+    return gate
+
+
+@pytest.fixture(params=["request", "continuous"])
+def gated(pipeline, request):
+    app = create_app(pipeline, ServeConfig(max_batch=1, max_wait_s=0.0, max_queue=2, request_timeout_s=1.5,
+                                           batching=request.param))
     server = app.state.server
-    gate = Gate(server.runner)
-    server.batcher.runner = gate
+    if request.param == "request":
+        gate = Gate(server.runner)
+        server.batcher.runner = gate
+    else:
+        gate = gate_prefills(server.batcher)
     with running(app) as base:
         yield base, gate, server
         gate.open.set()

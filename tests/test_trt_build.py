@@ -108,7 +108,8 @@ def test_every_engine_built_and_recorded(trt_built: dict[str, Any], precision: s
     tr = data["engines"]["transformer"]
     # one fixed-capacity cache in both profiles (the KVCacheUpdate layer needs a static sequence axis)
     assert tr["profiles"]["prefill"]["cache.0.key"]["max"][2] == tr["profiles"]["step"]["cache.0.key"]["min"][2] == 32
-    assert tr["profiles"]["prefill"]["tokens"]["max"][1] == 32 and tr["profiles"]["step"]["position"]["max"] == [1]
+    assert tr["profiles"]["prefill"]["tokens"]["max"][1] == 32
+    assert tr["profiles"]["step"]["position"]["max"] == [manifest.max_batch]  # one position per row
     assert tr["profiles"]["step"]["tokens"]["max"] == [manifest.max_batch, 1]  # step: one token, up to --max-batch
     kv = {t["name"]: t["dtype"] for t in tr["inputs"]}["cache.1.value"]
     assert kv == {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
@@ -423,8 +424,8 @@ def test_executor_binds_the_kv_cache_by_address(trt_built: dict[str, Any], monke
     assert pre.addresses["cache.1.value"] == pre.addresses["cache_out.1.value"]  # in place: one buffer
     for k in range(2):
         runner.forward(torch.randint(0, 32, (2, 1)).numpy())
-        assert backend.memory.download(runner.position)[0] == 3 + k  # a value: same shapes at every step
-        assert step.shapes["cache.1.value"] == (2, 2, 32, 16) and step.shapes["position"] == (1,)
+        assert list(backend.memory.download(runner.position)) == [3 + k] * 2  # values: same shapes at every step
+        assert step.shapes["cache.1.value"] == (2, 2, 32, 16) and step.shapes["position"] == (2,)
         assert step.addresses["cache.1.value"] == step.addresses["cache_out.1.value"] == pre.addresses["cache.1.value"]
         assert step.addresses["position"] == pre.addresses["position"]
     assert step.enqueued == 2

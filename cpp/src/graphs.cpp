@@ -129,7 +129,7 @@ void KVTransformer::reset(std::int64_t batch) {
     Memory& mem = backend_.memory();
     const std::size_t bytes = nbytes(kv_dtype_, {batch, n_head_, block_, head_dim_});
     for (std::size_t i = 0; i < names_.size(); ++i) cache_.emplace_back(mem, bytes);  // zero-filled once
-    position_ = Buffer(mem, sizeof(std::int64_t));
+    position_ = Buffer(mem, nbytes(DType::Int64, {batch}));  // one position per row
     capacity_ = batch;
   }
   batch_ = batch;
@@ -151,9 +151,11 @@ Buffer& KVTransformer::run(void* tokens, std::int64_t t) {
   const std::int64_t p = length_;
   if (p + t > block_)
     input_error("transformer: " + std::to_string(p + t) + " tokens exceed the block size " + std::to_string(block_));
-  backend_.memory().upload(position_.get(), &p, sizeof p);
+  const std::vector<std::int64_t> positions(static_cast<std::size_t>(batch_), p);  // every row at the same length here
+  backend_.memory().upload(position_.get(), positions.data(), positions.size() * sizeof(std::int64_t));
   Buffer& logits = *io_buffers(batch_, t).second;
-  std::vector<Binding> ins{{"tokens", DType::Int64, {batch_, t}, tokens}, {"position", DType::Int64, {1}, position_.get()}};
+  std::vector<Binding> ins{{"tokens", DType::Int64, {batch_, t}, tokens},
+                           {"position", DType::Int64, {batch_}, position_.get()}};
   std::vector<Binding> outs{{"logits", DType::Float32, {batch_, t, vocab_}, logits.get()}};
   const std::vector<std::int64_t> shape{batch_, n_head_, block_, head_dim_};
   for (std::size_t i = 0; i < names_.size(); ++i) {  // the leading rows of each buffer, as input and output: in place

@@ -30,7 +30,7 @@ constexpr std::size_t kMaxRank = 8;
 constexpr std::size_t kMaxGraphs = 32;
 constexpr std::size_t kMaxTensors = 2 * kMaxLayers + 8;
 constexpr const char* kFormat = "vqdeploy-artifacts";
-constexpr std::int64_t kFormatVersion = 2;
+constexpr std::int64_t kFormatVersion = 3;  // 3: one transformer position per row
 
 [[noreturn]] void require_fail(const std::string& where, const std::string& message) {
   artifact_error(where + ": " + message + " (re-export)");
@@ -372,8 +372,9 @@ void check_kv_cache(const Manifest& m) {
   const TransformerInfo& tr = m.transformer;
   const std::string where = at_path(m.label + ":", "graphs.transformer");
   const TensorSpec* pos = g.input("position");
-  require(pos && pos->dtype == DType::Int64 && pos->shape.size() == 1 && pos->shape[0].fixed == 1, where + ".inputs",
-          "expected 'position' int64 of shape [1] (re-export artifacts of an older vqdeploy)");
+  require(pos && pos->dtype == DType::Int64 && pos->shape.size() == 1 && !pos->shape[0].is_fixed() &&
+              pos->shape[0].expr == "batch",
+          where + ".inputs", "expected 'position' int64 of shape [batch], one per row (re-export artifacts of an older vqdeploy)");
   std::set<DType> dtypes;
   for (std::int64_t i = 0; i < tr.n_layer; ++i) {
     for (const char* part : {"key", "value"}) {

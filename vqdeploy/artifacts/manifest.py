@@ -24,19 +24,24 @@ from vqdeploy.errors import ArtifactError, InputError
 from vqdeploy.schema import read_json
 
 MANIFEST = "manifest.json"
+
 FORMAT = "vqdeploy-artifacts"
-FORMAT_VERSION = 2  # 2: the KV cache is written in place (cache.{i}.key/value + position)
+# 2: the KV cache is written in place (cache.{i}.key/value + position); 3: one position per row (batch)
+FORMAT_VERSION = 3
 
 KV_CACHE_DOC = (
     "One graph serves prefill and steps, on a fixed-capacity KV cache updated in place. Inputs: tokens (batch, tokens) "
-    "int64, position (1) int64 = the number of positions already cached (0 for the prefill), and per layer i "
+    "int64, position (batch) int64 = per row, the number of positions already cached in that row (0 for its prefill; "
+    "rows may be at different positions), and per layer i "
     "cache.{i}.key / cache.{i}.value (batch, n_head, block_size, head_dim), zero-filled once when allocated. Outputs: "
     "logits (batch, tokens, vocab) fp32 for every new position, and cache_out.{i}.key / cache_out.{i}.value = the "
-    "cache with the new keys/values written at position .. position + tokens - 1 (ONNX TensorScatter, opset 24). "
+    "cache with row b's new keys/values written at position[b] .. position[b] + tokens - 1 (ONNX TensorScatter, "
+    "opset 24, whose write indices are the position input). "
     "Bind each cache_out to its cache input's buffer: ONNX Runtime then writes in place, and TensorRT's KVCacheUpdate layer "
-    "aliases them (ICudaEngine.get_aliased_input_tensor). The new tokens attend to cached positions < position and "
-    "causally among themselves (upstream's mask, n_unmasked block included); entries at or beyond position + tokens "
-    "are masked, so the buffers keep their shapes at every step. Keep position + tokens <= block_size."
+    "aliases them (ICudaEngine.get_aliased_input_tensor). Row b's new tokens attend to its cached positions < "
+    "position[b] and causally among themselves (upstream's mask, n_unmasked block included); its entries at or beyond "
+    "position[b] + tokens are masked, so the buffers keep their shapes at every step. Keep position[b] + tokens <= "
+    "block_size."
 )
 
 

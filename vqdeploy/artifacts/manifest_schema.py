@@ -44,6 +44,11 @@ from vqdeploy.errors import ArtifactError
 from vqdeploy.schema import all_of, at, fail, integer, list_of, mapping, nullable, obj, one_of, sha256, string, tagged
 
 TENSOR_NAME = r"[A-Za-z_][A-Za-z0-9_.]{0,127}"
+# ONNX Runtime's twin of the transformer graph (``export/attention_onnx.py``): the same inputs, outputs and profiles,
+# each layer's attention a GroupQueryAttention that reads only each row's valid prefix of the cache; TensorRT and the
+# C++ runtime load the portable ``transformer`` graph, and ``build-trt`` skips this one
+VALID_LENGTH = "transformer_valid_length"
+ONNXRUNTIME_ONLY = (VALID_LENGTH,)
 _DIM = NAME.pattern
 _INPUT_DIM = re.compile(rf"({_DIM})(?:\*([1-9][0-9]{{0,3}}))?")  # "latent_h*8"
 _OUTPUT_DIM = re.compile(rf"{_INPUT_DIM.pattern}(?:\+{_INPUT_DIM.pattern})*")  # "past+tokens"
@@ -95,7 +100,7 @@ MODEL = tagged("kind", {
                     "tokens": obj({"cond": TOKENS, "image": TOKENS})}, FAMILY),
 })
 # weight-only quantization (export --quantize): which scheme, of which graphs; the bench reads the byte count
-QUANTIZATION = obj({"scheme": one_of(*QUANTIZATION_SCHEMES), "graphs": list_of(one_of("transformer"), 1, 1),
+QUANTIZATION = obj({"scheme": one_of(*QUANTIZATION_SCHEMES), "graphs": list_of(one_of("transformer", VALID_LENGTH), 1, 2),
                     "block_size": integer(16, MAX_QUANT_BLOCK), "layers": integer(0, 16 * MAX_LAYERS),
                     "weight_bytes": integer(0, 1 << 48)})
 # sampling.noise_generator (optional; written since the C++ runtime): the uniforms' generator as identifiers
@@ -218,8 +223,8 @@ def _kv_cache(tr: dict[str, Any], g: dict[str, Any], where: str) -> None:
     ins = {t["name"]: t for t in g["inputs"]}
     outs = {t["name"]: t for t in g["outputs"]}
     pos = ins.get("position")
-    _require(pos is not None and pos["dtype"] == "int64" and pos["shape"] == [1], at(where, "inputs"),
-             "expected 'position' int64 of shape [1] (re-export artifacts of an older vqdeploy)")
+    _require(pos is not None and pos["dtype"] == "int64" and pos["shape"] == ["batch"], at(where, "inputs"),
+             "expected 'position' int64 of shape [batch], one per row (re-export artifacts of an older vqdeploy)")
     dtypes = set()
     want = [tr["n_head"], tr["block_size"], tr["head_dim"]]
     for i in range(tr["n_layer"]):

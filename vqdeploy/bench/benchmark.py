@@ -18,6 +18,7 @@ import numpy as np
 
 from vqdeploy import machine
 from vqdeploy.artifacts import Artifacts, Manifest, ModelInfo, open_artifacts
+from vqdeploy.artifacts.manifest_schema import VALID_LENGTH
 from vqdeploy.artifacts.outputs import check_files, check_output_dir, make_output_dir
 from vqdeploy.conditions import ConditionInput
 from vqdeploy.errors import ArtifactError, CheckpointError, InputError, os_error, shown
@@ -267,7 +268,10 @@ def compared_artifacts(artifacts: Path, compare: list[Path], fingerprint: str) -
 def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n: int, repeats: int, reference: bool,
               out: Path, ckpt: str | None, log: Callable[[str], None] = print, cuda_graphs: bool = False,
               compare: list[Path] | None = None, decoding: str = "sequential",
-              jacobi_window: int = DEFAULT_WINDOW, params: SamplingParams = PARAMS) -> dict[str, Any]:
+              jacobi_window: int = DEFAULT_WINDOW, params: SamplingParams = PARAMS,
+              full_attention: bool = False) -> dict[str, Any]:
+    """``full_attention``: ONNX Runtime CPU rows are also timed on the portable transformer graph (attention over
+    the whole capacity), next to its valid-length twin."""
     check_num_samples(n)
     check_int(repeats, "--repeats", 1, MAX_REPEATS)
     omp_wait_policy, omp_note = passive_openmp()  # before anything imports torch
@@ -326,6 +330,13 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": graphs,
                            "floor_ms": 1e3 * (fp32_bytes if reference_row else transformer_weight_bytes(m)) / bw,
                            **bench_backend(be, condition, info, n, repeats, sampler, params)}
+            if full_attention and sampler == "host" and getattr(be, "valid_length", False) \
+                    and be.has_graph(VALID_LENGTH) and dev == "cpu":
+                full = f"{label}, full-capacity attention"
+                log(f"bench: {full} ...")
+                be.valid_length = False  # type: ignore[attr-defined]
+                rows[full] = {**rows[label], **bench_backend(be, condition, info, n, repeats, sampler, params)}
+                be.valid_length = True  # type: ignore[attr-defined]
         if decoding == "jacobi" and not graphs:  # host sampler only
             label = f"{spec(name).label(dev)} {shown_as}" + (" KV cache" if reference_row else "") + \
                 f", Jacobi (window {jacobi_window})"

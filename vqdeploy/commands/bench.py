@@ -38,11 +38,14 @@ Example:
               help="Top-k of the timed sampling (LlamaGen samples with 2000).")
 @click.option("--cfg-scale", type=click.FloatRange(1.0, MAX_CFG_SCALE), default=1.0, show_default=True,
               help="Classifier-free guidance (models with a null class): > 1 runs two transformer rows per sample.")
+@click.option("--full-attention", is_flag=True,
+              help="ONNX Runtime CPU: also time the portable transformer graph, whose steps attend over the whole "
+                   "cache capacity, next to its valid-length twin (rows side by side).")
 def bench(artifacts: Path, backends: str, device: str | None, num_samples: int, repeats: int, reference: bool,
           out: Path | None, ckpt: str | None, cuda_graphs: bool, decoding: str, jacobi_window: int,
-          compare: tuple[Path, ...], top_k: int, cfg_scale: float) -> None:
+          compare: tuple[Path, ...], top_k: int, cfg_scale: float, full_attention: bool) -> None:
     """Per-stage latency and tokens/s for each backend, next to the reference sampler, in one run."""
     run_bench(artifacts, backends, device, num_samples, repeats, reference, out or artifacts / "bench.json", ckpt,
               log=lambda m: click.echo(m, err=True), cuda_graphs=cuda_graphs, compare=list(compare),
               decoding=decoding, jacobi_window=check_window(jacobi_window),
-              params=SamplingParams(temperature=1.0, top_k=top_k, cfg_scale=cfg_scale))
+              params=SamplingParams(temperature=1.0, top_k=top_k, cfg_scale=cfg_scale), full_attention=full_attention)

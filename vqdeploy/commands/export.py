@@ -29,6 +29,10 @@ Examples:
               help="Input channels per quantization scale, a power of two 16..1024; default int8 128, int4 32 "
                    "(larger: smaller and faster, less accurate; docs/quantization.md).")
 @click.option("--parity/--no-parity", default=True, show_default=True, help="Check every graph against PyTorch (ONNX Runtime CPU).")
+@click.option("--valid-length/--no-valid-length", default=True, show_default=True,
+              help="Also export transformer_valid_length.onnx, ONNX Runtime's transformer whose steps read only the "
+                   "valid part of the KV cache (causal fp32/fp16 models); --no-valid-length: only the portable "
+                   "transformer that TensorRT and the C++ runtime load.")
 @click.option("--object-classes", type=click.IntRange(1, 1 << 24), default=None,
               help="Object-layout models whose data config states no no_object_classes: the number of categories.")
 @click.option("--example", type=click.Path(path_type=str), default=None,
@@ -36,7 +40,8 @@ Examples:
                    "directory's example.png (.jpg, .webp, .json) if there is one.")
 @llamagen_options
 def export(ckpt: str, config: str | None, out: str, precision: str, opset: int | None, max_batch: int, parity: bool,
-           quantize: str | None, quantize_block: int | None, object_classes: int | None, example: str | None,
+           valid_length: bool, quantize: str | None, quantize_block: int | None, object_classes: int | None,
+           example: str | None,
            vq_ckpt: str | None, gpt_model: str | None, n_head: int | None, image_size: int | None, num_classes: int | None) -> None:
     """Export encoder, cond encoder, transformer (KV cache) and decoder to ONNX, with a manifest. A LlamaGen GPT
     checkpoint takes its tokenizer with --vq-ckpt (see docs/llamagen.md)."""
@@ -46,4 +51,4 @@ def export(ckpt: str, config: str | None, out: str, precision: str, opset: int |
 
     run_export(ckpt, out, config, precision, opset, max_batch, parity, log=lambda m: click.echo(m, err=True),
                quantize=quantize, object_classes=object_classes, example=example, family_options=family_options,
-               quantize_block=quantize_block)
+               quantize_block=quantize_block, valid_length=valid_length)

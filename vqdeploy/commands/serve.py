@@ -8,8 +8,17 @@ from pathlib import Path
 
 import click
 
-from vqdeploy.commands.options import (BACKEND, BACKEND_HELP, CUDA_GRAPHS_HELP, DECODING, DECODING_HELP, DEVICE,
-                                       DEVICE_HELP, JACOBI_WINDOW_HELP, SAMPLER_HELP)
+from vqdeploy.commands.options import (
+    BACKEND,
+    BACKEND_HELP,
+    CUDA_GRAPHS_HELP,
+    DECODING,
+    DECODING_HELP,
+    DEVICE,
+    DEVICE_HELP,
+    JACOBI_WINDOW_HELP,
+    SAMPLER_HELP,
+)
 from vqdeploy.errors import BackendError, InputError, shown
 from vqdeploy.limits import (
     MAX_INFLIGHT_UPLOAD_BYTES,
@@ -57,8 +66,12 @@ def require_serve_extra() -> None:
 @click.option("--port", type=int, default=8000, show_default=True, help="TCP port to listen on.")
 @click.option("--max-batch", type=int, default=None,
               help="Samples per engine batch, shared by concurrent requests (default and cap: the backend's limit).")
+@click.option("--batching", type=click.Choice(["continuous", "request"]), default="continuous", show_default=True,
+              help="continuous: a request's samples join the running batch at the next token step and leave it when "
+                   "done (guided, Jacobi, larger-size and --sampler graph requests run as batches of their own); "
+                   "request: whole requests are batched, and one arriving meanwhile waits for the batch to finish.")
 @click.option("--max-wait-ms", type=float, default=20.0, show_default=True,
-              help="How long the oldest waiting request waits for others to share its batch.")
+              help="How long the oldest waiting request waits for others to share its batch (--batching request).")
 @click.option("--max-queue", type=int, default=32, show_default=True,
               help="Requests that may wait for the engine; beyond it requests get 429 with Retry-After.")
 @click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
@@ -76,13 +89,14 @@ def require_serve_extra() -> None:
                    "connection is closed.")
 def serve(artifacts: Path, backend: str, device: str | None, sampler: str, decoding: str, jacobi_window: int,
           cuda_graphs: bool, host: str, port: int,
-          max_batch: int | None,
+          max_batch: int | None, batching: str,
           max_wait_ms: float, max_queue: int, timeout_s: float, max_samples: int, max_upload_bytes: int,
           max_pixels: int | None, max_inflight_upload_bytes: int, read_timeout_s: float) -> None:
     """Serve the model over HTTP: POST /v1/generate (and /v1/generate/stream for progress events),
     GET /v1/model, /healthz, /metrics (Prometheus) and a sketch pad page at /.
 
-    Concurrent requests share engine batches (dynamic batching with a bounded wait). Needs the serve
+    Concurrent requests share engine batches: by default a request's samples join the running batch at the next
+    token step (continuous batching); --batching request batches whole requests with a bounded wait. Needs the serve
     extra: pip install 'vqdeploy[serve]'."""
     check_int(port, "--port", 0, 65535)
     if max_batch is not None:
@@ -110,7 +124,7 @@ def serve(artifacts: Path, backend: str, device: str | None, sampler: str, decod
                                        log=lambda m: click.echo(m, err=True), decoding=decoding,
                                        jacobi_window=check_window(jacobi_window))
     config = ServeConfig(max_batch, max_wait_ms / 1000.0, max_queue, timeout_s, max_upload_bytes, max_samples,
-                         max_pixels, max_inflight_upload_bytes, read_timeout_s)
+                         max_pixels, max_inflight_upload_bytes, read_timeout_s, batching)
     app = create_app(pipeline, config, access_log=lambda m: click.echo(m, err=True))  # one line per request
     bound = sock.getsockname()
     where = f"[{bound[0]}]:{bound[1]}" if sock.family == socket.AF_INET6 else f"{bound[0]}:{bound[1]}"

@@ -16,7 +16,7 @@ from typing import Any
 
 from vqdeploy.artifacts import Artifacts, Manifest
 from vqdeploy.artifacts.manifest import FORMAT, FORMAT_VERSION, KV_CACHE_DOC, MANIFEST, SAMPLING_DOC
-from vqdeploy.artifacts.manifest_schema import validate  # what is exported must read back
+from vqdeploy.artifacts.manifest_schema import VALID_LENGTH, validate  # what is exported must read back
 from vqdeploy.artifacts.paths import artifact_file
 from vqdeploy.bounds import MAX_BATCH
 from vqdeploy.errors import ArtifactError, ConfigError, InputError, ParityError, os_error, shown
@@ -108,6 +108,7 @@ def export(
     example: str | Path | None = None,
     family_options: dict[str, Any] | None = None,
     quantize_block: int | None = None,
+    valid_length: bool = True,
 ) -> Manifest:
     """Export ``ckpt`` to ``out``; returns the manifest. ``object_classes``: see ``load_model``; the family that loads
     ``ckpt`` is found by ``families.family_for``; ``family_options`` are the family's own load options (LlamaGen's
@@ -118,7 +119,9 @@ def export(
     fp32 model (``parity/quantized.py``); ``quantize_block``: the block of input channels that share a scale
     (default ``quantize.DEFAULT_BLOCK``: int8 128, int4 32). ``example``: a condition file of this model (a
     sketch, a label map, a scene), recorded as ``source.example`` for ``parity``'s samples; default: the run directory's
-    ``example.*`` (``example_condition``)."""
+    ``example.*`` (``example_condition``). ``valid_length``: also export ONNX Runtime's valid-length twin of the
+    transformer where the model allows it (``export/attention_onnx.py``); False: the portable graph only (what
+    TensorRT and the C++ runtime load), a smaller export."""
     t0 = time.perf_counter()
     out = Path(out)
     if not out.name or out.name in (".", ".."):
@@ -140,13 +143,14 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     with export_lock(out, log):
         return _export_locked(ckpt, out, config, precision, opset, max_batch, parity, log, t0, quantize,
-                              object_classes, example, family_options, quantize_block)
+                              object_classes, example, family_options, quantize_block, valid_length)
 
 
 def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, precision: str, opset: int,
                    max_batch: int, parity: bool, log: Log, t0: float, quantize: str | None = None,
                    object_classes: int | None = None, example: str | Path | None = None,
-                   family_options: dict[str, Any] | None = None, quantize_block: int | None = None) -> Manifest:
+                   family_options: dict[str, Any] | None = None, quantize_block: int | None = None,
+                   valid_length: bool = True) -> Manifest:
     options = {"object_classes": object_classes} if object_classes is not None else {}
     options.update({k: v for k, v in (family_options or {}).items() if v is not None})
     family: Family = family_for(ckpt, options)
@@ -158,7 +162,7 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
     if quantize is not None and family.quantizable(model) is None:
         raise ConfigError(f"--quantize {quantize}: {ckpt} is a VQGAN without a transformer; only the transformer's "
                           f"weights are quantized")
-    specs = family.graph_specs(model, precision, max_batch)
+    specs = [s for s in family.graph_specs(model, precision, max_batch) if valid_length or s.name != VALID_LENGTH]
     big = sum(p.numel() * p.element_size() for p in model.parameters()) >= _TRIM_FROM_BYTES
 
     try:
@@ -171,10 +175,10 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
         quantization: dict[str, Any] | None = None
         for n, spec in enumerate(specs, 1):
             t = time.perf_counter()
-            q = quantize if spec.name == "transformer" else None
+            q = quantize if spec.name in ("transformer", VALID_LENGTH) else None
             log(f"[{n}/{len(specs)}] exporting {spec.file}" + (f" (weights {q})" if q else "") + " ...")
             layers = export_graph(spec, tmp / spec.file, opset, q, block=quantize_block)
-            if q:
+            if q and spec.name == "transformer":
                 quantization = quantization_entry(q, layers, int(info["transformer"]["parameters"]), precision,
                                                   quantize_block)
             entry = spec.to_manifest()
@@ -187,6 +191,8 @@ def _export_locked(ckpt: str | Path, out: Path, config: str | Path | None, preci
             if big:
                 _return_freed_memory()
             log(f"      {spec.file}: {entry['bytes'] / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s")
+        if quantization is not None and VALID_LENGTH in graphs:
+            quantization["graphs"].append(VALID_LENGTH)  # quantized alike
         del specs, spec  # the fp16/bf16 copy of the model (parity's reference is the fp32 model)
         if big:
             _return_freed_memory()

@@ -29,7 +29,7 @@ DOMAIN = "vqdeploy.kv"  # placeholder domain, gone after ``to_tensor_scatter``
 VERSION = 1
 OP_TYPE = "KVWrite"
 TENSOR_SCATTER_OPSET = 24
-_MIN_IR_VERSION = 11
+MIN_IR_VERSION = 11
 
 _SCHEMA = OpSchema(
     OP_TYPE,
@@ -53,8 +53,8 @@ def translate(cache: object, update: object, position: object) -> object:
 
 
 def to_tensor_scatter(model: ir.Model) -> bool:
-    """Replace the placeholders by TensorScatter(axis=2, linear) with per-sample write indices
-    (the one position, expanded to the batch); returns whether the graph had any."""
+    """Replace the placeholders by TensorScatter(axis=2, linear) whose per-sample write indices are the
+    (B,) ``position`` input as it is; returns whether the graph had any."""
     nodes = [n for n in model.graph.all_nodes() if n.domain == DOMAIN and n.op_type == OP_TYPE]
     if not nodes:
         return False
@@ -62,11 +62,9 @@ def to_tensor_scatter(model: ir.Model) -> bool:
         cache, update, position = node.inputs
         graph = node.graph
         assert graph is not None and cache is not None and update is not None and position is not None
-        shape = ir.node("Shape", [cache], attributes={"start": 0, "end": 1}, name=f"{node.name}_batch")
-        expand = ir.node("Expand", [position, shape.outputs[0]], name=f"{node.name}_indices")
-        scatter = ir.node("TensorScatter", [cache, update, expand.outputs[0]],
+        scatter = ir.node("TensorScatter", [cache, update, position],
                           attributes={"axis": 2, "mode": "linear"}, name=f"{node.name}_scatter")
-        graph.insert_before(node, [shape, expand, scatter])
+        graph.insert_before(node, [scatter])
         old = node.outputs[0]
         new = scatter.outputs[0]
         name = old.name
@@ -77,5 +75,5 @@ def to_tensor_scatter(model: ir.Model) -> bool:
         graph.remove(node, safe=True)
     model.opset_imports[""] = max(model.opset_imports.get("", 0), TENSOR_SCATTER_OPSET)
     model.opset_imports.pop(DOMAIN, None)
-    model.ir_version = max(model.ir_version, _MIN_IR_VERSION)
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
     return True

@@ -14,11 +14,11 @@ import onnx_ir as ir
 import torch
 
 from vqdeploy.errors import ConfigError
-from vqdeploy.export import DEFAULT_OPSET, kv_cache_onnx
+from vqdeploy.export import DEFAULT_OPSET, attention_onnx, kv_cache_onnx
 from vqdeploy.export.nearest_code_onnx import attach_function, translate
 from vqdeploy.export.quantize import QuantizedLayer, quantize_model
 from vqdeploy.families.graph_spec import GraphSpec
-from vqdeploy.models.kv_cache import kv_write_op
+from vqdeploy.models.kv_cache import cached_attention_op, kv_write_op
 from vqdeploy.models.nearest_code import nearest_code
 
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
@@ -71,7 +71,8 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET,
             args,
             dynamo=True,
             custom_translation_table={nearest_code._opoverload: translate,
-                                      kv_write_op._opoverload: kv_cache_onnx.translate},
+                                      kv_write_op._opoverload: kv_cache_onnx.translate,
+                                      cached_attention_op._opoverload: attention_onnx.translate},
             dynamic_shapes=spec.torch_dynamic_shapes(),
             input_names=[t.name for t in spec.inputs],
             output_names=[t.name for t in spec.outputs],
@@ -83,6 +84,7 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET,
         raise RuntimeError("torch.onnx.export returned no program")
     attach_function(program.model)
     kv_cache_onnx.to_tensor_scatter(program.model)  # the transformer graph: opset 24
+    attention_onnx.to_group_query_attention(program.model)  # its ONNX Runtime twin: GroupQueryAttention
     layers = quantize_model(program.model, quantize, block) if quantize else []
     program.model.graph.name = spec.name
     _reproducible(program.model)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vqdeploy.artifacts.manifest_schema import VALID_LENGTH
 from vqdeploy.artifacts.tensors import Dim, TensorSpec
 from vqdeploy.errors import ConfigError
 from vqdeploy.models.sampler import TOPK_MAX, GuidedSamplerGraph, SamplerGraph
@@ -107,13 +108,13 @@ def grid_dims(grid: list[int], scale: int) -> dict[str, Dim]:
 
 def cached_transformer_spec(module: nn.Module, dtype: torch.dtype, max_batch: int, *, n_layer: int, n_head: int,
                             head_dim: int, block: int, vocab: int, prefill_tokens: int, token_ids: int) -> GraphSpec:
-    """The transformer graph's contract, the same for every family (docs/artifacts.md): tokens + position + a
-    fixed-capacity cache per layer (the block size: TensorRT's KVCacheUpdate needs a static sequence axis) written
+    """The transformer graph's contract, the same for every family (docs/artifacts.md): tokens + a position per row
+    + a fixed-capacity cache per layer (the block size: TensorRT's KVCacheUpdate needs a static sequence axis) written
     in place, so the cache shapes never change; two profiles that differ in the number of new tokens only (the
     prefill of ``prefill_tokens`` condition tokens, the one-token steps). ``token_ids``: the ids parity feeds."""
     kv = DTYPE_NAMES[dtype]
     shape = ("batch", n_head, block, head_dim)
-    inputs = [TensorSpec("tokens", "int64", ("batch", "tokens")), TensorSpec("position", "int64", (1,))]
+    inputs = [TensorSpec("tokens", "int64", ("batch", "tokens")), TensorSpec("position", "int64", ("batch",))]
     outputs = [TensorSpec("logits", "float32", ("batch", "tokens", vocab))]
     for i in range(n_layer):
         for part in ("key", "value"):
@@ -132,6 +133,19 @@ def cached_transformer_spec(module: nn.Module, dtype: torch.dtype, max_batch: in
     )
     spec.id_ranges = {"tokens": token_ids, "position": max(1, block - 3)}
     return spec
+
+
+# what ONNX Runtime's CPU GroupQueryAttention computes in (no bfloat16 kernel)
+VALID_LENGTH_DTYPES = (torch.float32, torch.float16)
+
+
+def valid_length_spec(transformer: GraphSpec) -> GraphSpec:
+    """The valid-length twin of a ``cached_transformer_spec``: the same contract, a copy of its module whose
+    attention is the ``cached_attention`` op (the weights are shared, not copied)."""
+    module = copy.copy(transformer.module)
+    module.valid_length = True
+    return GraphSpec(VALID_LENGTH, module, transformer.inputs, transformer.outputs, transformer.dims,
+                     transformer.profiles, transformer.sample_dims, transformer.id_ranges)
 
 
 def precision_copy(model: nn.Module, dtype: torch.dtype, keep_fp32: Callable[[nn.Module], None] | None = None) -> nn.Module:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqdeploy.models.kv_cache import KV, KVCache, Writer, attention_mask, forward_cached
-from vqdeploy.models.precision import LayerNorm32, upcast
+from vqdeploy.models.kv_cache import KV, KVCache, ValidLength, Writer, attend, attention_mask, forward_cached
+from vqdeploy.models.precision import LayerNorm32
 
 
 class CausalSelfAttention(nn.Module):
@@ -50,21 +50,16 @@ class CausalSelfAttention(nn.Module):
         y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
         return self.resid_drop(self.proj(y))
 
-    def forward_at(self, x: torch.Tensor, cache: KV, allowed: torch.Tensor, write: Writer) -> tuple[torch.Tensor, KV]:
+    def forward_at(self, x: torch.Tensor, cache: KV, allowed: torch.Tensor,
+                   write: Writer | ValidLength) -> tuple[torch.Tensor, KV]:
         """Write the keys/values of ``t`` new tokens into the cache, then attend where ``allowed``
-        ((t, capacity) bool, ``kv_cache.attention_mask``); returns the written cache."""
+        ((B, 1, t, capacity) bool, ``kv_cache.attention_mask``); returns the written cache."""
         b, t, c = x.size()
-        k = write(cache[0], self._heads(self.key(x), b, t, c))
+        k = self._heads(self.key(x), b, t, c)
         q = self._heads(self.query(x), b, t, c)
-        v = write(cache[1], self._heads(self.value(x), b, t, c))
-        # scores and softmax in fp32 (identity for fp32 models) over the whole capacity; the mask rows
-        # of the new positions also cover upstream's n_unmasked block when it lies in the prefill, and
-        # every row allows its own position, so no row is all -inf
-        att = (upcast(q) @ upcast(k).transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        att = att.masked_fill(~allowed, float("-inf"))
-        att = F.softmax(att, dim=-1)
-        y = (att.to(v.dtype) @ v).transpose(1, 2).contiguous().view(b, t, c)
-        return self.proj(y), (k, v)
+        v = self._heads(self.value(x), b, t, c)
+        y, written = attend(q, k, v, cache, allowed, write, 1.0 / math.sqrt(k.size(-1)))
+        return self.proj(y), written
 
 
 class Block(nn.Module):
@@ -84,7 +79,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
-    def forward_at(self, x: torch.Tensor, cache: KV, allowed: torch.Tensor, write: Writer) -> tuple[torch.Tensor, KV]:
+    def forward_at(self, x: torch.Tensor, cache: KV, allowed: torch.Tensor,
+                   write: Writer | ValidLength) -> tuple[torch.Tensor, KV]:
         attn, written = self.attn.forward_at(self.ln1(x), cache, allowed, write)
         x = x + attn
         return x + self.mlp(self.ln2(x)), written
@@ -166,12 +162,12 @@ class GPT(nn.Module):
                                 dtype or w.dtype, device or w.device)
 
     def forward_at(self, idx: torch.Tensor, position: torch.Tensor, cache: Sequence[KV],
-                   write: Writer) -> tuple[torch.Tensor, list[KV]]:
-        """Logits of the (B,T) tokens at ``position`` (a (1,) int64 tensor) .. position+T-1, each
-        layer's keys/values written into its cache with ``write``; returns the written caches."""
-        t = idx.shape[1]
-        positions = position.reshape(1) + torch.arange(t, device=idx.device)
-        x = self.tok_emb(idx) + self.pos_emb[0].index_select(0, positions)
+                   write: Writer | ValidLength) -> tuple[torch.Tensor, list[KV]]:
+        """Logits of the (B,T) tokens of row b at ``position[b]`` .. position[b]+T-1 (``position``: (B,) int64),
+        each layer's keys/values written into its cache with ``write``; returns the written caches."""
+        b, t = idx.shape
+        positions = position.reshape(b, 1) + torch.arange(t, device=idx.device)  # (B,T)
+        x = self.tok_emb(idx) + self.pos_emb[0].index_select(0, positions.reshape(-1)).reshape(b, t, -1)
         # every layer's mask buffer is the same (block size, n_unmasked): one mask for all of them
         mask = cast(torch.Tensor, cast(Block, self.blocks[0]).attn.mask)
         allowed = attention_mask(mask, positions, cache[0][0].shape[2])

@@ -8,12 +8,14 @@ parity`` (every available backend). Every check has a tolerance, stated with its
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from vqdeploy.artifacts import ModelInfo
+from vqdeploy.artifacts.manifest_schema import VALID_LENGTH
 from vqdeploy.parity.guidance import check_guided_greedy, check_guided_sampler
 from vqdeploy.parity.inputs import parity_inputs
 from vqdeploy.parity.quantized import check_quantized_transformer
@@ -110,20 +112,48 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: ModelInfo, 
     _, transformer = info.sampling()
     vocab = transformer.vocab_size
 
-    def forward(sequence: np.ndarray) -> np.ndarray:
-        """The reference transformer over a whole sequence (what upstream's sampler recomputes per token)."""
-        with torch.no_grad():
-            x = torch.from_numpy(sequence).to(reference.torch_device)
-            return family.teacher_forced_logits(model, x).float().cpu().numpy()
+    computed: dict[bytes, np.ndarray] = {}
 
+    def forward(sequence: np.ndarray) -> np.ndarray:
+        """The reference transformer over a whole sequence (what upstream's sampler recomputes per token); each
+        sequence once (the valid-length twin's checks feed the same sequences as the portable graph's)."""
+        key = sequence.shape[1].to_bytes(4, "little") + np.ascontiguousarray(sequence, dtype=np.int64).tobytes()
+        if key not in computed:
+            with torch.no_grad():
+                x = torch.from_numpy(sequence).to(reference.torch_device)
+                computed[key] = family.teacher_forced_logits(model, x).float().cpu().numpy()
+        return computed[key]
+
+    steps = z.shape[1] if greedy_steps is None else min(greedy_steps, z.shape[1])
+    null = cond_info.null_tokens()
+    # ONNX Runtime's valid-length twin of the transformer graph is checked as well as the portable graph
+    variants = [("", None)]
+    if candidate.has_graph(VALID_LENGTH) and hasattr(candidate, "valid_length"):
+        variants = [("", False), ("valid_length/", True)]
+    for prefix, valid_length in variants:
+        if valid_length is not None:
+            candidate.valid_length = valid_length  # type: ignore[attr-defined]
+        for r in _transformer_reports(forward, candidate, cond, seq, steps, null, quantization, tol):
+            r.stage = prefix + r.stage
+            reports.append(r)
+    if valid_length is not None:
+        candidate.valid_length = True  # type: ignore[attr-defined]
+    if candidate.has_graph("sampler"):
+        reports.append(check_sampler(candidate, vocab, seed))
+    if candidate.has_graph(GUIDED_SAMPLER):
+        reports.append(check_guided_sampler(candidate, vocab, seed))
+    return reports
+
+
+def _transformer_reports(forward: Callable[[np.ndarray], np.ndarray], candidate: Backend, cond: np.ndarray,
+                         seq: np.ndarray, steps: int, null: np.ndarray | None, quantization: str | None,
+                         tol: dict[str, float]) -> list[StageReport]:
+    """The transformer's stages: teacher-forced logits, KV-cached steps and greedy tokens (and guided greedy
+    tokens for a model with a null condition), or the quantized graph's quality checks."""
     if quantization is not None:  # weight-only int8/int4 graph: quality against fp32, not float rounding
-        steps = z.shape[1] if greedy_steps is None else min(greedy_steps, z.shape[1])
-        reports += check_quantized_transformer(forward, candidate, cond, seq, steps, quantization)
-        if candidate.has_graph("sampler"):
-            reports.append(check_sampler(candidate, vocab, seed))
-        if candidate.has_graph(GUIDED_SAMPLER):
-            reports.append(check_guided_sampler(candidate, vocab, seed))
-        return reports
+        return check_quantized_transformer(forward, candidate, cond, seq, steps, quantization)
+    reports = []
+    batch, tc = cond.shape
     full = forward(seq[:, :-1])
     scale = float(np.abs(full).max())
     runner = candidate.transformer()
@@ -135,7 +165,6 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: ModelInfo, 
     # the reference recomputes the whole sequence once over the candidate's tokens (upstream's
     # sampler does exactly that per token). If the reference's argmax equals the candidate's token
     # at every step, the reference's own greedy decoding produces the same sequence (by induction).
-    steps = z.shape[1] if greedy_steps is None else min(greedy_steps, z.shape[1])
     step_logits: list[np.ndarray] = []
     tokens = sample_tokens(runner, cond, steps, SamplingParams(top_k=1), np.zeros((steps, batch)), logits_out=step_logits)
     ref = forward(np.concatenate([cond, tokens[:, :-1]], axis=1))[:, tc - 1 :]  # (B, steps, V): each new token's logits
@@ -147,13 +176,8 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: ModelInfo, 
     passed = gap is None or gap <= 2 * step_err  # identical, or diverged at a near-tie of the reference itself
     reports.append(StageReport("greedy_tokens", passed, metrics,
                                "identical, or first divergence at a reference top-2 gap <= 2x the step logits error"))
-    if candidate.has_graph("sampler"):
-        reports.append(check_sampler(candidate, vocab, seed))
-    null = cond_info.null_tokens()
     if null is not None:  # classifier-free guidance: a model with a null condition
         reports.append(check_guided_greedy(forward, candidate, cond, null, steps, step_err))
-        if candidate.has_graph(GUIDED_SAMPLER):
-            reports.append(check_guided_sampler(candidate, vocab, seed))
     return reports
 
 

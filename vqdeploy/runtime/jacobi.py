@@ -10,8 +10,8 @@ distribution p of the sequential sampler (temperature, top-k and top-p applied t
 yields at least one token. The rejected drafts are refreshed from this call's distributions (the Jacobi
 iteration: a draft converges once what precedes it is fixed); the cache is rewound to the accepted length.
 
-Rows run one at a time (the exported transformer takes one ``position`` for the whole batch, and rows accept
-different numbers of tokens); the host sampler only. Sample b of a request draws its proposals and coins from
+Rows run one at a time (rows accept different numbers of tokens per call, and a call of several tokens at rows'
+own positions is one the valid-length graph takes for one row only); the host sampler only. Sample b of a request draws its proposals and coins from
 ``default_rng([seed, b, JACOBI_STREAM])``: the same seed gives the same tokens on every backend, not the tokens
 of the sequential sampler (a different draw from the same distribution).
 """

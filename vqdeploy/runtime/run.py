@@ -23,7 +23,6 @@ from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.progress import TokenProgress
 from vqdeploy.runtime.sampling import SamplingParams
 
-
 STDOUT = Path("-")  # --out -: the image goes to stdout
 
 

@@ -22,6 +22,7 @@ from vqdeploy.limits import MAX_INFLIGHT_UPLOAD_BYTES, MAX_UPLOAD_BYTES, READ_TI
 from vqdeploy.runtime.pipeline import Pipeline
 from vqdeploy.runtime.sampling import SamplingParams
 from vqdeploy.serve.batcher import Batcher, QueueFull
+from vqdeploy.serve.continuous import ContinuousBatcher
 from vqdeploy.serve.intake import Intake, IntakeLimits
 from vqdeploy.serve.metrics import Metrics
 from vqdeploy.serve.requests import (
@@ -40,6 +41,7 @@ ROUTES = ("/", "/favicon.ico", "/v1/generate", "/v1/generate/stream", "/v1/model
 FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
            b'fill="#2a6df4"/><path d="M3 8 8 3.5 13 8M4.5 7v6h7V7" fill="none" stroke="#fff" stroke-width="1.6"/>'
            b'</svg>')
+BATCHING = ("continuous", "request")  # step-level (rows join the running batch) or request-level batches
 PROGRESS_EVERY_S = 0.05  # progress events are coalesced to at most one per 50 ms
 
 
@@ -56,6 +58,7 @@ class ServeConfig:
     max_pixels: int | None = None  # condition image budget (default: 16x the trained area)
     max_inflight_upload_bytes: int = MAX_INFLIGHT_UPLOAD_BYTES  # all bodies being received at once; then 503
     read_timeout_s: float = READ_TIMEOUT_S  # a request's headers, and then its body; then 408
+    batching: str = "continuous"  # "continuous": samples join the running batch at step boundaries; "request"
 
 
 class Server:
@@ -67,12 +70,20 @@ class Server:
         self.config = config
         self.metrics = Metrics()
         self.runner = BatchRunner(pipeline.generator)
-        self.batcher = Batcher(self.runner, config.max_batch, config.max_wait_s, config.max_queue, self._on_batch)
+        if config.batching not in BATCHING:
+            raise InputError(f"--batching {config.batching}: expected one of {', '.join(BATCHING)}")
+        self.batcher: Batcher | ContinuousBatcher = (
+            ContinuousBatcher(self.runner, config.max_batch, config.max_queue, self._on_batch)
+            if config.batching == "continuous" else
+            Batcher(self.runner, config.max_batch, config.max_wait_s, config.max_queue, self._on_batch))
         self.started = time.time()
 
     def _on_batch(self, batch: list[Item], timings: dict[str, float]) -> None:
-        rows = sum(it.count for it in batch)
-        self.metrics.batch(rows, len({id(it.job) for it in batch}), rows * self.runner.steps, timings)
+        """A request-level batch ran, or (continuous batching) a request finished: ``timings["rows"]`` is then the
+        mean number of rows of the steps it ran in, what the batch-size metrics observe."""
+        samples = sum(it.count for it in batch)
+        rows = timings.get("rows", samples)
+        self.metrics.batch(rows, len({id(it.job) for it in batch}), samples * self.runner.steps, timings)
         self._queue_gauges()
 
     def header_timeout(self) -> None:

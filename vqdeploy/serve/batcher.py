@@ -2,10 +2,8 @@
 
 The batch thread takes the oldest waiting job, waits at most ``max_wait_s`` (from that job's arrival)
 for more rows, then runs up to ``max_batch`` rows of the waiting jobs that may share its batch (the same
-image size) as one batch; jobs that arrive meanwhile form the next batch. Continuous batching at step
-granularity (a request joining a batch between tokens) would need a position per row, but the exported
-transformer takes one scalar ``position`` for the whole batch, so rows cannot be at different positions
-without a re-export.
+image size) as one batch; jobs that arrive meanwhile form the next batch. ``serve --batching request``; the
+default, continuous batching at step granularity, is ``serve/continuous.py``.
 
 Sync and thread-based, so the Starlette app and the Ray Serve replicas share it.
 """

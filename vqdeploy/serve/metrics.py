@@ -34,7 +34,7 @@ class Metrics:
         self.queue_wait = Histogram("vqdeploy_queue_wait_seconds", "Time from arrival to the start of the batch",
                                     buckets=LATENCY_BUCKETS, registry=r)
 
-    def batch(self, rows: int, requests: int, tokens: int, timings: dict[str, Any]) -> None:
+    def batch(self, rows: float, requests: int, tokens: int, timings: dict[str, Any]) -> None:
         self.batch_samples.observe(rows)
         self.batch_requests.observe(requests)
         self.tokens.inc(tokens)

@@ -126,7 +126,7 @@ class BatchRunner:
                     every = job.request.partial_every
                     if (raster and every and job.request.size is None and k % w == 0 and (k // w) % every == 0
                             and k < h * w):
-                        self._partial(job, decoding.tokens()[row : row + it.count], k // w)
+                        self.partial(job, decoding.tokens()[row : row + it.count], k // w)
 
         return tick
 
@@ -138,7 +138,7 @@ class BatchRunner:
         f = self.info.first_stage.downsample_factor
         return (size[0] // f) * (size[1] // f)
 
-    def _partial(self, job: Job, done: np.ndarray, rows: int) -> None:
+    def partial(self, job: Job, done: np.ndarray, rows: int) -> None:
         """Decode the first ``rows`` token rows (the rest filled with token 0, then greyed out)."""
         h, w = self.info.first_stage.latent_grid
         tokens = np.zeros((done.shape[0], h * w), dtype=np.int64)

@@ -13,7 +13,6 @@ from vqdeploy.trt.profiles import Profiles
 from vqdeploy.trt.shim import TensorRT, trt
 from vqdeploy.trt.target import Target, sm_name
 
-
 MAX_TIMING_CACHE_BYTES = 1 << 30  # a timing cache file read into memory (they are a few MB)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from vqdeploy.artifacts import Artifacts, Manifest, open_artifacts
 from vqdeploy.artifacts import engines as record
+from vqdeploy.artifacts.manifest_schema import ONNXRUNTIME_ONLY
 from vqdeploy.artifacts.paths import artifact_file, check_name
 from vqdeploy.bounds import PRECISIONS
 from vqdeploy.errors import ArtifactError, ConfigError
@@ -81,7 +82,10 @@ def build_engines(artifacts: str | Path | Artifacts, options: BuildOptions = Bui
     unknown = [g for g in options.graphs if g not in graphs]
     if unknown:
         raise ConfigError(f"no graph '{unknown[0]}' in {artifacts} (graphs: {', '.join(graphs)})")
-    names = list(options.graphs) or list(graphs)
+    only_ort = [g for g in options.graphs if g in ONNXRUNTIME_ONLY]
+    if only_ort:
+        raise ConfigError(f"graph '{only_ort[0]}' runs on ONNX Runtime only (TensorRT builds the 'transformer' graph)")
+    names = list(options.graphs) or [g for g in graphs if g not in ONNXRUNTIME_ONLY]
     # resolve every profile before the (slow) builds, so that a bad --size fails at once
     resolved = {n: pf.resolve(graphs[n], n, options.batch, options.size) for n in names}
     api = load()

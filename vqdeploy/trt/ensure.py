@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vqdeploy import machine
 from vqdeploy.artifacts import Artifacts
+from vqdeploy.artifacts.manifest_schema import ONNXRUNTIME_ONLY
 from vqdeploy.errors import ArtifactError
 from vqdeploy.trt import check, engines, target
 from vqdeploy.trt.logs import Echo
@@ -37,7 +38,8 @@ def engines_current(artifacts: Path) -> bool:
     opened = Artifacts.open(artifacts)
     try:
         for name in opened.manifest.graphs:
-            check.engine_path(opened, name, here)
+            if name not in ONNXRUNTIME_ONLY:
+                check.engine_path(opened, name, here)
     except ArtifactError:
         return False
     return True

@@ -17,11 +17,13 @@ from vqdeploy.errors import ConfigError
 from vqdeploy.families.base import Family, TorchStages
 from vqdeploy.families.graph_spec import (
     SAMPLER_MAX_VOCAB,
+    VALID_LENGTH_DTYPES,
     GraphSpec,
     check_options,
     guided_sampler_spec,
     precision_copy,
     sampler_spec,
+    valid_length_spec,
 )
 from vqdeploy.families.llamagen.graphs import DecoderGraph, EncoderGraph, decoder_spec, encoder_spec, transformer_spec
 from vqdeploy.families.llamagen.load import DEFAULT_IMAGE_SIZE, LlamaGenModel, load_llamagen
@@ -109,6 +111,8 @@ class LlamaGen(Family):
         m = _model(precision_copy(base, dtype, keep_quantizer_fp32))
         gpt, grid = m.gpt, base.grid
         specs = [encoder_spec(m.vq, dtype, max_batch, grid), transformer_spec(gpt, dtype, max_batch)]
+        if dtype in VALID_LENGTH_DTYPES:
+            specs.append(valid_length_spec(specs[-1]))
         if gpt.vocab_size <= SAMPLER_MAX_VOCAB:
             specs.append(sampler_spec(gpt.vocab_size, gpt.block_size, max_batch))
             guided = guided_sampler_spec(gpt.vocab_size, gpt.block_size, max_batch) if base.null_class is not None \

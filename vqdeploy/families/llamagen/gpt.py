@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqdeploy.models.kv_cache import KV, KVCache, Writer, forward_cached
+from vqdeploy.models.kv_cache import KV, KVCache, ValidLength, Writer, attend, causal_mask, forward_cached
 from vqdeploy.models.precision import upcast
 
 
@@ -41,9 +41,10 @@ def precompute_freqs_cis_2d(grid_size: int, n_elem: int, base: float = 10000, cl
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
-    """x (B,T,heads,hd), freqs (T,hd/2,2): each pair (x0, x1) rotated, in fp32, cast back (upstream's)."""
+    """x (B,T,heads,hd), freqs (B,T,hd/2,2) (each row's positions): each pair (x0, x1) rotated, in fp32, cast
+    back (upstream's)."""
     xshaped = x.float().reshape(*x.shape[:-1], -1, 2)
-    f = freqs_cis.view(1, xshaped.size(1), 1, xshaped.size(3), 2)
+    f = freqs_cis.view(xshaped.size(0), xshaped.size(1), 1, xshaped.size(3), 2)
     out = torch.stack([xshaped[..., 0] * f[..., 0] - xshaped[..., 1] * f[..., 1],
                        xshaped[..., 1] * f[..., 0] + xshaped[..., 0] * f[..., 1]], dim=-1)
     return out.flatten(3).type_as(x)
@@ -79,19 +80,14 @@ class Attention(nn.Module):
         self.wo = nn.Linear(dim, dim, bias=False)
 
     def forward_at(self, x: torch.Tensor, freqs: torch.Tensor, cache: KV, allowed: torch.Tensor,
-                   write: Writer) -> tuple[torch.Tensor, KV]:
+                   write: Writer | ValidLength) -> tuple[torch.Tensor, KV]:
         b, t, _ = x.shape
         xq, xk, xv = self.wqkv(x).split([self.dim, self.dim, self.dim], dim=-1)
         xq = apply_rotary_emb(xq.view(b, t, self.n_head, self.head_dim), freqs).transpose(1, 2)
         xk = apply_rotary_emb(xk.view(b, t, self.n_head, self.head_dim), freqs).transpose(1, 2)
         xv = xv.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
-        k = write(cache[0], xk)
-        v = write(cache[1], xv)
-        # scores and softmax in fp32 (identity for fp32 models) over the whole capacity, unwritten keys masked
-        att = (upcast(xq) @ upcast(k).transpose(-2, -1)) * (1.0 / self.head_dim**0.5)
-        att = F.softmax(att.masked_fill(~allowed, float("-inf")), dim=-1)
-        y = (att.to(v.dtype) @ v).transpose(1, 2).contiguous().view(b, t, self.dim)
-        return self.wo(y), (k, v)
+        y, written = attend(xq, xk, xv, cache, allowed, write, 1.0 / self.head_dim**0.5)
+        return self.wo(y), written
 
 
 class TransformerBlock(nn.Module):
@@ -103,7 +99,7 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(dim, norm_eps)
 
     def forward_at(self, x: torch.Tensor, freqs: torch.Tensor, cache: KV, allowed: torch.Tensor,
-                   write: Writer) -> tuple[torch.Tensor, KV]:
+                   write: Writer | ValidLength) -> tuple[torch.Tensor, KV]:
         a, kv = self.attention.forward_at(self.attention_norm(x), freqs, cache, allowed, write)
         h = x + a
         return h + self.feed_forward(self.ffn_norm(h)), kv
@@ -146,11 +142,11 @@ class Transformer(nn.Module):
         return self.dim
 
     def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """(B,T) ids at ``positions`` -> (B,T,dim): class ids (the null class included) where the position is the
-        class token's, image token ids elsewhere (each table indexed within its range)."""
+        """(B,T) ids at (B,T) ``positions`` -> (B,T,dim): class ids (the null class included) where the position is
+        the class token's, image token ids elsewhere (each table indexed within its range)."""
         cls = self.cls_embedding.embedding_table(idx.clamp(0, self.class_rows - 1))
         tok = self.tok_embeddings(idx.clamp(0, self.vocab_size - 1))
-        return torch.where((positions < self.cls_token_num)[None, :, None], cls, tok)
+        return torch.where((positions < self.cls_token_num)[:, :, None], cls, tok)
 
     def new_cache(self, batch: int, device: torch.device | str | None = None) -> KVCache:
         w = self.tok_embeddings.weight
@@ -158,15 +154,14 @@ class Transformer(nn.Module):
                                 device or w.device)
 
     def forward_at(self, idx: torch.Tensor, position: torch.Tensor, cache: Sequence[KV],
-                   write: Writer) -> tuple[torch.Tensor, list[KV]]:
-        """Logits (B,T,V) of the (B,T) tokens at ``position`` (a (1,) int64 tensor) .. position+T-1; each layer's
-        keys/values are written into its cache with ``write``; returns the written caches."""
-        t = idx.shape[1]
-        positions = position.reshape(1) + torch.arange(t, device=idx.device)
+                   write: Writer | ValidLength) -> tuple[torch.Tensor, list[KV]]:
+        """Logits (B,T,V) of the (B,T) tokens of row b at ``position[b]`` .. position[b]+T-1 (``position``: (B,)
+        int64); each layer's keys/values are written into its cache with ``write``; returns the written caches."""
+        b, t = idx.shape
+        positions = position.reshape(b, 1) + torch.arange(t, device=idx.device)  # (B,T)
         h = self.embed(idx, positions)
-        freqs = self.freqs_cis.index_select(0, positions)
-        capacity = cache[0][0].shape[2]
-        allowed = torch.arange(capacity, device=idx.device)[None, :] <= positions[:, None]  # (T, capacity)
+        freqs = self.freqs_cis.index_select(0, positions.reshape(-1)).reshape(b, t, *self.freqs_cis.shape[1:])
+        allowed = causal_mask(positions, cache[0][0].shape[2])  # (B,1,T,capacity)
         written: list[KV] = []
         for layer, block in zip(cache, self.layers):
             h, kv = block.forward_at(h, freqs, layer, allowed, write)

@@ -56,8 +56,9 @@ class DecoderGraph(nn.Module):
 
 
 class TransformerGraph(CachedStepGraph):
-    """tokens (B,T) at position (1,) + the KV cache per layer -> logits (B,T,V) fp32 + the cache written at
-    position..position+T-1 (TensorScatter: bind each ``cache_out`` to its ``cache`` buffer). The token at position 0
+    """tokens (B,T) at position (B,) (one per row) + the KV cache per layer -> logits (B,T,V) fp32 + the cache
+    with row b's new keys/values written at position[b]..position[b]+T-1 (TensorScatter: bind each ``cache_out``
+    to its ``cache`` buffer). The token at position 0
     is a class id (the null class included), the others image token ids."""
 
     def __init__(self, gpt: Transformer) -> None:

@@ -11,7 +11,15 @@ from torch import nn
 
 from vqdeploy.errors import ConfigError
 from vqdeploy.families.base import Family, TorchStages
-from vqdeploy.families.graph_spec import SAMPLER_MAX_VOCAB, GraphSpec, check_options, precision_copy, sampler_spec
+from vqdeploy.families.graph_spec import (
+    SAMPLER_MAX_VOCAB,
+    VALID_LENGTH_DTYPES,
+    GraphSpec,
+    check_options,
+    precision_copy,
+    sampler_spec,
+    valid_length_spec,
+)
 from vqdeploy.families.taming import conditions
 from vqdeploy.families.taming.describe import describe
 from vqdeploy.families.taming.graphs import DecoderGraph, EncoderGraph
@@ -67,6 +75,8 @@ class Taming(Family):
         specs += conditions.cond_encoder_spec(m, info["conditioning"], dtype, max_batch)
         specs.append(transformer_spec(m, dtype, max_batch, int(info["conditioning"]["tokens"])))
         gpt = m.transformer
+        if gpt.n_unmasked == 0 and dtype in VALID_LENGTH_DTYPES:  # GroupQueryAttention is causal only
+            specs.append(valid_length_spec(specs[-1]))
         if gpt.vocab_size <= SAMPLER_MAX_VOCAB:
             specs.append(sampler_spec(gpt.vocab_size, gpt.block_size, max_batch))
         specs.append(decoder_spec(m.first_stage_model, dtype, max_batch))

@@ -55,8 +55,8 @@ class DecoderGraph(nn.Module):
 
 
 class TransformerGraph(CachedStepGraph):
-    """tokens (B,T) at position (1,) int64 + the KV cache per layer (B,nh,block,hd) -> logits (B,T,V)
-    fp32 + the cache with the new keys/values written at position..position+T-1.
+    """tokens (B,T) at position (B,) int64 (one per row) + the KV cache per layer (B,nh,block,hd) -> logits
+    (B,T,V) fp32 + the cache with row b's new keys/values written at position[b]..position[b]+T-1.
 
     One graph serves the prefill (position 0) and the one-token steps; the cache write is ONNX
     TensorScatter (``models/kv_cache.py``, ``export/kv_cache_onnx.py``): bind each ``cache_out``

@@ -12,20 +12,25 @@ from vqdeploy.runtime.sampling import SamplingParams
 
 
 class TransformerRunner(Protocol):
-    """The transformer with its KV cache: a small state object the caller drives token by token."""
+    """The transformer with its KV cache: a small state object the caller drives token by token. Each row has
+    its own length (rows of a batch may be at different positions: ``serve``'s continuous batching)."""
+
+    lengths: np.ndarray  # (batch,) int64: tokens cached per row
 
     @property
     def length(self) -> int:
-        """Tokens in the cache."""
+        """Tokens in the cache (rows at different positions: the longest)."""
 
     def reset(self, batch: int) -> None:
         """Empty the cache for a new batch."""
 
-    def forward(self, tokens: np.ndarray) -> np.ndarray:
-        """Append (B,T) int64 tokens to the cache; (B,T,V) fp32 logits of the new positions."""
+    def forward(self, tokens: np.ndarray, first: int = 0) -> np.ndarray:
+        """Append (n,T) int64 tokens to rows ``first .. first + n - 1``, each at its own length; (n,T,V) fp32
+        logits of the new positions."""
 
-    def rewind(self, length: int) -> None:
-        """Keep the first ``length`` cached positions (later ones are masked, then overwritten)."""
+    def rewind(self, length: int, row: int | None = None) -> None:
+        """Keep the first ``length`` cached positions of every row, or of ``row`` (later ones are masked, then
+        overwritten)."""
 
 
 class Decoding(Protocol):

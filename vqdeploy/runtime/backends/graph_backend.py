@@ -52,6 +52,11 @@ class GraphBackend:
     def synchronize(self) -> None:
         self.memory.synchronize()
 
+    def transformer_graph(self, batch: int, tokens: int, lengths: np.ndarray) -> str:
+        """The graph a transformer call of (batch, tokens) at the rows' ``lengths`` runs: the portable one here
+        (ONNX Runtime picks its valid-length twin where it can)."""
+        return "transformer"
+
     def max_batch(self, graph: str) -> int:
         """Largest batch the graph accepts here (engines may narrow or widen the exported range)."""
         return int(self.graph(graph)["dims"]["batch"]["max"])
@@ -110,7 +115,9 @@ class GraphBackend:
 
 
 class KVTransformer:
-    """The transformer graph with a device-resident, preallocated KV cache."""
+    """The transformer graph with a device-resident, preallocated KV cache and a length per row: a call runs
+    rows ``first .. first + n - 1`` (the leading rows, or one row alone: ``serve``'s continuous batching
+    prefills a joining row by itself), each at its own position."""
 
     def __init__(self, backend: GraphBackend) -> None:
         self.backend = backend
@@ -127,17 +134,21 @@ class KVTransformer:
         self.memory = backend.memory
         self.capacity = 0
         self.batch = 0
-        self.length = 0
+        self.lengths = np.zeros(0, dtype=np.int64)  # cached positions per row of the current batch
         self.buffers: list[Buffer] = []
-        self.cache: list[Buffer] = []
         self.io: dict[tuple[int, int], tuple[Buffer, Buffer]] = {}  # (B,T) -> token and logits buffers
+        self.views: dict[tuple[int, int], tuple[list[Buffer], Buffer]] = {}  # (first, n) -> cache and position rows
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache (rows at different positions: the longest)."""
+        return int(self.lengths.max(initial=0))
 
     def _allocate(self, batch: int) -> None:
         shape = (batch, self.n_head, self.block, self.head_dim)
         # zeroed: masked positions still multiply their (finite) values by 0
         self.buffers = [self.memory.zeros(shape, self.kv_dtype) for _ in self.names]
-        self.position = self.memory.empty((1,), "int64")
-        self.io = {}
+        self.io, self.views = {}, {}
         self.capacity = batch
 
     def reset(self, batch: int) -> None:
@@ -147,9 +158,24 @@ class KVTransformer:
                              "(re-export with --max-batch, or rebuild engines with --batch)")
         if batch > self.capacity:
             self._allocate(batch)
-        self.batch, self.length = batch, 0
-        # the leading rows of each buffer: contiguous, bound at every call
-        self.cache = [buf.view((batch, self.n_head, self.block, self.head_dim)) for buf in self.buffers]
+        self.batch = batch
+        self.lengths = np.zeros(batch, dtype=np.int64)
+
+    def rows(self, first: int, n: int) -> tuple[list[Buffer], Buffer]:
+        """The cache buffers of rows ``first .. first + n - 1`` (contiguous views) and their (n,) position buffer
+        (a whole buffer: device uploads take no views), made once: a step binds the same addresses every time."""
+        pair = self.views.get((first, n))
+        if pair is None:
+            row = self.n_head * self.block * self.head_dim
+            shape = (n, self.n_head, self.block, self.head_dim)
+            pair = self.views[(first, n)] = ([buf.view(shape, first * row) for buf in self.buffers],
+                                             self.memory.empty((n,), "int64"))
+        return pair
+
+    @property
+    def position(self) -> Buffer:
+        """The position buffer of the whole batch (what a step of every row binds)."""
+        return self.rows(0, self.batch)[1]
 
     def io_buffers(self, batch: int, t: int) -> tuple[Buffer, Buffer]:
         """The (B,T) token and (B,T,V) logits buffers, allocated once per shape (prefill, step)."""
@@ -159,36 +185,44 @@ class KVTransformer:
                                           self.memory.empty((batch, t, self.vocab), "float32"))
         return pair
 
-    def rewind(self, length: int) -> None:
-        if not 0 <= length <= self.length:
-            raise InputError(f"transformer: cannot rewind {self.length} cached positions to {length}")
-        self.length = length
+    def _shortest(self, rows: slice) -> int:
+        kept = self.lengths[rows]
+        return int(kept.min()) if kept.size else 0
 
-    def forward(self, tokens: np.ndarray) -> np.ndarray:
+    def rewind(self, length: int, row: int | None = None) -> None:
+        """Keep the first ``length`` cached positions of every row (or of ``row`` only)."""
+        rows = slice(None) if row is None else slice(row, row + 1)
+        if not 0 <= length <= self._shortest(rows):
+            raise InputError(f"transformer: cannot rewind {self.length} cached positions to {length}")
+        self.lengths[rows] = length
+
+    def forward(self, tokens: np.ndarray, first: int = 0) -> np.ndarray:
+        """Append (n,T) tokens to rows ``first .. first + n - 1``, each at its own length; their (n,T,V) logits."""
         if tokens.ndim != 2:
             raise InputError(f"transformer: tokens must be (batch, length), got shape {tokens.shape}")
         tok, _ = self.io_buffers(*tokens.shape)
         self.memory.upload(tokens, tok)
-        return self.memory.download(self.run(tok))  # a copy: the buffer is reused next call
+        return self.memory.download(self.run(tok, first))  # a copy: the buffer is reused next call
 
-    def run(self, tok: Buffer) -> Buffer:
-        """Append the (B,T) device tokens at the cache's length; the (B,T,V) logits buffer, reused by
-        the next call of that shape. The cache is bound as input and output: written in place."""
+    def run(self, tok: Buffer, first: int = 0) -> Buffer:
+        """Append the (n,T) device tokens to rows ``first ..`` at each row's length; the (n,T,V) logits buffer,
+        reused by the next call of that shape. The cache is bound as input and output: written in place."""
         b, t = tok.shape
-        if b != self.batch:
-            raise InputError(f"transformer: batch {b} does not match the cache's batch {self.batch}")
-        p = self.length
-        if p + t > self.block:
-            raise InputError(f"transformer: {p + t} tokens exceed the block size {self.block}")
-        self.memory.upload(np.array([p], dtype=np.int64), self.position)
+        if first < 0 or first + b > self.batch:
+            raise InputError(f"transformer: rows {first}..{first + b - 1} are outside the cache's batch {self.batch}")
+        lengths = self.lengths[first : first + b]
+        if int(lengths.max()) + t > self.block:
+            raise InputError(f"transformer: {int(lengths.max()) + t} tokens exceed the block size {self.block}")
+        cache, position = self.rows(first, b)
+        self.memory.upload(lengths, position)
         logits = self.io_buffers(b, t)[1]
-        ins = {"tokens": tok, "position": self.position}
+        ins = {"tokens": tok, "position": position}
         outs = {"logits": logits}
-        for (in_name, out_name), buf in zip(self.names, self.cache):
+        for (in_name, out_name), buf in zip(self.names, cache):
             ins[in_name] = outs[out_name] = buf
         profile = "step" if t == 1 else "prefill"
-        self.backend.executor("transformer", profile).run(ins, outs)
-        self.length = p + t
+        self.backend.executor(self.backend.transformer_graph(b, t, lengths), profile).run(ins, outs)
+        lengths += t
         return logits
 
 

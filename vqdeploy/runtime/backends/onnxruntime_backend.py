@@ -13,7 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vqdeploy.artifacts import Artifacts
+from vqdeploy.artifacts.manifest_schema import VALID_LENGTH
 from vqdeploy.errors import ArtifactError, BackendError, VQDeployError
 from vqdeploy.runtime.backends.buffers import ELEMENT_TYPE, Buffer, HostMemory
 from vqdeploy.runtime.backends.graph_backend import GraphBackend
@@ -104,7 +107,8 @@ class OrtExecutor:
 class OnnxRuntimeBackend(GraphBackend):
     name = "onnxruntime"
 
-    def __init__(self, artifacts: Artifacts, device: str = "cpu", cuda_graphs: bool = False) -> None:
+    def __init__(self, artifacts: Artifacts, device: str = "cpu", cuda_graphs: bool = False,
+                 valid_length: bool = True) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -127,6 +131,17 @@ class OnnxRuntimeBackend(GraphBackend):
         ort.set_default_logger_severity(log_severity())
         self._executors: dict[str, OrtExecutor] = {}
         self.emulation = BF16_EMULATION if self.manifest.precision == "bf16" and kind == "cpu" else None
+        self.valid_length = valid_length  # False: the portable transformer graph only (parity, bench compare both)
+
+    def transformer_graph(self, batch: int, tokens: int, lengths: np.ndarray) -> str:
+        """The valid-length twin (GroupQueryAttention: each row reads only its valid prefix of the cache) on the
+        CPU, where the artifacts have it and ``valid_length`` is on, for every call it takes: one token per row,
+        one row, or every row from position 0 (GroupQueryAttention refuses more tokens than one at a batch above
+        one once a row has a past); the portable graph otherwise."""
+        if (self.valid_length and self.device_type == "cpu" and self.has_graph(VALID_LENGTH)
+                and (tokens == 1 or batch == 1 or not lengths.any())):
+            return VALID_LENGTH
+        return "transformer"
 
     def executor(self, graph: str, profile: str | None = None) -> OrtExecutor:
         ex = self._executors.get(graph)

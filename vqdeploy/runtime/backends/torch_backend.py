@@ -15,18 +15,19 @@ from vqdeploy.errors import BackendError, InputError
 from vqdeploy.families import family_named, load_reference
 from vqdeploy.families.base import CachedGPT
 from vqdeploy.limits import MAX_SAMPLES
-from vqdeploy.models.kv_cache import KVCache, write_at
+from vqdeploy.models.kv_cache import KV, KVCache, write_at, write_in_place
 from vqdeploy.runtime.backends.registry import OpenOptions
 
 
 class TorchTransformer:
-    """The KV-cached GPT on a fixed-capacity cache (block size) written in place: the buffers are
-    allocated when a batch first needs them and reused by every later generation of that batch.
+    """The KV-cached GPT on a fixed-capacity cache (block size) written in place, with a length per row: the
+    buffers are allocated when a batch first needs them and reused by every later generation of that batch. A
+    call runs rows ``first .. first + n - 1`` (the leading rows, or one row alone), each at its own position.
 
-    ``cuda_graphs`` (CUDA only): the one-token step is captured once per batch size as a CUDA graph
-    (``torch.cuda.CUDAGraph``) over static token and position tensors and replayed at every later
-    step; the position is read on the device (``kv_cache.write_at``), so one capture serves every
-    position. The prefill runs eagerly."""
+    ``cuda_graphs`` (CUDA only): the one-token step of the leading n rows is captured once per n as a CUDA graph
+    (``torch.cuda.CUDAGraph``) over static token and position tensors and replayed at every later step; the
+    positions are read on the device (``kv_cache.write_at``), so one capture serves every position. The prefill
+    runs eagerly."""
 
     def __init__(self, gpt: CachedGPT, device: torch.device, cuda_graphs: bool = False) -> None:
         if cuda_graphs and device.type != "cuda":
@@ -35,50 +36,65 @@ class TorchTransformer:
         self.device = device
         self.cache: KVCache | None = None
         self.batch = 0
+        self.lengths = np.zeros(0, dtype=np.int64)  # cached positions per row
         self.cuda_graphs = cuda_graphs
         self.graphs: dict[int, StepGraph] = {}
 
     @property
     def length(self) -> int:
-        return 0 if self.cache is None else self.cache.length
+        """Tokens in the cache (rows at different positions: the longest)."""
+        return int(self.lengths.max(initial=0))
 
-    def rewind(self, length: int) -> None:
-        if self.cache is None or not 0 <= length <= self.cache.length:
+    def _shortest(self, rows: slice) -> int:
+        kept = self.lengths[rows]
+        return int(kept.min()) if kept.size else 0
+
+    def rewind(self, length: int, row: int | None = None) -> None:
+        """Keep the first ``length`` cached positions of every row (or of ``row`` only)."""
+        rows = slice(None) if row is None else slice(row, row + 1)
+        if self.cache is None or not 0 <= length <= self._shortest(rows):
             raise InputError(f"transformer: cannot rewind {self.length} cached positions to {length}")
-        self.cache.length = length
+        self.lengths[rows] = length
 
     def reset(self, batch: int) -> None:
         if self.cache is None or self.cache.batch != batch:
             self.cache = self.gpt.new_cache(batch, device=self.device)
             self.graphs = {}  # captured over the old buffers
-        self.cache.length, self.batch = 0, batch
+        self.batch = batch
+        self.lengths = np.zeros(batch, dtype=np.int64)
 
     @torch.no_grad()
-    def forward(self, tokens: np.ndarray) -> np.ndarray:
-        if self.cache is None or tokens.shape[0] != self.batch:
-            raise InputError(f"transformer: batch {tokens.shape[0]} does not match the cache's batch {self.batch}")
-        if self.length + tokens.shape[1] > self.gpt.block_size:
-            raise InputError(f"transformer: {self.length + tokens.shape[1]} tokens exceed the block size")
+    def forward(self, tokens: np.ndarray, first: int = 0) -> np.ndarray:
+        """Append (n,T) tokens to rows ``first .. first + n - 1``, each at its own length; their (n,T,V) logits."""
+        n, t = tokens.shape
+        if self.cache is None or first < 0 or first + n > self.batch:
+            raise InputError(f"transformer: rows {first}..{first + n - 1} are outside the cache's batch {self.batch}")
+        lengths = self.lengths[first : first + n]
+        if int(lengths.max()) + t > self.gpt.block_size:
+            raise InputError(f"transformer: {int(lengths.max()) + t} tokens exceed the block size")
         idx = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(self.device)
-        if self.cuda_graphs and tokens.shape[1] == 1:
-            graph = self.graphs.get(self.batch)
+        layers = [(k[first : first + n], v[first : first + n]) for k, v in self.cache.layers]
+        uniform = bool((lengths == lengths[0]).all())
+        if self.cuda_graphs and t == 1 and first == 0:
+            graph = self.graphs.get(n)
             if graph is None:
-                graph = self.graphs[self.batch] = StepGraph(self.gpt, self.cache, idx, self.length)
-            logits = graph.replay(idx, self.length)
-            self.cache.length += 1
+                graph = self.graphs[n] = StepGraph(self.gpt, layers, idx, lengths)
+            logits = graph.replay(idx, lengths)
         else:
-            logits, self.cache = self.gpt.forward_cached(idx, self.cache)
+            position = torch.from_numpy(lengths.copy()).to(self.device)
+            write = write_in_place(int(lengths[0])) if uniform else write_at(position)
+            logits = self.gpt.forward_at(idx, position, layers, write)[0]
+        lengths += t
         return logits.float().cpu().numpy()
 
 
 class StepGraph:
-    """One-token steps of one batch size, captured once (after warm-up runs on a side stream, as
-    PyTorch's CUDA-graph notes prescribe) and replayed with new token and position values."""
+    """One-token steps of the leading n rows, captured once (after warm-up runs on a side stream, as PyTorch's
+    CUDA-graph notes prescribe) and replayed with new token and position values."""
 
-    def __init__(self, gpt: CachedGPT, cache: KVCache, idx: torch.Tensor, position: int) -> None:
+    def __init__(self, gpt: CachedGPT, layers: list[KV], idx: torch.Tensor, lengths: np.ndarray) -> None:
         self.idx = idx.clone()
-        self.position = torch.tensor([position], dtype=torch.int64, device=idx.device)
-        layers = cache.layers
+        self.position = torch.from_numpy(lengths.copy()).to(idx.device)
 
         def step() -> torch.Tensor:
             return gpt.forward_at(self.idx, self.position, layers, write_at(self.position))[0]
@@ -94,9 +110,9 @@ class StepGraph:
         with torch.cuda.graph(self.graph):
             self.logits = step()
 
-    def replay(self, idx: torch.Tensor, position: int) -> torch.Tensor:
+    def replay(self, idx: torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
         self.idx.copy_(idx)
-        self.position.fill_(position)
+        self.position.copy_(torch.from_numpy(lengths))
         self.graph.replay()
         return self.logits
 

@@ -1,0 +1,337 @@
+"""Continuous batching: samples join and leave the running batch at step boundaries.
+
+The transformer takes one position per row, so each row of the running batch is one sample at its own position.
+At every step boundary the batch thread frees the rows of finished and cancelled samples, prefills waiting samples
+into free rows (each by itself, on its own cache row: ``TransformerRunner.forward(first=row)``), then runs one
+step of the leading rows that are in use. A request that arrives while others run waits for one step, not for a
+whole batch (256+ steps). Rows are taken lowest first, so the step's batch is as small as the rows in use allow;
+a free row below the highest one in use is fed token 0 at position 0 (its result is ignored).
+
+Each sample draws with its own request's settings from ``uniform_noise(seed, 1, steps, first=b)`` (sample b of
+its request) with the host sampler, row by row: the tokens of ``vqdeploy run`` with that seed; the images are
+decoded per request in chunks of the batch limit, as ``run`` decodes them.
+
+What it runs this way: sequential decoding with the host sampler at the trained grid, unguided. Anything else
+(classifier-free guidance: two rows per sample; Jacobi decoding; a sliding window; ``--sampler graph``) waits
+until the running rows drain and runs as a request-level batch (``BatchRunner``), in arrival order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vqdeploy.runtime.generation import Request
+from vqdeploy.runtime.sampling import next_tokens, uniform_noise
+from vqdeploy.serve.batcher import QueueFull
+from vqdeploy.serve.runner import Abandoned, BatchRunner, Item, Job, JobResult
+
+
+@dataclass
+class Admission:
+    """A job being sampled: its condition tokens, which sample is admitted next, and its finished samples."""
+
+    job: Job
+    prompt: np.ndarray  # (Tc,) condition tokens, the same for every sample
+    steps: int
+    admitted: int = 0
+    tokens: dict[int, np.ndarray] = field(default_factory=dict)  # sample -> (steps,) tokens, once finished
+    started: float = field(default_factory=time.perf_counter)
+    rows_seen: list[int] = field(default_factory=list)  # rows in use at each of its steps
+
+
+@dataclass
+class Slot:
+    """One row of the running batch: sample ``sample`` of a job."""
+
+    admission: Admission
+    sample: int
+    noise: np.ndarray  # (steps,) its uniforms
+    tokens: np.ndarray  # (steps,) drawn so far
+    drawn: int = 0
+
+    @property
+    def job(self) -> Job:
+        return self.admission.job
+
+
+class ContinuousBatcher:
+    """``Batcher``'s interface (submit, start, stop, the queue gauges) over step-level scheduling."""
+
+    def __init__(self, runner: BatchRunner, max_batch: int | None = None, max_queue: int = 32,
+                 on_batch: Callable[[list[Item], dict[str, float]], None] | None = None) -> None:
+        self.runner = runner
+        self.generator = runner.generator
+        self.max_batch = min(max_batch or runner.max_batch, runner.max_batch)
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self._pending: deque[Job] = deque()
+        self._admissions: dict[int, Admission] = {}  # id(job) -> its admission, for a job partly admitted
+        self._slots: list[Slot | None] = [None] * self.max_batch
+        self._cv = threading.Condition()
+        self._stop = False
+        self._step_s = 0.0  # the last step's duration (Retry-After estimate)
+        self._fresh = True  # the transformer must be reset to ``max_batch`` rows before the next admission
+        self._thread: threading.Thread | None = None
+
+    # -- the caller's side (any thread) --------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="vqdeploy-continuous", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; ``QueueFull`` when ``max_queue`` jobs already wait."""
+        self.start()
+        with self._cv:
+            if self.waiting_jobs() >= self.max_queue:
+                steps = self.runner.steps * (1 + self.waiting_rows() // self.max_batch)
+                raise QueueFull(max(1, round(steps * max(self._step_s, 0.005) + 0.5)))
+            self._pending.append(job)
+            self._cv.notify_all()
+
+    def waiting_jobs(self) -> int:
+        return len(self._pending)
+
+    def waiting_rows(self) -> int:
+        return sum(j.request.num_samples - (self._admissions[id(j)].admitted if id(j) in self._admissions else 0)
+                   for j in self._pending)
+
+    def running_rows(self) -> int:
+        return sum(s is not None for s in self._slots)
+
+    # -- the batch thread ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._pending and not self.running_rows():
+                    self._cv.wait()
+                if self._stop:
+                    return
+            self._drop_cancelled()
+            self._admit()
+            if self.running_rows():
+                try:
+                    self._step()
+                except Exception as e:  # noqa: BLE001 (answered as an error to each running request)
+                    self._fail_running(e)
+
+    def _continuous(self, request: Request, prompt: np.ndarray) -> bool:
+        """Whether a request's samples can be rows of the running batch."""
+        g = self.generator
+        if g.sampler != "host" or g.decoding != "sequential" or request.params.guided:
+            return False
+        grid = g.cond.image_grid(prompt, g.first_stage)
+        if grid is None:
+            f = g.first_stage.downsample_factor
+            grid = g.first_stage.latent_grid if request.size is None else (request.size[0] // f, request.size[1] // f)
+        return tuple(grid) == tuple(g.first_stage.latent_grid)
+
+    def _admit(self) -> None:
+        """Fill free rows from the head of the queue (in order); a request that cannot run as rows waits for the
+        running ones to finish, then runs as a batch of its own."""
+        while True:
+            with self._cv:
+                if not self._pending:
+                    return
+                job = self._pending[0]
+            if job.cancelled.is_set():
+                self._pop(job)
+                continue
+            adm = self._admissions.get(id(job))
+            if adm is None:
+                try:
+                    adm = self._prepare(job)
+                except Exception as e:  # noqa: BLE001 (this request's error; the others go on)
+                    self._pop(job)
+                    job.on_done(e)
+                    continue
+                if adm is None:  # not as rows: after the running rows, alone
+                    if self.running_rows():
+                        return
+                    self._pop(job)
+                    self._run_whole(job)
+                    continue
+                self._admissions[id(job)] = adm
+            free = [i for i, s in enumerate(self._slots) if s is None]
+            if not free:
+                return
+            if self._fresh:
+                self.generator.backend.transformer().reset(self.max_batch)
+                self._fresh = False
+            if len(free) >= job.request.num_samples - adm.admitted:
+                self._pop(job)  # all its samples run from here: no longer waiting
+            try:
+                while free and adm.admitted < job.request.num_samples:
+                    self._prefill(adm, free.pop(0))
+            except Exception as e:  # noqa: BLE001
+                self._fail_running(e)
+                return
+            job.batches.append(self.running_rows())  # rows running once it joined (the access log)
+
+    def _pop(self, job: Job) -> None:
+        with self._cv:
+            if self._pending and self._pending[0] is job:
+                self._pending.popleft()
+
+    def _prepare(self, job: Job) -> Admission | None:
+        """The job's condition tokens, or None where it does not run as rows."""
+        request = job.sampling
+        g = self.generator
+        g.check_params(request.params)
+        prompt = g.cond.condition_tokens(g.backend, request.condition, 1)
+        if not self._continuous(request, prompt):
+            return None
+        return Admission(job, prompt.reshape(-1), self.runner.steps_of(job.request))
+
+    def _prefill(self, adm: Admission, row: int) -> None:
+        """Sample ``adm.admitted`` of the job, prefilled on ``row`` by itself; its first token drawn."""
+        request = adm.job.sampling
+        b = adm.admitted
+        slot = Slot(adm, b, uniform_noise(request.seed, 1, adm.steps, b)[:, 0],
+                    np.zeros(adm.steps, dtype=np.int64))
+        runner = self.generator.backend.transformer()
+        runner.rewind(0, row)
+        logits = runner.forward(adm.prompt[None], first=row)[:, -1]
+        self._slots[row] = slot
+        adm.admitted = b + 1
+        self._draw(slot, logits)
+
+    def _draw(self, slot: Slot, logits: np.ndarray) -> None:
+        k = slot.drawn
+        slot.tokens[k] = next_tokens(logits, slot.noise[k : k + 1], slot.job.sampling.params)[0]
+        slot.drawn = k + 1
+        job = slot.job
+        job.done_tokens += 1
+        job.on_progress(job.done_tokens, job.request.num_samples * slot.admission.steps)
+
+    def _step(self) -> None:
+        """One token for every row in use; rows that finish leave the batch."""
+        t = time.perf_counter()
+        runner = self.generator.backend.transformer()
+        n = max(i for i, s in enumerate(self._slots) if s is not None) + 1
+        feed = np.zeros((n, 1), dtype=np.int64)
+        for i in range(n):
+            slot = self._slots[i]
+            if slot is None:
+                runner.rewind(0, i)  # a free row: token 0 at position 0, ignored
+            else:
+                feed[i, 0] = slot.tokens[slot.drawn - 1]
+        logits = runner.forward(feed)[:, -1]
+        used = self.running_rows()
+        for i in range(n):
+            slot = self._slots[i]
+            if slot is None:
+                continue
+            self._draw(slot, logits[i : i + 1])
+            slot.admission.rows_seen.append(used)
+        self._step_s = time.perf_counter() - t
+        self._partials()
+        for i, slot in enumerate(self._slots):
+            if slot is not None and slot.drawn == slot.admission.steps:
+                self._slots[i] = None
+                self._finish(slot)
+
+    def _partials(self) -> None:
+        """Partial decodes (``partial_every``) of the jobs whose samples all run, at the same token: those admitted
+        at one boundary (a job whose samples joined at different steps gets none)."""
+        g = self.generator
+        if g.info.order is not None:  # partial images only make sense in raster order
+            return
+        h, w = g.first_stage.latent_grid
+        jobs: dict[int, list[Slot]] = {}
+        for slot in self._slots:
+            if slot is not None and slot.job.request.partial_every and slot.job.request.size is None:
+                jobs.setdefault(id(slot.job), []).append(slot)
+        for slots in jobs.values():
+            job, k = slots[0].job, slots[0].drawn
+            every = job.request.partial_every
+            if (len(slots) == job.request.num_samples and all(s.drawn == k for s in slots) and k % w == 0
+                    and (k // w) % every == 0 and k < h * w and not job.cancelled.is_set()):
+                done = np.stack([s.tokens[:k] for s in sorted(slots, key=lambda s: s.sample)])
+                self.runner.partial(job, done, k // w)
+
+    def _finish(self, slot: Slot) -> None:
+        adm = slot.admission
+        adm.tokens[slot.sample] = slot.tokens
+        job = adm.job
+        if len(adm.tokens) < job.request.num_samples:
+            return
+        self._admissions.pop(id(job), None)
+        try:
+            if job.cancelled.is_set():
+                raise Abandoned()
+            result = self._decode(adm)
+        except Exception as e:  # noqa: BLE001
+            job.on_done(e)
+            return
+        job.on_done(result)
+        if self.on_batch is not None:
+            seen = adm.rows_seen or [1]
+            self.on_batch([Item(job, 0, job.request.num_samples)],
+                          {**result.timings, "batch": result.timings["total"], "rows": sum(seen) / len(seen)})
+
+    def _decode(self, adm: Admission) -> JobResult:
+        """The job's images, decoded in chunks of the batch limit (as ``run`` does)."""
+        g = self.generator
+        t = time.perf_counter()
+        n = adm.job.request.num_samples
+        seq = np.stack([adm.tokens[b] for b in range(n)])
+        tokens = g.info.to_raster(seq, g.first_stage.latent_grid)
+        images = np.concatenate([g.backend.decode(tokens[i : i + g.max_batch]) for i in range(0, n, g.max_batch)])
+        now = time.perf_counter()
+        timings = {"sampling": t - adm.started, "decoder": now - t, "total": now - adm.started}
+        return JobResult(np.clip(images, -1.0, 1.0), tokens, timings)
+
+    def _drop_cancelled(self) -> None:
+        """Rows of requests that went away leave the batch."""
+        for i, slot in enumerate(self._slots):
+            if slot is not None and slot.job.cancelled.is_set():
+                self._slots[i] = None
+                if self._admissions.pop(id(slot.job), None) is not None:
+                    slot.job.on_done(Abandoned())
+
+    def _fail_running(self, error: Exception) -> None:
+        """A step failed: every running request gets the error; the cache is reset before the next admission."""
+        jobs = {id(s.job): s.job for s in self._slots if s is not None}
+        self._slots = [None] * self.max_batch
+        self._fresh = True
+        for key, job in jobs.items():
+            self._admissions.pop(key, None)
+            job.cancelled.set()
+            job.on_done(error)
+            self._pop(job)
+
+    def _run_whole(self, job: Job) -> None:
+        """A request that does not run as rows: request-level batches of its own (``BatchRunner``)."""
+        self._fresh = True
+        n = job.request.num_samples
+        per_item = max(1, self.max_batch // job.rows_per_sample)
+        for first in range(0, n, per_item):
+            if job.cancelled.is_set():
+                job.on_done(Abandoned())
+                return
+            item = Item(job, first, min(per_item, n - first))
+            t = time.perf_counter()
+            try:
+                timings = self.runner.run([item])
+            except Exception as e:  # noqa: BLE001
+                job.on_done(e)
+                return
+            if self.on_batch is not None:
+                self.on_batch([item], {**timings, "batch": time.perf_counter() - t})
