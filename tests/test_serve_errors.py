@@ -170,11 +170,11 @@ def gate_prefills(batcher) -> Gate:
     gate = Gate(batcher.runner)
     prefill = batcher._prefill
 
-    def held(admission, row) -> None:
+    def held(joining) -> None:
         gate.entered.set()
         gate.open.wait(60)
-        gate.ran += 1
-        prefill(admission, row)
+        gate.ran += len(joining)
+        prefill(joining)
 
     batcher._prefill = held
     return gate

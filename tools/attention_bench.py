@@ -4,8 +4,8 @@ reads only its valid prefix), side by side in one run.
 
 Exports just the two transformer graphs of a checkpoint (fp32, no parity: ``vqdeploy export`` checks parity) into
 a temporary directory, then times one-token steps at the given positions with every row at that position (the
-cache holds random values: the time does not depend on them), alternating the graphs; prints a table of median
-milliseconds per step and per token. Also checks that both graphs give the same logits on one prefill and a few
+cache holds random values: the time does not depend on them), in alternating blocks of steps per graph; prints a
+table of median milliseconds per step and per token. Also checks that both graphs give the same logits on one prefill and a few
 steps with rows at different positions.
 
     python tools/attention_bench.py --ckpt /tmp/medium/checkpoints/last.ckpt --batches 1,8 --positions 1,256,384,511
@@ -106,11 +106,16 @@ def main() -> None:
             for label, s in sessions.items():  # warm-up
                 for _ in range(2):
                     s.run_with_iobinding(ios[label])
-            for _ in range(args.repeats):  # alternating, so that a busy moment hits both
+            # blocks of steps, alternating, so that a busy moment hits both; a pause before each block lets the
+            # other session's intra-op threads stop spinning (two sessions' spinning threads on 2 cores halve both)
+            for block in range(3):
                 for label, s in sessions.items():
-                    t = time.perf_counter()
+                    time.sleep(0.1)
                     s.run_with_iobinding(ios[label])
-                    times[label].append(time.perf_counter() - t)
+                    for _ in range(max(1, args.repeats // 3)):
+                        t = time.perf_counter()
+                        s.run_with_iobinding(ios[label])
+                        times[label].append(time.perf_counter() - t)
             for label in sessions:
                 table.setdefault(label, {}).setdefault(str(batch), {})[str(p)] = 1e3 * statistics.median(times[label])
     print(f"| ms per step (per token) | {' | '.join(f'position {p}' for p in positions)} |")

@@ -2,8 +2,8 @@
 
 The transformer takes one position per row, so each row of the running batch is one sample at its own position.
 At every step boundary the batch thread frees the rows of finished and cancelled samples, prefills waiting samples
-into free rows (each by itself, on its own cache row: ``TransformerRunner.forward(first=row)``), then runs one
-step of the leading rows that are in use. A request that arrives while others run waits for one step, not for a
+into free rows (on their own cache rows, ``TransformerRunner.forward(first=row)``: consecutive rows in one call),
+then runs one step of the leading rows that are in use. A request that arrives while others run waits for one step, not for a
 whole batch (256+ steps). Rows are taken lowest first, so the step's batch is as small as the rows in use allow;
 a free row below the highest one in use is fed token 0 at position 0 (its result is ignored).
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vqdeploy.runtime.generation import Request
-from vqdeploy.runtime.sampling import next_tokens, uniform_noise
+from vqdeploy.runtime.sampling import SamplingParams, next_tokens, uniform_noise
 from vqdeploy.serve.batcher import QueueFull
 from vqdeploy.serve.runner import Abandoned, BatchRunner, Item, Job, JobResult
 
@@ -51,6 +51,7 @@ class Slot:
 
     admission: Admission
     sample: int
+    row: int
     noise: np.ndarray  # (steps,) its uniforms
     tokens: np.ndarray  # (steps,) drawn so far
     drawn: int = 0
@@ -143,8 +144,23 @@ class ContinuousBatcher:
         return tuple(grid) == tuple(g.first_stage.latent_grid)
 
     def _admit(self) -> None:
-        """Fill free rows from the head of the queue (in order); a request that cannot run as rows waits for the
-        running ones to finish, then runs as a batch of its own."""
+        """Fill free rows from the head of the queue (in order), then prefill the samples that joined; a request
+        that cannot run as rows waits for the running ones to finish, then runs as a batch of its own."""
+        joining: list[Slot] = []
+        jobs: list[Job] = []
+        self._take(joining, jobs)
+        if not joining:
+            return
+        try:
+            self._prefill(joining)
+        except Exception as e:  # noqa: BLE001
+            self._fail_running(e)
+            return
+        for job in jobs:
+            job.batches.append(self.running_rows())  # rows running once it joined (the access log)
+
+    def _take(self, joining: list[Slot], jobs: list[Job]) -> None:
+        """Slots for waiting samples in the free rows, lowest first (their prefill follows)."""
         while True:
             with self._cv:
                 if not self._pending:
@@ -162,7 +178,7 @@ class ContinuousBatcher:
                     job.on_done(e)
                     continue
                 if adm is None:  # not as rows: after the running rows, alone
-                    if self.running_rows():
+                    if self.running_rows() or joining:
                         return
                     self._pop(job)
                     self._run_whole(job)
@@ -176,13 +192,15 @@ class ContinuousBatcher:
                 self._fresh = False
             if len(free) >= job.request.num_samples - adm.admitted:
                 self._pop(job)  # all its samples run from here: no longer waiting
-            try:
-                while free and adm.admitted < job.request.num_samples:
-                    self._prefill(adm, free.pop(0))
-            except Exception as e:  # noqa: BLE001
-                self._fail_running(e)
-                return
-            job.batches.append(self.running_rows())  # rows running once it joined (the access log)
+            request = job.sampling
+            while free and adm.admitted < job.request.num_samples:
+                b, row = adm.admitted, free.pop(0)
+                slot = Slot(adm, b, row, uniform_noise(request.seed, 1, adm.steps, b)[:, 0],
+                            np.zeros(adm.steps, dtype=np.int64))
+                self._slots[row] = slot
+                joining.append(slot)
+                adm.admitted = b + 1
+            jobs.append(job)
 
     def _pop(self, job: Job) -> None:
         with self._cv:
@@ -199,26 +217,41 @@ class ContinuousBatcher:
             return None
         return Admission(job, prompt.reshape(-1), self.runner.steps_of(job.request))
 
-    def _prefill(self, adm: Admission, row: int) -> None:
-        """Sample ``adm.admitted`` of the job, prefilled on ``row`` by itself; its first token drawn."""
-        request = adm.job.sampling
-        b = adm.admitted
-        slot = Slot(adm, b, uniform_noise(request.seed, 1, adm.steps, b)[:, 0],
-                    np.zeros(adm.steps, dtype=np.int64))
+    def _prefill(self, joining: list[Slot]) -> None:
+        """The joining samples' condition tokens, each run of consecutive rows in one call (rows from position 0:
+        a batch the valid-length graph takes); their first tokens drawn."""
         runner = self.generator.backend.transformer()
-        runner.rewind(0, row)
-        logits = runner.forward(adm.prompt[None], first=row)[:, -1]
-        self._slots[row] = slot
-        adm.admitted = b + 1
-        self._draw(slot, logits)
+        joining = sorted(joining, key=lambda s: s.row)
+        runs: list[list[Slot]] = []
+        for slot in joining:
+            last = runs[-1][-1] if runs else None
+            if last is not None and slot.row == last.row + 1 and len(slot.admission.prompt) == len(last.admission.prompt):
+                runs[-1].append(slot)
+            else:
+                runs.append([slot])
+        for run in runs:
+            for slot in run:
+                runner.rewind(0, slot.row)
+            logits = runner.forward(np.stack([s.admission.prompt for s in run]), first=run[0].row)[:, -1]
+            self._draw(run, logits)
 
-    def _draw(self, slot: Slot, logits: np.ndarray) -> None:
-        k = slot.drawn
-        slot.tokens[k] = next_tokens(logits, slot.noise[k : k + 1], slot.job.sampling.params)[0]
-        slot.drawn = k + 1
-        job = slot.job
-        job.done_tokens += 1
-        job.on_progress(job.done_tokens, job.request.num_samples * slot.admission.steps)
+    def _draw(self, slots: list[Slot], logits: np.ndarray) -> None:
+        """The next token of each slot from its (V,) row of ``logits``: the slots of one sampling setting in one
+        call (the host sampler works row by row, so a row draws what it draws alone)."""
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, slot in enumerate(slots):
+            groups.setdefault(slot.job.sampling.params, []).append(i)
+        for params, idx in groups.items():
+            uniforms = np.array([slots[i].noise[slots[i].drawn] for i in idx])
+            drawn = next_tokens(logits[idx], uniforms, params)
+            for i, token in zip(idx, drawn):
+                slot = slots[i]
+                slot.tokens[slot.drawn] = token
+                slot.drawn += 1
+        for slot in slots:
+            job = slot.job
+            job.done_tokens += 1
+            job.on_progress(job.done_tokens, job.request.num_samples * slot.admission.steps)
 
     def _step(self) -> None:
         """One token for every row in use; rows that finish leave the batch."""
@@ -233,13 +266,10 @@ class ContinuousBatcher:
             else:
                 feed[i, 0] = slot.tokens[slot.drawn - 1]
         logits = runner.forward(feed)[:, -1]
-        used = self.running_rows()
-        for i in range(n):
-            slot = self._slots[i]
-            if slot is None:
-                continue
-            self._draw(slot, logits[i : i + 1])
-            slot.admission.rows_seen.append(used)
+        running = [s for s in self._slots[:n] if s is not None]
+        self._draw(running, logits[[s.row for s in running]])
+        for slot in running:
+            slot.admission.rows_seen.append(len(running))
         self._step_s = time.perf_counter() - t
         self._partials()
         for i, slot in enumerate(self._slots):
