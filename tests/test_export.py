@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import reuse_graphs
+from conftest import WITH_VALID_LENGTH, reuse_graphs
 
 from vqdeploy.artifacts import read_manifest
 from vqdeploy.errors import ArtifactError, ConfigError
@@ -41,8 +41,10 @@ def test_export_passes_parity_and_describes_graphs(exported, name: str) -> None:
     if name == "seg":
         expected.add("cond_encoder")
     graphs = manifest.raw["graphs"]
-    if manifest.raw["model"]["kind"] == "net2net":  # ONNX Runtime's valid-length twin: for causal models only
+    if manifest.raw["model"]["kind"] == "net2net" and name in WITH_VALID_LENGTH:  # the twin: causal models only
         assert ("transformer_valid_length" in graphs) == (manifest.raw["model"]["transformer"]["n_unmasked"] == 0)
+    elif manifest.raw["model"]["kind"] == "net2net":
+        assert "transformer_valid_length" not in graphs  # exported with valid_length=False
     if "transformer_valid_length" in graphs:  # checked like the portable graph
         expected |= {"valid_length/transformer_teacher_forced", "valid_length/transformer_kv_steps",
                      "valid_length/greedy_tokens"}

@@ -27,7 +27,7 @@ from vqdeploy.serve.app import ServeConfig, create_app  # noqa: E402
 @pytest.fixture(scope="module")
 def url(demo_export: Path):
     # request-level batching with a long bounded wait, so that requests sent together surely share batches
-    # (continuous batching, the default: tests/test_serve_continuous.py)
+    # (continuous batching: tests/test_serve_continuous.py)
     app = create_app(Pipeline.from_artifacts(demo_export, "onnxruntime"),
                      ServeConfig(max_wait_s=0.3, max_batch=8, batching="request"))
     with running(app) as base:

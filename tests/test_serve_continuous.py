@@ -130,7 +130,7 @@ def test_a_cancelled_request_leaves_the_batch_and_the_others_go_on(pipeline: Pip
 
 
 def test_over_http_concurrent_requests_get_the_images_they_get_alone(pipeline: Pipeline, demo_export: Path) -> None:
-    """The default server (continuous batching): requests sent at once, with different settings, each get the
+    """A server with continuous batching: requests sent at once, with different settings, each get the
     tokens and images of the pipeline alone."""
     httpx = pytest.importorskip("httpx")
     from concurrent.futures import ThreadPoolExecutor
@@ -142,7 +142,8 @@ def test_over_http_concurrent_requests_get_the_images_they_get_alone(pipeline: P
 
     requests = [(0, {"seed": "3", "num_samples": "2"}), (1, {"seed": "5", "temperature": "0.7", "top_k": "9"}),
                 (2, {"seed": "8", "num_samples": "3", "top_p": "0.9"})]
-    app = create_app(Pipeline.from_artifacts(demo_export, "onnxruntime"), ServeConfig(max_batch=8))
+    app = create_app(Pipeline.from_artifacts(demo_export, "onnxruntime"),
+                     ServeConfig(max_batch=8, batching="continuous"))
     with running(app) as url, ThreadPoolExecutor(len(requests)) as pool:
         answers = list(pool.map(lambda r: httpx.post(f"{url}/v1/generate", timeout=120, data=r[1], files={
             "condition": ("s.png", sketch_bytes(r[0]), "image/png")}), requests))

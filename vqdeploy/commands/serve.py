@@ -66,10 +66,10 @@ def require_serve_extra() -> None:
 @click.option("--port", type=int, default=8000, show_default=True, help="TCP port to listen on.")
 @click.option("--max-batch", type=int, default=None,
               help="Samples per engine batch, shared by concurrent requests (default and cap: the backend's limit).")
-@click.option("--batching", type=click.Choice(["continuous", "request"]), default="continuous", show_default=True,
-              help="continuous: a request's samples join the running batch at the next token step and leave it when "
-                   "done (guided, Jacobi, larger-size and --sampler graph requests run as batches of their own); "
-                   "request: whole requests are batched, and one arriving meanwhile waits for the batch to finish.")
+@click.option("--batching", type=click.Choice(["request", "continuous"]), default="request", show_default=True,
+              help="request: whole requests are batched, and one arriving meanwhile waits for the batch to finish; "
+                   "continuous: a request's samples join the running batch at the next token step and leave it when "
+                   "done (guided, Jacobi, larger-size and --sampler graph requests run as batches of their own).")
 @click.option("--max-wait-ms", type=float, default=20.0, show_default=True,
               help="How long the oldest waiting request waits for others to share its batch (--batching request).")
 @click.option("--max-queue", type=int, default=32, show_default=True,
@@ -95,8 +95,8 @@ def serve(artifacts: Path, backend: str, device: str | None, sampler: str, decod
     """Serve the model over HTTP: POST /v1/generate (and /v1/generate/stream for progress events),
     GET /v1/model, /healthz, /metrics (Prometheus) and a sketch pad page at /.
 
-    Concurrent requests share engine batches: by default a request's samples join the running batch at the next
-    token step (continuous batching); --batching request batches whole requests with a bounded wait. Needs the serve
+    Concurrent requests share engine batches (request-level batching with a bounded wait); --batching continuous
+    lets a request's samples join the running batch at the next token step. Needs the serve
     extra: pip install 'vqdeploy[serve]'."""
     check_int(port, "--port", 0, 65535)
     if max_batch is not None:

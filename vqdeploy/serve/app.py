@@ -58,7 +58,9 @@ class ServeConfig:
     max_pixels: int | None = None  # condition image budget (default: 16x the trained area)
     max_inflight_upload_bytes: int = MAX_INFLIGHT_UPLOAD_BYTES  # all bodies being received at once; then 503
     read_timeout_s: float = READ_TIMEOUT_S  # a request's headers, and then its body; then 408
-    batching: str = "continuous"  # "continuous": samples join the running batch at step boundaries; "request"
+    # "request": whole requests share batches; "continuous": samples join the running batch at step boundaries (lower
+    # latency under light load, measured; less throughput near saturation on a 2-core CPU: docs/serve.md)
+    batching: str = "request"
 
 
 class Server:
