@@ -143,7 +143,7 @@ def valid_length_spec(transformer: GraphSpec) -> GraphSpec:
     """The valid-length twin of a ``cached_transformer_spec``: the same contract, a copy of its module whose
     attention is the ``cached_attention`` op (the weights are shared, not copied)."""
     module = copy.copy(transformer.module)
-    module.valid_length = True
+    module.valid_length = True  # type: ignore[assignment]  (a CachedStepGraph: its attention strategy)
     return GraphSpec(VALID_LENGTH, module, transformer.inputs, transformer.outputs, transformer.dims,
                      transformer.profiles, transformer.sample_dims, transformer.id_ranges)
 

@@ -107,7 +107,6 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: ModelInfo, 
     z = ref_z.reshape(batch, -1)
     z = z[:, list(order)] if order is not None else z
     seq = np.concatenate([cond, z], axis=1)
-    tc = cond.shape[1]
 
     _, transformer = info.sampling()
     vocab = transformer.vocab_size
@@ -127,7 +126,7 @@ def check_backend(reference: TorchBackend, candidate: Backend, info: ModelInfo, 
     steps = z.shape[1] if greedy_steps is None else min(greedy_steps, z.shape[1])
     null = cond_info.null_tokens()
     # ONNX Runtime's valid-length twin of the transformer graph is checked as well as the portable graph
-    variants = [("", None)]
+    variants: list[tuple[str, bool | None]] = [("", None)]
     if candidate.has_graph(VALID_LENGTH) and hasattr(candidate, "valid_length"):
         variants = [("", False), ("valid_length/", True)]
     for prefix, valid_length in variants:
