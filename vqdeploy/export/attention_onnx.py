@@ -87,14 +87,7 @@ def to_group_query_attention(model: ir.Model) -> bool:
                                   "kv_num_heads": node.attributes["num_heads"].as_int(),
                                   "scale": node.attributes["scale"].as_float()},
                       domain=MS_DOMAIN, num_outputs=3, name=f"{node.name}_gqa")
-        graph.insert_before(node, [gqa])
-        for old, new in zip(node.outputs, gqa.outputs):
-            name = old.name
-            old.name = f"{name}__placeholder"
-            new.name = name
-            new.shape, new.type = old.shape, old.type
-            old.replace_all_uses_with(new, replace_graph_outputs=True)
-        graph.remove(node, safe=True)
+        kv_cache_onnx.replace_placeholder(node, gqa)
     model.opset_imports[MS_DOMAIN] = 1
     model.opset_imports.pop(DOMAIN, None)
     # the portable graph's opset (24, TensorScatter's), so that both are quantized alike (blocked DequantizeLinear)

@@ -52,6 +52,21 @@ def translate(cache: object, update: object, position: object) -> object:
     return _opset.KVWrite(cache, update, position)
 
 
+def replace_placeholder(node: ir.Node, replacement: ir.Node) -> None:
+    """Put ``replacement`` where the placeholder ``node`` is: its outputs take the placeholder's names, shapes and
+    types (graph outputs included), and the placeholder goes."""
+    graph = node.graph
+    assert graph is not None
+    graph.insert_before(node, [replacement])
+    for old, new in zip(node.outputs, replacement.outputs):
+        name = old.name
+        old.name = f"{name}__placeholder"
+        new.name = name
+        new.shape, new.type = old.shape, old.type
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+
+
 def to_tensor_scatter(model: ir.Model) -> bool:
     """Replace the placeholders by TensorScatter(axis=2, linear) whose per-sample write indices are the
     (B,) ``position`` input as it is; returns whether the graph had any."""
@@ -60,19 +75,10 @@ def to_tensor_scatter(model: ir.Model) -> bool:
         return False
     for node in nodes:
         cache, update, position = node.inputs
-        graph = node.graph
-        assert graph is not None and cache is not None and update is not None and position is not None
+        assert cache is not None and update is not None and position is not None
         scatter = ir.node("TensorScatter", [cache, update, position],
                           attributes={"axis": 2, "mode": "linear"}, name=f"{node.name}_scatter")
-        graph.insert_before(node, [scatter])
-        old = node.outputs[0]
-        new = scatter.outputs[0]
-        name = old.name
-        old.name = f"{name}__placeholder"
-        new.name = name
-        new.shape, new.type = old.shape, old.type
-        old.replace_all_uses_with(new, replace_graph_outputs=True)
-        graph.remove(node, safe=True)
+        replace_placeholder(node, scatter)
     model.opset_imports[""] = max(model.opset_imports.get("", 0), TENSOR_SCATTER_OPSET)
     model.opset_imports.pop(DOMAIN, None)
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)

@@ -161,7 +161,7 @@ class Generator:
         return request.size
 
     # --- the path --------------------------------------------------------------------------------------
-    def _grid(self, cond_tokens: np.ndarray, size: tuple[int, int] | None) -> tuple[int, int]:
+    def image_grid(self, cond_tokens: np.ndarray, size: tuple[int, int] | None) -> tuple[int, int]:
         """The image latent grid implied by the condition (spatial kinds) or by ``size``."""
         implied = self.cond.image_grid(cond_tokens, self.first_stage)
         if implied is not None:
@@ -196,7 +196,7 @@ class Generator:
             groups.setdefault(r.request.params, []).extend(range(batch, batch + r.count))
             batch += r.count
             transformer_rows += r.count * self.rows_per_sample(r.request.params)
-        grids = {self._grid(c, rows[i].request.size) for c, i in zip(conds, order)}
+        grids = {self.image_grid(c, rows[i].request.size) for c, i in zip(conds, order)}
         if len(grids) != 1:
             raise InputError("the requests of one batch imply different image sizes")
         grid = grids.pop()

@@ -26,26 +26,25 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
-class Batcher:
-    def __init__(self, runner: BatchRunner, max_batch: int | None = None, max_wait_s: float = 0.02, max_queue: int = 32,
-                 on_batch: Callable[[list[Item], dict[str, float]], None] | None = None) -> None:
-        self.runner = runner
-        self.max_batch = min(max_batch or runner.max_batch, runner.max_batch)
-        self.max_wait_s = max_wait_s
-        self.max_queue = max_queue
-        self.on_batch = on_batch
-        self._pending: deque[Item] = deque()
+class EngineThread:
+    """The one engine thread of a batcher: started on first use, stopped (woken and joined) at shutdown; a
+    subclass runs its scheduling in ``_loop``, waiting on ``_cv`` until ``_stop``."""
+
+    thread_name = "vqdeploy-engine"
+
+    def __init__(self) -> None:
         self._cv = threading.Condition()
         self._stop = False
-        self._batch_s = 0.0  # the last batch's duration (Retry-After estimate)
         self._thread: threading.Thread | None = None
 
-    # -- the caller's side (any thread) --------------------------------------------------------------
+    def _loop(self) -> None:
+        raise NotImplementedError
+
     def start(self) -> None:
         if self._thread is not None:
             return
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="vqdeploy-batches", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -56,6 +55,22 @@ class Batcher:
             self._thread.join(timeout=30)
             self._thread = None
 
+
+class Batcher(EngineThread):
+    thread_name = "vqdeploy-batches"
+
+    def __init__(self, runner: BatchRunner, max_batch: int | None = None, max_wait_s: float = 0.02, max_queue: int = 32,
+                 on_batch: Callable[[list[Item], dict[str, float]], None] | None = None) -> None:
+        self.runner = runner
+        self.max_batch = min(max_batch or runner.max_batch, runner.max_batch)
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        super().__init__()
+        self._pending: deque[Item] = deque()
+        self._batch_s = 0.0  # the last batch's duration (Retry-After estimate)
+
+    # -- the caller's side (any thread) --------------------------------------------------------------
     def submit(self, job: Job) -> None:
         """Queue a job (its rows split into items of at most ``max_batch``); ``QueueFull`` when full."""
         self.start()  # where no ASGI lifespan ran (a mounted app, e.g. on Ray Serve)

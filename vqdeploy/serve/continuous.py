@@ -18,7 +18,6 @@ until the running rows drain and runs as a request-level batch (``BatchRunner``)
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import numpy as np
 
 from vqdeploy.runtime.generation import Request
 from vqdeploy.runtime.sampling import SamplingParams, next_tokens, uniform_noise
-from vqdeploy.serve.batcher import QueueFull
+from vqdeploy.serve.batcher import EngineThread, QueueFull
 from vqdeploy.serve.runner import Abandoned, BatchRunner, Item, Job, JobResult
 
 
@@ -61,11 +60,14 @@ class Slot:
         return self.admission.job
 
 
-class ContinuousBatcher:
+class ContinuousBatcher(EngineThread):
     """``Batcher``'s interface (submit, start, stop, the queue gauges) over step-level scheduling."""
+
+    thread_name = "vqdeploy-continuous"
 
     def __init__(self, runner: BatchRunner, max_batch: int | None = None, max_queue: int = 32,
                  on_batch: Callable[[list[Item], dict[str, float]], None] | None = None) -> None:
+        super().__init__()
         self.runner = runner
         self.generator = runner.generator
         self.max_batch = min(max_batch or runner.max_batch, runner.max_batch)
@@ -74,28 +76,10 @@ class ContinuousBatcher:
         self._pending: deque[Job] = deque()
         self._admissions: dict[int, Admission] = {}  # id(job) -> its admission, for a job partly admitted
         self._slots: list[Slot | None] = [None] * self.max_batch
-        self._cv = threading.Condition()
-        self._stop = False
         self._step_s = 0.0  # the last step's duration (Retry-After estimate)
         self._fresh = True  # the transformer must be reset to ``max_batch`` rows before the next admission
-        self._thread: threading.Thread | None = None
 
     # -- the caller's side (any thread) --------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="vqdeploy-continuous", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
     def submit(self, job: Job) -> None:
         """Queue a job; ``QueueFull`` when ``max_queue`` jobs already wait."""
         self.start()
@@ -137,11 +121,7 @@ class ContinuousBatcher:
         g = self.generator
         if g.sampler != "host" or g.decoding != "sequential" or request.params.guided:
             return False
-        grid = g.cond.image_grid(prompt, g.first_stage)
-        if grid is None:
-            f = g.first_stage.downsample_factor
-            grid = g.first_stage.latent_grid if request.size is None else (request.size[0] // f, request.size[1] // f)
-        return tuple(grid) == tuple(g.first_stage.latent_grid)
+        return tuple(g.image_grid(prompt, request.size)) == tuple(g.first_stage.latent_grid)
 
     def _admit(self) -> None:
         """Fill free rows from the head of the queue (in order), then prefill the samples that joined; a request
@@ -278,23 +258,19 @@ class ContinuousBatcher:
                 self._finish(slot)
 
     def _partials(self) -> None:
-        """Partial decodes (``partial_every``) of the jobs whose samples all run, at the same token: those admitted
-        at one boundary (a job whose samples joined at different steps gets none)."""
-        g = self.generator
-        if g.info.order is not None:  # partial images only make sense in raster order
-            return
-        h, w = g.first_stage.latent_grid
+        """Partial decodes (``partial_every``, ``BatchRunner.partial_rows``) of the jobs whose samples all run, at
+        the same token: those admitted at one boundary (a job whose samples joined at different steps gets none)."""
         jobs: dict[int, list[Slot]] = {}
         for slot in self._slots:
-            if slot is not None and slot.job.request.partial_every and slot.job.request.size is None:
+            if slot is not None and slot.job.request.partial_every:
                 jobs.setdefault(id(slot.job), []).append(slot)
         for slots in jobs.values():
             job, k = slots[0].job, slots[0].drawn
-            every = job.request.partial_every
-            if (len(slots) == job.request.num_samples and all(s.drawn == k for s in slots) and k % w == 0
-                    and (k // w) % every == 0 and k < h * w and not job.cancelled.is_set()):
-                done = np.stack([s.tokens[:k] for s in sorted(slots, key=lambda s: s.sample)])
-                self.runner.partial(job, done, k // w)
+            if len(slots) < job.request.num_samples or any(s.drawn != k for s in slots) or job.cancelled.is_set():
+                continue
+            rows = self.runner.partial_rows(job, k)
+            if rows is not None:
+                self.runner.partial(job, np.stack([s.tokens[:k] for s in sorted(slots, key=lambda s: s.sample)]), rows)
 
     def _finish(self, slot: Slot) -> None:
         adm = slot.admission

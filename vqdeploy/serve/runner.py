@@ -110,10 +110,6 @@ class BatchRunner:
     def _ticker(self, items: list[Item], starts: list[int]) -> Callable[[int, Decoding], None]:
         """The per-token callback: progress per job, partial decodes (raster order, the trained grid), and an
         early stop once every job of the batch has gone. ``starts``: each item's first row in the batch."""
-        h, w = self.info.first_stage.latent_grid
-        # partial images only make sense in raster order, and from the sequential loop's state
-        raster = self.info.order is None and self.generator.decoding == "sequential"
-
         def tick(k: int, decoding: Decoding) -> None:
             if all(it.job.cancelled.is_set() for it in items):
                 raise Abandoned()
@@ -123,10 +119,9 @@ class BatchRunner:
                 if not job.cancelled.is_set():
                     job.done_tokens += it.count
                     job.on_progress(job.done_tokens, total)
-                    every = job.request.partial_every
-                    if (raster and every and job.request.size is None and k % w == 0 and (k // w) % every == 0
-                            and k < h * w):
-                        self.partial(job, decoding.tokens()[row : row + it.count], k // w)
+                    rows = self.partial_rows(job, k)
+                    if rows is not None:
+                        self.partial(job, decoding.tokens()[row : row + it.count], rows)
 
         return tick
 
@@ -137,6 +132,18 @@ class BatchRunner:
             return self.steps
         f = self.info.first_stage.downsample_factor
         return (size[0] // f) * (size[1] // f)
+
+    def partial_rows(self, job: Job, k: int) -> int | None:
+        """The token rows to decode partially once ``k`` tokens per sample are drawn (``partial_every``), or None:
+        only in raster order, from the sequential loop, at the trained grid, every N whole rows but the last."""
+        every = job.request.partial_every
+        if not every:
+            return None
+        h, w = self.info.first_stage.latent_grid
+        raster = self.info.order is None and self.generator.decoding == "sequential"
+        if raster and job.request.size is None and k % w == 0 and (k // w) % every == 0 and k < h * w:
+            return k // w
+        return None
 
     def partial(self, job: Job, done: np.ndarray, rows: int) -> None:
         """Decode the first ``rows`` token rows (the rest filled with token 0, then greyed out)."""

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from vqdeploy.artifacts import Manifest
+from vqdeploy.errors import InputError
 from vqdeploy.runtime.sampling import SamplingParams
 
 
@@ -31,6 +32,25 @@ class TransformerRunner(Protocol):
     def rewind(self, length: int, row: int | None = None) -> None:
         """Keep the first ``length`` cached positions of every row, or of ``row`` (later ones are masked, then
         overwritten)."""
+
+
+class RowLengths:
+    """What the transformer runners share about their per-row lengths: ``lengths`` (one per row of the current
+    batch, empty before the first ``reset``), the longest, and rewinding rows that exist."""
+
+    lengths: np.ndarray
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache (rows at different positions: the longest)."""
+        return int(self.lengths.max(initial=0))
+
+    def rewind(self, length: int, row: int | None = None) -> None:
+        """Keep the first ``length`` cached positions of every row (or of ``row`` only)."""
+        kept = self.lengths[slice(None) if row is None else slice(row, row + 1)]
+        if not kept.size or not 0 <= length <= int(kept.min()):
+            raise InputError(f"transformer: cannot rewind {self.length} cached positions to {length}")
+        kept[...] = length
 
 
 class Decoding(Protocol):

@@ -21,6 +21,7 @@ import numpy as np
 from vqdeploy.artifacts import Artifacts
 from vqdeploy.artifacts.tensors import TensorSpec, bind_dims
 from vqdeploy.errors import ArtifactError, InputError
+from vqdeploy.runtime.backends.base import RowLengths
 from vqdeploy.runtime.backends.buffers import Buffer, HostMemory, Memory
 from vqdeploy.runtime.guidance import GUIDED_SAMPLER, RowPlan
 from vqdeploy.runtime.sampling import SamplingParams, sampler_inputs
@@ -114,7 +115,7 @@ class GraphBackend:
         return DeviceDecoding(self.transformer(), groups, noise, null_tokens)
 
 
-class KVTransformer:
+class KVTransformer(RowLengths):
     """The transformer graph with a device-resident, preallocated KV cache and a length per row: a call runs
     rows ``first .. first + n - 1`` (the leading rows, or one row alone: ``serve``'s continuous batching
     prefills a joining row by itself), each at its own position."""
@@ -138,11 +139,6 @@ class KVTransformer:
         self.buffers: list[Buffer] = []
         self.io: dict[tuple[int, int], tuple[Buffer, Buffer]] = {}  # (B,T) -> token and logits buffers
         self.views: dict[tuple[int, int], tuple[list[Buffer], Buffer]] = {}  # (first, n) -> cache and position rows
-
-    @property
-    def length(self) -> int:
-        """Tokens in the cache (rows at different positions: the longest)."""
-        return int(self.lengths.max(initial=0))
 
     def _allocate(self, batch: int) -> None:
         shape = (batch, self.n_head, self.block, self.head_dim)
@@ -184,17 +180,6 @@ class KVTransformer:
             pair = self.io[(batch, t)] = (self.memory.empty((batch, t), "int64"),
                                           self.memory.empty((batch, t, self.vocab), "float32"))
         return pair
-
-    def _shortest(self, rows: slice) -> int:
-        kept = self.lengths[rows]
-        return int(kept.min()) if kept.size else 0
-
-    def rewind(self, length: int, row: int | None = None) -> None:
-        """Keep the first ``length`` cached positions of every row (or of ``row`` only)."""
-        rows = slice(None) if row is None else slice(row, row + 1)
-        if not 0 <= length <= self._shortest(rows):
-            raise InputError(f"transformer: cannot rewind {self.length} cached positions to {length}")
-        self.lengths[rows] = length
 
     def forward(self, tokens: np.ndarray, first: int = 0) -> np.ndarray:
         """Append (n,T) tokens to rows ``first .. first + n - 1``, each at its own length; their (n,T,V) logits."""

@@ -16,10 +16,11 @@ from vqdeploy.families import family_named, load_reference
 from vqdeploy.families.base import CachedGPT
 from vqdeploy.limits import MAX_SAMPLES
 from vqdeploy.models.kv_cache import KV, KVCache, write_at, write_in_place
+from vqdeploy.runtime.backends.base import RowLengths
 from vqdeploy.runtime.backends.registry import OpenOptions
 
 
-class TorchTransformer:
+class TorchTransformer(RowLengths):
     """The KV-cached GPT on a fixed-capacity cache (block size) written in place, with a length per row: the
     buffers are allocated when a batch first needs them and reused by every later generation of that batch. A
     call runs rows ``first .. first + n - 1`` (the leading rows, or one row alone), each at its own position.
@@ -39,22 +40,6 @@ class TorchTransformer:
         self.lengths = np.zeros(0, dtype=np.int64)  # cached positions per row
         self.cuda_graphs = cuda_graphs
         self.graphs: dict[int, StepGraph] = {}
-
-    @property
-    def length(self) -> int:
-        """Tokens in the cache (rows at different positions: the longest)."""
-        return int(self.lengths.max(initial=0))
-
-    def _shortest(self, rows: slice) -> int:
-        kept = self.lengths[rows]
-        return int(kept.min()) if kept.size else 0
-
-    def rewind(self, length: int, row: int | None = None) -> None:
-        """Keep the first ``length`` cached positions of every row (or of ``row`` only)."""
-        rows = slice(None) if row is None else slice(row, row + 1)
-        if self.cache is None or not 0 <= length <= self._shortest(rows):
-            raise InputError(f"transformer: cannot rewind {self.length} cached positions to {length}")
-        self.lengths[rows] = length
 
     def reset(self, batch: int) -> None:
         if self.cache is None or self.cache.batch != batch:
