@@ -152,3 +152,42 @@ def test_cuda_graphs_on_a_cpu_backend_is_one_error_line(demo: Path, tmp_path: Pa
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code != 0 and lines == ["error: --cuda-graphs needs a CUDA device; onnxruntime runs on the CPU here"]
     assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("which", ["seg", "llamagen"])
+def test_torch_backend_on_another_device_copies_a_shared_model_and_runs_every_stage_there(
+        which: str, exported, llamagen_export: Path) -> None:
+    """The first GPU run (H200, 2026-12-04) failed in `parity` and `bench`: TorchBackend moved the caller's
+    reference model to CUDA in place (every CPU user of it then mixed devices), and the one-hot class buffer of a
+    segmentation cond encoder stayed on the CPU. PyTorch's ``meta`` device stands in for the GPU here: a tensor
+    left on the CPU raises exactly as it does against CUDA, and shapes still flow through every stage."""
+    import torch
+
+    from vqdeploy.artifacts import read_manifest
+    from vqdeploy.families import load_reference
+    from vqdeploy.models.kv_cache import write_at
+    from vqdeploy.runtime.backends.torch_backend import TorchBackend
+
+    manifest = exported("seg")[2] if which == "seg" else read_manifest(llamagen_export)
+    shared = load_reference(manifest)
+    be = TorchBackend(shared, manifest, "meta")
+    assert {p.device.type for p in shared.parameters()} == {"cpu"}  # the caller's model stays where it was
+    stages = [be._encoder, be._decoder] + ([be.cond_graph] if be.cond_graph is not None else [])
+    assert (which == "seg") == (be.cond_graph is not None)
+    for stage in stages:
+        assert {t.device.type for t in [*stage.parameters(), *stage.buffers()]} == {"meta"}, type(stage).__name__
+    meta = torch.device("meta")
+    fs = manifest.model.first_stage
+    grid = be._encoder(torch.zeros(2, fs.in_channels, fs.resolution, fs.resolution, device=meta)).shape
+    assert tuple(grid) == (2, *fs.latent_grid)
+    assert tuple(be._decoder(torch.zeros(grid, dtype=torch.int64, device=meta)).shape) == \
+        (2, fs.out_channels, fs.resolution, fs.resolution)
+    if be.cond_graph is not None:  # a class-id map through the one-hot encoder
+        be.cond_graph(torch.zeros(2, fs.resolution, fs.resolution, dtype=torch.int64, device=meta))
+    gpt = be.transformer().gpt
+    cache = gpt.new_cache(2, device=meta)
+    position = torch.tensor([0, 3], device=meta)  # rows at their own positions
+    tokens = torch.zeros(2, 1, dtype=torch.int64, device=meta)
+    assert gpt.forward_at(tokens, position, list(cache.layers), write_at(position))[0].shape[:2] == (2, 1)
+    owned = load_reference(manifest)
+    assert TorchBackend(owned, manifest, "meta", owned=True).model is owned  # handed over: moved, not copied

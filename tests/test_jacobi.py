@@ -12,8 +12,8 @@ on the trained demo."""
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -184,3 +184,19 @@ def test_jacobi_refuses_what_it_does_not_do(demo_export: Path) -> None:
         Pipeline.from_artifacts(demo_export, "onnxruntime", decoding="jacobi")(SKETCH, size="96x64")
     with pytest.raises(InputError, match="--jacobi-window must be in 1..256"):
         Pipeline.from_artifacts(demo_export, "onnxruntime", decoding="jacobi", jacobi_window=0)
+
+
+def test_bench_times_jacobi_beside_the_sequential_rows(exported, tmp_path: Path) -> None:
+    """bench --decoding jacobi printed its table only with a row it could not read (no per-run token times: a
+    KeyError, first seen on the GPU machine); its row now carries them like every other row."""
+    from vqdeploy.bench.benchmark import run_bench
+
+    _, out, _ = exported("sos_zcurve")
+    logged: list[str] = []
+    result = run_bench(out, "onnxruntime", "cpu", 1, 2, False, tmp_path / "bench.json", None, log=logged.append,
+                       decoding="jacobi", jacobi_window=4)
+    row = result["backends"]["onnxruntime-cpu fp32, Jacobi (window 4)"]
+    assert len(row["runs"]["step"]) == 2 and min(row["runs"]["step"]) <= row["step"] <= max(row["runs"]["step"])
+    assert row["jacobi_tokens_per_call"] >= 1
+    table = next(line for line in logged if line.startswith("onnxruntime-cpu fp32, Jacobi (window 4)"))
+    assert f"{row['step'] * 1e3:.2f}" in table

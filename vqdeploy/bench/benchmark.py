@@ -160,6 +160,8 @@ def bench_jacobi(be: Backend, condition: ConditionInput, info: ModelInfo, n: int
         for key, v in zip(runs, (out.timings["cond_encoder"], out.timings["sampling"], out.timings["decoder"], total)):
             runs[key].append(v)
     res: dict[str, Any] = {k: statistics.median(v[1:]) for k, v in runs.items()}
+    res["runs"] = {k: v[1:] for k, v in runs.items()}
+    res["runs"]["step"] = [s / (n * steps) for s in res["runs"]["sampling"]]  # per token, as the table's spread reads
     res.update(prefill=float("nan"), step=res["sampling"] / (n * steps), tokens_per_s=n * steps / res["sampling"],
                sampler="host", decoding="jacobi", jacobi_window=window,
                jacobi_tokens_per_call=generator.jacobi_stats.tokens_per_call)

@@ -4,6 +4,7 @@ KV-cached forward. Importing this module imports torch; the registry opens it on
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -106,13 +107,19 @@ class TorchBackend:
     name = "torch"
     emulation: str | None = None
 
-    def __init__(self, model: nn.Module, manifest: Manifest, device: str = "cpu", cuda_graphs: bool = False) -> None:
+    def __init__(self, model: nn.Module, manifest: Manifest, device: str = "cpu", cuda_graphs: bool = False,
+                 owned: bool = False) -> None:
+        """``owned``: the caller hands the model over, so it is moved to ``device``; otherwise a model on another
+        device is copied there (parity and bench keep running their reference on the CPU)."""
         self.device = device
         self.manifest = manifest
         self.torch_device = torch.device(device)
-        self.model = model.to(self.torch_device)
+        self.model = on_device(model, self.torch_device, owned)
         self.family = family_named(manifest.model.family)
         stages = self.family.torch_stages(self.model, manifest)
+        for stage in (stages.encoder, stages.decoder, stages.cond_encoder):  # their own buffers (one-hot classes)
+            if stage is not None:
+                stage.to(self.torch_device)
         self._encoder, self._decoder = stages.encoder, stages.decoder
         self.cond_graph = stages.cond_encoder
         self.cuda_graphs = cuda_graphs
@@ -158,8 +165,20 @@ class TorchBackend:
         return self._runner
 
 
+def on_device(model: nn.Module, device: torch.device, owned: bool) -> nn.Module:
+    """``model`` on ``device``: moved if owned, else a copy where it lives elsewhere (``Module.to`` moves in place,
+    and a shared reference moved to the GPU broke every CPU user of it)."""
+    here = next(model.parameters(), None)
+    same = here is not None and here.device.type == device.type and device.index in (None, here.device.index)
+    if owned or here is None or same:
+        return model.to(device)
+    return copy.deepcopy(model).to(device)
+
+
 def open_torch(artifacts: Artifacts, device: str, options: OpenOptions) -> TorchBackend:
-    """The registry's opener: the exported checkpoint (or ``options.ckpt``), checked by fingerprint."""
-    model = options.model if options.model is not None else load_reference(artifacts.manifest, options.ckpt,
-                                                                             options.config)
-    return TorchBackend(model, artifacts.manifest, device, options.cuda_graphs)
+    """The registry's opener: the exported checkpoint (or ``options.ckpt``), checked by fingerprint; a model in
+    ``options`` is the caller's and stays where it is."""
+    if options.model is not None:
+        return TorchBackend(options.model, artifacts.manifest, device, options.cuda_graphs)
+    model = load_reference(artifacts.manifest, options.ckpt, options.config)
+    return TorchBackend(model, artifacts.manifest, device, options.cuda_graphs, owned=True)
