@@ -97,6 +97,79 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[
     return get
 
 
+_MODULE_INTERNALS = frozenset(vars(__import__("torch").nn.Module()))  # _parameters, _buffers, hooks, training ...
+
+
+def _graph_key(spec, opset: int, quantize: str | None, block: int | None) -> str:  # type: ignore[no-untyped-def]
+    """What a traced graph's bytes depend on (export makes them reproducible: ``onnx_export._reproducible``): the
+    spec's contract, the export options (the external-data threshold, which a test lowers, too), and the module, by its classes, its plain attributes and every tensor's
+    bytes. An attribute of a kind this does not know is keyed by its repr, which names its id where it has no repr
+    of its own: such a module is then never a hit, which costs a trace and is never wrong."""
+    import hashlib
+
+    import torch
+
+    from vqdeploy.export import onnx_export
+
+    h = hashlib.sha256(repr((torch.__version__, onnx_export._EXTERNAL_DATA_BYTES, spec.name, spec.inputs, spec.outputs, spec.dims, spec.sample_dims,
+                             spec.id_ranges, opset, quantize, block)).encode())
+    for name, sub in spec.module.named_modules():
+        attrs = {k: v for k, v in vars(sub).items() if k not in _MODULE_INTERNALS}
+        h.update(f"{name}:{type(sub).__module__}.{type(sub).__qualname__}:{sorted(attrs.items())!r}".encode())
+    for name, t in [*spec.module.named_parameters(remove_duplicate=False),
+                    *spec.module.named_buffers(remove_duplicate=False)]:
+        data = t.detach().cpu().contiguous()
+        h.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+        h.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _graph_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable]:
+    """Tests only: each distinct graph is traced once per session (all workers), and an export that needs the same
+    graph again (same module state, spec and options: ``_graph_key``) gets a copy of those bytes. The demo alone is
+    exported a dozen times by tests of what export does around its graphs (quantization, CLI, destinations,
+    recovery); tracing is 95% of an export. Nothing is kept across sessions, and exports in other processes (CLI
+    subprocesses, the container) trace. ``@pytest.mark.fresh_graphs`` makes a test's own exports trace
+    (``test_a_graph_export_is_byte_reproducible`` proves the bytes a copy stands for). Yields the real
+    ``export_graph``."""
+    import pickle
+
+    from vqdeploy.export import exporter
+
+    real = exporter.export_graph
+    root = _shared_root(tmp_path_factory) / "graph-cache"
+    root.mkdir(exist_ok=True)
+
+    def export_graph(spec, path: Path, opset: int, quantize: str | None = None,  # type: ignore[no-untyped-def]
+                     block: int | None = None) -> list:
+        key = _graph_key(spec, opset, quantize, block)
+        entry = root / key
+        with _locked(root / f"{key}.lock"):
+            if not (entry / "layers.pkl").exists():
+                shutil.rmtree(entry, ignore_errors=True)
+                entry.mkdir()
+                layers = real(spec, entry / spec.file, opset, quantize, block)
+                (entry / "layers.pkl").write_bytes(pickle.dumps(layers))
+        for f in entry.iterdir():
+            if f.name.startswith(spec.file):  # the graph and its external data, if any
+                shutil.copyfile(f, path.parent / f"{path.name}{f.name[len(spec.file):]}")
+        return pickle.loads((entry / "layers.pkl").read_bytes())
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(exporter, "export_graph", export_graph)
+    yield real
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_graphs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _graph_cache: Callable) -> None:
+    if request.node.get_closest_marker("fresh_graphs"):
+        from vqdeploy.export import exporter
+
+        monkeypatch.setattr(exporter, "export_graph", _graph_cache)
+
+
 def copy_artifacts(src: Path, dst: Path) -> Path:
     """A private copy of shared artifacts (``engines/`` included) for a test that changes them."""
     shutil.copytree(src, dst, symlinks=True)

@@ -284,3 +284,16 @@ def test_half_copy_converts_tensor_by_tensor_as_a_whole_copy_would(runs, name: s
     ptrs = {v.untyped_storage().data_ptr() for v in after.values() if v.numel()}
     assert not any(v.untyped_storage().data_ptr() in ptrs for v in got.values() if v.numel())
     assert (half.cond_stage_model is half.first_stage_model) == (model.cond_stage_model is model.first_stage_model)
+
+
+@pytest.mark.fresh_graphs
+def test_a_graph_export_is_byte_reproducible(exported, tmp_path: Path) -> None:
+    """Tracing the same model again writes the same bytes (``onnx_export._reproducible`` drops what names the
+    process): the manifest's sha256 and the engines' cache keys rest on it, and so does the test session's graph
+    cache (conftest ``_graph_cache``), whose copies stand for these traces. This test traces (``fresh_graphs``)."""
+    run, _, shared = exported("sos_zcurve")
+    first, second = (export(run.ckpt, tmp_path / name, parity=False, log=lambda m: None) for name in ("a", "b"))
+    shas = [{name: g["sha256"] for name, g in m.raw["graphs"].items()} for m in (first, second)]
+    assert shas[0] == shas[1] and "transformer_valid_length" in shas[0]
+    assert {k: v for k, v in shas[0].items() if k in shared.raw["graphs"]} == \
+        {name: g["sha256"] for name, g in shared.raw["graphs"].items()}
