@@ -212,7 +212,7 @@ def test_build_trt_for_sm86(art, tmp_path) -> None:
     assert set(engines) == {"transformer", "guided_sampler"}
     logits = engines["guided_sampler"]["profiles"]["default"]["logits"]
     assert logits["min"][0] == 2 and logits["max"][0] == 8  # batch*2 for 1..4 samples
-    assert engines["transformer"]["profile_order"] == ["prefill", "step"]
+    assert engines["transformer"]["profile_order"] == ["prefill", "step", "window"]
     assert (copy / "engines" / "guided_sampler.engine").stat().st_size > 0
 
 

@@ -417,20 +417,29 @@ def test_executor_binds_the_kv_cache_by_address(trt_built: dict[str, Any], monke
 
     runner = KVTransformer(backend)
     runner.reset(2)
-    runner.forward(torch.randint(0, 32, (2, 3)).numpy())
+    c = entry["profiles"]["prefill"]["tokens"]["opt"][1]  # the condition's length, what the prefill is tuned for
+    runner.forward(torch.randint(0, 32, (2, c)).numpy())
     pre, step = contexts["prefill"], contexts["step"]
-    assert pre.enqueued == 1 and pre.shapes["cache.0.key"] == (2, 2, 32, 16) and pre.shapes["tokens"] == (2, 3)
+    assert pre.enqueued == 1 and pre.shapes["cache.0.key"] == (2, 2, 32, 16) and pre.shapes["tokens"] == (2, c)
     assert all(a != 0 for a in pre.addresses.values())
     assert pre.addresses["cache.1.value"] == pre.addresses["cache_out.1.value"]  # in place: one buffer
     for k in range(2):
         runner.forward(torch.randint(0, 32, (2, 1)).numpy())
-        assert list(backend.memory.download(runner.position)) == [3 + k] * 2  # values: same shapes at every step
+        assert list(backend.memory.download(runner.position)) == [c + k] * 2  # values: same shapes at every step
         assert step.shapes["cache.1.value"] == (2, 2, 32, 16) and step.shapes["position"] == (2,)
         assert step.addresses["cache.1.value"] == step.addresses["cache_out.1.value"] == pre.addresses["cache.1.value"]
         assert step.addresses["position"] == pre.addresses["position"]
     assert step.enqueued == 2
-    runner.forward(torch.randint(0, 32, (2, 2)).numpy())  # two tokens after the prefill: the prefill profile
-    assert pre.enqueued == 2 and pre.shapes["tokens"] == (2, 2) and runner.length == 7
+    window = contexts["window"]  # Jacobi decoding's calls (window + 1 tokens): their own profile
+    assert entry["profiles"]["window"]["tokens"]["opt"][1] == entry["profiles"]["window"]["tokens"]["max"][1] == 17
+    runner.rewind(1)
+    runner.forward(torch.randint(0, 32, (2, 2)).numpy())
+    runner.forward(torch.randint(0, 32, (2, 17)).numpy())
+    assert window.enqueued == 2 and window.shapes["tokens"] == (2, 17) and pre.enqueued == 1
+    assert window.addresses["cache.0.key"] == pre.addresses["cache.0.key"]
+    runner.rewind(1)
+    runner.forward(torch.randint(0, 32, (2, 18)).numpy())  # beyond the window's profile: the prefill's
+    assert pre.enqueued == 2 and pre.shapes["tokens"] == (2, 18) and runner.length == 19
 
     with pytest.raises(InputError, match=r"outside the engine's 'step' profile .*rebuild with vqdeploy build-trt"):
         executors["step"].run({"tokens": backend.memory.zeros((2, 2), "int64")}, {})
@@ -459,8 +468,9 @@ def test_datacenter_step_is_captured_once_and_replayed(trt_built: dict[str, Any]
     backend.executor = lambda graph, profile=None: executors[profile]  # type: ignore[method-assign]
     runner = KVTransformer(backend)
     runner.reset(2)
-    runner.forward(torch.randint(0, 32, (2, 3)).numpy())
+    c = entry["profiles"]["prefill"]["tokens"]["opt"][1]
+    runner.forward(torch.randint(0, 32, (2, c)).numpy())
     for _ in range(5):
         runner.forward(torch.randint(0, 32, (2, 1)).numpy())
     assert contexts["prefill"].enqueued == 1 and contexts["step"].enqueued == 2  # eager, then inside the capture
-    assert launches.captures == 1 and launches.replays == 4 and runner.length == 8
+    assert launches.captures == 1 and launches.replays == 4 and runner.length == c + 5

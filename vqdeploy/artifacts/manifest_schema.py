@@ -48,6 +48,9 @@ TENSOR_NAME = r"[A-Za-z_][A-Za-z0-9_.]{0,127}"
 # each layer's attention a GroupQueryAttention that reads only each row's valid prefix of the cache; TensorRT and the
 # C++ runtime load the portable ``transformer`` graph, and ``build-trt`` skips this one
 VALID_LENGTH = "transformer_valid_length"
+# speculative Jacobi decoding's default window (runtime/jacobi.py): its calls feed window + 1 tokens, which the
+# transformer's "window" optimization profile is tuned for (TensorRT; the other runtimes take any length)
+JACOBI_WINDOW = 16
 ONNXRUNTIME_ONLY = (VALID_LENGTH,)
 _DIM = NAME.pattern
 _INPUT_DIM = re.compile(rf"({_DIM})(?:\*([1-9][0-9]{{0,3}}))?")  # "latent_h*8"

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vqdeploy.artifacts.manifest_schema import VALID_LENGTH
+from vqdeploy.artifacts.manifest_schema import JACOBI_WINDOW, VALID_LENGTH
 from vqdeploy.artifacts.tensors import Dim, TensorSpec
 from vqdeploy.errors import ConfigError
 from vqdeploy.models.sampler import TOPK_MAX, GuidedSamplerGraph, SamplerGraph
@@ -110,8 +110,10 @@ def cached_transformer_spec(module: nn.Module, dtype: torch.dtype, max_batch: in
                             head_dim: int, block: int, vocab: int, prefill_tokens: int, token_ids: int) -> GraphSpec:
     """The transformer graph's contract, the same for every family (docs/artifacts.md): tokens + a position per row
     + a fixed-capacity cache per layer (the block size: TensorRT's KVCacheUpdate needs a static sequence axis) written
-    in place, so the cache shapes never change; two profiles that differ in the number of new tokens only (the
-    prefill of ``prefill_tokens`` condition tokens, the one-token steps). ``token_ids``: the ids parity feeds."""
+    in place, so the cache shapes never change; profiles that differ in the number of new tokens only: the prefill
+    of ``prefill_tokens`` condition tokens, the one-token steps, and Jacobi decoding's calls of its default window
+    + 1 tokens ("window", where the block holds them; ``graph_backend.transformer_profile`` picks among them).
+    ``token_ids``: the ids parity feeds."""
     kv = DTYPE_NAMES[dtype]
     shape = ("batch", n_head, block, head_dim)
     inputs = [TensorSpec("tokens", "int64", ("batch", "tokens")), TensorSpec("position", "int64", ("batch",))]
@@ -121,14 +123,18 @@ def cached_transformer_spec(module: nn.Module, dtype: torch.dtype, max_batch: in
             inputs.append(TensorSpec(f"cache.{i}.{part}", kv, shape))
             outputs.append(TensorSpec(f"cache_out.{i}.{part}", kv, shape))
     b = (1, min(4, max_batch), max_batch)
+    window = min(JACOBI_WINDOW + 1, block)
+    profiles = {"prefill": {"batch": b, "tokens": (1, min(prefill_tokens, block), block)},
+                "step": {"batch": b, "tokens": (1, 1, 1)}}
+    if window >= 2:
+        profiles["window"] = {"batch": b, "tokens": (2, window, window)}
     spec = GraphSpec(
         name="transformer",
         module=module.eval(),
         inputs=inputs,
         outputs=outputs,
         dims={"batch": batch_dim(max_batch, 4), "tokens": Dim(1, prefill_tokens, block)},
-        profiles={"prefill": {"batch": b, "tokens": (1, min(prefill_tokens, block), block)},
-                  "step": {"batch": b, "tokens": (1, 1, 1)}},
+        profiles=profiles,
         sample_dims={"batch": 2, "tokens": 3},
     )
     spec.id_ranges = {"tokens": token_ids, "position": max(1, block - 3)}

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vqdeploy.artifacts.manifest_schema import JACOBI_WINDOW
 from vqdeploy.errors import InputError
 from vqdeploy.limits import check_int
 from vqdeploy.runtime.backends.base import TransformerRunner
 from vqdeploy.runtime.sampling import SamplingParams, filtered_probs
 
 JACOBI_STREAM = 0x1AC0B1  # the third entropy word of a row's generator: its own stream, apart from the uniforms'
-DEFAULT_WINDOW = 16
+DEFAULT_WINDOW = JACOBI_WINDOW
 MAX_WINDOW = 256
 
 

@@ -13,7 +13,7 @@ shapes and addresses are the same at every position.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -115,6 +115,20 @@ class GraphBackend:
         return DeviceDecoding(self.transformer(), groups, noise, null_tokens)
 
 
+def transformer_profile(profiles: Mapping[str, Mapping[str, Sequence[int]]], tokens: int) -> str:
+    """The transformer's optimization profile for a call of ``tokens`` new tokens per row: "step" for one; the
+    prefill's for the condition's length (the length that profile is tuned for); "window" for Jacobi decoding's
+    calls where the artifacts have that profile (exported before it: the prefill's) and the call fits it; the
+    prefill's otherwise. Only TensorRT's engines differ by profile."""
+    if tokens == 1:
+        return "step"
+    window = profiles.get("window")
+    if (window is not None and tokens != profiles["prefill"]["tokens"][1]
+            and window["tokens"][0] <= tokens <= window["tokens"][2]):
+        return "window"
+    return "prefill"
+
+
 class KVTransformer(RowLengths):
     """The transformer graph with a device-resident, preallocated KV cache and a length per row: a call runs
     rows ``first .. first + n - 1`` (the leading rows, or one row alone: ``serve``'s continuous batching
@@ -131,6 +145,7 @@ class KVTransformer(RowLengths):
             raise ArtifactError(f"{backend.artifacts.path}: the transformer graph has no in-place KV cache "
                                 "(exported by an older vqdeploy); re-export")
         self.kv_dtype = str(cache["dtype"])
+        self.profiles = backend.graph("transformer")["profiles"]
         self.names = [(f"cache.{i}.{p}", f"cache_out.{i}.{p}") for i in range(self.n_layer) for p in ("key", "value")]
         self.memory = backend.memory
         self.capacity = 0
@@ -205,7 +220,7 @@ class KVTransformer(RowLengths):
         outs = {"logits": logits}
         for (in_name, out_name), buf in zip(self.names, cache):
             ins[in_name] = outs[out_name] = buf
-        profile = "step" if t == 1 else "prefill"
+        profile = transformer_profile(self.profiles, t)
         self.backend.executor(self.backend.transformer_graph(b, t, lengths), profile).run(ins, outs)
         lengths += t
         return logits

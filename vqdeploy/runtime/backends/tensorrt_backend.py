@@ -5,7 +5,8 @@ What is TensorRT-specific, and kept here:
 - loading: engines.json is checked against this machine (TensorRT flavour and version, GPU
   compute capability) and the manifest (graph hash) before TensorRT sees the engine;
 - one execution context per (engine, optimization profile), the profile selected once at
-  creation: the transformer engine has "prefill" and "step", so neither call switches profiles;
+  creation: the transformer engine has "prefill", "step" and "window" (Jacobi's calls), so no call switches
+  profiles;
 - ``run``: set the input shapes, bind every tensor by address (``set_tensor_address``) and
   enqueue ``execute_async_v3`` on the backend's CUDA stream; nothing is copied or synchronized.
 - memory and the stream come from cuda-python (``cuda_memory``): no PyTorch.
