@@ -151,6 +151,9 @@ def _graph_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable]
                 entry.mkdir()
                 layers = real(spec, entry / spec.file, opset, quantize, block)
                 (entry / "layers.pkl").write_bytes(pickle.dumps(layers))
+            else:
+                with open(entry / "copies", "a") as f:  # counted for the session's summary
+                    f.write(".")
         for f in entry.iterdir():
             if f.name.startswith(spec.file):  # the graph and its external data, if any
                 shutil.copyfile(f, path.parent / f"{path.name}{f.name[len(spec.file):]}")
@@ -308,6 +311,11 @@ def demo_copy(demo_export: Path, tmp_path: Path) -> Path:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    cache = config._tmp_path_factory.getbasetemp() / "vqdeploy-shared" / "graph-cache"  # the workers' shared root
+    if cache.is_dir():
+        entries = [e for e in cache.iterdir() if e.is_dir()]
+        copies = sum((e / "copies").stat().st_size for e in entries if (e / "copies").exists())
+        terminalreporter.write_line(f"graph cache: {len(entries)} graphs traced, {copies} exports of them copied")
     if MEASURED:
         terminalreporter.section("vqdeploy vs upstream taming: measured max abs errors (fp32, CPU)")
         for name in sorted(MEASURED):

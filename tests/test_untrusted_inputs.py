@@ -183,7 +183,7 @@ def test_library_refuses_nan_conditions_and_bad_seeds(demo):
 
 
 def test_two_exports_to_one_out_the_second_is_refused(runs, tmp_path):
-    ckpt = runs("class_subsample").ckpt  # a tiny model: the lock is under test, not the export
+    ckpt = runs("vq_noattn").ckpt  # a tiny VQGAN (two graphs): the lock is under test, not the export
     first = subprocess.Popen([sys.executable, "-m", "vqdeploy", "export", "--ckpt", str(ckpt), "--out", "a",
                               "--no-parity", "--no-valid-length"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
