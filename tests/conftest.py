@@ -97,22 +97,24 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[
     return get
 
 
+GRAPH_CACHE = "graph-cache"  # under the session's shared root
 _MODULE_INTERNALS = frozenset(vars(__import__("torch").nn.Module()))  # _parameters, _buffers, hooks, training ...
 
 
 def _graph_key(spec, opset: int, quantize: str | None, block: int | None) -> str:  # type: ignore[no-untyped-def]
     """What a traced graph's bytes depend on (export makes them reproducible: ``onnx_export._reproducible``): the
-    spec's contract, the export options (the external-data threshold, which a test lowers, too), and the module, by its classes, its plain attributes and every tensor's
-    bytes. An attribute of a kind this does not know is keyed by its repr, which names its id where it has no repr
-    of its own: such a module is then never a hit, which costs a trace and is never wrong."""
+    spec's contract, the export options (the external-data threshold, which a test lowers, too), and the module, by
+    its classes, its plain attributes and every tensor's bytes. An attribute of a kind this does not know is keyed
+    by its repr, which names its id where it has no repr of its own: such a module is then never a hit, which costs
+    a trace and is never wrong."""
     import hashlib
 
     import torch
 
     from vqdeploy.export import onnx_export
 
-    h = hashlib.sha256(repr((torch.__version__, onnx_export._EXTERNAL_DATA_BYTES, spec.name, spec.inputs, spec.outputs, spec.dims, spec.sample_dims,
-                             spec.id_ranges, opset, quantize, block)).encode())
+    h = hashlib.sha256(repr((torch.__version__, onnx_export._EXTERNAL_DATA_BYTES, spec.name, spec.inputs, spec.outputs,
+                             spec.dims, spec.sample_dims, spec.id_ranges, opset, quantize, block)).encode())
     for name, sub in spec.module.named_modules():
         attrs = {k: v for k, v in vars(sub).items() if k not in _MODULE_INTERNALS}
         h.update(f"{name}:{type(sub).__module__}.{type(sub).__qualname__}:{sorted(attrs.items())!r}".encode())
@@ -138,7 +140,7 @@ def _graph_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable]
     from vqdeploy.export import exporter
 
     real = exporter.export_graph
-    root = _shared_root(tmp_path_factory) / "graph-cache"
+    root = _shared_root(tmp_path_factory) / GRAPH_CACHE
     root.mkdir(exist_ok=True)
 
     def export_graph(spec, path: Path, opset: int, quantize: str | None = None,  # type: ignore[no-untyped-def]
@@ -311,7 +313,7 @@ def demo_copy(demo_export: Path, tmp_path: Path) -> Path:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    cache = config._tmp_path_factory.getbasetemp() / "vqdeploy-shared" / "graph-cache"  # the workers' shared root
+    cache = _shared_root(config._tmp_path_factory) / GRAPH_CACHE  # the controller's is the workers' shared root
     if cache.is_dir():
         entries = [e for e in cache.iterdir() if e.is_dir()]
         copies = sum((e / "copies").stat().st_size for e in entries if (e / "copies").exists())

@@ -30,9 +30,9 @@ def layers_model(dtype: type, batch: int, heads: int, head_dim: int, capacity: i
                helper.make_tensor_value_info("total", TensorProto.INT32, [])]
     nodes, outputs, x = [], [], "q"
     for i in range(layers):  # each layer's output is the next one's query, key and value: the calls are serial
-        nodes.append(helper.make_node("GroupQueryAttention", [x, x, x, f"past_k{i}", f"past_v{i}", "seqlens_k", "total"],
-                                      [f"y{i}", f"k{i}", f"v{i}"], domain="com.microsoft", num_heads=heads,
-                                      kv_num_heads=heads))
+        ins = [x, x, x, f"past_k{i}", f"past_v{i}", "seqlens_k", "total"]
+        nodes.append(helper.make_node("GroupQueryAttention", ins, [f"y{i}", f"k{i}", f"v{i}"], domain="com.microsoft",
+                                      num_heads=heads, kv_num_heads=heads))
         outputs += [helper.make_tensor_value_info(n, t, None) for n in (f"k{i}", f"v{i}")]
         x = f"y{i}"
     outputs.append(helper.make_tensor_value_info(x, t, None))
