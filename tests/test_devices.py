@@ -191,3 +191,29 @@ def test_torch_backend_on_another_device_copies_a_shared_model_and_runs_every_st
     assert gpt.forward_at(tokens, position, list(cache.layers), write_at(position))[0].shape[:2] == (2, 1)
     owned = load_reference(manifest)
     assert TorchBackend(owned, manifest, "meta", owned=True).model is owned  # handed over: moved, not copied
+
+
+def test_gpu_backends_run_ieee_fp32(exported) -> None:
+    """The second GPU run (H200) found fp32 logits of ONNX Runtime CUDA up to 11x past the fp32 parity bound, and
+    one cond-encoder code of torch CUDA moved: both libraries run fp32 matmuls or convolutions in TF32 by default.
+    ONNX Runtime's CUDA provider is asked for ``use_tf32=0`` (CUDA graph sessions too), and a torch backend off the
+    CPU turns TF32 off (``meta`` stands in for the GPU)."""
+    import torch
+
+    from vqdeploy.families import load_reference
+    from vqdeploy.runtime.backends.onnxruntime_backend import cuda_provider
+    from vqdeploy.runtime.backends.torch_backend import TorchBackend
+
+    assert cuda_provider(1) == ("CUDAExecutionProvider", {"device_id": "1", "use_tf32": "0"})
+    assert cuda_provider(0, cuda_graph=True)[1] == {"device_id": "0", "use_tf32": "0", "enable_cuda_graph": "1"}
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul  # process-wide flags: restored below
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.allow_tf32 = matmul.allow_tf32 = True
+        manifest = exported("seg")[2]
+        TorchBackend(load_reference(manifest), manifest, "cpu")
+        assert cudnn.allow_tf32 and matmul.allow_tf32  # the CPU: left alone
+        TorchBackend(load_reference(manifest), manifest, "meta", owned=True)
+        assert not cudnn.allow_tf32 and not matmul.allow_tf32
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved

@@ -243,6 +243,19 @@ def test_missing_tensorrt_is_one_clear_error(trt_artifacts: dict[str, Path], mon
         shim.load.cache_clear()
 
 
+def test_builder_config_keeps_fp32_arithmetic() -> None:
+    """TensorRT sets TF32 by default; fp32 engines are held to the fp32 parity bound, which ONNX Runtime's TF32 missed
+    by 11x on an H200, so the builder config clears it (strongly typed networks take no other precision flag)."""
+    from vqdeploy.trt.builder import configure
+    from vqdeploy.trt.target import Target
+
+    api = shim.load()
+    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    assert builder.create_builder_config().get_flag(trt.BuilderFlag.TF32)  # TensorRT's own default
+    config = configure(api, builder, {}, Target(("8.6",)), None)
+    assert not config.get_flag(trt.BuilderFlag.TF32)
+
+
 def test_flavour_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
