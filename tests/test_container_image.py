@@ -9,7 +9,8 @@ container must write the images `vqdeploy run` writes in the container for the s
 
 It skips, with the reason, where buildah/podman cannot run as it needs: not root, buildah, podman,
 mmdebstrap or runc missing (`.ci/run` installs them), no kernel overlay mounts; VQDEPLOY_OFFLINE=1 skips it
-too (the build installs from the package index). Measured: 8 min 46 s on 2 cores shared with other work (load
+too (the build installs from the package index). Its marker, ``container``, keeps it out of the README's `pytest
+-q` (it alone is 3-4 minutes of the two cores); `.ci/run` runs it after the suite, `pytest -m container`. Measured: 8 min 46 s on 2 cores shared with other work (load
 6-8), the build 6 min 46 s of it; about 2 minutes of the build are the C++ stage (apt for g++ and CMake, one
 Release build with -j2), 4.5 s of the tests its checks. Before the C++ runtime: 6 min 15 s, the build 4 min."""
 
@@ -30,7 +31,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.container]  # not in `pytest -q`: `pytest -m container` (.ci/run)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo"
