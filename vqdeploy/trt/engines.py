@@ -37,7 +37,7 @@ from vqdeploy.trt import target
 from vqdeploy.trt.logs import LOG, PREVIOUS_LOG, BuildLog, Echo, LogFile
 from vqdeploy.trt.shim import TensorRT, load, trt
 
-RECIPE = 1  # bump when the builder configuration changes in a way that changes engines
+RECIPE = 2  # bump when the builder configuration changes in a way that changes engines (2: TF32 cleared)
 
 
 def cache_key(inputs: dict[str, Any]) -> str:
