@@ -121,6 +121,29 @@ def test_bench_reports_the_spread_next_to_the_median() -> None:
                      "the machine is busy; compare rows of one run, or raise --repeats"]
 
 
+def test_bench_floor_is_the_rows_own_devices() -> None:
+    """GPU rows get the GPU's floor where its bandwidth was measured (the first H200 run printed "-" for them: a
+    0.79 ms token against a 0.025 ms weight read), "-" where it could not be (no torch or no CUDA, as here)."""
+    from vqdeploy.bench.benchmark import _print_table, device_bandwidth
+
+    assert device_bandwidth("cpu") is None and device_bandwidth("cuda") is None  # this machine has no GPU
+
+    def row(device: str, floor_ms: float | None) -> dict:
+        return {"backend": "onnxruntime", "device": device, "cuda_graphs": False, "cond_encoder": 0.01,
+                "prefill": 0.02, "step": 0.00079, "decoder": 0.05, "tokens_per_s": 1254.0, "floor_ms": floor_ms,
+                "runs": {"step": [0.00079]}}
+
+    result = {"num_samples": 1, "repeats": 1, "precision": "fp32", "host_memory_bandwidth_GBps": 20.0,
+              "device_memory_bandwidth_GBps": {"cuda": 4300.0}, "transformer_weight_bytes": 106 * 10**6,
+              "step_floor_ms_cpu": 5.3, "machine": {},
+              "backends": {"measured": row("cuda", 106e6 / 4300e9 * 1e3), "unknown": row("cuda:1", None)}}
+    lines: list[str] = []
+    _print_table(result, lines.append)
+    assert next(line for line in lines if line.startswith("measured")).endswith("32.05x")
+    assert next(line for line in lines if line.startswith("unknown")).endswith(" -")
+    assert "cuda memory bandwidth 4300 GB/s (a device-to-device copy) -> floor 0.025 ms per token" in lines
+
+
 def test_bench_json_keeps_every_run(moved: Path) -> None:
     r = invoke("bench", "--artifacts", str(moved), "--backends", "onnxruntime", "--no-reference", "--repeats", "2",
                "--out", str(moved / "two.json"))

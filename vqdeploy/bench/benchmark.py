@@ -68,6 +68,32 @@ def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
     return 2 * nbytes / best
 
 
+def device_bandwidth(device: str, nbytes: int = 1 << 30, repeats: int = 5) -> float | None:
+    """A GPU's memory bandwidth in bytes/s from a device-to-device copy (read + write), measured through torch;
+    None for the CPU, or where torch or its CUDA is missing (those rows' floor then shows "-"). A GPU token is
+    usually launch-bound, and this floor says by how much (the first GPU run: 0.79 ms against 0.025 ms)."""
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    where = torch.device(device)
+    a = torch.ones(nbytes // 4, dtype=torch.float32, device=where)
+    b = torch.empty_like(a)
+    seconds = []
+    for _ in range(repeats + 1):  # the first: a warm-up
+        t = time.perf_counter()
+        b.copy_(a)
+        torch.cuda.synchronize(where)
+        seconds.append(time.perf_counter() - t)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * nbytes / min(seconds[1:])
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
@@ -312,6 +338,15 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
         if (b, d) != ("torch", "cpu"):
             runs += [(b, d, False, None)] + ([(b, d, True, None)] if cuda_graphs and d.startswith("cuda") else [])
     bw = memory_bandwidth()
+    device_bw = {d: device_bandwidth(d) for d in dict.fromkeys(dev for _, dev, _, _ in runs) if d != "cpu"}
+    device_bw.update((d, device_bandwidth(d)) for cands in other_candidates for _, d in cands
+                     if d != "cpu" and d not in device_bw)
+
+    def floor_ms(dev: str, nbytes: int) -> float | None:
+        """The time ``nbytes`` of weights take to stream once on ``dev`` (None: its bandwidth is unknown)."""
+        rate = bw if dev == "cpu" else device_bw.get(dev)
+        return 1e3 * nbytes / rate if rate else None
+
     cond_info, tr = info.sampling()
     fp32_bytes = tr.parameters * 4
     jobs = [(name, dev, graphs, be, opened) for name, dev, graphs, be in runs]
@@ -330,7 +365,7 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
                 (", sampler graph" if sampler == "graph" else "") + (", CUDA graphs" if graphs else "")
             log(f"bench: {label}" + (f" ({where.path})" if where is not opened else "") + " ...")
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": graphs,
-                           "floor_ms": 1e3 * (fp32_bytes if reference_row else transformer_weight_bytes(m)) / bw,
+                           "floor_ms": floor_ms(dev, fp32_bytes if reference_row else transformer_weight_bytes(m)),
                            **bench_backend(be, condition, info, n, repeats, sampler, params)}
             if full_attention and sampler == "host" and getattr(be, "valid_length", False) \
                     and be.has_graph(VALID_LENGTH) and dev == "cpu":
@@ -344,7 +379,7 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
                 f", Jacobi (window {jacobi_window})"
             log(f"bench: {label} ...")
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": False,
-                           "floor_ms": 1e3 * (fp32_bytes if reference_row else transformer_weight_bytes(m)) / bw,
+                           "floor_ms": floor_ms(dev, fp32_bytes if reference_row else transformer_weight_bytes(m)),
                            **bench_jacobi(be, condition, info, n, repeats, jacobi_window, params)}
     steps = info.image_tokens
     reference_label = REFERENCE
@@ -367,6 +402,7 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch_threads(),
                     "omp_wait_policy": omp_wait_policy, "load_average": _load_average()},
         "host_memory_bandwidth_GBps": bw / 1e9,
+        "device_memory_bandwidth_GBps": {d: r / 1e9 for d, r in device_bw.items() if r},
         "transformer_weight_bytes": weight_bytes,
         "step_floor_ms_cpu": 1e3 * weight_bytes / bw,
         "backends": rows,
@@ -410,7 +446,8 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
     """Every ratio compares tokens/s of whole token loops at the same batch: "x upstream" against upstream's
     sampler (PyTorch fp32 on CPU, no cache: what a taming user runs today), "x torch" against PyTorch eager
     fp32 with our KV cache on the same device (where it ran), and per token against the time this
-    precision's transformer weights take to stream once at the host's measured bandwidth (CPU rows)."""
+    precision's transformer weights take to stream once at the measured bandwidth of the row's device (the host's;
+    a GPU's through torch, where it is there)."""
     rows = result["backends"]
     ref = rows.get(result.get("reference_row", REFERENCE))
     torch_on = {r["device"]: r for r in rows.values() if r["backend"] == "torch" and "step" in r and not r["cuda_graphs"]}
@@ -425,7 +462,7 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
         vs_ref = f"{r['tokens_per_s'] / ref['tokens_per_s']:.1f}x" if ref else "-"
         base = torch_on.get(r["device"])
         vs_torch = f"{r['tokens_per_s'] / base['tokens_per_s']:.1f}x" if base else "-"
-        floor = f"{r['step'] * 1e3 / r['floor_ms']:.2f}x" if r["device"] == "cpu" else "-"  # the host's bandwidth
+        floor = f"{r['step'] * 1e3 / r['floor_ms']:.2f}x" if r.get("floor_ms") else "-"  # the row's device's
         lo, hi = token_spread(r)
         spread = f"({lo:.2f}-{hi:.2f})"
         log(f"{label:<44}{r['cond_encoder'] * 1e3:>9.1f}{r['prefill'] * 1e3:>11.1f}{r['step'] * 1e3:>9.2f}"
@@ -442,6 +479,9 @@ def _print_table(result: dict[str, Any], log: Callable[[str], None]) -> None:
     log(f"host memory bandwidth {result['host_memory_bandwidth_GBps']:.1f} GB/s; transformer weights "
         f"{result['transformer_weight_bytes'] / 1e6:.0f} MB ({result['precision']}) -> CPU floor "
         f"{result['step_floor_ms_cpu']:.2f} ms per token")
+    for dev, gbps in result.get("device_memory_bandwidth_GBps", {}).items():
+        log(f"{dev} memory bandwidth {gbps:.0f} GB/s (a device-to-device copy) -> floor "
+            f"{result['transformer_weight_bytes'] / gbps / 1e6:.3f} ms per token")
     load = result["machine"].get("load_average")
     for label, r in rows.items():
         if "runs" in r and len(r["runs"]["step"]) > 1:
