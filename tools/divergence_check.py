@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vqdeploy.runtime.decoding import HostDecoding
 from vqdeploy.runtime.generation import Request, Rows
 from vqdeploy.runtime.pipeline import Pipeline
-from vqdeploy.runtime.sampling import SamplingParams, filtered_probs, uniform_noise
+from vqdeploy.runtime.sampling import SamplingParams, filtered_probs, next_tokens, uniform_noise
 
 
 def sample_with_logits(pipe: Pipeline, request: Request) -> tuple[np.ndarray, np.ndarray]:
@@ -45,12 +45,11 @@ def sample_with_logits(pipe: Pipeline, request: Request) -> tuple[np.ndarray, np
 
 
 def boundary_margin(logits: np.ndarray, u: float, params: SamplingParams) -> tuple[int, float, set[int]]:
-    """(drawn token, distance of u*total from the nearest CDF boundary, top-k set) for one row."""
+    """(the sampler's draw, distance of u*total from the nearest CDF boundary, top-k set) for one row."""
+    token = int(next_tokens(logits[None], np.array([u]), params)[0])
     p = filtered_probs(logits[None], params)[0]
     cdf = np.cumsum(p)
-    target = u * cdf[-1]
-    token = int(min((cdf <= target).sum(), len(p) - 1))
-    return token, float(np.min(np.abs(cdf - target))), set(np.flatnonzero(p > 0).tolist())
+    return token, float(np.min(np.abs(cdf - u * cdf[-1]))), set(np.flatnonzero(p > 0).tolist())
 
 
 def main() -> int:

@@ -337,20 +337,12 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
     for b, d in candidates:
         if (b, d) != ("torch", "cpu"):
             runs += [(b, d, False, None)] + ([(b, d, True, None)] if cuda_graphs and d.startswith("cuda") else [])
-    bw = memory_bandwidth()
-    device_bw = {d: device_bandwidth(d) for d in dict.fromkeys(dev for _, dev, _, _ in runs) if d != "cpu"}
-    device_bw.update((d, device_bandwidth(d)) for cands in other_candidates for _, d in cands
-                     if d != "cpu" and d not in device_bw)
-
-    def floor_ms(dev: str, nbytes: int) -> float | None:
-        """The time ``nbytes`` of weights take to stream once on ``dev`` (None: its bandwidth is unknown)."""
-        rate = bw if dev == "cpu" else device_bw.get(dev)
-        return 1e3 * nbytes / rate if rate else None
-
     cond_info, tr = info.sampling()
     fp32_bytes = tr.parameters * 4
     jobs = [(name, dev, graphs, be, opened) for name, dev, graphs, be in runs]
     jobs += [(name, dev, False, None, o) for o, cands in zip(others, other_candidates) for name, dev in cands]
+    bw = memory_bandwidth()
+    device_bw = {dev: device_bandwidth(dev) for dev in dict.fromkeys(job[1] for job in jobs) if dev != "cpu"}
     row_names = dict(zip(map(id, [opened, *others]), variant_names([opened, *others])))
     for name, dev, graphs, be, where in jobs:  # --compare: the same model's other exports, in the same run
         be = be or open_backend(name, where, dev, OpenOptions(cuda_graphs=graphs, model=model if name == "torch"
@@ -359,13 +351,15 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
         reference_row = spec(name).reference
         precision = "fp32" if reference_row else variant(m)  # torch runs the checkpoint's fp32
         shown_as = "fp32" if reference_row else row_names[id(where)]
+        rate = bw if dev == "cpu" else device_bw[dev]  # the time this row's weights take to stream once
+        floor_ms = 1e3 * (fp32_bytes if reference_row else transformer_weight_bytes(m)) / rate if rate else None
         graph_ok = be.has_graph("sampler") and (not params.guided or be.has_graph(GUIDED_SAMPLER))
         for sampler in ("host", "graph") if graph_ok else ("host",):
             label = f"{spec(name).label(dev)} {shown_as}" + (" KV cache" if reference_row else "") + \
                 (", sampler graph" if sampler == "graph" else "") + (", CUDA graphs" if graphs else "")
             log(f"bench: {label}" + (f" ({where.path})" if where is not opened else "") + " ...")
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": graphs,
-                           "floor_ms": floor_ms(dev, fp32_bytes if reference_row else transformer_weight_bytes(m)),
+                           "floor_ms": floor_ms,
                            **bench_backend(be, condition, info, n, repeats, sampler, params)}
             if full_attention and sampler == "host" and getattr(be, "valid_length", False) \
                     and be.has_graph(VALID_LENGTH) and dev == "cpu":
@@ -379,7 +373,7 @@ def run_bench(artifacts: Path | Artifacts, backends: str, device: str | None, n:
                 f", Jacobi (window {jacobi_window})"
             log(f"bench: {label} ...")
             rows[label] = {"backend": name, "device": dev, "precision": precision, "cuda_graphs": False,
-                           "floor_ms": floor_ms(dev, fp32_bytes if reference_row else transformer_weight_bytes(m)),
+                           "floor_ms": floor_ms,
                            **bench_jacobi(be, condition, info, n, repeats, jacobi_window, params)}
     steps = info.image_tokens
     reference_label = REFERENCE
