@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,20 +180,55 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           timeout=120, env=env, cwd=cwd)
 
 
+# Runs the CLI's entry point (what ``python -m vqdeploy`` calls) once per case in one fresh interpreter: each
+# case in its own working directory, its stdout, stderr and exit code captured. One process for the 21 cases
+# instead of 21 (each paid ``import torch``: about 50 s of the suite's CPU); two of them also run as
+# ``python -m vqdeploy`` processes of their own below, and must answer the same.
+_EACH_CASE = """
+import contextlib, io, json, os, sys
+from vqdeploy.cli import main
+out = {}
+for name, cwd, args in json.loads(sys.argv[1]):
+    os.chdir(cwd)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            main.main(args, prog_name="vqdeploy")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    out[name] = [code, stdout.getvalue(), stderr.getvalue()]
+print(json.dumps(out))
+"""
+
+
 @pytest.fixture(scope="module")
 def cli_results(cases, tmp_path_factory):
-    """``vqdeploy inspect`` on every case, run concurrently (each is a fresh interpreter), each in its
-    own empty working directory; the payload markers are checked as soon as all have finished."""
-    def one(name):
+    """``vqdeploy inspect`` on every case, each in its own empty working directory (``_EACH_CASE``); the payload
+    markers are checked once all have finished."""
+    runs = []
+    for name in CASES:
         case = cases[name]
         cwd = tmp_path_factory.mktemp(f"cli_{name}")
-        args = ["inspect", str(case.ckpt)] + (["--config", str(case.config)] if case.config else [])
-        return run_cli(*args, cwd=cwd), cwd
+        runs.append([name, str(cwd), ["inspect", str(case.ckpt)] + (["--config", str(case.config)] if case.config else [])])
+    env = {k: v for k, v in os.environ.items() if k != "VQDEPLOY_DEBUG"}
+    proc = subprocess.run([sys.executable, "-c", _EACH_CASE, json.dumps(runs)], capture_output=True, text=True,
+                          check=False, timeout=300, env=env, cwd=tmp_path_factory.mktemp("cli_driver"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = json.loads(proc.stdout.splitlines()[-1])
+    return {name: (subprocess.CompletedProcess(args, *answers[name]), Path(cwd),
+                   cases[name].marker is not None and cases[name].marker.exists())
+            for name, cwd, args in runs}
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(zip(CASES, pool.map(one, CASES)))
-    return {name: (proc, cwd, cases[name].marker is not None and cases[name].marker.exists())
-            for name, (proc, cwd) in results.items()}
+
+@pytest.mark.parametrize("name", ["missing_file", "truncated_half"])
+def test_a_cli_process_answers_as_the_entry_point(cases, cli_results, name, tmp_path):
+    """``python -m vqdeploy inspect`` in a process of its own: the same exit code and output as ``cli_results``."""
+    case = cases[name]
+    proc = run_cli("inspect", str(case.ckpt), cwd=tmp_path)
+    expected = cli_results[name][0]
+    assert (proc.returncode, proc.stdout, proc.stderr) == (expected.returncode, expected.stdout, expected.stderr)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", CASES)
