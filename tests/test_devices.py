@@ -217,3 +217,18 @@ def test_gpu_backends_run_ieee_fp32(exported) -> None:
         assert not cudnn.allow_tf32 and not matmul.allow_tf32
     finally:
         cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def test_cpu_sessions_stop_spinning_when_a_run_returns(demo_export: Path) -> None:
+    """ONNX Runtime's CPU workers spin after a run by default and take the two cores from the next graph and the
+    server's threads (docs/performance.md "Thread spinning"): every session of a pipeline asks them to stop."""
+    from vqdeploy.runtime.backends.onnxruntime_backend import FORCE_SPINNING_STOP
+    from vqdeploy.runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_artifacts(demo_export, "onnxruntime", "cpu")
+    sketch = Path(__file__).resolve().parent.parent / "models" / "demo" / "sketches" / "04_circle_horizon.png"
+    pipe(str(sketch), num_samples=1, seed=0)
+    sessions = pipe.backend._executors
+    assert {"cond_encoder", "transformer_valid_length", "decoder"} <= set(sessions)
+    for graph, executor in sessions.items():
+        assert executor.session.get_session_options().get_session_config_entry(FORCE_SPINNING_STOP) == "1", graph

@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 from vqdeploy.artifacts import Artifacts
+from vqdeploy.errors import InputError
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from vqdeploy.runtime.backends.torch_backend import TorchTransformer
@@ -259,3 +261,51 @@ def test_rows_at_different_positions_give_what_they_would_alone_onnxruntime(expo
     check_rows_alone(backend.transformer(), vocab, prompt=tokens["cond"], length=tokens["cond"] + 8, rtol=1e-5)
     steps = [shapes for shapes, _, _ in recorders["transformer/step"].calls]
     assert {s["position"] for s in steps} == {(1,), (2,)}
+
+
+# --- moving a row: serve's continuous batching packs its rows low ----------------------------------
+def moved(runner: Any, seqs: np.ndarray, prompt: int) -> list[list[np.ndarray]]:
+    """Row 0 prefills and takes one step; row 2 prefills on its own cache row (row 1 is free); then row 2 moves
+    into row 1, and rows 0-1 step together. Returns each sequence's logits, one (V,) array per position."""
+    runner.reset(3)
+    out: list[list[np.ndarray]] = [[], []]
+    out[0] += list(runner.forward(seqs[:1, :prompt])[0])
+    out[0].append(runner.forward(seqs[:1, prompt : prompt + 1])[0, 0])
+    out[1] += list(runner.forward(seqs[1:, :prompt], first=2)[0])
+    runner.move(2, 1)
+    assert list(runner.lengths) == [prompt + 1, prompt, 0]
+    for k in range(seqs.shape[1] - prompt - 1):
+        logits = runner.forward(np.stack([seqs[0, prompt + 1 + k], seqs[1, prompt + k]])[:, None])
+        out[0].append(logits[0, 0])
+        out[1].append(logits[1, 0])
+    return out
+
+
+def check_moved_rows_alone(runner: Any, vocab: int, prompt: int, length: int, rtol: float) -> None:
+    seqs = np.random.default_rng(7).integers(0, vocab, (2, length))
+    joined = moved(runner, seqs, prompt)
+    for row in range(2):
+        got = np.stack(joined[row])
+        ref = np.stack(alone(runner, seqs[row], prompt))[: len(got)]
+        assert len(got) == length - row
+        err = float(np.abs(got - ref).max())
+        assert err <= rtol * max(1.0, float(np.abs(ref).max())), (row, err)
+        assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+    with pytest.raises(InputError, match="cannot move row 1 to row 1"):
+        runner.move(1, 1)
+
+
+def test_a_moved_row_gives_what_it_would_alone_torch() -> None:
+    """Row 2's cache moved into row 1 between steps: every later logit equals its run alone (1e-5, as above)."""
+    torch.manual_seed(3)
+    gpt = GPT(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16, n_unmasked=4).eval()
+    check_moved_rows_alone(TorchTransformer(gpt, torch.device("cpu")), 40, prompt=4, length=14, rtol=1e-5)
+
+
+def test_a_moved_row_gives_what_it_would_alone_onnxruntime(exported) -> None:
+    """The same on ONNX Runtime's buffers (a device-to-device copy of every layer's key and value row)."""
+    _, out, manifest = exported("seg")
+    backend = OnnxRuntimeBackend(Artifacts(out, manifest))
+    tokens = manifest.raw["model"]["tokens"]
+    vocab = manifest.raw["model"]["transformer"]["vocab_size"]
+    check_moved_rows_alone(backend.transformer(), vocab, prompt=tokens["cond"], length=tokens["cond"] + 8, rtol=1e-5)

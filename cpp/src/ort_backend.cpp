@@ -216,6 +216,9 @@ class OrtBackend : public Backend {
       CPU_ZERO(&set);
       int threads = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
       so.SetIntraOpNumThreads(threads);
+      // threads spin inside a run and stop when it returns, as the Python runtime (onnxruntime_backend.py):
+      // spinning on after a run takes the CPU from the sampler and the next graph
+      so.AddConfigEntry(kOrtSessionOptionsConfigForceSpinningStop, "1");
     }
 #ifdef VQDEPLOY_WITH_CUDA
     Ort::CUDAProviderOptions cuda_options{nullptr};

@@ -4,8 +4,8 @@ The transformer takes one position per row, so each row of the running batch is 
 At every step boundary the batch thread frees the rows of finished and cancelled samples, prefills waiting samples
 into free rows (on their own cache rows, ``TransformerRunner.forward(first=row)``: consecutive rows in one call),
 then runs one step of the leading rows that are in use. A request that arrives while others run waits for one step, not for a
-whole batch (256+ steps). Rows are taken lowest first, so the step's batch is as small as the rows in use allow;
-a free row below the highest one in use is fed token 0 at position 0 (its result is ignored).
+whole batch (256+ steps). Rows are taken lowest first, and a row freed below others in use gets the highest of them
+(its cache is moved: ``TransformerRunner.move``), so a step runs exactly the rows in use.
 
 Each sample draws with its own request's settings from ``uniform_noise(seed, 1, steps, first=b)`` (sample b of
 its request) with the host sampler, row by row: the tokens of ``vqdeploy run`` with that seed; the images are
@@ -41,7 +41,8 @@ class Admission:
     admitted: int = 0
     tokens: dict[int, np.ndarray] = field(default_factory=dict)  # sample -> (steps,) tokens, once finished
     started: float = field(default_factory=time.perf_counter)
-    rows_seen: list[int] = field(default_factory=list)  # rows in use at each of its steps
+    row_steps: int = 0  # the rows in use, summed over its samples' steps
+    steps_run: int = 0  # its samples' steps
 
 
 @dataclass
@@ -109,6 +110,7 @@ class ContinuousBatcher(EngineThread):
                 if self._stop:
                     return
             self._drop_cancelled()
+            self._pack()  # the free rows are then the top ones: the samples that join now prefill in one call
             self._admit()
             if self.running_rows():
                 try:
@@ -233,23 +235,35 @@ class ContinuousBatcher(EngineThread):
             job.done_tokens += 1
             job.on_progress(job.done_tokens, job.request.num_samples * slot.admission.steps)
 
-    def _step(self) -> None:
-        """One token for every row in use; rows that finish leave the batch."""
-        t = time.perf_counter()
+    def _pack(self) -> None:
+        """Move the highest rows in use into the free rows below them, so that the rows in use are the leading
+        ones and a step computes no free row (a row's cache is copied once, at the boundary where a row below it
+        was freed: the demo's whole cache row is 1.5 MB)."""
         runner = self.generator.backend.transformer()
-        n = max(i for i, s in enumerate(self._slots) if s is not None) + 1
-        feed = np.zeros((n, 1), dtype=np.int64)
-        for i in range(n):
-            slot = self._slots[i]
-            if slot is None:
-                runner.rewind(0, i)  # a free row: token 0 at position 0, ignored
-            else:
-                feed[i, 0] = slot.tokens[slot.drawn - 1]
+        while True:
+            used = [i for i, s in enumerate(self._slots) if s is not None]
+            free = [i for i, s in enumerate(self._slots) if s is None]
+            if not used or not free or free[0] > used[-1]:
+                return
+            src, dst = used[-1], free[0]
+            runner.move(src, dst)
+            slot = self._slots[src]
+            assert slot is not None
+            slot.row = dst
+            self._slots[dst], self._slots[src] = slot, None
+
+    def _step(self) -> None:
+        """One token for every row in use (the leading rows: ``_pack``); rows that finish leave the batch."""
+        t = time.perf_counter()
+        self._pack()
+        runner = self.generator.backend.transformer()
+        running = [s for s in self._slots if s is not None]
+        feed = np.array([[s.tokens[s.drawn - 1]] for s in running], dtype=np.int64)
         logits = runner.forward(feed)[:, -1]
-        running = [s for s in self._slots[:n] if s is not None]
-        self._draw(running, logits[[s.row for s in running]])
-        for slot in running:
-            slot.admission.rows_seen.append(len(running))
+        self._draw(running, logits)
+        for each in running:
+            each.admission.row_steps += len(running)
+            each.admission.steps_run += 1
         self._step_s = time.perf_counter() - t
         self._partials()
         for i, slot in enumerate(self._slots):
@@ -288,9 +302,9 @@ class ContinuousBatcher(EngineThread):
             return
         job.on_done(result)
         if self.on_batch is not None:
-            seen = adm.rows_seen or [1]
+            rows = adm.row_steps / adm.steps_run if adm.steps_run else 1.0
             self.on_batch([Item(job, 0, job.request.num_samples)],
-                          {**result.timings, "batch": result.timings["total"], "rows": sum(seen) / len(seen)})
+                          {**result.timings, "batch": result.timings["total"], "rows": rows})
 
     def _decode(self, adm: Admission) -> JobResult:
         """The job's images, decoded in chunks of the batch limit (as ``run`` does)."""

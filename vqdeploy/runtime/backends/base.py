@@ -33,6 +33,10 @@ class TransformerRunner(Protocol):
         """Keep the first ``length`` cached positions of every row, or of ``row`` (later ones are masked, then
         overwritten)."""
 
+    def move(self, src: int, dst: int) -> None:
+        """Row ``src``'s cache and length into row ``dst``; ``src`` is left empty. ``serve``'s continuous
+        batching packs its rows low with it, so that a step runs no free rows."""
+
 
 class RowLengths:
     """What the transformer runners share about their per-row lengths: ``lengths`` (one per row of the current
@@ -51,6 +55,15 @@ class RowLengths:
         if not kept.size or not 0 <= length <= int(kept.min()):
             raise InputError(f"transformer: cannot rewind {self.length} cached positions to {length}")
         kept[...] = length
+
+    def _moved(self, src: int, dst: int) -> None:
+        """The lengths' side of ``move``, after the runner has checked the rows and copied the cache."""
+        self.lengths[dst] = self.lengths[src]
+        self.lengths[src] = 0
+
+    def _check_move(self, src: int, dst: int) -> None:
+        if not (0 <= src < len(self.lengths) and 0 <= dst < len(self.lengths)) or src == dst:
+            raise InputError(f"transformer: cannot move row {src} to row {dst} of a batch of {len(self.lengths)}")
 
 
 class Decoding(Protocol):

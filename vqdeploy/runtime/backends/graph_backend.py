@@ -183,6 +183,13 @@ class KVTransformer(RowLengths):
                                              self.memory.empty((n,), "int64"))
         return pair
 
+    def move(self, src: int, dst: int) -> None:
+        """Row ``src``'s cache (every layer's key and value, the whole capacity) and length into row ``dst``."""
+        self._check_move(src, dst)
+        for a, b in zip(self.rows(src, 1)[0], self.rows(dst, 1)[0]):
+            self.memory.copy(a, b)
+        self._moved(src, dst)
+
     @property
     def position(self) -> Buffer:
         """The position buffer of the whole batch (what a step of every row binds)."""

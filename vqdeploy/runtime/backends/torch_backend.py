@@ -50,6 +50,16 @@ class TorchTransformer(RowLengths):
         self.lengths = np.zeros(batch, dtype=np.int64)
 
     @torch.no_grad()
+    def move(self, src: int, dst: int) -> None:
+        """Row ``src``'s cache and length into row ``dst`` (in place: captured step graphs keep their buffers)."""
+        self._check_move(src, dst)
+        assert self.cache is not None
+        for k, v in self.cache.layers:
+            k[dst].copy_(k[src])
+            v[dst].copy_(v[src])
+        self._moved(src, dst)
+
+    @torch.no_grad()
     def forward(self, tokens: np.ndarray, first: int = 0) -> np.ndarray:
         """Append (n,T) tokens to rows ``first .. first + n - 1``, each at its own length; their (n,T,V) logits."""
         n, t = tokens.shape
