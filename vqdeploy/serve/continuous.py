@@ -237,16 +237,15 @@ class ContinuousBatcher(EngineThread):
 
     def _pack(self) -> None:
         """Move the highest rows in use into the free rows below them, so that the rows in use are the leading
-        ones and a step computes no free row (a row's cache is copied once, at the boundary where a row below it
-        was freed: the demo's whole cache row is 1.5 MB)."""
-        runner = self.generator.backend.transformer()
+        ones and a step computes no free row. A row's whole cache is copied once, at the boundary where a row
+        below it was freed: 0.8 MB on the demo, 17 MB on the medium model (fp32)."""
         while True:
             used = [i for i, s in enumerate(self._slots) if s is not None]
             free = [i for i, s in enumerate(self._slots) if s is None]
             if not used or not free or free[0] > used[-1]:
                 return
             src, dst = used[-1], free[0]
-            runner.move(src, dst)
+            self.generator.backend.transformer().move(src, dst)
             slot = self._slots[src]
             assert slot is not None
             slot.row = dst
