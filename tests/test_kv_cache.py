@@ -221,16 +221,22 @@ def alone(runner: Any, seq: np.ndarray, prompt: int) -> list[np.ndarray]:
     return out
 
 
-def check_rows_alone(runner: Any, vocab: int, prompt: int, length: int, rtol: float) -> None:
-    seqs = np.random.default_rng(5).integers(0, vocab, (2, length))
-    joined = staggered(runner, seqs, prompt, join=3)
-    for row in range(2):
-        got = np.stack(joined[row])  # row 1 joined ``join`` steps late: that many fewer positions
+def assert_as_alone(runner: Any, seqs: np.ndarray, joined: list[list[np.ndarray]], prompt: int, rtol: float) -> None:
+    """Each sequence's logits in a shared batch (``joined``) equal its run alone, position for position."""
+    for row in range(len(seqs)):
+        got = np.stack(joined[row])
         ref = np.stack(alone(runner, seqs[row], prompt))[: len(got)]
-        assert got.shape == ref.shape and len(got) == seqs.shape[1] - 3 * row
+        assert got.shape == ref.shape
         err = float(np.abs(got - ref).max())
         assert err <= rtol * max(1.0, float(np.abs(ref).max())), (row, err)
         assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+
+
+def check_rows_alone(runner: Any, vocab: int, prompt: int, length: int, rtol: float) -> None:
+    seqs = np.random.default_rng(5).integers(0, vocab, (2, length))
+    joined = staggered(runner, seqs, prompt, join=3)
+    assert [len(j) for j in joined] == [length, length - 3]  # row 1 joined 3 steps late: that many fewer positions
+    assert_as_alone(runner, seqs, joined, prompt, rtol)
 
 
 def test_rows_at_different_positions_give_what_they_would_alone_torch() -> None:
@@ -284,13 +290,8 @@ def moved(runner: Any, seqs: np.ndarray, prompt: int) -> list[list[np.ndarray]]:
 def check_moved_rows_alone(runner: Any, vocab: int, prompt: int, length: int, rtol: float) -> None:
     seqs = np.random.default_rng(7).integers(0, vocab, (2, length))
     joined = moved(runner, seqs, prompt)
-    for row in range(2):
-        got = np.stack(joined[row])
-        ref = np.stack(alone(runner, seqs[row], prompt))[: len(got)]
-        assert len(got) == length - row
-        err = float(np.abs(got - ref).max())
-        assert err <= rtol * max(1.0, float(np.abs(ref).max())), (row, err)
-        assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+    assert [len(j) for j in joined] == [length, length - 1]  # the second sequence started one step late
+    assert_as_alone(runner, seqs, joined, prompt, rtol)
     with pytest.raises(InputError, match="cannot move row 1 to row 1"):
         runner.move(1, 1)
 

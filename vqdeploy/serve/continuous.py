@@ -252,11 +252,12 @@ class ContinuousBatcher(EngineThread):
             self._slots[dst], self._slots[src] = slot, None
 
     def _step(self) -> None:
-        """One token for every row in use (the leading rows: ``_pack``); rows that finish leave the batch."""
+        """One token for every row in use; rows that finish leave the batch. The rows in use are the leading ones:
+        ``_loop`` packed them before the samples that joined took the free rows above."""
         t = time.perf_counter()
-        self._pack()
         runner = self.generator.backend.transformer()
         running = [s for s in self._slots if s is not None]
+        assert running[-1].row == len(running) - 1, "the rows in use are not packed"
         feed = np.array([[s.tokens[s.drawn - 1]] for s in running], dtype=np.int64)
         logits = runner.forward(feed)[:, -1]
         self._draw(running, logits)
