@@ -145,6 +145,18 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KV, allowed
     return (att.to(v.dtype) @ v).transpose(1, 2).contiguous().view(b, t, nh * hd), (k, v)
 
 
+def attend_projections(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, cache: KV,
+                       allowed: torch.Tensor, write: Writer | ValidLength, scale: float) -> tuple[torch.Tensor, KV]:
+    """``attend`` on the projections as they come, (B,T,nh*hd) each: the valid-length op takes them so, which keeps
+    a split into heads and its undoing (four Reshapes per projection) out of that graph."""
+    if isinstance(write, ValidLength):
+        y, ck, cv = cached_attention_op(q, k, v, cache[0], cache[1], write.position, n_head, scale)
+        return y, (ck, cv)
+    b, t, c = q.shape
+    heads = [x.view(b, t, n_head, c // n_head).transpose(1, 2) for x in (q, k, v)]
+    return attend(heads[0], heads[1], heads[2], cache, allowed, write, scale)
+
+
 @torch.library.custom_op("vqdeploy::cached_attention", mutates_args=())
 def cached_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_k: torch.Tensor,
                         cache_v: torch.Tensor, position: torch.Tensor, num_heads: int,

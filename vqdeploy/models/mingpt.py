@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqdeploy.models.kv_cache import KV, KVCache, ValidLength, Writer, attend, attention_mask, forward_cached
+from vqdeploy.models.kv_cache import (
+    KV,
+    KVCache,
+    ValidLength,
+    Writer,
+    attend_projections,
+    attention_mask,
+    forward_cached,
+)
 from vqdeploy.models.precision import LayerNorm32
 
 
@@ -50,15 +58,17 @@ class CausalSelfAttention(nn.Module):
         y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
         return self.resid_drop(self.proj(y))
 
+    def projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The query, key and value of x (B,T,C), each (B,T,C)."""
+        return self.query(x), self.key(x), self.value(x)
+
     def forward_at(self, x: torch.Tensor, cache: KV, allowed: torch.Tensor,
                    write: Writer | ValidLength) -> tuple[torch.Tensor, KV]:
         """Write the keys/values of ``t`` new tokens into the cache, then attend where ``allowed``
         ((B, 1, t, capacity) bool, ``kv_cache.attention_mask``); returns the written cache."""
-        b, t, c = x.size()
-        k = self._heads(self.key(x), b, t, c)
-        q = self._heads(self.query(x), b, t, c)
-        v = self._heads(self.value(x), b, t, c)
-        y, written = attend(q, k, v, cache, allowed, write, 1.0 / math.sqrt(k.size(-1)))
+        q, k, v = self.projections(x)
+        y, written = attend_projections(q, k, v, self.n_head, cache, allowed, write,
+                                        1.0 / math.sqrt(x.size(-1) // self.n_head))
         return self.proj(y), written
 
 

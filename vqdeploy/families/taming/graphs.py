@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqdeploy.families.taming.fused_gpt import fused_gpt
 from vqdeploy.models.kv_cache import CachedStepGraph
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.models.precision import upcast
@@ -60,8 +61,9 @@ class TransformerGraph(CachedStepGraph):
 
     One graph serves the prefill (position 0) and the one-token steps; the cache write is ONNX
     TensorScatter (``models/kv_cache.py``, ``export/kv_cache_onnx.py``): bind each ``cache_out``
-    output to its ``cache`` input's buffer and it is updated in place.
+    output to its ``cache`` input's buffer and it is updated in place. The graph computes ``fused_gpt``'s form
+    of the model: the same function in fewer nodes.
     """
 
     def __init__(self, gpt: GPT) -> None:
-        super().__init__(gpt)
+        super().__init__(fused_gpt(gpt))
