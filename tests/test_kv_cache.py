@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vqdeploy.artifacts import Artifacts
+from vqdeploy.artifacts.manifest import read_manifest
 from vqdeploy.errors import InputError
 from vqdeploy.models.mingpt import GPT
 from vqdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -310,3 +311,45 @@ def test_a_moved_row_gives_what_it_would_alone_onnxruntime(exported) -> None:
     tokens = manifest.raw["model"]["tokens"]
     vocab = manifest.raw["model"]["transformer"]["vocab_size"]
     check_moved_rows_alone(backend.transformer(), vocab, prompt=tokens["cond"], length=tokens["cond"] + 8, rtol=1e-5)
+
+
+class _CountingSession:
+    """An ONNX Runtime session that counts the IO bindings made on it."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.made = session, 0
+
+    def io_binding(self) -> Any:
+        self.made += 1
+        return self.session.io_binding()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+def test_onnxruntime_binds_a_steps_buffers_once(demo_export) -> None:
+    """A step binds the same buffers every time, so the executor makes its IO binding once and reuses it; other
+    addresses (a larger batch's cache) get bindings of their own, and what a kept binding gives is what fresh ones
+    gave."""
+    manifest = read_manifest(demo_export)
+    tokens = manifest.raw["model"]["tokens"]
+    vocab = manifest.raw["model"]["transformer"]["vocab_size"]
+    cond = np.random.default_rng(0).integers(0, vocab, (4, tokens["cond"]))
+    params = SamplingParams(temperature=1.0, top_k=8)
+    backend = OnnxRuntimeBackend(Artifacts(demo_export, manifest))
+    runner = backend.transformer()
+
+    def generate(batch: int) -> np.ndarray:
+        runner.reset(batch)
+        return sample_tokens(runner, cond[:batch], tokens["image"], params, uniform_noise(5, batch, tokens["image"]))
+
+    first = generate(2)  # fresh bindings: one for the prefill, one for the steps
+    opened = set(backend._executors)
+    for ex in backend._executors.values():
+        ex.session = _CountingSession(ex.session)
+    assert np.array_equal(generate(2), first)
+    assert {n: ex.session.made for n, ex in backend._executors.items()} == dict.fromkeys(opened, 0)
+    generate(4)  # a larger cache: new addresses
+    made = sum(ex.session.made for ex in backend._executors.values())
+    assert made == 2, made  # its prefill and its step
+    assert np.array_equal(generate(2), first)  # the batch-2 views of the new cache: bound anew, same tokens
