@@ -160,13 +160,19 @@ class Transformer(nn.Module):
         b, t = idx.shape
         positions = position.reshape(b, 1) + torch.arange(t, device=idx.device)  # (B,T)
         h = self.embed(idx, positions)
-        freqs = self.freqs_cis.index_select(0, positions.reshape(-1)).reshape(b, t, *self.freqs_cis.shape[1:])
+        freqs = self.rotary_at(positions)
         allowed = causal_mask(positions, cache[0][0].shape[2])  # (B,1,T,capacity)
         written: list[KV] = []
         for layer, block in zip(cache, self.layers):
             h, kv = block.forward_at(h, freqs, layer, allowed, write)
             written.append(kv)
         return upcast(self.output(self.norm(h))), written
+
+    def rotary_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """What every layer's attention rotates its queries and keys of (B,T) ``positions`` by: their rows of
+        ``freqs_cis``, (B,T,hd/2,2)."""
+        b, t = positions.shape
+        return self.freqs_cis.index_select(0, positions.reshape(-1)).reshape(b, t, *self.freqs_cis.shape[1:])
 
     def forward_cached(self, idx: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
         """Prefill (``cache=None``) or continue after ``cache`` (written in place): logits of every new token."""
