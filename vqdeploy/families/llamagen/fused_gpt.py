@@ -8,7 +8,9 @@ counterpart: ``families/taming/fused_gpt.py``, which says why nodes matter).
   looked up once per graph instead of once per layer, and ``turn`` is a constant (hd, hd) matrix that maps each
   pair (x0, x1) to (-x1, x0). Every product with it has one non-zero term, so it is exact, and the rotation is
   upstream's to the bit: x0 * c + (-x1) * s is x0 * c - x1 * s. Upstream's form (split the pairs, four
-  products, stack them back) is about thirteen nodes for the queries and as many for the keys.
+  products, stack them back) is about thirteen nodes for the queries and as many for the keys. ``turn`` is one
+  initializer that every layer's two rotations share, so ``--quantize`` (which takes weights of one use only)
+  leaves it exact: the reference pair's int8 export quantizes 9 layers, 4 per block and the head.
 - SwiGLU's two input projections as one MatMul over both weights, split after.
 - The valid-length op is fed the rotated projections as they are, without a split into heads and back.
 
