@@ -18,8 +18,6 @@ caches bound in place at full capacity, every row at the position. Alternating b
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +34,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import onnxruntime as ort
+    from step_bench import alternating_ms, cpu_session  # beside this file
 
-    from vqdeploy.runtime.backends.onnxruntime_backend import FORCE_SPINNING_STOP
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry(FORCE_SPINNING_STOP, "1")
-    old = ort.InferenceSession(str(args.concatenating), opts, providers=["CPUExecutionProvider"])
-    new = ort.InferenceSession(str(args.valid_length), opts, providers=["CPUExecutionProvider"])
+    old, new = cpu_session(args.concatenating), cpu_session(args.valid_length)
     names = [i.name[len("past."):] for i in old.get_inputs() if i.name.startswith("past.")]
     _, nh, _, hd = old.get_inputs()[1].shape
     block = new.get_inputs()[2].shape[2]
@@ -69,19 +62,7 @@ def main() -> None:
                 io_old.bind_ortvalue_output(f"present.{n}", ort.OrtValue.ortvalue_from_numpy(
                     np.zeros((batch, nh, p + 1, hd), np.float32)))
             io_old.bind_output("logits")
-            pairs = [(old, io_old), (new, io_new)]
-            for s, io in pairs:  # warm-up
-                for _ in range(3):
-                    s.run_with_iobinding(io)
-            times: list[list[float]] = [[], []]
-            for _ in range(args.blocks):
-                for i, (s, io) in enumerate(pairs):
-                    time.sleep(0.02)
-                    for _ in range(args.steps):
-                        t0 = time.perf_counter()
-                        s.run_with_iobinding(io)
-                        times[i].append(time.perf_counter() - t0)
-            a, b = (1e3 * statistics.median(t) for t in times)
+            a, b = alternating_ms([(old, io_old), (new, io_new)], args.blocks, args.steps)
             print(f"| {batch} | {p} | {a:.2f} | {b:.2f} | {b / a:.2f} |", flush=True)
 
 

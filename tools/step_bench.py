@@ -18,8 +18,38 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def cpu_session(path: Path) -> Any:
+    """An ONNX Runtime CPU session with the runtime's settings (all optimizations, workers that stop spinning)."""
+    import onnxruntime as ort
+
+    from vqdeploy.runtime.backends.onnxruntime_backend import FORCE_SPINNING_STOP
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry(FORCE_SPINNING_STOP, "1")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def alternating_ms(runs: list[tuple[Any, Any]], blocks: int, steps: int) -> list[float]:
+    """Median ms per call of each (session, IO binding), after 3 warm-up calls each, timed in ``blocks`` alternating
+    blocks of ``steps`` calls (a short pause before each block), so that a busy moment of the machine hits all."""
+    for session, io in runs:
+        for _ in range(3):
+            session.run_with_iobinding(io)
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(blocks):
+        for (session, io), spent in zip(runs, times):
+            time.sleep(0.02)
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                session.run_with_iobinding(io)
+                spent.append(time.perf_counter() - t0)
+    return [1e3 * statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -36,7 +66,6 @@ def main() -> None:
     import onnxruntime as ort
 
     from vqdeploy.artifacts.manifest import read_manifest
-    from vqdeploy.runtime.backends.onnxruntime_backend import FORCE_SPINNING_STOP
 
     manifests = [read_manifest(d) for d in (args.a, args.b)]
     if manifests[0].raw["model_fingerprint"] != manifests[1].raw["model_fingerprint"]:
@@ -59,15 +88,11 @@ def main() -> None:
     if max(batches) > max_batch or max(positions) >= block:
         sys.exit(f"step_bench: batches up to {max_batch}, positions below {block}")
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry(FORCE_SPINNING_STOP, "1")
     rng = np.random.default_rng(0)
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
     print("| graph | batch | position | A ms | B ms | B/A |\n| --- | --- | --- | --- | --- | --- |")
     for graph in graphs:
-        sessions = [ort.InferenceSession(str(d / f"{graph}.onnx"), opts, providers=["CPUExecutionProvider"])
-                    for d in (args.a, args.b)]
+        sessions = [cpu_session(d / f"{graph}.onnx") for d in (args.a, args.b)]
         for batch in batches:
             buffers = [ort.OrtValue.ortvalue_from_numpy(
                 rng.standard_normal((batch, *t["shape"][1:]), dtype=np.float32).astype(dtype)) for t in caches]
@@ -81,18 +106,8 @@ def main() -> None:
                         io.bind_ortvalue_input(t["name"], v)
                         io.bind_ortvalue_output("cache_out" + t["name"][len("cache"):], v)
                     io.bind_output("logits")
-                    for _ in range(3):  # warm-up
-                        s.run_with_iobinding(io)
                     bindings.append(io)
-                times: list[list[float]] = [[], []]
-                for _ in range(args.blocks):
-                    for i, s in enumerate(sessions):
-                        time.sleep(0.02)
-                        for _ in range(args.steps):
-                            t0 = time.perf_counter()
-                            s.run_with_iobinding(bindings[i])
-                            times[i].append(time.perf_counter() - t0)
-                a, b = (1e3 * statistics.median(t) for t in times)
+                a, b = alternating_ms(list(zip(sessions, bindings)), args.blocks, args.steps)
                 results.setdefault(graph, {}).setdefault(str(batch), {})[str(p)] = [a, b]
                 print(f"| {graph} | {batch} | {p} | {a:.3f} | {b:.3f} | {b / a:.3f} |", flush=True)
     if args.out:

@@ -1,12 +1,13 @@
 """``export --quantize int8|int4``: weight-only quantization of the transformer graph.
 
-What is quantized: every ``MatMul`` whose second input is a constant 2-D weight, i.e. the GPT's
+What is quantized: every ``MatMul`` whose second input is a constant 2-D weight of one use, i.e. the GPT's
 linear layers: the query/key/value projections (one packed MatMul in both families' graphs) and proj of each
-attention, the two MLP projections and the head (lm_head). They are read in full for every generated token, so their bytes are the per-token
-bandwidth floor (99.5% of the S-FLCKR-sized transformer's weights). Left at the export precision:
-the token and position embeddings (``Gather``: one row per token is read, so quantizing them saves
-memory, not time, and they are 0.5% of the bytes), LayerNorm parameters and biases (tiny), the
-attention (activations x activations) and the KV cache. The VQGAN graphs are not touched.
+attention, the MLP projections and the head (lm_head). They are read in full for every generated token, so their
+bytes are the per-token bandwidth floor (99.5% of the S-FLCKR-sized transformer's weights). Left at the export
+precision: the token and position embeddings (``Gather``: one row per token is read, so quantizing them saves
+memory, not time, and they are 0.5% of the bytes), LayerNorm parameters and biases (tiny), the attention
+(activations x activations), shared constants such as LlamaGen's rotary ``turn`` and the KV cache. The VQGAN graphs
+are not touched.
 
 How: each weight W (K, N) becomes ``DequantizeLinear(Wq, scale, axis=0, block_size=B) -> MatMul``:
 symmetric signed int4/int8 codes (no zero point: TensorRT takes only zero offsets), one scale per

@@ -12,7 +12,7 @@ import inspect
 import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -152,6 +152,21 @@ def valid_length_spec(transformer: GraphSpec) -> GraphSpec:
     module.valid_length = True  # type: ignore[assignment]  (a CachedStepGraph: its attention strategy)
     return GraphSpec(VALID_LENGTH, module, transformer.inputs, transformer.outputs, transformer.dims,
                      transformer.profiles, transformer.sample_dims, transformer.id_ranges)
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def shallow_copy(module: nn.Module, cls: type[M]) -> M:
+    """A copy of ``module`` as a ``cls`` (its class or a subclass) that shares its parameters and buffers but has
+    dicts of its own: the submodules or buffers a family's graph form replaces or adds do not touch the loaded
+    model (``families/*/fused_gpt.py``)."""
+    out = copy.copy(module)
+    out.__class__ = cls
+    out._modules = dict(module._modules)
+    out._buffers = dict(module._buffers)
+    out._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+    return cast(M, out)
 
 
 def precision_copy(model: nn.Module, dtype: torch.dtype, keep_fp32: Callable[[nn.Module], None] | None = None) -> nn.Module:

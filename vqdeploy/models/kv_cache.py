@@ -136,8 +136,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KV, allowed
     b, nh, t, hd = q.shape
     if isinstance(write, ValidLength):
         flat = [x.transpose(1, 2).reshape(b, t, nh * hd) for x in (q, k, v)]
-        y, ck, cv = cached_attention_op(*flat, cache[0], cache[1], write.position, nh, scale)
-        return y, (ck, cv)
+        return attend_projections(flat[0], flat[1], flat[2], nh, cache, allowed, write, scale)
     k = write(cache[0], k)
     v = write(cache[1], v)
     att = (upcast(q) @ upcast(k).transpose(-2, -1)) * scale
@@ -163,11 +162,9 @@ def cached_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache
                         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Functional form of ``attend`` with ``ValidLength``: q, k, v (B,T,nh*hd); the caches (B,nh,C,hd) with the new
     keys/values written at each row's ``position``; causal attention over keys 0 .. position[b] + i."""
-    b, t, c = q.shape
-    heads = [x.view(b, t, num_heads, c // num_heads).transpose(1, 2) for x in (q, k, v)]
-    positions = position[:, None] + torch.arange(t, device=q.device)
+    positions = position[:, None] + torch.arange(q.shape[1], device=q.device)
     allowed = causal_mask(positions, cache_k.shape[2])
-    y, (ck, cv) = attend(heads[0], heads[1], heads[2], (cache_k, cache_v), allowed, kv_write(position), scale)
+    y, (ck, cv) = attend_projections(q, k, v, num_heads, (cache_k, cache_v), allowed, kv_write(position), scale)
     return y, ck, cv
 
 

@@ -20,18 +20,16 @@ Parity is checked against the loaded model's own forward, not against this copy.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqdeploy.families.graph_spec import shallow_copy
 from vqdeploy.families.llamagen.gpt import Attention, FeedForward, RMSNorm, Transformer, TransformerBlock
 from vqdeploy.models.kv_cache import KV, ValidLength, Writer, attend_projections
-
-M = TypeVar("M", bound=nn.Module)
 
 
 class FusableRMSNorm(RMSNorm):
@@ -110,7 +108,7 @@ class FusedTransformer(Transformer):
 
 def fused_gpt(gpt: Transformer) -> FusedTransformer:
     """A shallow copy of ``gpt`` in the fused form."""
-    out = _shallow(gpt, FusedTransformer)
+    out = shallow_copy(gpt, FusedTransformer)
     freqs = cast(torch.Tensor, gpt.freqs_cis).float()  # (positions, hd/2, 2): each pair's cos and sin
     out.register_buffer("rotary_cos", freqs[..., 0].repeat_interleave(2, dim=-1), persistent=False)
     out.register_buffer("rotary_sin", freqs[..., 1].repeat_interleave(2, dim=-1), persistent=False)
@@ -121,20 +119,10 @@ def fused_gpt(gpt: Transformer) -> FusedTransformer:
 
 
 def _fused_block(block: TransformerBlock) -> TransformerBlock:
-    out = _shallow(block, TransformerBlock)
+    out = shallow_copy(block, TransformerBlock)
     out.attention = TurnedAttention(block.attention)
     out.feed_forward = PackedFeedForward(block.feed_forward)
     out.attention_norm = FusableRMSNorm(block.attention_norm)
     out.ffn_norm = FusableRMSNorm(block.ffn_norm)
     return out
 
-
-def _shallow(module: nn.Module, cls: type[M]) -> M:
-    """A copy of ``module`` as a ``cls`` that shares its tensors, with its own dicts of submodules and buffers (what
-    the fused form replaces or adds must not touch the loaded model)."""
-    out = copy.copy(module)
-    out.__class__ = cls
-    out._modules = dict(module._modules)
-    out._buffers = dict(module._buffers)
-    out._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
-    return cast(M, out)

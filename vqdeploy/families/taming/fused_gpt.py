@@ -18,13 +18,13 @@ the loaded model's own full-sequence forward, not against this copy.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import cast
 
 import torch
 from torch import nn
 
+from vqdeploy.families.graph_spec import shallow_copy
 from vqdeploy.models.mingpt import GPT, Block, CausalSelfAttention
 
 
@@ -59,15 +59,13 @@ class FusableGelu(nn.Module):
 
 def fused_gpt(gpt: GPT) -> GPT:
     """A shallow copy of ``gpt`` with packed projections and the fusable GELU in every block."""
-    out = copy.copy(gpt)
-    out._modules = dict(gpt._modules)  # the copy's own: assigning ``blocks`` must not touch ``gpt``
+    out = shallow_copy(gpt, GPT)
     out.blocks = nn.Sequential(*(_fused_block(cast(Block, b)) for b in gpt.blocks))
     return out
 
 
 def _fused_block(block: Block) -> Block:
-    out = copy.copy(block)
-    out._modules = dict(block._modules)
+    out = shallow_copy(block, Block)
     out.attn = PackedSelfAttention(block.attn)
     linear_in, gelu, *rest = block.mlp
     assert isinstance(gelu, nn.GELU) and gelu.approximate == "none", gelu
